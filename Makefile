@@ -1,0 +1,44 @@
+# turnbench — two commands on a fresh machine: `make bench` and `make test`; each sets itself up.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast lint bench bench-quick gate baseline proto clean
+
+setup: $(STAMP)
+
+# (re)install when the project definition changes
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -x -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check turnbench servers clients loadtests tests
+	$(BIN)/mypy
+
+proto: setup
+	$(BIN)/python -m turnbench.v1.codegen
+
+bench: setup
+	$(BIN)/turnbench bench
+
+bench-quick: setup
+	$(BIN)/turnbench bench --quick
+
+gate: setup
+	$(BIN)/turnbench gate
+
+baseline: setup
+	$(BIN)/turnbench gate --write-baseline
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,149 @@
+"""Statistics from raw samples: percentiles, bootstrap intervals, frames and sample files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clients.base import RolloutResult, StageTiming, TurnResult
+from loadtests.metrics import (
+    bootstrap_ci,
+    percentiles,
+    ratio_ci,
+    read_samples,
+    rollouts_frame,
+    summarize,
+    turns_frame,
+    write_samples,
+)
+
+
+def _turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
+    return TurnResult(
+        transport=transport,
+        state="connection",
+        rollout_id=i // 3,
+        turn_index=i % 3,
+        success=ok,
+        error=None if ok else "boom",
+        ttft_ms=ttft,
+        turn_ms=None if ttft is None else ttft + 5.0,
+        itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
+        output_tokens=20,
+        bytes_down=1000 + i,
+        server_stages={"parse": StageTiming(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
+        if i % 2 == 0
+        else {},
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [np.arange(1, 101, dtype=float), np.array([3.0, 1.0, 2.0]), np.array([7.5]), np.linspace(0, 1, 17) ** 3],
+)
+def test_percentiles_match_numpy(values: np.ndarray) -> None:
+    got = percentiles(values, qs=(50, 90, 99, 99.9))
+    want = np.percentile(values, [50, 90, 99, 99.9], method="linear")
+    assert list(got) == ["p50", "p90", "p99", "p99.9"]
+    assert list(got.values()) == pytest.approx(list(want))
+
+
+def test_percentiles_drop_missing_and_empty_is_nan() -> None:
+    assert percentiles([1.0, None, 3.0, float("nan")])["p50"] == 2.0
+    assert all(math.isnan(v) for v in percentiles([]).values())
+    assert percentiles(pd.Series([1.0, 2.0, None]))["p50"] == 1.5
+
+
+def test_bootstrap_ci_contains_truth_and_narrows() -> None:
+    rng = np.random.default_rng(42)
+    true_median = 20.0 * np.log(2.0)  # exponential, mean 20 ms
+    widths = []
+    for n in (50, 500, 5000):
+        sample = rng.exponential(20.0, size=n)
+        est, lo, hi = bootstrap_ci(sample, n_boot=1000, seed=1)
+        assert est == pytest.approx(float(np.median(sample)))
+        assert lo <= est <= hi
+        assert lo <= true_median <= hi
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_bootstrap_is_seeded_and_accepts_mean() -> None:
+    sample = np.random.default_rng(0).normal(5.0, 1.0, size=200)
+    assert bootstrap_ci(sample, seed=3) == bootstrap_ci(sample, seed=3)
+    est, lo, hi = bootstrap_ci(sample, stat=np.mean, n_boot=500)
+    assert est == pytest.approx(sample.mean()) and lo < est < hi
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    assert bootstrap_ci([4.0]) == (4.0, 4.0, 4.0)
+
+
+def test_ratio_ci() -> None:
+    rng = np.random.default_rng(7)
+    a = rng.lognormal(3.0, 0.3, size=400)
+    est, lo, hi = ratio_ci(a, a.copy(), n_boot=1000)
+    assert est == pytest.approx(1.0) and lo < 1.0 < hi and hi - lo < 0.2
+    est, lo, hi = ratio_ci(a * 0.6, a, n_boot=1000)
+    assert est == pytest.approx(0.6) and lo < 0.6 < hi and hi < 1.0
+    assert all(math.isnan(v) for v in ratio_ci([], a))
+
+
+def test_turns_frame_flattens() -> None:
+    df = turns_frame([_turn(i) for i in range(6)])
+    assert len(df) == 6 and "server_stages" not in df.columns
+    assert df.loc[0, "itl_ms"] == [1.0, 2.0, 4.0] and df.loc[0, "itl_p50_ms"] == 2.0
+    assert math.isnan(df.loc[1, "itl_p50_ms"])
+    assert df.loc[0, "stage_parse_wall_ms"] == 2.0 and df.loc[0, "stage_parse_cpu_ms"] == 1.5
+    assert df.loc[0, "stage_parse_items"] == 4 and df.loc[0, "stage_parse_chars"] == 10
+    assert math.isnan(df.loc[1, "stage_parse_wall_ms"])
+    assert turns_frame([]).empty and "ttft_ms" in turns_frame([]).columns
+
+
+def test_rollouts_frame() -> None:
+    turns = [_turn(i) for i in range(3)]
+    r = RolloutResult(
+        transport="ws",
+        state="connection",
+        rollout_id=0,
+        success=True,
+        turns=turns,
+        rollout_ms=50.0,
+        tool_calls=[("grep", "{}"), ("read", "{}")],
+    )
+    df = rollouts_frame([r])
+    row = df.iloc[0]
+    assert row["n_turns"] == 3 and row["n_tool_calls"] == 2 and row["tool_names"] == ["grep", "read"]
+    assert row["bytes_down"] == 3003 and row["output_tokens"] == 60 and row["turn_ms_sum"] == 45.0
+    assert "turns" not in df.columns and rollouts_frame([]).empty
+
+
+def test_summarize_groups() -> None:
+    turns = [_turn(i, "ws", ttft=10.0 + i) for i in range(20)]
+    turns += [_turn(i, "https", ttft=20.0 + i) for i in range(20)]
+    turns.append(_turn(99, "https", ttft=None, ok=False))
+    s = summarize(turns_frame(turns), by=["transport"], metrics=["ttft_ms", "turn_ms", "missing"], n_boot=200)
+    assert list(s.columns) == ["transport", "metric", "n", "p50", "p90", "p99", "mean", "p50_lo", "p50_hi"]
+    assert len(s) == 4
+    ws = s[(s.transport == "ws") & (s.metric == "ttft_ms")].iloc[0]
+    assert ws["n"] == 20 and ws["p50"] == pytest.approx(19.5) and ws["p50_lo"] <= 19.5 <= ws["p50_hi"]
+    https = s[(s.transport == "https") & (s.metric == "ttft_ms")].iloc[0]
+    assert https["n"] == 20  # the failed turn has no TTFT and is not counted as zero
+    whole = summarize(turns_frame(turns), by=[], metrics=["ttft_ms"], n_boot=100)
+    assert len(whole) == 1 and whole.iloc[0]["n"] == 40
+
+
+def test_samples_round_trip(tmp_path: Path) -> None:
+    df = turns_frame([_turn(i) for i in range(4)] + [_turn(5, ttft=None, ok=False)])
+    parquet, jsonl = write_samples(df, tmp_path / "out" / "samples")
+    assert parquet.name == "samples.parquet" and jsonl.name == "samples.jsonl"
+    assert jsonl.read_text().count("\n") == len(df)
+    for path in (parquet, jsonl, tmp_path / "out" / "samples"):
+        back = read_samples(path)
+        assert len(back) == len(df)
+        assert back["ttft_ms"].tolist()[:4] == df["ttft_ms"].tolist()[:4]
+        assert back.loc[0, "itl_ms"] == [1.0, 2.0, 4.0]
+        assert back["transport"].tolist() == df["transport"].tolist()
+    assert read_samples(parquet)["bytes_down"].tolist() == df["bytes_down"].tolist()

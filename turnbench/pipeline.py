@@ -1,0 +1,165 @@
+"""The request stages of DESIGN §2, each timed (wall and CPU, ns) and counted.
+
+A :class:`StageTimer` travels with one request from the adapter's ``parse`` to the service's ``post``. Each
+stage records wall time (``perf_counter_ns``), the CPU time of this thread (``thread_time_ns``), and what it
+processed (items, tokens, chars), so a test can assert *what* a stage touched without looking at a clock.
+
+Synchronous stages (parse, validate, safety, render, route) measure CPU around their whole body. The
+asynchronous ones (prefill, decode, post) add only their own synchronous slices to ``cpu_ns``, because
+while they await, the thread serves other work.
+
+Injected latency is explicit: ``Settings.inject_ms`` sleeps (a remote dependency), ``Settings.burn_us``
+spins the CPU (a slower implementation) — both per named stage, zero by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from turnbench.errors import ContentFlaggedError
+from turnbench.safety import SafetyClassifier
+from turnbench.schema import FunctionTool, InputItem, StageStat, convert_item, item_text, to_builtins
+from turnbench.tokenizer import Tokenizer
+
+_now = time.perf_counter_ns
+_cpu = time.thread_time_ns
+
+
+class StageTimer:
+    """Per-request stage records. Stages may be entered more than once; figures add up."""
+
+    __slots__ = ("burn_us", "inject_ms", "stats")
+
+    def __init__(self, inject_ms: Mapping[str, float] | None = None, burn_us: Mapping[str, float] | None = None):
+        self.stats: dict[str, StageStat] = {}
+        self.inject_ms = inject_ms or {}
+        self.burn_us = burn_us or {}
+
+    def get(self, name: str) -> StageStat:
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = StageStat()
+        return st
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[StageStat]:
+        """Time a synchronous stage body."""
+        st = self.get(name)
+        w0, c0 = _now(), _cpu()
+        try:
+            yield st
+            burn = self.burn_us.get(name)
+            if burn:
+                spin_us(burn)
+        finally:
+            st.wall_ns += _now() - w0
+            st.cpu_ns += _cpu() - c0
+
+    async def inject(self, name: str) -> None:
+        """The named sleep of ``Settings.inject_ms[name]``, counted in the stage's wall time."""
+        ms = self.inject_ms.get(name)
+        if ms:
+            w0 = _now()
+            await asyncio.sleep(ms / 1000.0)
+            self.get(name).wall_ns += _now() - w0
+
+    def add(self, name: str, *, wall_ns: int = 0, cpu_ns: int = 0, items: int = 0, tokens: int = 0) -> None:
+        st = self.get(name)
+        st.wall_ns += wall_ns
+        st.cpu_ns += cpu_ns
+        st.items += items
+        st.tokens += tokens
+
+    def snapshot(self) -> dict[str, StageStat]:
+        return {k: StageStat(wall_ns=v.wall_ns, cpu_ns=v.cpu_ns, items=v.items, tokens=v.tokens, chars=v.chars)
+                for k, v in self.stats.items()}
+
+
+def spin_us(us: float) -> None:
+    """Burn ``us`` microseconds of CPU on this thread (the deliberate slow path of the gate test)."""
+    end = _cpu() + int(us * 1000)
+    while _cpu() < end:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def validate_items(raw: str | Sequence[Any], st: StageStat) -> list[InputItem]:
+    """``validate``: the request's input (a string is one user message) into typed items."""
+    if isinstance(raw, str):
+        raw = [{"type": "message", "role": "user", "content": raw}]
+    items = [convert_item(r, i) for i, r in enumerate(raw)]
+    st.items += len(items)
+    return items
+
+
+def revalidate(items: Sequence[InputItem], st: StageStat) -> None:
+    """Validate already-typed history again, as a stateless server must (incremental checks off)."""
+    for i, item in enumerate(items):
+        convert_item(to_builtins(item), i)
+    st.items += len(items)
+
+
+def safety_check(classifier: SafetyClassifier, texts: Sequence[str], st: StageStat) -> None:
+    """``safety``: one classifier pass over ``texts``; raise :class:`ContentFlaggedError` when flagged."""
+    verdict = classifier.check_many(texts)
+    st.items += len(texts)
+    st.chars += verdict.chars
+    if verdict.flagged:
+        raise ContentFlaggedError(
+            f"Your request was flagged by the safety classifier (score {verdict.score:.2f}).", "input"
+        )
+
+
+def item_render_text(item: InputItem) -> str:
+    """How an item is laid out for the model: a role marker, then its text."""
+    role = getattr(item, "role", None) or item.__struct_config__.tag
+    return f"<|{role}|>{item_text(item)}"
+
+
+def render_items(tok: Tokenizer, items: Sequence[InputItem], st: StageStat) -> list[int]:
+    """``render``: tokenize items into one token list."""
+    out: list[int] = []
+    for item in items:  # one at a time: encode_batch fans out to threads that thread_time_ns cannot see
+        out.extend(tok.encode(item_render_text(item)))
+    st.items += len(items)
+    st.tokens += len(out)
+    return out
+
+
+def tools_key(tools: Sequence[FunctionTool], instructions: str | None) -> tuple[int, bytes]:
+    """A key for the header (instructions + tool definitions) and its encoded text."""
+    blob = msgspec.json.encode([instructions or "", tools])
+    return hash(blob), blob
+
+
+def render_header(tok: Tokenizer, blob: bytes, st: StageStat) -> list[int]:
+    ids = tok.encode(blob.decode())
+    st.tokens += len(ids)
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The routing decision: engine and a compiled view of the tool schemas (constrained decoding)."""
+
+    model: str
+    engine: str
+    tool_params: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def route(model: str, engine: str, tools: Sequence[FunctionTool], st: StageStat) -> Route:
+    """``route``: pick the engine and compile each tool's parameter names for constrained decoding."""
+    compiled = tuple(
+        (t.name, tuple(sorted((t.parameters or {}).get("properties", {})))) for t in tools
+    )
+    st.items += len(tools)
+    return Route(model=model, engine=engine, tool_params=compiled)

@@ -1,0 +1,537 @@
+"""``ResponsesService``: one ``response.create`` through the pipeline, as a stream of Responses events.
+
+Every transport calls the same two methods::
+
+    parsed = service.parse(payload_bytes)             # parse stage (adapters with another codec: parse_obj)
+    async for event in service.create(parsed, session):  # validate … decode, then post
+        send(encode(event))
+
+A :class:`Session` is one connection (WebSocket, gRPC ``Connect``) with its :class:`StateCache`, or one
+stateless request (HTTPS, gRPC ``Create``) with none. Errors found before ``response.created`` are raised
+(as :class:`TurnbenchError`) from the first iteration, so an adapter can answer with a status code; errors
+after it end the stream with ``response.failed``. A failed continuation evicts its parent on its lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from turnbench import pipeline
+from turnbench.engine.base import KVHandle, ModelEngine
+from turnbench.engine.policy import OutputPlan, plan_output
+from turnbench.errors import (
+    InvalidStreamIdError,
+    NotFoundError,
+    PreviousResponseNotFoundError,
+    StreamLimitError,
+    TurnbenchError,
+    as_turnbench_error,
+)
+from turnbench.pipeline import StageTimer
+from turnbench.safety import SafetyClassifier, default_classifier
+from turnbench.schema import (
+    ContentPartAdded,
+    ContentPartDone,
+    Event,
+    FunctionCallArgumentsDelta,
+    FunctionCallArgumentsDone,
+    InputItem,
+    InputTokensDetails,
+    OutputFunctionCall,
+    OutputItem,
+    OutputItemAdded,
+    OutputItemDone,
+    OutputMessage,
+    OutputText,
+    OutputTextDelta,
+    OutputTextDone,
+    OutputTokensDetails,
+    Response,
+    ResponseCompleted,
+    ResponseCreate,
+    ResponseCreated,
+    ResponseFailed,
+    ResponseIncomplete,
+    ResponseInProgress,
+    TurnbenchExt,
+    Usage,
+    decode_request,
+    output_as_input,
+    request_from_builtins,
+)
+from turnbench.settings import Settings
+from turnbench.state import (
+    ConversationRecord,
+    ResponseStore,
+    StateCache,
+    StoredResponse,
+    UsageLog,
+    UsageRow,
+    open_store,
+)
+from turnbench.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger("turnbench.service")
+_STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    request: ResponseCreate
+    timer: StageTimer
+    nbytes: int = 0
+
+
+@dataclass(eq=False)
+class Session:
+    """One connection's (or one stateless request's) view of the service."""
+
+    transport: str
+    cache: StateCache | None
+    opened_ns: int = field(default_factory=time.perf_counter_ns)
+    lanes: dict[str | None, asyncio.Lock] = field(default_factory=dict)
+    responses: int = 0
+
+    def lane(self, stream_id: str | None, max_lanes: int = 32) -> asyncio.Lock:
+        """The FIFO lock of a lane; requests on one lane run one at a time, in arrival order."""
+        lock = self.lanes.get(stream_id)
+        if lock is None:
+            named = sum(1 for k in self.lanes if k is not None)
+            if stream_id is not None and named >= max_lanes:
+                raise StreamLimitError(
+                    f"This connection already has {max_lanes} named streams; reuse one or open a new "
+                    "connection.", "stream_id")
+            lock = self.lanes[stream_id] = asyncio.Lock()
+        return lock
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+
+
+@dataclass(slots=True)
+class ResponseRecord:
+    """Server-side record of one response, kept in ``ResponsesService.recent`` (tests, /stats)."""
+
+    response_id: str
+    transport: str
+    state: str
+    status: str
+    stages: dict[str, Any]
+    prefill_tokens: int
+    cached_tokens: int
+
+
+def _rid(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(12).hex()}"
+
+
+class ResponsesService:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        engine: ModelEngine | None = None,
+        store: ResponseStore | None = None,
+        usage: UsageLog | None = None,
+        tokenizer: Tokenizer | None = None,
+        safety: SafetyClassifier | None = None,
+    ) -> None:
+        self.settings = s = settings or Settings()
+        self.engine = engine if engine is not None else make_engine(s)
+        self.store = store if store is not None else open_store(s.store)
+        if usage is None:
+            path = s.usage_db
+            if path == "auto":
+                path = os.path.join(tempfile.gettempdir(), f"turnbench-usage-{os.getpid()}-{id(self)}.db")
+            usage = UsageLog(path)
+        self.usage = usage
+        self.tokenizer = tokenizer or load_tokenizer()
+        self.safety = safety or default_classifier()
+        self.recent: deque[ResponseRecord] = deque(maxlen=10_000)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnbench-post")
+        self._pending_store: dict[str, asyncio.Future[None]] = {}
+        self._post_tasks: set[asyncio.Task[None]] = set()
+        self.post_failures = 0
+
+    # ------------------------------------------------------------------------------------------ sessions
+
+    def new_session(self, transport: str, *, connection: bool) -> Session:
+        s = self.settings
+        cache = StateCache(s.cache_entries, s.cache_bytes) if connection and s.connection_cache else None
+        return Session(transport=transport, cache=cache)
+
+    # ------------------------------------------------------------------------------------------ parse
+
+    def _timer(self) -> StageTimer:
+        return StageTimer(self.settings.inject_ms, self.settings.burn_us)
+
+    def parse(self, payload: bytes | str) -> ParsedRequest:
+        """``parse`` stage: JSON bytes → :class:`ResponseCreate` (raises ``InvalidRequestError``)."""
+        timer = self._timer()
+        with timer.stage("parse") as st:
+            req = decode_request(payload)
+            st.chars += len(payload)
+        return ParsedRequest(req, timer, len(payload))
+
+    def parse_obj(self, obj: dict[str, Any], *, nbytes: int = 0, decode_ns: int = 0) -> ParsedRequest:
+        """``parse`` for codecs that decoded already (gRPC): ``decode_ns`` is their decode time."""
+        timer = self._timer()
+        with timer.stage("parse") as st:
+            req = request_from_builtins(obj)
+            st.chars += nbytes
+        timer.add("parse", wall_ns=decode_ns, cpu_ns=decode_ns)
+        return ParsedRequest(req, timer, nbytes)
+
+    # ------------------------------------------------------------------------------------------ create
+
+    async def create(self, parsed: ParsedRequest, session: Session) -> AsyncIterator[Event]:
+        """Run the pipeline; yield events in spec order. Raises before ``response.created`` on bad input."""
+        req, timer, s = parsed.request, parsed.timer, self.settings
+        if req.stream_id is not None and not _STREAM_ID.match(req.stream_id):
+            raise InvalidStreamIdError(
+                "Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].", "stream_id")
+        try:
+            prep = await self._prepare(req, timer, session)
+        except TurnbenchError:
+            self._evict_parent(req, session)
+            raise
+        async for ev in self._generate(req, timer, session, prep):
+            yield ev
+
+    def _evict_parent(self, req: ResponseCreate, session: Session) -> None:
+        """A same-lane continuation that failed evicts its parent; a cross-lane fork keeps it (spec a.5)."""
+        if req.previous_response_id and session.cache is not None:
+            rec = session.cache._records.get(req.previous_response_id)
+            if rec is not None and rec.lane == req.stream_id:
+                session.cache.evict(req.previous_response_id)
+
+    async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> _Prepared:
+        s = self.settings
+        await timer.inject("validate")
+        with timer.stage("validate") as st:
+            new_items = pipeline.validate_items(req.input, st)
+        await timer.inject("resolve")
+        parent, state = None, "full"
+        with timer.stage("resolve") as st:
+            if req.previous_response_id:
+                if session.cache is not None:
+                    parent = session.cache.get(req.previous_response_id)
+                    state = "connection" if parent is not None else state
+        if req.previous_response_id and parent is None:
+            w0 = time.perf_counter_ns()
+            parent = await self._hydrate(req.previous_response_id, timer)
+            timer.add("resolve", wall_ns=time.perf_counter_ns() - w0)
+            if parent is None:
+                raise PreviousResponseNotFoundError(req.previous_response_id)
+            state = "store"
+        history = parent.items if parent is not None else []
+        items = [*history, *new_items]
+        tools = req.tools or (parent.tools if parent is not None else [])
+        metadata = req.metadata or (parent.response.metadata if parent is not None else {})
+        incremental = parent is not None and s.incremental_checks
+        if parent is not None and not s.incremental_checks:
+            with timer.stage("validate") as st:
+                pipeline.revalidate(history, st)
+        new_bytes = sum(len(msgspec.json.encode(i)) for i in new_items)
+        if session.cache is not None:
+            session.cache.check_fits((parent.nbytes if state == "connection" and parent else 0) + new_bytes)
+
+        await timer.inject("safety")
+        with timer.stage("safety") as st:
+            checked = new_items if incremental else items
+            texts = [pipeline.item_text(i) for i in checked]
+            if not incremental and req.instructions:
+                texts.append(req.instructions)
+            pipeline.safety_check(self.safety, texts, st)
+
+        await timer.inject("render")
+        with timer.stage("render") as st:
+            key, blob = pipeline.tools_key(tools, req.instructions)
+            cached_tokens = parent.tokens if (state == "connection" and s.token_cache and parent) else None
+            if cached_tokens is not None and parent is not None and parent.tools_key == key:
+                tokens = [*cached_tokens, *pipeline.render_items(self.tokenizer, new_items, st)]
+            else:
+                tokens = pipeline.render_header(self.tokenizer, blob, st)
+                tokens += pipeline.render_items(self.tokenizer, items, st)
+
+        await timer.inject("route")
+        with timer.stage("route") as st:
+            if state == "connection" and parent is not None and parent.route is not None \
+                    and parent.tools_key == key:
+                route = parent.route
+            else:
+                route = pipeline.route(req.model, self.engine.name, tools, st)
+        return _Prepared(parent, state, new_items, items, tools, metadata, tokens, key, route, new_bytes)
+
+    async def _hydrate(self, response_id: str, timer: StageTimer) -> ConversationRecord | None:
+        pending = self._pending_store.get(response_id)
+        if pending is not None:
+            await asyncio.shield(pending)  # its post is still writing it: wait, never miss
+        await timer.inject("resolve")
+        with timer.stage("resolve") as st:
+            stored = self.store.get(response_id)
+            if stored is None:
+                return None
+            st.items += len(stored.items)
+        return ConversationRecord(
+            response=stored.response, items=list(stored.items), tools=stored.tools,
+            instructions=stored.instructions,
+        )
+
+    async def _generate(
+        self, req: ResponseCreate, timer: StageTimer, session: Session, p: _Prepared
+    ) -> AsyncIterator[Event]:
+        s = self.settings
+        seq = 0
+        resp = Response(
+            id=_rid("resp"), created_at=int(time.time()), status="in_progress", model=req.model,
+            tools=p.tools, tool_choice=req.tool_choice, previous_response_id=req.previous_response_id,
+            store=req.store, instructions=req.instructions, metadata=p.metadata,
+            max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls,
+        )
+        sid = req.stream_id
+
+        def snap(**kw: Any) -> Response:
+            return msgspec.structs.replace(resp, **kw)
+
+        yield ResponseCreated(sequence_number=seq, stream_id=sid, response=snap())
+        seq += 1
+        yield ResponseInProgress(sequence_number=seq, stream_id=sid, response=snap())
+        seq += 1
+        outputs: list[OutputItem] = []
+        status = "completed"
+        output_tokens = 0
+        try:
+            await timer.inject("prefill")
+            w0 = time.perf_counter_ns()
+            kv_in = p.parent.kv if (p.state == "connection" and p.parent is not None) else None
+            pre = await self.engine.prefill(p.tokens, kv_in, use_cache=s.prefix_cache)
+            timer.add("prefill", wall_ns=time.perf_counter_ns() - w0, tokens=pre.computed_tokens)
+            if req.generate:
+                await timer.inject("decode")
+                c0 = time.thread_time_ns()
+                plan = plan_output(p.items, p.tools, p.metadata, seed=s.seed,
+                                   default_tool_calls=self._profile_int("tool_calls", 20),
+                                   default_answer_tokens=self._profile_int("answer_tokens", 64))
+                pieces = self._pieces(plan.content)
+                limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
+                if len(pieces) > limit:
+                    pieces, status = pieces[:limit], "incomplete"
+                timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
+                w0 = time.perf_counter_ns()
+                async for ev in self._stream_item(plan, pieces, pre.kv, seq, sid, outputs, timer):
+                    seq = ev.sequence_number + 1
+                    yield ev
+                output_tokens = len(pieces)
+                timer.add("decode", wall_ns=time.perf_counter_ns() - w0, tokens=output_tokens)
+        except (asyncio.CancelledError, GeneratorExit):
+            self._evict_parent(req, session)
+            raise
+        except Exception as exc:  # engine failure after response.created: the stream ends with failed
+            err = as_turnbench_error(exc)
+            log.exception("response %s failed", resp.id)
+            self._evict_parent(req, session)
+            yield ResponseFailed(sequence_number=seq, stream_id=sid, response=snap(
+                status="failed", output=outputs,
+                error={"code": err.code, "message": err.message}))
+            return
+
+        usage = Usage(
+            input_tokens=len(p.tokens),
+            input_tokens_details=InputTokensDetails(cached_tokens=pre.cached_tokens),
+            output_tokens=output_tokens,
+            output_tokens_details=OutputTokensDetails(),
+            total_tokens=len(p.tokens) + output_tokens,
+        )
+        with timer.stage("post") as st:  # the in-memory part of post: caching is on the critical path
+            record = self._record(req, p, snap(status=status, output=outputs, usage=usage), pre.kv)
+            if session.cache is not None:
+                session.cache.put(record)
+            st.items += 1
+        session.responses += 1
+        stored = StoredResponse(response=record.response, items=record.items, tools=p.tools,
+                                instructions=req.instructions) if req.store else None
+        row = UsageRow(resp.id, req.model, session.transport, p.state, len(p.tokens), pre.cached_tokens,
+                       output_tokens, status)
+        if s.overlap_post:
+            self._spawn_post(stored, row, timer)
+        else:
+            await self._post(stored, row, timer)
+        final = snap(status=status, output=outputs, usage=usage, turnbench=TurnbenchExt(
+            stages=timer.snapshot(), state=p.state, engine=self.engine.name,
+            prefill_tokens=pre.computed_tokens))
+        if status == "incomplete":
+            final.incomplete_details = {"reason": "max_output_tokens"}
+            yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
+        else:
+            yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
+        self.recent.append(ResponseRecord(resp.id, session.transport, p.state, status,
+                                          msgspec.to_builtins(timer.stats), pre.computed_tokens,
+                                          pre.cached_tokens))
+
+    async def _stream_item(
+        self, plan: OutputPlan, pieces: list[tuple[int, str]], kv: KVHandle, seq: int, sid: str | None,
+        outputs: list[OutputItem], timer: StageTimer,
+    ) -> AsyncIterator[Event]:
+        """The events of one output item, deltas paced by the engine."""
+        tpc = self.settings.tokens_per_chunk
+        if plan.kind == "function_call":
+            fid = _rid("fc")
+            item: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name, arguments="",
+                                                  status="in_progress")
+            yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0, item=item)
+            seq += 1
+            async for chunk in self.engine.decode(kv, pieces, tokens_per_chunk=tpc):
+                yield FunctionCallArgumentsDelta(sequence_number=seq, stream_id=sid, item_id=fid,
+                                                 output_index=0, delta=chunk.text)
+                seq += 1
+            args = "".join(t for _, t in pieces)
+            yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0,
+                                            arguments=args)
+            seq += 1
+            done: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name,
+                                                  arguments=args, status="completed")
+        else:
+            mid = _rid("msg")
+            yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0,
+                                  item=OutputMessage(id=mid, status="in_progress", content=[]))
+            seq += 1
+            yield ContentPartAdded(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
+                                   content_index=0, part=OutputText(text=""))
+            seq += 1
+            async for chunk in self.engine.decode(kv, pieces, tokens_per_chunk=tpc):
+                yield OutputTextDelta(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
+                                      content_index=0, delta=chunk.text, logprobs=[])
+                seq += 1
+            text = "".join(t for _, t in pieces)
+            yield OutputTextDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
+                                 content_index=0, text=text, logprobs=[])
+            seq += 1
+            yield ContentPartDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
+                                  content_index=0, part=OutputText(text=text))
+            seq += 1
+            done = OutputMessage(id=mid, status="completed", content=[OutputText(text=text)])
+        outputs.append(done)
+        yield OutputItemDone(sequence_number=seq, stream_id=sid, output_index=0, item=done)
+
+    def _pieces(self, content: str) -> list[tuple[int, str]]:
+        """Split planned output into (token id, exact text) so deltas concatenate to the content."""
+        ids = self.tokenizer.encode(content)
+        pieces = [(t, self.tokenizer.decode([t])) for t in ids]
+        if "".join(p for _, p in pieces) != content:  # multi-byte characters split across tokens
+            return [(0, ch) for ch in content]
+        return pieces
+
+    def _profile_int(self, name: str, default: int) -> int:
+        prof = getattr(self.engine, "profile", None)
+        return int(getattr(prof, name, default))
+
+    def _record(self, req: ResponseCreate, p: _Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
+        out_items: list[InputItem] = [output_as_input(o) for o in response.output]
+        items = [*p.items, *out_items]
+        base = p.parent.nbytes if (p.state == "connection" and p.parent is not None) else \
+            sum(len(msgspec.json.encode(i)) for i in p.items[: len(p.items) - len(p.new_items)])
+        nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in out_items)
+        tokens: list[int] | None = None
+        if self.settings.token_cache:
+            tokens = [*p.tokens, *pipeline.render_items(self.tokenizer, out_items, pipeline.StageStat())]
+            nbytes += 8 * len(tokens)
+        return ConversationRecord(
+            response=response, items=items, tools=p.tools, instructions=req.instructions, tokens=tokens,
+            tools_key=p.tools_key, route=p.route, kv=kv, lane=req.stream_id, nbytes=nbytes,
+        )
+
+    # ------------------------------------------------------------------------------------------ post
+
+    def _spawn_post(self, stored: StoredResponse | None, row: UsageRow, timer: StageTimer) -> None:
+        if stored is not None:
+            self._pending_store[stored.response.id] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._post(stored, row, timer))
+        self._post_tasks.add(task)
+        task.add_done_callback(self._post_tasks.discard)
+
+    async def _post(self, stored: StoredResponse | None, row: UsageRow, timer: StageTimer) -> None:
+        """``post``: durable store write, usage accounting, log line — on a writer thread."""
+        await timer.inject("post")
+        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self._write, stored, row)
+        except Exception:
+            self.post_failures += 1
+            log.exception("post failed for %s", row.response_id)
+            raise
+        finally:
+            fut = self._pending_store.pop(row.response_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            timer.add("post", wall_ns=time.perf_counter_ns() - w0, cpu_ns=time.thread_time_ns() - c0)
+
+    def _write(self, stored: StoredResponse | None, row: UsageRow) -> None:
+        if stored is not None:
+            self.store.put(stored)
+        self.usage.write(row)
+        burn = self.settings.burn_us.get("post")
+        if burn:
+            pipeline.spin_us(burn)
+        log.debug("response %s %s %s in=%d cached=%d out=%d", row.response_id, row.transport, row.state,
+                  row.input_tokens, row.cached_tokens, row.output_tokens)
+
+    # ------------------------------------------------------------------------------------------ misc
+
+    def get_stored(self, response_id: str) -> Response:
+        stored = self.store.get(response_id)
+        if stored is None:
+            raise NotFoundError(f"No response found with id '{response_id}'.", "response_id")
+        return stored.response
+
+    async def drain(self) -> None:
+        """Wait until every overlapped ``post`` has finished (graceful shutdown loses no usage record)."""
+        while self._post_tasks:
+            await asyncio.gather(*list(self._post_tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self.engine.close()
+        self.store.close()
+        self.usage.close()
+
+
+@dataclass(slots=True)
+class _Prepared:
+    parent: ConversationRecord | None
+    state: str
+    new_items: list[InputItem]
+    items: list[InputItem]
+    tools: list[Any]
+    metadata: dict[str, str]
+    tokens: list[int]
+    tools_key: int
+    route: Any
+    new_bytes: int
+
+
+def make_engine(settings: Settings) -> ModelEngine:
+    """The engine ``settings.engine`` names (``sim`` or ``torch``)."""
+    if settings.engine == "sim":
+        from turnbench.engine.sim import SimEngine
+
+        return SimEngine(settings.profile)
+    if settings.engine == "torch":
+        from turnbench.engine.torch_engine import TorchEngine  # optional extra
+
+        return TorchEngine(settings)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown engine {settings.engine!r}: expected 'sim' or 'torch'")

@@ -1,0 +1,134 @@
+"""One frozen ``Settings`` for servers, the service and the engines.
+
+Fields are grouped like websockets' ``serve()`` keywords and carry their unit in the name. Nothing is read at
+import time: :meth:`Settings.from_env` reads ``TURNBENCH_<FIELD>`` variables when asked, and CLI flags map
+one-to-one onto fields (``--max-body-bytes`` → ``max_body_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+STATE_STRATEGIES = ("full", "store", "connection")
+STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "prefill", "decode", "post")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # network
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: bool = True
+    api_key: str | None = None
+    ca_out: str | None = None  # where the server writes its generated CA (PEM) for clients in other shells
+
+    # engine
+    engine: str = "sim"  # sim | torch
+    profile: str = "fast"
+    seed: int = 0
+    tokens_per_chunk: int = 1  # framing knob: tokens per delta event, the same for every transport
+    device: str = "auto"  # torch engine: auto | cpu | cuda
+
+    # state
+    store: str = "memory"  # memory | sqlite:PATH
+    usage_db: str = "auto"  # sqlite path for durable usage records; auto = a per-process temp file
+    cache_entries: int = 256  # connection cache: responses kept per connection
+    cache_bytes: int = 64 * 1024 * 1024  # connection cache: bytes kept per connection
+
+    # pipeline switches (the ablations of DESIGN §2)
+    connection_cache: bool = True  # off: a WS/gRPC continuation must hydrate from the store
+    incremental_checks: bool = True  # validate + safety only the new items on a cached continuation
+    token_cache: bool = True  # keep rendered tokens, tokenize only new text
+    overlap_post: bool = True  # post of response N runs beside request N+1 (connection transports)
+    prefix_cache: bool = True  # the engine reuses KV for a history it has seen
+
+    # limits
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_inflight_per_connection: int = 16
+    max_lanes: int = 32
+    connection_lifetime_s: float = 3600.0
+    max_output_tokens: int = 4096
+
+    # timeouts
+    request_timeout_s: float = 600.0
+    grace_s: float = 5.0
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+
+    # injected latency: named, zero by default, listed in every report. stage -> ms of asyncio sleep
+    # (a remote dependency) and stage -> µs of CPU burned (a slower implementation; the gate's test knob).
+    inject_ms: Mapping[str, float] = field(default_factory=dict)
+    burn_us: Mapping[str, float] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, for run records and reports (the API key is masked)."""
+        out = dataclasses.asdict(self)
+        out["inject_ms"] = dict(self.inject_ms)
+        out["burn_us"] = dict(self.burn_us)
+        if out["api_key"]:
+            out["api_key"] = "***"
+        return out
+
+    def switches(self) -> dict[str, bool]:
+        return {
+            "connection_cache": self.connection_cache,
+            "incremental_checks": self.incremental_checks,
+            "token_cache": self.token_cache,
+            "overlap_post": self.overlap_post,
+            "prefix_cache": self.prefix_cache,
+        }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``TURNBENCH_*`` variables, then ``overrides`` (CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"TURNBENCH_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = parse_field(f.name, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def parse_field(name: str, raw: str) -> Any:
+    """Parse a string (env var or CLI) into the type of field ``name``."""
+    by_name = {f.name: f for f in fields(Settings)}
+    if name not in by_name:
+        raise KeyError(f"unknown setting {name!r}")
+    default = by_name[name].default
+    if name in ("inject_ms", "burn_us"):
+        return parse_stage_map(raw)
+    if isinstance(default, bool):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float) or name in ("ping_interval_s", "ping_timeout_s"):
+        return None if raw.lower() in ("", "none", "off") else float(raw)
+    if name == "api_key":
+        return raw or None
+    return raw
+
+
+def parse_stage_map(raw: str) -> dict[str, float]:
+    """``"safety=5,post=2"`` → ``{"safety": 5.0, "post": 2.0}``; stages must be pipeline stages."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        stage, sep, value = part.partition("=")
+        if not sep or stage not in STAGES:
+            raise ValueError(f"expected STAGE=NUMBER with STAGE in {', '.join(STAGES)}; got {part!r}")
+        out[stage] = float(value)
+    return out

@@ -1,0 +1,273 @@
+"""Conversation state: the connection-local cache and the durable response store.
+
+* :class:`StateCache` lives in one WebSocket connection or gRPC ``Connect`` stream and dies with it. Each
+  lane (``stream_id``; ``None`` is the default lane) keeps its latest response (spec a.5), bounded by
+  entries and bytes. A failed continuation evicts its parent on the same lane.
+* :class:`ResponseStore` keeps responses created with ``store=true`` for any transport:
+  :class:`MemoryResponseStore` or :class:`SQLiteResponseStore` (WAL, safe across processes on one host).
+* :class:`UsageLog` writes one durable usage row per response (the ``post`` stage's accounting).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from turnbench.errors import StateLimitError
+from turnbench.schema import FunctionTool, InputItem, Response
+
+
+@dataclass(slots=True)
+class ConversationRecord:
+    """Everything needed to continue after ``response``: what the connection cache holds.
+
+    ``items`` is the whole conversation so far (inputs and outputs, as input items); ``tokens`` the rendered
+    context (``None`` when not cached); ``kv`` the engine's opaque KV handle; ``route`` the routing decision.
+    """
+
+    response: Response
+    items: list[InputItem]
+    tools: list[FunctionTool]
+    instructions: str | None
+    tokens: list[int] | None = None
+    item_token_counts: list[int] | None = None
+    tools_key: int = 0
+    route: Any = None
+    kv: Any = None
+    lane: str | None = None
+    nbytes: int = 0
+
+    @property
+    def response_id(self) -> str:
+        return self.response.id
+
+
+def estimate_bytes(items: list[InputItem], tokens: list[int] | None) -> int:
+    """Approximate memory of a record: encoded item JSON plus 8 bytes per cached token."""
+    return sum(len(msgspec.json.encode(i)) for i in items) + 8 * len(tokens or ())
+
+
+class StateCache:
+    """Latest response per lane, for one connection. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, max_entries: int = 256, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._records: OrderedDict[str, ConversationRecord] = OrderedDict()
+        self._latest: dict[str | None, str] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, response_id: str) -> ConversationRecord | None:
+        rec = self._records.get(response_id)
+        if rec is None:
+            self.misses += 1
+            return None
+        self._records.move_to_end(response_id)
+        self.hits += 1
+        return rec
+
+    def check_fits(self, nbytes: int) -> None:
+        """Raise :class:`StateLimitError` if a conversation of ``nbytes`` can never be cached."""
+        if nbytes > self.max_bytes:
+            raise StateLimitError(
+                f"Conversation state of {nbytes} bytes exceeds this connection's cache limit of "
+                f"{self.max_bytes} bytes. Start a new chain with full input, or use store=true.",
+                "input",
+            )
+
+    def put(self, record: ConversationRecord) -> None:
+        """Make ``record`` the latest of its lane; drop the lane's previous response unless another lane
+        still points at it; evict least-recently-used records beyond the bounds."""
+        self.check_fits(record.nbytes)
+        old = self._latest.get(record.lane)
+        self._latest[record.lane] = record.response_id
+        if old is not None and old != record.response_id and old not in self._latest.values():
+            self._drop(old)
+        self._records[record.response_id] = record
+        self.bytes += record.nbytes
+        while len(self._records) > self.max_entries or self.bytes > self.max_bytes:
+            victim = next(iter(self._records))
+            self._drop(victim)
+            self.evictions += 1
+
+    def evict(self, response_id: str) -> bool:
+        """Remove ``response_id`` (a failed continuation's parent). Returns whether it was cached."""
+        if response_id not in self._records:
+            return False
+        self._drop(response_id)
+        self.evictions += 1
+        return True
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._latest.clear()
+        self.bytes = 0
+
+    def _drop(self, response_id: str) -> None:
+        rec = self._records.pop(response_id, None)
+        if rec is not None:
+            self.bytes -= rec.nbytes
+        for lane, rid in list(self._latest.items()):
+            if rid == response_id:
+                del self._latest[lane]
+
+
+# ---------------------------------------------------------------------------------------------- store
+
+
+class StoredResponse(msgspec.Struct, kw_only=True):
+    """What ``store=true`` persists: the response and the conversation that led to it."""
+
+    response: Response
+    items: list[Any]  # InputItem structs; kept loose so decode validates them with the item union
+    tools: list[FunctionTool] = []
+    instructions: str | None = None
+
+
+_stored_encoder = msgspec.json.Encoder()
+_stored_decoder = msgspec.json.Decoder(StoredResponse)
+
+
+class ResponseStore(Protocol):
+    def put(self, stored: StoredResponse) -> None: ...
+    def get(self, response_id: str) -> StoredResponse | None: ...
+    def close(self) -> None: ...
+
+
+class MemoryResponseStore:
+    """In-process store. Entries are kept encoded, so a hydration pays the same decode as SQLite."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, stored: StoredResponse) -> None:
+        blob = _stored_encoder.encode(stored)
+        with self._lock:
+            self._data[stored.response.id] = blob
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        with self._lock:
+            blob = self._data.get(response_id)
+        return None if blob is None else decode_stored(blob)
+
+    def close(self) -> None:
+        self._data.clear()
+
+
+def decode_stored(blob: bytes) -> StoredResponse:
+    from turnbench.schema import convert_item
+
+    stored = _stored_decoder.decode(blob)
+    stored.items = [convert_item(i, n) if isinstance(i, dict) else i for n, i in enumerate(stored.items)]
+    return stored
+
+
+class _SQLite:
+    """One connection per thread, WAL mode: readers never block the writer, across processes too."""
+
+    def __init__(self, path: str, schema: str) -> None:
+        self.path = path
+        self._schema = schema
+        self._local = threading.local()
+        self._conn()  # create the schema now, so errors surface at start-up
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+            conn.executescript(self._schema)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class SQLiteResponseStore(_SQLite):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created_at REAL, body BLOB NOT NULL);",
+        )
+
+    def put(self, stored: StoredResponse) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO responses (id, created_at, body) VALUES (?, ?, ?)",
+            (stored.response.id, time.time(), _stored_encoder.encode(stored)),
+        )
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        row = self._conn().execute("SELECT body FROM responses WHERE id = ?", (response_id,)).fetchone()
+        return None if row is None else decode_stored(row[0])
+
+
+def open_store(url: str) -> ResponseStore:
+    """``memory`` or ``sqlite:PATH``."""
+    if url == "memory":
+        return MemoryResponseStore()
+    if url.startswith("sqlite:"):
+        return SQLiteResponseStore(url.removeprefix("sqlite:"))
+    raise ValueError(f"unknown store {url!r}: expected 'memory' or 'sqlite:PATH'")
+
+
+@dataclass(slots=True)
+class UsageRow:
+    response_id: str
+    model: str
+    transport: str
+    state: str
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+    status: str
+    created_at: float = field(default_factory=time.time)
+
+
+class UsageLog(_SQLite):
+    """Durable per-response accounting, written by the ``post`` stage."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path,
+            "CREATE TABLE IF NOT EXISTS usage (response_id TEXT PRIMARY KEY, created_at REAL, model TEXT,"
+            " transport TEXT, state TEXT, input_tokens INT, cached_tokens INT, output_tokens INT,"
+            " status TEXT);",
+        )
+
+    def write(self, row: UsageRow) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.response_id, row.created_at, row.model, row.transport, row.state,
+                row.input_tokens, row.cached_tokens, row.output_tokens, row.status,
+            ),
+        )
+
+    def count(self) -> int:
+        return int(self._conn().execute("SELECT COUNT(*) FROM usage").fetchone()[0])
+
+    def rows(self) -> list[dict[str, Any]]:
+        cur = self._conn().execute("SELECT * FROM usage ORDER BY created_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
