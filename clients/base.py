@@ -428,7 +428,9 @@ def register_client(cls: _C) -> _C:
     return cls
 
 
-CLIENT_MODULES = ("clients.https_client", "clients.ws_client", "clients.grpc_client", "clients.sdk_client")
+CLIENT_MODULES = (
+    "clients.inproc_client",
+    "clients.https_client", "clients.ws_client", "clients.grpc_client", "clients.sdk_client")
 
 
 def load_clients() -> dict[str, type[ResponsesClient]]:

@@ -95,7 +95,7 @@ async def start_server(
     if not settings.tls:
         tls = None
     if tls is not None and settings.ca_out:
-        Path(settings.ca_out).write_bytes(tls.ca_pem_bytes)
+        Path(settings.ca_out).write_bytes(tls.ca_pem_bytes)  # noqa: ASYNC240  # once, at start-up
     service = service or ResponsesService(settings)
     return await factories[transport](settings, service, tls)
 

@@ -410,7 +410,11 @@ def decode_request(payload: bytes | str) -> ResponseCreate:
                 f"Unknown parameter: '{unknown.group(1)}'.", unknown.group(1), code="unknown_parameter"
             ) from exc
         m = re.search(r"missing required field `(\w+)`", msg)
-        param = m.group(1) if m else _param("", exc).lstrip(".") or None
+        where = _param("", exc).lstrip(".")
+        if m:
+            param: str | None = f"{where}.{m.group(1)}" if where else m.group(1)
+        else:
+            param = where or None
         raise InvalidRequestError(f"Invalid request: {msg}", param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequestError(
@@ -428,11 +432,13 @@ def request_from_builtins(obj: dict[str, Any]) -> ResponseCreate:
 
 def decode_event(payload: bytes | str) -> Event:
     """Decode one server event (clients and tests)."""
-    return _event_decoder.decode(payload)
+    event: Event = _event_decoder.decode(payload)
+    return event
 
 
 def event_from_builtins(obj: dict[str, Any]) -> Event:
-    return msgspec.convert(obj, Event)  # type: ignore[arg-type]
+    event: Event = msgspec.convert(obj, Event)
+    return event
 
 
 def decode_response(payload: bytes | str) -> Response:

@@ -65,9 +65,11 @@ from turnbench.schema import (
     ResponseFailed,
     ResponseIncomplete,
     ResponseInProgress,
+    StageStat,
     TurnbenchExt,
     Usage,
     decode_request,
+    item_text,
     output_as_input,
     request_from_builtins,
 )
@@ -199,7 +201,7 @@ class ResponsesService:
 
     async def create(self, parsed: ParsedRequest, session: Session) -> AsyncIterator[Event]:
         """Run the pipeline; yield events in spec order. Raises before ``response.created`` on bad input."""
-        req, timer, s = parsed.request, parsed.timer, self.settings
+        req, timer = parsed.request, parsed.timer
         if req.stream_id is not None and not _STREAM_ID.match(req.stream_id):
             raise InvalidStreamIdError(
                 "Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].", "stream_id")
@@ -252,7 +254,7 @@ class ResponsesService:
         await timer.inject("safety")
         with timer.stage("safety") as st:
             checked = new_items if incremental else items
-            texts = [pipeline.item_text(i) for i in checked]
+            texts = [item_text(i) for i in checked]
             if not incremental and req.instructions:
                 texts.append(req.instructions)
             pipeline.safety_check(self.safety, texts, st)
@@ -447,7 +449,7 @@ class ResponsesService:
         nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in out_items)
         tokens: list[int] | None = None
         if self.settings.token_cache:
-            tokens = [*p.tokens, *pipeline.render_items(self.tokenizer, out_items, pipeline.StageStat())]
+            tokens = [*p.tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
             nbytes += 8 * len(tokens)
         return ConversationRecord(
             response=response, items=items, tools=p.tools, instructions=req.instructions, tokens=tokens,

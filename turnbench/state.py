@@ -180,28 +180,37 @@ class _SQLite:
     """One connection per thread, WAL mode: readers never block the writer, across processes too."""
 
     def __init__(self, path: str, schema: str) -> None:
-        self.path = path
+        # ":memory:" is per connection in SQLite; share one named in-memory DB between our threads
+        self.uri = path == ":memory:"
+        self.path = f"file:turnbench-{id(self)}?mode=memory&cache=shared" if self.uri else path
         self._schema = schema
         self._local = threading.local()
-        self._conn()  # create the schema now, so errors surface at start-up
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._keep = self._conn()  # create the schema now (errors surface at start-up); keeps :memory: alive
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            if self.path != ":memory:":
+            if not self.uri:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False,
+                                   uri=self.uri)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.executescript(self._schema)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every thread's connection (call once no thread uses the store any more)."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local = threading.local()
 
 
 class SQLiteResponseStore(_SQLite):

@@ -56,7 +56,9 @@ class ModelEngine(Protocol):
         used only when ``use_cache``; then only the uncovered suffix is computed."""
         ...
 
-    def decode(self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int) -> AsyncIterator[DecodeChunk]:
+    def decode(
+        self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int
+    ) -> AsyncIterator[DecodeChunk]:
         """Produce the planned output ``pieces`` (token id, text) at the engine's pace, in chunks."""
         ...
 

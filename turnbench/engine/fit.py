@@ -39,7 +39,8 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("anchor", help="JSON list of {model, context, new, full_prefill_ms, incremental_prefill_ms, decode_tok_s}")
+    ap.add_argument("anchor", help="JSON list of {model, context, new, full_prefill_ms, incremental_prefill_ms, "
+                    "decode_tok_s}")
     ap.add_argument("--model", default=None, help="fit only this model (default: each model in the file)")
     args = ap.parse_args(argv)
     with open(args.anchor) as fh:
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     for model in sorted({r["model"] for r in data}):
         if args.model and model != args.model:
             continue
-        print(model, json.dumps({k: round(float(v), 7) for k, v in fit([r for r in data if r["model"] == model]).items()}))
+        coef = fit([r for r in data if r["model"] == model])
+        print(model, json.dumps({k: round(float(v), 7) for k, v in coef.items()}))
     return 0
 
 

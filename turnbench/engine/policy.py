@@ -33,7 +33,7 @@ class OutputPlan:
 
 
 def _value(schema: Mapping[str, Any], rng: random.Random, words: int) -> Any:
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return rng.choice(list(schema["enum"]))
     kind = schema.get("type", "string")
     if kind == "integer":

@@ -56,12 +56,12 @@ class SimProfile:
 
 
 # 8B model on one H200 (bf16, eager), fitted by turnbench.engine.fit
-_H200_8B = dict(
-    prefill_base_ms=15.23,
-    prefill_ms_per_token=0.02253,
-    prefill_ms_per_token_kctx=0.0005643,
-    prefill_ms_per_ctx_token=0.001205,
-)
+_H200_8B: dict[str, float] = {
+    "prefill_base_ms": 15.23,
+    "prefill_ms_per_token": 0.02253,
+    "prefill_ms_per_token_kctx": 0.0005643,
+    "prefill_ms_per_ctx_token": 0.001205,
+}
 
 PROFILES: dict[str, SimProfile] = {
     p.name: p
@@ -71,20 +71,20 @@ PROFILES: dict[str, SimProfile] = {
             "frontier",
             "~65 tok/s decode (a GPT-5-class model, the seed's slow regime); prefill as h200-8b",
             decode_ms_per_token=1000.0 / 65.0,
-            **_H200_8B,
+            **_H200_8B,  # type: ignore[arg-type]
         ),
         SimProfile(
             "fast",
             "~1000 tok/s decode (a fast coding model, the seed's fast regime); prefill 4x faster than h200-8b",
             decode_ms_per_token=1.0,
-            **{k: v / 4.0 for k, v in _H200_8B.items()},
+            **{k: v / 4.0 for k, v in _H200_8B.items()},  # type: ignore[arg-type]
         ),
         SimProfile(
             "h200-8b",
             "fitted to anchors/gpu_prefill_decode_h200.json: 8B model, H200, batch 1, eager decode",
             decode_ms_per_token=18.26,
             decode_ms_per_token_kctx=0.0781,
-            **_H200_8B,
+            **_H200_8B,  # type: ignore[arg-type]
         ),
         SimProfile(
             "calibration",
@@ -113,9 +113,11 @@ class PrefixCache:
         self._blocks: OrderedDict[int, None] = OrderedDict()
 
     @staticmethod
-    def chain(context: Sequence[int]) -> list[int]:
-        hashes, h = [], 0
-        for start in range(0, len(context) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
+    def chain(context: Sequence[int], known: Sequence[int] = ()) -> list[int]:
+        """Block hashes of ``context``; ``known`` are already-computed hashes of its leading blocks."""
+        hashes = list(known)
+        h = hashes[-1] if hashes else 0
+        for start in range(len(hashes) * BLOCK_TOKENS, len(context) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
             h = hash((h, tuple(context[start : start + BLOCK_TOKENS])))
             hashes.append(h)
         return hashes
@@ -159,7 +161,9 @@ class SimEngine:
         self.prefix_cache = PrefixCache()
 
     async def prefill(self, context: Sequence[int], kv: KVHandle | None, *, use_cache: bool) -> PrefillResult:
-        hashes = self.prefix_cache.chain(context)
+        # a continuation's KV handle carries its block hashes: only the new blocks are hashed
+        known = kv.payload if (kv is not None and isinstance(kv.payload, list) and kv.tokens <= len(context)) else ()
+        hashes = self.prefix_cache.chain(context, known)
         cached = 0
         if use_cache:
             if kv is not None and kv.tokens <= len(context):
@@ -174,7 +178,7 @@ class SimEngine:
         self.stats.prefill_tokens += computed
         self.stats.cached_tokens += cached
         key = hashes[-1] if hashes else 0
-        return PrefillResult(KVHandle(tokens=len(context), key=key), cached, computed, ms)
+        return PrefillResult(KVHandle(tokens=len(context), key=key, payload=hashes), cached, computed, ms)
 
     async def decode(
         self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int

@@ -1,0 +1,237 @@
+"""The transport-agnostic agent loop: model → tool call → tool result → model, until the final answer.
+
+The same loop drives every client (``https``, ``ws``, ``grpc``, ``sdk-*``, ``inproc``); switching transport
+changes the client object, never the loop. The state strategy decides what each turn sends:
+
+* ``full``: no ``previous_response_id``; the whole history (user message, every ``function_call`` and
+  ``function_call_output``) is re-sent each turn, ``store=false``.
+* ``store``: ``previous_response_id`` + only the new items, ``store=true`` (the server may hydrate from its
+  ResponseStore — or, on a connection transport, answer from its connection cache first).
+* ``connection``: ``previous_response_id`` + only the new items, ``store=false``: works only on the same
+  connection (WebSocket, gRPC ``Connect``).
+
+Tools run *on the client*, for real, over the fixture corpus shipped in ``loadtests/corpus`` (read a file,
+search text, count words), with an optional explicit extra latency and a deterministic output size.
+Recovery: on ``previous_response_not_found`` or a lost connection the loop reconnects (when the client can)
+and continues by store hydration (``store``) or by re-sending the full context with
+``previous_response_id`` null; what that cost is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from clients.base import ResponsesClient, RolloutResult, TurnRecorder, TurnResult
+
+CORPUS_DIR = Path(__file__).resolve().parent.parent / "loadtests" / "corpus"
+SEARCH_TERMS = ("def ", "return", "import", "class ", "self", "raise", "yield", "lambda", "async", "None")
+RECOVERABLE = frozenset({"previous_response_not_found", "connection_closed", "connection_error",
+                         "websocket_connection_limit_reached"})
+
+
+@cache
+def corpus_files(root: str = str(CORPUS_DIR)) -> tuple[str, ...]:
+    base = Path(root)
+    return tuple(sorted(str(p.relative_to(base)) for p in base.rglob("*")
+                        if p.is_file() and p.name not in ("MANIFEST.txt", "LICENSE-PSF.txt")))
+
+
+class Toolbox:
+    """Real, deterministic tools over a corpus.
+
+    ``output_bytes``: median size a tool output is cut or padded to (0 = natural size); ``output_sigma``:
+    lognormal spread around it (a coding agent's long tail); ``latency_ms``: explicit extra tool time.
+    """
+
+    def __init__(self, corpus_dir: Path | str = CORPUS_DIR, *, output_bytes: int = 4096,
+                 output_sigma: float = 0.0, latency_ms: float = 0.0, seed: int = 0) -> None:
+        self.root = Path(corpus_dir)
+        self.files = corpus_files(str(self.root))
+        if not self.files:
+            raise ValueError(f"no corpus files under {self.root}")
+        self.output_bytes = output_bytes
+        self.output_sigma = output_sigma
+        self.latency_ms = latency_ms
+        self.seed = seed
+        self._text: dict[str, str] = {}
+
+    def definitions(self) -> list[dict[str, Any]]:
+        """Function tool definitions; enums let the scripted model pick arguments that exist."""
+        path = {"type": "string", "enum": list(self.files), "description": "corpus-relative file path"}
+        return [
+            {"type": "function", "name": "read_file", "description": "Read a file of the repository.",
+             "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
+            {"type": "function", "name": "search_text", "description": "Lines containing a string.",
+             "parameters": {"type": "object", "properties": {
+                 "query": {"type": "string", "enum": list(SEARCH_TERMS)}, "path": path},
+                 "required": ["query", "path"]}},
+            {"type": "function", "name": "word_count", "description": "Count lines, words, bytes of a file.",
+             "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
+        ]
+
+    def _read(self, rel: str) -> str:
+        if rel not in self._text:
+            if rel not in self.files:
+                raise FileNotFoundError(rel)
+            self._text[rel] = (self.root / rel).read_text(encoding="utf-8", errors="replace")
+        return self._text[rel]
+
+    def target_bytes(self, call_index: int) -> int:
+        if self.output_bytes <= 0:
+            return 0
+        if self.output_sigma <= 0:
+            return self.output_bytes
+        rng = random.Random(self.seed * 7919 + call_index)
+        return max(64, int(self.output_bytes * math.exp(rng.gauss(0.0, self.output_sigma))))
+
+    def execute(self, name: str, arguments: str, call_index: int = 0) -> str:
+        """Run a tool synchronously; errors become the tool's output, as an agent would report them."""
+        try:
+            args = orjson.loads(arguments or "{}")
+            if name == "read_file":
+                out = self._read(args["path"])
+            elif name == "search_text":
+                q, text = args["query"], self._read(args["path"])
+                out = "\n".join(f"{n}: {line}" for n, line in enumerate(text.splitlines(), 1) if q in line)
+                out = out or f"no match for {q!r}"
+            elif name == "word_count":
+                text = self._read(args["path"])
+                words = len(re.findall(r"\S+", text))
+                out = f"{len(text.splitlines())} lines, {words} words, {len(text.encode())} bytes"
+            else:
+                out = f"error: unknown tool {name!r}"
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as exc:
+            out = f"error: {type(exc).__name__}: {exc}"
+        return self._sized(out, call_index)
+
+    def _sized(self, out: str, call_index: int) -> str:
+        target = self.target_bytes(call_index)
+        if target <= 0:
+            return out
+        if len(out) >= target:
+            return out[:target]
+        filler = self._read(self.files[call_index % len(self.files)])
+        while len(out) < target:
+            out += "\n" + filler[: target - len(out)]
+        return out[:target]
+
+    async def run(self, name: str, arguments: str, call_index: int = 0) -> str:
+        if self.latency_ms > 0:
+            await asyncio.sleep(self.latency_ms / 1000.0)
+        return self.execute(name, arguments, call_index)
+
+
+def _function_calls(response: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for o in response.get("output", []) if o.get("type") == "function_call"]
+
+
+def _answer_text(response: dict[str, Any]) -> str | None:
+    for o in response.get("output", []):
+        if o.get("type") == "message":
+            return "".join(p.get("text", "") for p in o.get("content", []))
+    return None
+
+
+async def run_rollout(
+    client: ResponsesClient,
+    *,
+    state: str,
+    toolbox: Toolbox,
+    task: str = "Investigate the repository and summarize what you find.",
+    model: str = "turnbench-sim",
+    metadata: dict[str, str] | None = None,
+    rollout_id: int = 0,
+    scheduled_ns: int | None = None,
+    max_turns: int = 200,
+    max_recoveries: int = 3,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    transport: str | None = None,
+) -> RolloutResult:
+    """Run one rollout to its final answer. Never raises for transport errors: they end up in the record.
+
+    ``scheduled_ns``: open-loop due time of the first request (queueing before it is counted in turn 0).
+    """
+    if state not in ("full", "store", "connection"):
+        raise ValueError(f"unknown state strategy {state!r}")
+    name = transport or client.transport
+    tools = toolbox.definitions()
+    meta = dict(metadata or {})
+    history: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": task}]
+    new_items: list[dict[str, Any]] = list(history)
+    prev_id: str | None = None
+    turns: list[TurnResult] = []
+    tool_calls: list[tuple[str, str]] = []
+    tool_ms_total = recovery_ms = 0.0
+    recoveries = 0
+    pending_tool_ms = 0.0
+    t_start = scheduled_ns if scheduled_ns is not None else clock()
+    final: str | None = None
+    error: str | None = None
+
+    def body() -> dict[str, Any]:
+        if state == "full" or prev_id is None:
+            return {"model": model, "input": history, "tools": tools, "store": state == "store",
+                    "metadata": meta}
+        return {"model": model, "previous_response_id": prev_id, "input": new_items, "tools": tools,
+                "store": state == "store", "metadata": meta}
+
+    for turn in range(max_turns):
+        rec = TurnRecorder(name, state, rollout_id=rollout_id, turn_index=turn, tool_ms=pending_tool_ms,
+                           clock=clock)
+        rec.scheduled(t_start if turn == 0 else None)
+        response = await client.safe_create(body(), recorder=rec)
+        result = rec.result()
+        turns.append(result)
+        if not result.success:
+            if result.error_code in RECOVERABLE and recoveries < max_recoveries:
+                r0 = clock()
+                recoveries += 1
+                reconnect = getattr(client, "reconnect", None)
+                if result.error_code != "previous_response_not_found" and reconnect is not None:
+                    await reconnect()
+                if state != "store" or result.error_code == "previous_response_not_found":
+                    prev_id = None  # start a fresh chain with the full context
+                recovery_ms += (clock() - r0) / 1e6 + (result.turn_ms or 0.0)
+                continue
+            error = f"{result.error_code}: {result.error}"
+            break
+        pending_tool_ms = 0.0
+        calls = _function_calls(response)
+        if not calls:
+            final = _answer_text(response)
+            break
+        prev_id = response.get("id")
+        new_items = []
+        for call in calls:
+            t0 = clock()
+            output = await toolbox.run(call["name"], call["arguments"], len(tool_calls))
+            pending_tool_ms += (clock() - t0) / 1e6
+            tool_calls.append((call["name"], call["arguments"]))
+            fc = {"type": "function_call", "call_id": call["call_id"], "name": call["name"],
+                  "arguments": call["arguments"]}
+            fco = {"type": "function_call_output", "call_id": call["call_id"], "output": output}
+            history += [fc, fco]
+            new_items.append(fco)
+        tool_ms_total += pending_tool_ms
+    else:
+        error = f"no final answer after {max_turns} turns"
+    return RolloutResult(
+        transport=name, state=state, rollout_id=rollout_id, success=error is None and final is not None,
+        error=error, turns=turns, rollout_ms=(clock() - t_start) / 1e6, tool_ms=tool_ms_total,
+        recoveries=recoveries, recovery_ms=recovery_ms,
+        connect_ms=turns[0].connect_ms if turns else None, final_output=final, tool_calls=tool_calls,
+    )
+
+
+def tool_call_names(results: Sequence[RolloutResult]) -> list[list[str]]:
+    return [[n for n, _ in r.tool_calls] for r in results]

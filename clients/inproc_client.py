@@ -1,0 +1,74 @@
+"""``inproc``: the service called directly, no socket — the harness's zero-transport reference.
+
+It JSON-encodes the request and every event exactly as a JSON transport would (so ``parse`` and the
+byte counts are real), but nothing crosses a socket. Comparing a transport with ``inproc`` in one run
+separates what the transport costs from what the pipeline and the harness cost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import orjson
+
+from clients.base import ClientConfig, ResponsesClient, TurnRecorder, register_client
+from turnbench.errors import TurnbenchError
+from turnbench.schema import encode
+from turnbench.service import ResponsesService, Session
+
+
+@register_client
+class InProcClient(ResponsesClient):
+    """``config.options["service"]`` is the :class:`ResponsesService` to call (required)."""
+
+    transport: ClassVar[str] = "inproc"
+    supports_connection_state: ClassVar[bool] = True
+
+    def __init__(self, config: ClientConfig) -> None:
+        super().__init__(config)
+        service = config.options.get("service")
+        if not isinstance(service, ResponsesService):
+            raise ValueError("inproc client needs options={'service': ResponsesService}")
+        self.service = service
+        self.session: Session | None = None
+
+    async def connect(self) -> float | None:
+        t0 = time.perf_counter_ns()
+        self.session = self.service.new_session("inproc", connection=True)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    async def reconnect(self) -> float | None:
+        await self.close()
+        return await self.connect()
+
+    async def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        return await self.create_raw(orjson.dumps(body), recorder=recorder)
+
+    async def create_raw(self, payload: bytes, *, recorder: TurnRecorder) -> dict[str, Any]:
+        if self.session is None:
+            await self.connect()
+        assert self.session is not None
+        recorder.sent(len(payload))
+        try:
+            agen = self.service.create(self.service.parse(payload), self.session)
+            async for ev in agen:
+                data = encode(ev)
+                kind = type(ev).__struct_config__.tag
+                assert isinstance(kind, str)
+                recorder.on_event(kind, len(data))
+                if kind in ("response.completed", "response.failed", "response.incomplete"):
+                    response: dict[str, Any] = orjson.loads(data)["response"]
+                    recorder.on_response(response)
+                    return response
+        except TurnbenchError as err:
+            recorder.on_event("error", 0)
+            recorder.fail(err.message, err.code)
+            return {}
+        recorder.fail("stream ended without a terminal event", "no_terminal_event")
+        return {}

@@ -1,0 +1,75 @@
+"""Shared fixtures: TLS material, servers on port 0 (stopped by the test), clients for them.
+
+Timeouts scale with ``TURNBENCH_TEST_TIMEOUT_FACTOR`` (websockets' ``MS`` habit) for slow machines.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from clients.base import ClientConfig, ResponsesClient, load_clients, make_client
+from servers.base import RunningServer, load_servers, start_server
+from turnbench.settings import Settings
+from turnbench.tls import TLSMaterial, generate_tls
+
+TIMEOUT_FACTOR = float(os.environ.get("TURNBENCH_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@pytest.fixture(scope="session")
+def tls() -> TLSMaterial:
+    return generate_tls()
+
+
+def client_config(server: RunningServer, **options: Any) -> ClientConfig:
+    """A client config for ``server``: its URL, its CA, no API key unless given."""
+    api_key = options.pop("api_key", server.service.settings.api_key)
+    ssl_ctx = server.tls.client_ssl_context() if server.tls else None
+    ca = server.tls.ca_pem_bytes if server.tls else None
+    return ClientConfig(url=server.url, api_key=api_key, ssl_context=ssl_ctx, ca_pem=ca, options=options)
+
+
+ServeFn = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def serve(tls: TLSMaterial) -> AsyncIterator[ServeFn]:
+    """``await serve("ws", profile="instant", ...)`` → a running server, stopped at teardown."""
+    started: list[RunningServer] = []
+
+    async def _serve(transport: str, **overrides: Any) -> RunningServer:
+        if transport not in load_servers():
+            pytest.skip(f"{transport} server not built yet")
+        settings = Settings(**{"profile": "instant", "tls": True, "usage_db": ":memory:", **overrides})
+        server = await start_server(transport, settings, tls=tls if settings.tls else None)
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        await server.stop()
+        server.service.close()
+
+
+ClientFn = Callable[..., Awaitable[ResponsesClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[ClientFn]:
+    """``await connect("ws", server, **options)`` → a connected client, closed at teardown."""
+    opened: list[ResponsesClient] = []
+
+    async def _connect(transport: str, server: RunningServer, **options: Any) -> ResponsesClient:
+        if transport not in load_clients():
+            pytest.skip(f"{transport} client not built yet")
+        client = make_client(transport, client_config(server, **options))
+        opened.append(client)
+        await client.connect()
+        return client
+
+    yield _connect
+    for client in opened:
+        await client.close()
