@@ -375,14 +375,15 @@ class ResponsesService:
         final = snap(status=status, output=outputs, usage=usage, turnbench=TurnbenchExt(
             stages=timer.snapshot(), state=p.state, engine=self.engine.name,
             prefill_tokens=pre.computed_tokens))
+        # recorded before the terminal event: an adapter may stop iterating right after it
+        self.recent.append(ResponseRecord(resp.id, session.transport, p.state, status,
+                                          msgspec.to_builtins(timer.stats), pre.computed_tokens,
+                                          pre.cached_tokens))
         if status == "incomplete":
             final.incomplete_details = {"reason": "max_output_tokens"}
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
         else:
             yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
-        self.recent.append(ResponseRecord(resp.id, session.transport, p.state, status,
-                                          msgspec.to_builtins(timer.stats), pre.computed_tokens,
-                                          pre.cached_tokens))
 
     async def _stream_item(
         self, plan: OutputPlan, pieces: list[tuple[int, str]], kv: KVHandle, seq: int, sid: str | None,
@@ -494,7 +495,15 @@ class ResponsesService:
 
     # ------------------------------------------------------------------------------------------ misc
 
+    async def retrieve(self, response_id: str) -> Response:
+        """A stored response (``GET /v1/responses/{id}``); waits for its ``post`` if still writing it."""
+        pending = self._pending_store.get(response_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+        return self.get_stored(response_id)
+
     def get_stored(self, response_id: str) -> Response:
+        """A stored response, as the store has it now (see :meth:`retrieve` to wait for a pending write)."""
         stored = self.store.get(response_id)
         if stored is None:
             raise NotFoundError(f"No response found with id '{response_id}'.", "response_id")

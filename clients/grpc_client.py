@@ -1,0 +1,337 @@
+"""gRPC clients: ``turnbench.v1.Responses`` over grpc.aio, one result record like every transport.
+
+Registered transports (``config.options`` can override each default):
+
+- ``grpc``: ``Connect`` stream, typed codec — the WebSocket-mode equivalent (``previous_response_id`` is
+  served from the stream's cache).
+- ``grpc-json``: ``Connect`` stream, json codec (``ServerEvent.json``): the WebSocket JSON objects over
+  gRPC, so a report can tell serialization cost from transport cost.
+- ``grpc-create``: one ``Create`` call per request (``CreateJson`` for the json codec), like HTTPS.
+
+Options: ``codec`` = ``"typed"`` | ``"json"``; ``method`` = ``"connect"`` | ``"create"``;
+``connect_timeout_s`` (default 10); ``record_events`` = True keeps every event of the last request as a
+JSON-shaped dict in ``last_events`` (tests; it costs a conversion per event). A body the typed schema
+cannot carry exactly (an unknown parameter, a wrong type) is sent through the json codec, so the server
+judges it as on the other transports. One request at a time per client (like the Agents SDK).
+
+``create`` connects first when needed (a failure is ``connection_error``); after a call fails, the next
+request opens a new ``Connect`` stream on the same channel (its cache starts empty, as after a WebSocket
+reconnect); ``reconnect()`` opens a new channel. ``create`` never raises for transport or protocol
+errors: gRPC status codes map onto Responses error codes (the server's ``turnbench-error-code`` trailing
+metadata first). Byte counts are the serialized message plus gRPC's 5-byte message prefix (HTTP/2 frames
+are not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+import grpc
+import msgspec
+
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+from turnbench.v1 import responses_pb2 as pb
+from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto, response_from_proto
+
+__all__ = ["GrpcClient", "GrpcCreateClient", "GrpcJsonClient", "status_code"]
+
+SERVICE = "/turnbench.v1.Responses/"
+PREFIX_BYTES = 5  # gRPC length-prefixed message: 1 flag byte + 4 length bytes
+STATUS_CODES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.UNAUTHENTICATED: "invalid_api_key",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "payload_too_large",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request_error",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "request_timeout",
+    grpc.StatusCode.UNAVAILABLE: "connection_closed",
+    grpc.StatusCode.CANCELLED: "connection_closed",
+    grpc.StatusCode.NOT_FOUND: "not_found",
+    grpc.StatusCode.INTERNAL: "server_error",
+}
+_LIMIT_CODE = "websocket_connection_limit_reached"
+_TERMINAL_KINDS = frozenset({"completed", "failed", "incomplete"})
+_ERROR_KINDS = frozenset({"error", "ws_error"})
+
+
+def status_code(exc: grpc.aio.AioRpcError) -> str:
+    """The Responses error code for a failed call: the server's own code, else one mapped from the status."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "turnbench-error-code":
+            return str(value)
+    return STATUS_CODES.get(exc.code(), f"grpc_{exc.code().name.lower()}")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (``tag`` is field_number << 3 | 2, below 128)."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+_CREATE_TAG, _JSON_TAG = 1 << 3 | 2, 2 << 3 | 2  # ClientEvent.create, ClientEvent.json
+_EVENT_JSON_TAG = b"\x82\x01"  # ServerEvent.json (field 16): no typed event starts with these bytes
+
+
+def _split_json(raw: bytes) -> bytes | None:
+    """The JSON payload of a ``ServerEvent{json}``, read without building a message; None if typed."""
+    if not raw.startswith(_EVENT_JSON_TAG):
+        return None
+    n = shift = 0
+    i = 2
+    while True:
+        b = raw[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if b < 0x80:
+            break
+        shift += 7
+    return raw[i:] if len(raw) - i == n else None
+
+
+@register_client
+class GrpcClient(ResponsesClient):
+    """``Connect`` stream with the typed codec; see the module docstring for options."""
+
+    transport: ClassVar[str] = "grpc"
+    supports_connection_state: ClassVar[bool] = True
+    default_codec: ClassVar[str] = "typed"
+    default_method: ClassVar[str] = "connect"
+
+    def __init__(self, config: ClientConfig) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.codec: str = opts.get("codec", self.default_codec)
+        self.method: str = opts.get("method", self.default_method)
+        if self.codec not in ("typed", "json") or self.method not in ("connect", "create"):
+            raise ValueError(f"grpc client: codec must be typed|json, method connect|create; got "
+                             f"{self.codec!r}, {self.method!r}")
+        self.record_events = bool(opts.get("record_events", False))
+        self.last_events: list[dict[str, Any]] = []
+        self._metadata = (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._lock: asyncio.Lock | None = None
+        self.connect_ms: float | None = None
+
+    # ------------------------------------------------------------------------------------------ connection
+
+    async def connect(self) -> float | None:
+        """Open the channel, wait until it is ready (TCP+TLS+HTTP/2) and open the Connect stream.
+
+        Returns: the time this took, in ms (the first time's, when already connected).
+        Raises: ``grpc.aio.AioRpcError`` or ``asyncio.TimeoutError`` if no channel could be opened within
+        ``connect_timeout_s`` (option, default 10).
+        """
+        if self._channel is not None:
+            return self.connect_ms
+        t0 = time.perf_counter_ns()
+        cfg = self.config
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        if cfg.ca_pem is not None or cfg.ssl_context is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=cfg.ca_pem)
+            self._channel = grpc.aio.secure_channel(cfg.url, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(cfg.url, options=options)
+        self._lock = asyncio.Lock()
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), cfg.options.get("connect_timeout_s", 10.0))
+        except BaseException:
+            await self.close()
+            raise
+        if self.method == "connect":
+            call = self._open_stream()
+            try:
+                await call.wait_for_connection()
+            except grpc.aio.AioRpcError:
+                pass  # refused at once (e.g. UNAUTHENTICATED): the first create records why
+        self.connect_ms = (time.perf_counter_ns() - t0) / 1e6
+        return self.connect_ms
+
+    async def reconnect(self) -> float | None:
+        """Close and open a fresh channel and stream (the server-side cache starts empty). Returns: ms."""
+        await self.close()
+        return await self.connect()
+
+    def _open_stream(self) -> grpc.aio.StreamStreamCall:
+        assert self._channel is not None
+        self._call = self._channel.stream_stream(SERVICE + "Connect")(metadata=self._metadata)
+        return self._call
+
+    async def close(self) -> None:
+        """Cancel the stream and close the channel (the server drops the stream's cache); idempotent."""
+        call, channel = self._call, self._channel
+        self._call = self._channel = None
+        if call is not None:
+            call.cancel()
+        if channel is not None:
+            await channel.close()
+
+    # ------------------------------------------------------------------------------------------ requests
+
+    def _encode(self, body: dict[str, Any]) -> tuple[bytes, bool]:
+        """``body`` as ``CreateRequest`` bytes (True) or JSON bytes (False: the json codec)."""
+        if self.codec == "typed":
+            try:
+                return body_to_proto(body).SerializeToString(), True
+            except Unrepresentable:
+                pass  # let the server judge it, as over the other transports
+        if self.method == "connect":
+            body = {"type": "response.create", **body}  # the WebSocket frame, byte for byte
+        return msgspec.json.encode(body), False
+
+    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        """Send one request and stream its events into ``recorder``.
+
+        Returns: the final Response object as a dict, or ``{}`` after ``recorder.fail``.
+        """
+        try:
+            message, typed = self._encode(body)
+        except (TypeError, msgspec.EncodeError) as exc:
+            recorder.fail(f"request body is not JSON: {exc}", "client_invalid_body")
+            return {}
+        return await self._send(message, typed, recorder)
+
+    async def create_raw(self, payload: bytes, *, recorder: TurnRecorder) -> dict[str, Any]:
+        """Send ``payload`` unmodified in the ``json`` field of a ``ClientEvent``."""
+        return await self._send(payload, False, recorder)
+
+    async def _send(self, payload: bytes, typed: bool, recorder: TurnRecorder) -> dict[str, Any]:
+        if self._channel is None or self._lock is None:
+            try:
+                ms = await self.connect()
+            except Exception as exc:
+                recorder.fail(f"could not connect to {self.config.url}: {type(exc).__name__}: {exc}",
+                              "connection_error")
+                return {}
+            if recorder.connect_ms is None:
+                recorder.connect_ms = ms
+        assert self._lock is not None
+        async with self._lock:
+            try:
+                if self.method == "create":
+                    return await self._unary(payload, typed, recorder)
+                return await self._on_stream(_field(_CREATE_TAG if typed else _JSON_TAG, payload), recorder)
+            except grpc.aio.AioRpcError as exc:
+                self._call = None  # the stream is over: the next request opens a new one (empty cache)
+                recorder.fail(exc.details() or exc.code().name, status_code(exc))
+                return {}
+            except asyncio.InvalidStateError as exc:  # the stream finished between our check and the write
+                self._call = None
+                recorder.fail(str(exc), "connection_closed")
+                return {}
+            except asyncio.CancelledError:
+                if self._call is not None:  # the rest of this turn would arrive on the next request
+                    self._call.cancel()
+                    self._call = None
+                raise
+
+    async def _on_stream(self, message: bytes, recorder: TurnRecorder) -> dict[str, Any]:
+        call = self._call if self._call is not None and not self._call.done() else self._open_stream()
+        recorder.sent(len(message) + PREFIX_BYTES)
+        await call.write(message)
+        result = await self._read_turn(call.read, recorder)
+        if result is None:
+            self._call = None
+            await self._raise_status(call, recorder)
+            return {}
+        if recorder.error_code == _LIMIT_CODE:  # the server ends this stream after that error
+            self._call = None
+        return result
+
+    async def _unary(self, payload: bytes, typed: bool, recorder: TurnRecorder) -> dict[str, Any]:
+        assert self._channel is not None
+        path, request = ("Create", payload) if typed else ("CreateJson", _field(_JSON_TAG, payload))
+        call = self._channel.unary_stream(SERVICE + path)(request, metadata=self._metadata)
+        recorder.sent(len(request) + PREFIX_BYTES)
+        try:
+            result = await self._read_turn(call.read, recorder)
+            if result is None:
+                await self._raise_status(call, recorder)
+                return {}
+            return result
+        finally:
+            call.cancel()  # a no-op once the server has finished
+
+    async def _raise_status(self, call: Any, recorder: TurnRecorder) -> None:
+        """The stream ended before a terminal event: record its status."""
+        code = await call.code()
+        if code == grpc.StatusCode.OK:
+            recorder.fail("stream ended without a terminal event", "connection_closed")
+        else:
+            recorder.fail(await call.details() or code.name, STATUS_CODES.get(code, "connection_closed"))
+
+    async def _read_turn(self, read: Callable[[], Awaitable[Any]], recorder: TurnRecorder) -> dict[str, Any] | None:
+        """Read events until the terminal one. Returns: the Response dict, ``{}`` after an error event,
+        or None if the stream ended first."""
+        self.last_events = []
+        while True:
+            raw = await read()
+            if raw is grpc.aio.EOF:
+                return None
+            nbytes = len(raw) + PREFIX_BYTES
+            payload = _split_json(raw)
+            if payload is not None:
+                event = msgspec.json.decode(payload)
+                etype = event.get("type", "") if isinstance(event, dict) else ""
+                recorder.on_event(etype, nbytes)
+                if self.record_events:
+                    self.last_events.append(event)
+                if etype in TERMINAL_TYPES:
+                    return self._terminal_json(event, recorder)
+                continue
+            se = pb.ServerEvent.FromString(raw)
+            kind = se.WhichOneof("event")
+            recorder.on_event(EVENT_TYPES.get(kind or "", ""), nbytes)
+            if self.record_events and kind is not None:
+                self.last_events.append(msgspec.to_builtins(event_from_proto(se)))
+            if kind in _TERMINAL_KINDS:
+                response = msgspec.to_builtins(response_from_proto(getattr(se, kind).response))
+                recorder.on_response(response)
+                return response  # type: ignore[no-any-return]
+            if kind == "ws_error":
+                err = se.ws_error.error
+                recorder.fail(err.message, err.code if err.HasField("code") else err.type)
+                return {}
+            if kind == "error":
+                recorder.fail(se.error.message, se.error.code if se.error.HasField("code") else "error")
+                return {}
+
+    @staticmethod
+    def _terminal_json(event: dict[str, Any], recorder: TurnRecorder) -> dict[str, Any]:
+        if event.get("type") == "error":
+            inner = event.get("error")
+            err: dict[str, Any] = inner if isinstance(inner, dict) else event  # WS shape, else SSE shape
+            recorder.fail(str(err.get("message", "error")), str(err.get("code") or err.get("type") or "error"))
+            return {}
+        response = event.get("response")
+        if not isinstance(response, dict):
+            recorder.fail("terminal event without a response", "client_malformed_response")
+            return {}
+        recorder.on_response(response)
+        return response
+
+
+@register_client
+class GrpcJsonClient(GrpcClient):
+    """``Connect`` stream with the json codec (WebSocket JSON objects in ``ServerEvent.json``)."""
+
+    transport: ClassVar[str] = "grpc-json"
+    default_codec: ClassVar[str] = "json"
+
+
+@register_client
+class GrpcCreateClient(GrpcClient):
+    """One stateless ``Create`` call per request, like HTTPS (no connection state)."""
+
+    transport: ClassVar[str] = "grpc-create"
+    supports_connection_state: ClassVar[bool] = False
+    default_method: ClassVar[str] = "create"

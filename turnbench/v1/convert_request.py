@@ -1,0 +1,304 @@
+"""The request half of :mod:`turnbench.v1.convert`: a ``response.create`` body ↔ ``CreateRequest``.
+
+Requests travel as JSON-shaped builtins, because that is what the core's ``parse`` stage takes
+(:meth:`ResponsesService.parse_obj`): :func:`body_to_proto` / :func:`request_to_proto` on the client,
+:func:`request_from_proto` on the server. Unset proto fields are left out of the dict, so the core applies
+its own defaults (``store`` true, ``tool_choice`` "auto", …).
+
+:func:`body_to_proto` is strict: a body the typed schema cannot carry *exactly* (an unknown parameter, a
+value of the wrong type, an item kind the proto does not know, a missing required field) raises
+:class:`Unrepresentable`, and the client sends that body through the ``json`` field instead, so the server
+judges it as the other transports do rather than the client silently coercing it. Unknown keys *inside* an
+input item are dropped: the core ignores them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from turnbench.schema import ResponseCreate
+from turnbench.v1 import responses_pb2 as pb
+
+__all__ = ["Unrepresentable", "body_to_proto", "json_text", "request_from_proto", "request_to_proto"]
+
+_json_decode = msgspec.json.decode
+_INT64 = (-(2**63), 2**63 - 1)
+# parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
+_IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any)
+_BOOLS = ("store", "stream", "parallel_tool_calls", "generate")
+_REQUIRED = {"message": ("role", "content"), "function_call": ("call_id", "name", "arguments"),
+             "function_call_output": ("call_id", "output")}
+
+
+class Unrepresentable(ValueError):
+    """The body holds something the typed schema cannot carry exactly; send it with the json codec."""
+
+
+def _str(v: object, where: str) -> str:
+    if type(v) is not str:
+        raise Unrepresentable(f"{where}: expected a string")
+    return v
+
+
+def _int(v: object, where: str) -> int:
+    if type(v) is not int or not _INT64[0] <= v <= _INT64[1]:
+        raise Unrepresentable(f"{where}: expected a 64-bit integer")
+    return v
+
+
+def _bool(v: object, where: str) -> bool:
+    if type(v) is not bool:
+        raise Unrepresentable(f"{where}: expected a boolean")
+    return v
+
+
+def json_text(v: object) -> str:
+    """A free-form JSON value as JSON text (raises :class:`Unrepresentable` if it is not JSON)."""
+    try:
+        return msgspec.json.encode(v).decode()
+    except (TypeError, OverflowError, msgspec.EncodeError) as exc:
+        raise Unrepresentable(f"not JSON-encodable: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def tool_to_proto(t: object, out: pb.FunctionTool) -> None:
+    """A function tool definition (dict) into ``out``."""
+    if not isinstance(t, Mapping) or t.get("type", "function") != "function" or "name" not in t:
+        raise Unrepresentable("tools: only function tools with a name are typed")
+    for key, v in t.items():
+        if key == "name":
+            out.name = _str(v, "tool.name")
+        elif key == "description" and v is not None:
+            out.description = _str(v, "tool.description")
+        elif key == "parameters" and v is not None:
+            if not isinstance(v, dict):
+                raise Unrepresentable("tool.parameters: expected an object")
+            out.parameters = json_text(v)
+        elif key == "strict" and v is not None:
+            out.strict = _bool(v, "tool.strict")
+        elif key not in ("type", "description", "parameters", "strict"):
+            raise Unrepresentable(f"tool.{key}: unknown field")
+
+
+def tool_from_proto(t: pb.FunctionTool) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "function", "name": t.name}
+    if t.HasField("description"):
+        d["description"] = t.description
+    if t.HasField("parameters"):
+        d["parameters"] = _json_decode(t.parameters)
+    if t.HasField("strict"):
+        d["strict"] = t.strict
+    return d
+
+
+def choice_to_proto(v: object, out: pb.ToolChoice) -> None:
+    """``tool_choice``: a mode string, or an object as JSON text."""
+    if type(v) is str:
+        out.mode = v
+    elif isinstance(v, dict):
+        out.json = json_text(v)
+    else:
+        raise Unrepresentable("tool_choice: expected a string or an object")
+
+
+def choice_from_proto(c: pb.ToolChoice) -> str | dict[str, Any]:
+    if c.WhichOneof("choice") == "json":
+        value: dict[str, Any] = _json_decode(c.json)
+        return value
+    return c.mode
+
+
+def _text_part_to_proto(p: Mapping[str, Any], out: pb.OutputText) -> None:
+    for key, v in p.items():
+        if key == "text":
+            out.text = _str(v, "part.text")
+        elif key in ("annotations", "logprobs"):
+            if not isinstance(v, list):
+                raise Unrepresentable(f"part.{key}: expected a list")
+            getattr(out, key).extend([json_text(x) for x in v])
+        elif key != "type":
+            raise Unrepresentable(f"part.{key}: unknown field")
+    if "text" not in p:
+        raise Unrepresentable("part.text: missing")
+
+
+def _content_to_proto(v: object, m: pb.InputMessage) -> None:
+    if type(v) is str:
+        m.text = v
+        return
+    if not isinstance(v, list):
+        raise Unrepresentable("message.content: expected a string or a list")
+    m.parts.SetInParent()
+    for p in v:
+        part = m.parts.parts.add()
+        ptype = p.get("type") if isinstance(p, Mapping) else None
+        if ptype == "input_text" and isinstance(p, Mapping) and set(p) <= {"type", "text"}:
+            part.input_text.text = _str(p.get("text"), "part.text")
+        elif ptype == "output_text" and isinstance(p, Mapping):
+            _text_part_to_proto(p, part.output_text)
+        else:
+            raise Unrepresentable(f"content part of type {ptype!r}")
+
+
+def item_to_proto(d: object, item: pb.InputItem) -> None:
+    """One input item (dict) into ``item``."""
+    if not isinstance(d, Mapping):
+        raise Unrepresentable("input item: expected an object")
+    kind = d.get("type", "message")
+    required = _REQUIRED.get(kind) if isinstance(kind, str) else None
+    if required is None or any(k not in d for k in required):
+        raise Unrepresentable(f"input item of type {kind!r} or missing fields")  # the server names it
+    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput
+    if kind == "message":
+        m = item.message
+        m.role = _str(d["role"], "message.role")
+        _content_to_proto(d["content"], m)
+    elif kind == "function_call":
+        m = item.function_call
+        m.call_id = _str(d["call_id"], "function_call.call_id")
+        m.name = _str(d["name"], "function_call.name")
+        m.arguments = _str(d["arguments"], "function_call.arguments")
+    else:
+        m = item.function_call_output
+        m.call_id = _str(d["call_id"], "function_call_output.call_id")
+        out = d["output"]
+        if type(out) is str:
+            m.text = out
+        elif isinstance(out, list) and all(isinstance(x, dict) for x in out):
+            m.parts_json = json_text(out)
+        else:
+            raise Unrepresentable("function_call_output.output: expected a string or a list of objects")
+    if d.get("id") is not None:
+        m.id = _str(d["id"], f"{kind}.id")
+    if d.get("status") is not None:
+        m.status = _str(d["status"], f"{kind}.status")
+
+
+def part_from_proto(p: pb.OutputText) -> dict[str, Any]:
+    return {"type": "output_text", "text": p.text, "annotations": [_json_decode(a) for a in p.annotations],
+            "logprobs": [_json_decode(x) for x in p.logprobs]}
+
+
+def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
+    """One typed input item as the dict the core validates (an empty item gives ``{}``: the core rejects it)."""
+    kind = item.WhichOneof("item")
+    d: dict[str, Any]
+    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput
+    if kind == "message":
+        msg = m = item.message
+        d = {"type": "message", "role": msg.role}
+        which = msg.WhichOneof("content")
+        if which == "text":
+            d["content"] = msg.text
+        elif which == "parts":
+            d["content"] = [{"type": "input_text", "text": p.input_text.text}
+                            if p.WhichOneof("part") == "input_text" else part_from_proto(p.output_text)
+                            for p in msg.parts.parts]
+    elif kind == "function_call":
+        f = m = item.function_call
+        d = {"type": "function_call", "call_id": f.call_id, "name": f.name, "arguments": f.arguments}
+    elif kind == "function_call_output":
+        o = m = item.function_call_output
+        d = {"type": "function_call_output", "call_id": o.call_id}
+        out = o.WhichOneof("output")
+        if out is not None:
+            d["output"] = o.text if out == "text" else _json_decode(o.parts_json)
+    else:
+        return {}
+    if m.HasField("id"):
+        d["id"] = m.id
+    if m.HasField("status"):
+        d["status"] = m.status
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- request
+
+
+def body_to_proto(body: Mapping[str, Any]) -> pb.CreateRequest:
+    """A ``response.create`` body (JSON-shaped builtins) as a typed ``CreateRequest``.
+
+    Raises: :class:`Unrepresentable` when the typed schema cannot carry the body exactly.
+    """
+    if not isinstance(body, Mapping) or "model" not in body:
+        raise Unrepresentable("body: expected an object with a model")  # the server names what is wrong
+    out = pb.CreateRequest()
+    for key, v in body.items():
+        if key == "model":
+            out.model = _str(v, "model")
+        elif key == "input":
+            if type(v) is str:
+                out.text = v
+            elif isinstance(v, list):
+                out.items.SetInParent()
+                for raw in v:
+                    item_to_proto(raw, out.items.items.add())
+            else:
+                raise Unrepresentable("input: expected a string or a list")
+        elif key == "tools":
+            if not isinstance(v, list):
+                raise Unrepresentable("tools: expected a list")
+            for t in v:
+                tool_to_proto(t, out.tools.add())
+        elif key == "tool_choice":
+            choice_to_proto(v, out.tool_choice)
+        elif key == "metadata":
+            if not isinstance(v, dict) or not all(type(k) is str and type(x) is str for k, x in v.items()):
+                raise Unrepresentable("metadata: expected an object of strings")
+            out.metadata.update(v)
+        elif key in _BOOLS:
+            setattr(out, key, _bool(v, key))
+        elif key in ("instructions", "previous_response_id", "stream_id"):
+            if v is not None:
+                setattr(out, key, _str(v, key))
+        elif key == "max_output_tokens":
+            if v is not None:
+                out.max_output_tokens = _int(v, key)
+        elif (key == "type" and v in (None, "response.create")) or (key in _IGNORED and v is None):
+            continue  # the WebSocket envelope tag (implied here), or an ignored parameter left null
+        else:
+            raise Unrepresentable(f"parameter {key!r} has no typed field")
+    return out
+
+
+def request_to_proto(req: ResponseCreate) -> pb.CreateRequest:
+    """A parsed request as a typed ``CreateRequest`` (raises :class:`Unrepresentable`, see above)."""
+    return body_to_proto(msgspec.to_builtins(req))
+
+
+def request_from_proto(req: pb.CreateRequest) -> dict[str, Any]:
+    """A typed ``CreateRequest`` as the builtins :meth:`ResponsesService.parse_obj` takes."""
+    d: dict[str, Any] = {"model": req.model}
+    which = req.WhichOneof("input")
+    if which == "text":
+        d["input"] = req.text
+    elif which == "items":
+        d["input"] = [item_from_proto(i) for i in req.items.items]
+    if req.tools:
+        d["tools"] = [tool_from_proto(t) for t in req.tools]
+    if req.HasField("tool_choice"):
+        d["tool_choice"] = choice_from_proto(req.tool_choice)
+    if req.metadata:
+        d["metadata"] = dict(req.metadata)
+    if req.HasField("instructions"):
+        d["instructions"] = req.instructions
+    if req.HasField("previous_response_id"):
+        d["previous_response_id"] = req.previous_response_id
+    if req.HasField("stream_id"):
+        d["stream_id"] = req.stream_id
+    if req.HasField("max_output_tokens"):
+        d["max_output_tokens"] = req.max_output_tokens
+    if req.HasField("store"):
+        d["store"] = req.store
+    if req.HasField("stream"):
+        d["stream"] = req.stream
+    if req.HasField("parallel_tool_calls"):
+        d["parallel_tool_calls"] = req.parallel_tool_calls
+    if req.HasField("generate"):
+        d["generate"] = req.generate
+    return d
