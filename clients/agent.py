@@ -156,10 +156,16 @@ async def run_rollout(
     max_recoveries: int = 3,
     clock: Callable[[], int] = time.perf_counter_ns,
     transport: str | None = None,
+    connect_ms: float | None = None,
+    stream: bool = True,
 ) -> RolloutResult:
     """Run one rollout to its final answer. Never raises for transport errors: they end up in the record.
 
     ``scheduled_ns``: open-loop due time of the first request (queueing before it is counted in turn 0).
+    ``connect_ms``: the caller's connection setup time, in ms, recorded on turn 0 and on the rollout
+    (reported apart: it is in no per-turn duration).
+    ``stream``: send ``"stream": true`` (as the Agents SDK always does; WebSocket servers ignore it, the
+    HTTPS server then answers with SSE so TTFT and ITL exist).
     """
     if state not in ("full", "store", "connection"):
         raise ValueError(f"unknown state strategy {state!r}")
@@ -181,13 +187,13 @@ async def run_rollout(
     def body() -> dict[str, Any]:
         if state == "full" or prev_id is None:
             return {"model": model, "input": history, "tools": tools, "store": state == "store",
-                    "metadata": meta}
+                    "stream": stream, "metadata": meta}
         return {"model": model, "previous_response_id": prev_id, "input": new_items, "tools": tools,
-                "store": state == "store", "metadata": meta}
+                "store": state == "store", "stream": stream, "metadata": meta}
 
     for turn in range(max_turns):
         rec = TurnRecorder(name, state, rollout_id=rollout_id, turn_index=turn, tool_ms=pending_tool_ms,
-                           clock=clock)
+                           connect_ms=connect_ms if turn == 0 else None, clock=clock)
         rec.scheduled(t_start if turn == 0 else None)
         response = await client.safe_create(body(), recorder=rec)
         result = rec.result()
@@ -229,7 +235,8 @@ async def run_rollout(
         transport=name, state=state, rollout_id=rollout_id, success=error is None and final is not None,
         error=error, turns=turns, rollout_ms=(clock() - t_start) / 1e6, tool_ms=tool_ms_total,
         recoveries=recoveries, recovery_ms=recovery_ms,
-        connect_ms=turns[0].connect_ms if turns else None, final_output=final, tool_calls=tool_calls,
+        connect_ms=connect_ms if connect_ms is not None else (turns[0].connect_ms if turns else None),
+        final_output=final, tool_calls=tool_calls,
     )
 
 
