@@ -24,8 +24,8 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -38,11 +38,11 @@ from turnbench.errors import (
     ConnectionLimitError,
     InvalidRequestError,
     RequestTimeoutError,
-    ServerError,
     TurnbenchError,
     as_turnbench_error,
+    is_request_scoped,
 )
-from turnbench.schema import Event, WsErrorDetail, WsErrorEvent, encode
+from turnbench.schema import Event, WsErrorEvent, encode, ws_error_event
 from turnbench.service import ParsedRequest, ResponsesService, Session
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
@@ -80,10 +80,7 @@ def encode_json(ev: Event | WsErrorEvent) -> bytes:
     return _JSON_TAG + _varint(len(payload)) + payload
 
 
-def error_event(err: TurnbenchError, stream_id: str | None) -> WsErrorEvent:
-    """The WebSocket ``error`` frame for a request-scoped error (spec a.3)."""
-    return WsErrorEvent(status=err.http_status, stream_id=stream_id, error=WsErrorDetail(
-        type=err.type, code=err.code, message=err.message, param=err.param))
+error_event = ws_error_event  # the same frame as the WebSocket server's (core)
 
 
 def codec_of(event: pb.ClientEvent | pb.CreateRequest) -> Codec:
@@ -92,8 +89,7 @@ def codec_of(event: pb.ClientEvent | pb.CreateRequest) -> Codec:
     return encode_json if is_json else encode_typed
 
 
-def _request_scoped(err: TurnbenchError) -> bool:
-    return isinstance(err, InvalidRequestError | ServerError)
+_request_scoped = is_request_scoped
 
 
 class Fatal(Exception):
@@ -172,7 +168,7 @@ class ResponsesServicer:
         sid = parsed.request.stream_id
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                events = cast(AsyncGenerator[Event, None], self.service.create(parsed, session))
+                events = self.service.create(parsed, session)
                 try:
                     try:
                         first = await anext(events)

@@ -144,6 +144,11 @@ class EngineError(ServerError):
     code = "engine_error"
 
 
+def is_request_scoped(err: TurnbenchError) -> bool:
+    """True when the error concerns one request only: a connection (WS, gRPC Connect) keeps serving."""
+    return isinstance(err, InvalidRequestError | ServerError)
+
+
 def as_turnbench_error(exc: BaseException) -> TurnbenchError:
     """Any exception as a ``TurnbenchError`` (unexpected ones become a ``ServerError`` without internals)."""
     if isinstance(exc, TurnbenchError):

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from turnbench.errors import InvalidRequestError
+from turnbench.errors import InvalidRequestError, TurnbenchError
 
 # ---------------------------------------------------------------------------------------------- request
 
@@ -363,6 +363,12 @@ class WsErrorEvent(msgspec.Struct, kw_only=True, tag_field="type", tag="error", 
     error: WsErrorDetail
     stream_id: str | None = None
     sequence_number: int | None = None
+
+
+def ws_error_event(err: TurnbenchError, stream_id: str | None = None) -> WsErrorEvent:
+    """The WebSocket/gRPC-Connect ``error`` frame for ``err`` (spec a.3), on ``stream_id``'s lane."""
+    return WsErrorEvent(status=err.http_status, stream_id=stream_id, error=WsErrorDetail(
+        type=err.type, code=err.code, message=err.message, param=err.param))
 
 
 Event: TypeAlias = (

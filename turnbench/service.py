@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +86,7 @@ from turnbench.state import (
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
-_STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 
 
 @dataclass(slots=True)
@@ -134,6 +134,13 @@ class ResponseRecord:
     stages: dict[str, Any]
     prefill_tokens: int
     cached_tokens: int
+
+
+def check_stream_id(stream_id: str | None) -> None:
+    """Raise :class:`InvalidStreamIdError` unless ``stream_id`` is None or 1-256 of ``[A-Za-z0-9_.-]``."""
+    if stream_id is not None and not STREAM_ID.match(stream_id):
+        raise InvalidStreamIdError("Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].",
+                                   "stream_id")
 
 
 def _rid(prefix: str) -> str:
@@ -199,12 +206,14 @@ class ResponsesService:
 
     # ------------------------------------------------------------------------------------------ create
 
-    async def create(self, parsed: ParsedRequest, session: Session) -> AsyncIterator[Event]:
-        """Run the pipeline; yield events in spec order. Raises before ``response.created`` on bad input."""
+    async def create(self, parsed: ParsedRequest, session: Session) -> AsyncGenerator[Event, None]:
+        """Run the pipeline; yield events in spec order. Raises before ``response.created`` on bad input.
+
+        An adapter whose peer went away must ``aclose()`` the generator: that stops the engine and evicts
+        nothing but the failed request's parent (same lane).
+        """
         req, timer = parsed.request, parsed.timer
-        if req.stream_id is not None and not _STREAM_ID.match(req.stream_id):
-            raise InvalidStreamIdError(
-                "Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].", "stream_id")
+        check_stream_id(req.stream_id)
         try:
             prep = await self._prepare(req, timer, session)
         except TurnbenchError:
@@ -368,7 +377,10 @@ class ResponsesService:
                                 instructions=req.instructions) if req.store else None
         row = UsageRow(resp.id, req.model, session.transport, p.state, len(p.tokens), pre.cached_tokens,
                        output_tokens, status)
-        if s.overlap_post:
+        # post overlaps the next request only where connection state lets the next request start without
+        # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
+        # its response ends, as the seed article describes. A store=true chain still waits for the write.
+        if s.overlap_post and session.cache is not None:
             self._spawn_post(stored, row, timer)
         else:
             await self._post(stored, row, timer)
@@ -544,5 +556,6 @@ def make_engine(settings: Settings) -> ModelEngine:
     if settings.engine == "torch":
         from turnbench.engine.torch_engine import TorchEngine  # optional extra
 
-        return TorchEngine(settings)  # type: ignore[no-any-return]
+        engine: ModelEngine = TorchEngine(settings)
+        return engine
     raise ValueError(f"unknown engine {settings.engine!r}: expected 'sim' or 'torch'")

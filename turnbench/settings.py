@@ -43,7 +43,7 @@ class Settings:
     connection_cache: bool = True  # off: a WS/gRPC continuation must hydrate from the store
     incremental_checks: bool = True  # validate + safety only the new items on a cached continuation
     token_cache: bool = True  # keep rendered tokens, tokenize only new text
-    overlap_post: bool = True  # post of response N runs beside request N+1 (connection transports)
+    overlap_post: bool = True  # post of response N runs beside request N+1 (connection transports only)
     prefix_cache: bool = True  # the engine reuses KV for a history it has seen
 
     # limits
