@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import ssl
 import math
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -32,10 +32,10 @@ import msgspec
 
 __all__ = [
     "CLIENTS",
-    "ClientConfig",
     "CONTENT_DELTA_TYPES",
     "FAILURE_TYPES",
     "TERMINAL_TYPES",
+    "ClientConfig",
     "ResponsesClient",
     "RolloutResult",
     "StageTiming",
