@@ -430,7 +430,8 @@ def register_client(cls: _C) -> _C:
 
 CLIENT_MODULES = (
     "clients.inproc_client",
-    "clients.https_client", "clients.ws_client", "clients.grpc_client", "clients.sdk_client")
+    "clients.https_client",
+    "clients.raw_http_client", "clients.ws_client", "clients.grpc_client", "clients.sdk_client")
 
 
 def load_clients() -> dict[str, type[ResponsesClient]]:

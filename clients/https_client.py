@@ -1,0 +1,372 @@
+"""HTTPS+SSE client on httpx: ``POST /v1/responses`` with ``stream: true``, SSE parsed by hand.
+
+Options (``ClientConfig.options``):
+
+- ``new_connection`` (bool, default False): a new TCP(+TLS) connection per request (``Connection: close``);
+  its connect time lands in the turn's ``connect_ms``.
+- ``http2`` (bool, default False): offer HTTP/2 (needs the ``h2`` package; uvicorn with httptools answers
+  HTTP/1.1, so over TLS ALPN falls back).
+- ``timeout_s`` (float, default 600): connect, read and write timeout, s.
+- ``network_backend`` (``"asyncio"`` | ``"anyio"``, default ``"asyncio"``): httpcore's byte transport.
+  ``anyio`` is httpx's stock one; ``asyncio`` (:class:`StreamsBackend`) is the same httpx, httpcore and h11
+  over plain asyncio streams, without anyio's cancel scopes and extra loop passes, and with the request
+  head and body written in one ``send``: about 20% less client CPU per request (see
+  ``scripts/https_overhead.py``).
+
+Bytes: ``bytes_up`` is the JSON body plus the request head (approximated from the headers sent);
+``bytes_down`` is the SSE text of every event plus the response head and chunked-encoding framing
+(reconstructed; TLS records and TCP are not counted, on any transport).
+
+:class:`SSEDecoder` and :func:`consume_events` are shared with the raw HTTP/1.1 client
+(:mod:`clients.raw_http_client`), so both record exactly the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpcore
+import httpx
+import orjson
+
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+
+__all__ = ["HttpsClient", "SSEDecoder", "StreamsBackend", "consume_events", "fail_from_body",
+           "response_from_json"]
+
+SSEEvent = tuple[str, bytes | None, int]  # (event type or "", data or None, bytes of the whole event)
+
+
+class SSEDecoder:
+    """Incremental Server-Sent Events parser: feed bytes, get complete events.
+
+    Fast path for the frames our servers and OpenAI send (``event: T\\ndata: JSON\\n\\n``); anything else
+    (several ``data:`` lines, comments, ``id:``/``retry:``, CRLF line ends) takes the general path of the
+    SSE specification.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Parse ``data`` (any slice of the stream). Returns: the events it completed, in order."""
+        if self._buf:
+            data = self._buf + data
+        if b"\r" in data:
+            hold = data.endswith(b"\r")  # a CRLF split across two chunks
+            data = data.replace(b"\r\n", b"\n")
+            if hold:
+                self._buf = data
+                return []
+        out: list[SSEEvent] = []
+        start = 0
+        find = data.find
+        while True:
+            end = find(b"\n\n", start)
+            if end < 0:
+                break
+            out.append(_block(data[start:end], end + 2 - start))
+            start = end + 2
+        self._buf = data[start:]
+        return out
+
+
+def _block(block: bytes, nbytes: int) -> SSEEvent:
+    if block.startswith(b"event: "):
+        i = block.find(b"\ndata: ")
+        if i > 0 and block.find(b"\n", i + 7) < 0:
+            return block[7:i].decode(), block[i + 7 :], nbytes
+    etype, data = "", []
+    for line in block.split(b"\n"):
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"event":
+            etype = value.decode()
+        elif name == b"data":
+            data.append(value)
+    return etype, (b"\n".join(data) if data else None), nbytes
+
+
+def consume_events(events: list[SSEEvent], recorder: TurnRecorder, t_ns: int) -> dict[str, Any] | None:
+    """Record ``events`` (received at ``t_ns``); returns the terminal event's Response ({} on ``error``)."""
+    for etype, data, nbytes in events:
+        if data is None or data == b"[DONE]":
+            recorder.add_bytes(down=nbytes)
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            recorder.fail(f"undecodable SSE data: {data[:80]!r}", "client_malformed_event", t_ns=t_ns)
+            return {}
+        if not etype:
+            etype = str(obj.get("type", ""))
+        recorder.on_event(etype, nbytes, t_ns=t_ns)
+        if etype in TERMINAL_TYPES:
+            if etype == "error":
+                recorder.fail(str(obj.get("message", "error event")), obj.get("code") or "error", t_ns=t_ns)
+                return {}
+            response = obj.get("response")
+            if not isinstance(response, dict):
+                recorder.fail("terminal event without a response", "client_malformed_event", t_ns=t_ns)
+                return {}
+            recorder.on_response(response)
+            return response
+    return None
+
+
+_TERMINAL_BY_STATUS = {"completed": "response.completed", "incomplete": "response.incomplete",
+                       "failed": "response.failed"}
+
+
+def response_from_json(body: bytes, recorder: TurnRecorder) -> dict[str, Any]:
+    """A ``stream: false`` reply (the Response JSON), recorded as one terminal event."""
+    try:
+        response = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        recorder.fail(f"undecodable response body: {body[:80]!r}", "client_malformed_response")
+        return {}
+    if not isinstance(response, dict):
+        recorder.fail("response body is not an object", "client_malformed_response")
+        return {}
+    recorder.on_event(_TERMINAL_BY_STATUS.get(str(response.get("status")), "response.completed"), len(body))
+    recorder.on_response(response)
+    return response
+
+
+def fail_from_body(status: int, body: bytes, recorder: TurnRecorder) -> dict[str, Any]:
+    """A non-200 reply: take ``error.message``/``error.code`` from the OpenAI error body, or the status."""
+    message, code = f"HTTP {status}: {body[:200]!r}", f"http_{status}"
+    try:
+        err = orjson.loads(body).get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            code = str(err.get("code") or err.get("type") or code)
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    recorder.fail(message, code)
+    return {}
+
+
+def head_bytes(headers: Mapping[str, str] | httpx.Headers) -> int:
+    """Bytes of an HTTP/1.1 header block: ``name: value\\r\\n`` per header plus the blank line."""
+    return sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """An httpcore stream on asyncio streams. Writes are held until the next read (HTTP/1.1 always reads
+    after writing a request), so a request head and its body leave in one ``send``."""
+
+    __slots__ = ("_out", "_r", "_w")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._r, self._w = reader, writer
+        self._out: list[bytes] = []
+
+    def _flush(self) -> None:
+        out = self._out
+        self._w.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        try:
+            if self._out:
+                self._flush()
+            if timeout is None:
+                return await self._r.read(max_bytes)
+            async with asyncio.timeout(timeout):
+                return await self._r.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if buffer:
+            self._out.append(buffer)
+            if len(self._out) > 64:  # a streamed upload: do not hold it all
+                self._flush()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._w.drain()
+                except TimeoutError as exc:
+                    raise httpcore.WriteTimeout(str(exc)) from exc
+                except OSError as exc:
+                    raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._w.close()
+
+    async def start_tls(  # httpcore's interface passes timeouts as arguments
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._w.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:  # ssl.SSLError included
+            raise httpcore.ConnectError(str(exc)) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # an idle keep-alive connection the server closed
+            return self._r.at_eof()
+        name = {"client_addr": "sockname", "server_addr": "peername"}.get(info, info)
+        return self._w.get_extra_info(name)
+
+
+class StreamsBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend on ``asyncio.open_connection`` (asyncio and uvloop loops)."""
+
+    async def connect_tcp(
+        self, host: str, port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None, socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=(local_address, 0) if local_address else None)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        sock: socket.socket | None = writer.get_extra_info("socket")
+        for option in socket_options or ():
+            if sock is not None:
+                sock.setsockopt(*option)
+        return _Stream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@register_client
+class HttpsClient(ResponsesClient):
+    """httpx ``AsyncClient`` (keep-alive pool, TLS verified against ``config.ssl_context``)."""
+
+    transport = "https"
+
+    def __init__(self, config: ClientConfig) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.new_connection = bool(opts.get("new_connection", False))
+        self.http2 = bool(opts.get("http2", False))
+        self.timeout_s = float(opts.get("timeout_s", 600.0))
+        if self.http2:
+            try:
+                import h2  # noqa: F401  # httpx needs it for HTTP/2
+            except ImportError as exc:
+                raise ValueError("http2=True needs the 'h2' package (pip install 'httpx[http2]')") from exc
+        self.network_backend = str(opts.get("network_backend", "asyncio"))
+        if self.network_backend not in ("asyncio", "anyio"):
+            raise ValueError(f"network_backend: expected 'asyncio' or 'anyio', got {self.network_backend!r}")
+        self.base = config.url.rstrip("/")
+        self.url = self.base + "/responses"
+        self.health_url = self.base.removesuffix("/v1") + "/healthz"
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        if config.api_key:
+            headers["authorization"] = f"Bearer {config.api_key}"
+        if self.new_connection:
+            headers["connection"] = "close"
+        self.headers = headers
+        # request line + Host + httpx's own accept-encoding/user-agent/content-length: about 120 bytes
+        self._head_up = head_bytes(headers) + len(self.url) + 120
+        self._client: httpx.AsyncClient | None = None
+
+    def _make_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_keepalive_connections=0 if self.new_connection else 100,
+                              max_connections=None, keepalive_expiry=None)
+        ctx = self.config.ssl_context
+        verify: ssl.SSLContext | bool = ctx if ctx is not None else True
+        transport = httpx.AsyncHTTPTransport(verify=verify, http1=True, http2=self.http2, limits=limits,
+                                             trust_env=False)
+        if self.network_backend == "asyncio":
+            # httpx takes no backend argument; its pool is built by this transport and used by it alone
+            transport._pool._network_backend = StreamsBackend()
+        return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(self.timeout_s),
+                                 headers=self.headers, trust_env=False)
+
+    async def connect(self) -> float | None:
+        """Open and warm one pooled connection with ``GET /healthz``. Returns: TCP+TLS time, ms."""
+        if self._client is None:
+            self._client = self._make_client()
+        stamps: dict[str, int] = {}
+
+        async def trace(name: str, info: Mapping[str, Any]) -> None:
+            stamps.setdefault(name, time.perf_counter_ns())
+
+        r = await self._client.get(self.health_url, extensions={"trace": trace})
+        r.raise_for_status()
+        return _connect_ms(stamps)
+
+    async def ping(self) -> int:
+        """``GET /healthz`` on the pool. Returns: the HTTP status (benchmark floor: no pipeline work)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return (await self._client.get(self.health_url)).status_code
+
+    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        """Always streams (``stream: true`` is added when missing), as every turnbench transport does."""
+        if body.get("stream") is not True:
+            body = {**body, "stream": True}
+        return await self.create_raw(orjson.dumps(body), recorder=recorder)
+
+    async def create_raw(self, payload: bytes, *, recorder: TurnRecorder) -> dict[str, Any]:
+        """POST ``payload`` as is; stream SSE (or read the JSON reply) into ``recorder``. Never raises."""
+        if self._client is None:
+            self._client = self._make_client()
+        stamps: dict[str, int] = {}
+        ext: dict[str, Any] = {}
+        if self.new_connection:
+
+            async def trace(name: str, info: Mapping[str, Any]) -> None:
+                stamps.setdefault(name, time.perf_counter_ns())
+
+            ext["trace"] = trace
+        recorder.sent(len(payload) + self._head_up)
+        try:
+            async with self._client.stream("POST", self.url, content=payload, extensions=ext) as r:
+                if stamps:
+                    recorder.connect_ms = _connect_ms(stamps)
+                recorder.add_bytes(down=head_bytes(r.headers) + 17)  # + "HTTP/1.1 200 OK\r\n"
+                if r.status_code != 200:
+                    return fail_from_body(r.status_code, await r.aread(), recorder)
+                if not r.headers.get("content-type", "").startswith("text/event-stream"):
+                    return response_from_json(await r.aread(), recorder)
+                decoder, result = SSEDecoder(), None
+                clock = recorder.clock
+                async for chunk in r.aiter_raw():
+                    t = clock()
+                    recorder.add_bytes(down=len(b"%x" % len(chunk)) + 4)  # chunk size line and CRLF
+                    if result is None:
+                        result = consume_events(decoder.feed(chunk), recorder, t)
+                    # after the terminal event keep reading: the connection returns to the pool only
+                    # once the body has ended
+            return result if result is not None else {}
+        except httpx.HTTPError as exc:
+            recorder.fail(f"{type(exc).__name__}: {exc}", "connection_error")
+        except OSError as exc:
+            recorder.fail(f"{type(exc).__name__}: {exc}", "connection_error")
+        return {}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def _connect_ms(stamps: Mapping[str, int]) -> float | None:
+    """TCP connect (+ TLS handshake) time from httpcore trace stamps, ms; None if no connection was made."""
+    t0 = stamps.get("connection.connect_tcp.started")
+    t1 = stamps.get("connection.start_tls.complete") or stamps.get("connection.connect_tcp.complete")
+    return None if t0 is None or t1 is None else (t1 - t0) / 1e6
