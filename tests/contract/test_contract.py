@@ -25,8 +25,14 @@ CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
     ("grpc", "grpc", ("connection", "store", "full"), {}),
     ("grpc-json", "grpc", ("connection",), {}),
     ("grpc-create", "grpc", ("full", "store"), {}),
+    ("https-raw", "https", ("full", "store"), {}),
 ]
-ROLLOUT_CASES = [pytest.param(c, s, st, o, id=f"{c}-{st}") for c, s, sts, o in CASES for st in sts]
+# the official SDK cannot send malformed bytes: it joins the rollout contract only
+SDK_CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
+    ("sdk-https", "https", ("full", "store"), {}),
+    ("sdk-ws", "ws", ("connection", "store"), {}),
+]
+ROLLOUT_CASES = [pytest.param(c, s, st, o, id=f"{c}-{st}") for c, s, sts, o in CASES + SDK_CASES for st in sts]
 TRANSPORT_CASES = [pytest.param(c, s, o, id=c) for c, s, _, o in CASES]
 META = {"tool_calls": "20", "seed": "7"}
 
