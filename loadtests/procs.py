@@ -1,0 +1,246 @@
+"""Transport servers in their own processes, so the load generator's CPU never mixes with the server's.
+
+The runner starts each server it needs as ``python -m servers <transport> --port 0 …`` (the same entry point
+as ``turnbench serve``), reads the ``PORT=`` line the server prints once it listens, health-checks it,
+measures its CPU time with psutil while cells run, and stops it with SIGTERM at the end (a non-zero exit
+status is an error: a server that crashed or failed to drain must not pass silently).
+
+``--target transport=URL`` bypasses all of this: an :class:`Endpoint` without a process, whose CPU is unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from clients.base import ClientConfig
+from turnbench.tls import load_ca
+
+__all__ = ["Endpoint", "ServerError", "ServerProcess", "settings_flags", "start_server_process",
+           "target_endpoint"]
+
+HTTP_TRANSPORTS = ("https", "ws")  # these answer GET /healthz
+
+
+class ServerError(RuntimeError):
+    """A server process that did not start, did not answer its health check, or exited badly."""
+
+
+def settings_flags(settings: Mapping[str, Any]) -> list[str]:
+    """``{"tokens_per_chunk": 4, "overlap_post": False, "inject_ms": {"safety": 5}}`` →
+    ``["--tokens-per-chunk", "4", "--no-overlap-post", "--inject-ms", "safety=5"]`` (``turnbench serve``)."""
+    out: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, Mapping):
+            if value:
+                out += [flag, ",".join(f"{k}={v:g}" for k, v in value.items())]
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """Where the clients of one server go: base URL, TLS trust, and (when the runner owns it) the process."""
+
+    transport: str
+    url: str
+    tls: bool
+    ca_path: str | None = None
+    api_key: str | None = None
+    process: ServerProcess | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # client options, e.g. inproc's service
+    _ssl: tuple[ssl.SSLContext, bytes] | None = field(default=None, repr=False)
+
+    def client_config(self, **options: Any) -> ClientConfig:
+        """A :class:`ClientConfig` for this server. The SSL context is built once and shared, as one
+        application's clients share theirs (Python's client contexts resume no sessions on their own)."""
+        ctx: ssl.SSLContext | None = None
+        ca: bytes | None = None
+        if self.tls:
+            if self.ca_path is None:
+                raise ServerError(f"{self.transport}: TLS endpoint without a CA; pass --ca PATH")
+            if self._ssl is None:
+                self._ssl = (load_ca(self.ca_path), Path(self.ca_path).read_bytes())
+            ctx, ca = self._ssl
+        return ClientConfig(url=self.url, api_key=self.api_key, ssl_context=ctx, ca_pem=ca,
+                            options={**self.options, **options})
+
+    def cpu_s(self) -> float | None:
+        """The server process's CPU time so far (user + system), in s; None for an external target."""
+        return self.process.cpu_s() if self.process is not None else None
+
+
+def base_url(transport: str, host: str, port: int, tls: bool) -> str:
+    """The client-facing base URL, as :class:`servers.base.RunningServer` prints it."""
+    if transport == "grpc":
+        return f"{host}:{port}"
+    scheme = {"https": "https" if tls else "http", "ws": "wss" if tls else "ws"}[transport]
+    return f"{scheme}://{host}:{port}/v1"
+
+
+class ServerProcess:
+    """One ``python -m servers`` child process. ``stop`` is idempotent and returns its exit status."""
+
+    def __init__(self, transport: str, argv: list[str], popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.transport = transport
+        self.argv = argv
+        self.popen = popen
+        self.pid = popen.pid
+        self.log_path = log_path
+        self.port = 0
+        self.returncode: int | None = None
+        self._ps = psutil.Process(popen.pid)
+        self._last_cpu_s = 0.0
+        self.cpu_at_ready_s = 0.0
+
+    def cpu_s(self) -> float:
+        """User + system CPU time of the process so far, in s (the last value once it has exited)."""
+        with contextlib.suppress(psutil.Error):
+            t = self._ps.cpu_times()
+            self._last_cpu_s = float(t.user + t.system)
+        return self._last_cpu_s
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_port(self, timeout_s: float) -> int:
+        """Poll the server's output for ``PORT=N`` until ``timeout_s``; raise if it exits or never prints."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.log_tail(1 << 20).splitlines():
+                if line.startswith("PORT="):
+                    self.port = int(line.partition("=")[2])
+                    return self.port
+            if self.popen.poll() is not None:
+                raise ServerError(f"{self.transport} server exited with {self.popen.returncode} before "
+                                  f"listening:\n{self.log_tail()}")
+            time.sleep(0.02)
+        raise ServerError(f"{self.transport} server printed no PORT= line in {timeout_s:g} s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM (the server drains in-flight responses), wait, SIGKILL past ``timeout_s``.
+
+        Returns: the exit status (negative: killed by that signal).
+        """
+        if self.returncode is not None:
+            return self.returncode
+        self.cpu_s()  # last reading before the process is gone
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5.0)
+        self.returncode = self.popen.returncode
+        return self.returncode
+
+
+def health_check(transport: str, host: str, port: int, ca_path: str | None, timeout_s: float) -> None:
+    """TCP connect (+ TLS handshake with the server's CA); ``GET /healthz`` → 200 for HTTP transports.
+
+    Retries until ``timeout_s``. Raises :class:`ServerError` with the last failure.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "not tried"
+    while time.monotonic() < deadline:
+        try:
+            raw = socket.create_connection((host, port), timeout=2.0)
+            sock: socket.socket = raw
+            try:
+                if ca_path is not None:
+                    sock = load_ca(ca_path).wrap_socket(raw, server_hostname=host)  # owns raw from here
+                if transport in HTTP_TRANSPORTS:
+                    sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                    status = sock.recv(64).split(b" ", 2)
+                    if len(status) < 2 or status[1] != b"200":
+                        raise ServerError(f"/healthz answered {b' '.join(status)!r}")
+            finally:
+                sock.close()
+                raw.close()
+            return
+        except (OSError, ServerError) as exc:
+            last = repr(exc)
+            time.sleep(0.05)
+    raise ServerError(f"{transport} server on {host}:{port} failed its health check: {last}")
+
+
+def start_server_process(
+    transport: str,
+    *,
+    workdir: Path,
+    profile: str,
+    tls: bool,
+    settings: Mapping[str, Any] | None = None,
+    api_key: str | None = None,
+    host: str = "127.0.0.1",
+    timeout_s: float = 30.0,
+) -> Endpoint:
+    """Start ``transport``'s server in a child process on a free port and return its healthy endpoint.
+
+    ``settings``: extra :class:`~turnbench.settings.Settings` fields, passed as ``turnbench serve`` flags.
+    The server's output goes to ``workdir/server-<transport>-<profile>.log``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = f"{transport}-{profile}"
+    ca_path = workdir / f"ca-{tag}.pem"
+    argv = [sys.executable, "-m", "servers", transport, "--host", host, "--port", "0",
+            "--tls" if tls else "--no-tls", "--profile", profile,
+            "--usage-db", str(workdir / f"usage-{tag}.db")]
+    if tls:
+        argv += ["--ca-out", str(ca_path)]
+    if api_key:
+        argv += ["--api-key", api_key]
+    argv += settings_flags(settings or {})
+    log_path = workdir / f"server-{tag}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                 cwd=Path(__file__).resolve().parent.parent)
+    proc = ServerProcess(transport, argv, popen, log_path)
+    try:
+        port = proc.wait_port(timeout_s)
+        health_check(transport, host, port, str(ca_path) if tls else None, timeout_s)
+    except BaseException:
+        proc.stop(5.0)
+        raise
+    proc.cpu_at_ready_s = proc.cpu_s()
+    return Endpoint(transport=transport, url=base_url(transport, host, port, tls), tls=tls,
+                    ca_path=str(ca_path) if tls else None, api_key=api_key, process=proc,
+                    settings={"profile": profile, "tls": tls, **(settings or {})})
+
+
+def target_endpoint(transport: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:
+    """An already-running server (``--target transport=URL``). TLS is inferred from the URL's scheme
+    (``https``/``wss``) or, for gRPC's ``host:port``, from whether ``--ca`` was given."""
+    if transport == "grpc":
+        tls = ca_path is not None
+    else:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https", "ws", "wss"):
+            raise ValueError(f"--target {transport}={url}: expected an http(s):// or ws(s):// URL")
+        tls = scheme in ("https", "wss")
+    if tls and ca_path is None:
+        raise ValueError(f"--target {transport}={url} uses TLS: pass --ca PATH (the server's CA certificate)")
+    return Endpoint(transport=transport, url=url.rstrip("/"), tls=tls, ca_path=ca_path, api_key=api_key)

@@ -1,0 +1,120 @@
+"""``turnbench run`` as a user runs it: a subprocess that starts server processes, writes a run directory
+and prints a table; ``--help`` explains every flag; Locust users drive a server started separately."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clients.base import load_clients
+from loadtests.cli import build_parser, main
+from loadtests.procs import ServerError, start_server_process
+from loadtests.runner import load_run
+from servers.base import load_servers
+from tests.conftest import TIMEOUT_FACTOR
+
+ROOT = Path(__file__).resolve().parents[2]
+TURNBENCH = [sys.executable, "-m", "loadtests.cli"]
+
+
+def _built() -> list[str]:
+    servers, clients = load_servers(), load_clients()
+    return [t for t in ("https", "ws", "grpc") if t in servers and t in clients]
+
+
+def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    return subprocess.run([*TURNBENCH, *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout_s * TIMEOUT_FACTOR, check=False)
+
+
+@pytest.mark.timeout(150)
+def test_run_agent5_over_every_built_transport(tmp_path: Path) -> None:
+    transports = ["inproc", *_built()]
+    out = tmp_path / "run"
+    proc = _run(["run", "--scenario", "agent-5", "--transports", ",".join(transports), "--profile", "instant",
+                 "--rollouts", "2", "--warmup", "1", "--rounds", "1", "--quiet", "--out", str(out)], 120)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("turns.parquet", "turns.jsonl", "rollouts.parquet", "rollouts.jsonl", "run.json", "summary.json"):
+        assert (out / name).is_file(), name
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("transport"))
+    assert "rollout_ms p50/p99" in header and "ttft t1 p50/p99" in header and "connect_ms" in header
+    for t in transports:
+        assert any(line.startswith(t + " ") for line in proc.stdout.splitlines()), t
+    assert f"run directory: {out}" in proc.stdout
+    data = load_run(out)
+    measured = data.rollouts[~data.rollouts["warmup"]]
+    assert measured["success"].all(), measured[~measured["success"]]["error"].tolist()
+    assert set(measured["transport"]) == set(transports) and (measured["n_tool_calls"] == 5).all()
+    for key, server in data.meta["servers"].items():
+        if server["kind"] == "process":
+            assert server["exit_code"] == 0 and server["pid"] > 0 and server["cpu_s"] > 0, key
+            assert server["argv"][1:4] == ["-m", "servers", server["transport"]]
+    cells = data.summary["cells"]
+    assert all(c["n_rollouts"] == 2 for c in cells.values())
+    assert all(c["server_cpu_ms_per_turn"] > 0 for c in cells.values() if c["transport"] != "inproc")
+
+
+def test_run_help_explains_every_flag() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    run_parser = sub.choices["run"]
+    text = run_parser.format_help()
+    flags = [a for a in run_parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) >= 20
+    for action in flags:
+        assert action.help and len(action.help) > 15, action.option_strings
+        assert action.option_strings[0] in text
+    for flag in ("--scenario", "--transports", "--states", "--rate", "--concurrency", "--target", "--out"):
+        assert flag in text
+
+
+def test_bad_arguments_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args, message in ((["--scenario", "nope"], "no scenario 'nope'"),
+                          (["--transports", "carrier-pigeon"], "unknown transport"),
+                          (["--set", "port=5"], "the runner sets this itself"),
+                          (["--profile", "warp"], "unknown profile"),
+                          (["--target", "ws"], "expected TRANSPORT=URL")):
+        assert main(["run", *args, "--quiet", "--out", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    if "https" not in load_servers():
+        pytest.skip("https server not built yet")
+    with pytest.raises(ServerError, match="exited"):
+        start_server_process("https", workdir=tmp_path, profile="no-such-profile", tls=False, timeout_s=30)
+
+
+@pytest.mark.timeout(90)
+def test_locust_users_drive_a_separate_server(tmp_path: Path) -> None:
+    if "https" not in _built():
+        pytest.skip("https transport not built yet")
+    locust = shutil.which("locust", path=str(Path(sys.executable).parent))
+    if locust is None:
+        pytest.skip("locust not installed")
+    ep = start_server_process("https", workdir=tmp_path, profile="instant", tls=True)
+    try:
+        samples = tmp_path / "turns"
+        proc = subprocess.run(
+            [locust, "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
+             "--tb-https", ep.url, "--tb-ca", str(ep.ca_path), "--tb-scenario", "chat-1",
+             "--tb-samples", str(samples), "--only-summary", "--exit-code-on-error", "1", "HttpsUser"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60 * TIMEOUT_FACTOR, check=False)
+    finally:
+        assert ep.process is not None and ep.process.stop() == 0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("https ")]
+    assert any(" rollout " in r for r in rows) and any(" turn " in r for r in rows)
+    written = list(tmp_path.glob("turns.*"))
+    assert written, "raw samples were not written"
+    first = json.loads(written[0].read_text().splitlines()[0])
+    assert first["transport"] == "https" and first["ttft_ms"] > 0

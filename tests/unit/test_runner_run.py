@@ -1,0 +1,151 @@
+"""The runner's rollout path over every registered transport, and a saturated load generator flagged.
+
+Servers run in this process here (``servers.base.start_server``, TLS on, profile ``instant``); the e2e test
+drives the real ``turnbench run`` with server processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.agent import Toolbox
+from clients.base import ClientConfig, RolloutResult, load_clients, make_client
+from loadtests.procs import Endpoint
+from loadtests.runner import Cell, RunConfig, load_run, one_rollout, plan_cells, run, server_transport
+from loadtests.scenarios import Scenario, load_scenario, states_for
+from servers.base import load_servers
+from tests.conftest import ServeFn
+from turnbench.service import ResponsesService
+from turnbench.settings import Settings
+
+SCENARIO = load_scenario("agent-5").replace(tool_calls=4, tool_output_sigma=0.8, profile="instant")
+
+
+def _cell(transport: str, server: str, state: str, sc: Scenario = SCENARIO) -> Cell:
+    return Cell(cell=f"{transport}:{state}", scenario=sc, transport=transport, server=server, state=state,
+                profile="instant", concurrency=1, arrival_rate_rps=None, variant="default", tls=server != "inproc")
+
+
+async def _reference() -> RolloutResult:
+    service = ResponsesService(Settings(profile="instant", usage_db=":memory:"))
+    ep = Endpoint(transport="inproc", url="", tls=False, options={"service": service})
+    try:
+        return await one_rollout(_cell("inproc", "inproc", "connection"), 3, ep, _toolbox)
+    finally:
+        await service.drain()
+        service.close()
+
+
+def _toolbox(sc: Scenario, index: int) -> Toolbox:
+    return Toolbox(output_bytes=sc.tool_output_bytes, output_sigma=sc.tool_output_sigma, seed=index)
+
+
+def _network_transports() -> list[str]:
+    clients, servers = load_clients(), load_servers()
+    out = []
+    for name, cls in sorted(clients.items()):
+        if name != "inproc" and server_transport(name, cls) in servers:
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("transport", _network_transports())
+async def test_same_seed_same_rollout_on_every_transport(serve: ServeFn, tmp_path: Path, transport: str) -> None:
+    ref = await _reference()
+    assert ref.success and len(ref.tool_calls) == 4 and ref.final_output
+    cls = load_clients()[transport]
+    server = await serve(server_transport(transport, cls))
+    assert server.tls is not None
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(server.tls.ca_pem_bytes)
+    ep = Endpoint(transport=server.transport, url=server.url, tls=True, ca_path=str(ca))
+    for state in states_for(SCENARIO, transport, cls.supports_connection_state):
+        result = await one_rollout(_cell(transport, server.transport, state), 3, ep, _toolbox)
+        assert result.success, (state, result.error)
+        assert result.transport == transport and result.state == state
+        assert result.tool_calls == ref.tool_calls, state
+        assert result.final_output == ref.final_output, state
+        assert len(result.turns) == 5 and all(t.ttft_ms is not None for t in result.turns)
+        assert result.connect_ms is None or result.connect_ms >= 0
+
+
+async def test_connect_failure_is_a_failed_rollout_not_an_exception() -> None:
+    ep = Endpoint(transport="ws", url="ws://127.0.0.1:9/v1", tls=False)  # port 9: nothing listens
+    if "ws" not in load_clients():
+        pytest.skip("ws client not built yet")
+    result = await one_rollout(_cell("ws", "ws", "connection"), 0, ep, _toolbox)
+    assert not result.success and result.error is not None
+    assert result.turns == [] and result.error.startswith("connect:")
+
+
+class BlockingToolbox(Toolbox):
+    """A tool that blocks the event loop (``time.sleep``): the load generator itself becomes the bottleneck."""
+
+    async def run(self, name: str, arguments: str, call_index: int = 0) -> str:
+        time.sleep(0.04)  # noqa: ASYNC251 -- the point: stall every task on the client's loop
+        return self.execute(name, arguments, call_index)
+
+
+def test_a_saturated_client_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sc = load_scenario("agent-5").replace(tool_calls=2, rollouts=3, rounds=1, warmup=0, profile="instant",
+                                          arrival_rate_rps=20.0, tool_output_bytes=256)
+    config = RunConfig(scenarios=[sc], transports=["inproc"], states=("connection",), out_dir=tmp_path / "run",
+                       quiet=True, toolbox_factory=lambda s, i: BlockingToolbox(output_bytes=256, seed=i))
+    assert [c.mode for c in plan_cells(config, load_clients())] == ["open"]
+    out, status = run(config)
+    assert status == 0 and out == tmp_path / "run"
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["monitor"]["saturated"] is True
+    assert "event-loop lag" in meta["monitor"]["reason"]
+    cell = meta["monitor"]["cells"]["agent-5:inproc:connection:instant:r20"]
+    assert cell["saturated"] and cell["loop_lag_p99_ms"] > 5.0
+    err = capsys.readouterr().err
+    assert "WARNING: the load generator saturated" in err
+
+
+def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    sc = load_scenario("chat-1").replace(rollouts=2, rounds=1, warmup=1, profile="instant", tool_latency_ms=20.0)
+    config = RunConfig(scenarios=[sc], transports=["inproc"], states=("store",), out_dir=tmp_path / "run",
+                       quiet=True, lag_p99_threshold_ms=200.0,
+                       server_settings={"inject_ms": {"safety": 1.0}, "burn_us": {"render": 0.0}})
+    out, status = run(config)
+    assert status == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["injected"] == {"inproc/instant/plain": {"inject_ms": {"safety": 1.0}}}
+    assert meta["cells"][0]["server_settings"]["inject_ms"] == {"safety": 1.0}
+    assert meta["monitor"]["saturated"] is False and meta["loop"].startswith("uvloop")
+    assert meta["gc"] == "between-chunks"
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and "inproc" in captured.out and "run directory" in captured.out
+
+
+def test_cells_never_share_prompt_prefixes(tmp_path: Path) -> None:
+    """Rollout k does the same work in every cell, but the engine's prefix cache must not serve one cell's
+    tool outputs from another's: every continuation prefills its own new tokens."""
+    sc = load_scenario("agent-5").replace(tool_calls=3, rollouts=2, rounds=1, warmup=0, profile="instant",
+                                          tool_output_bytes=2048, tool_output_sigma=0.0)
+    config = RunConfig(scenarios=[sc], transports=["inproc"], out_dir=tmp_path / "run", quiet=True,
+                       lag_p99_threshold_ms=1e9)
+    out, _ = run(config)
+    turns = load_run(out).turns
+    later = turns[turns["turn_index"] > 0]
+    per_cell = later.groupby("cell")["stage_prefill_tokens"].median()
+    assert len(per_cell) == 3 and (per_cell > 300).all(), per_cell  # ~2 KB of new tool output each turn
+    first = turns[turns["turn_index"] == 0]
+    assert (first["cached_tokens"] < first["input_tokens"] - 5).all()  # the task text is never a cache hit
+
+
+def test_inproc_client_config_shares_the_service() -> None:
+    service = ResponsesService(Settings(profile="instant", usage_db=":memory:"))
+    try:
+        ep = Endpoint(transport="inproc", url="", tls=False, options={"service": service})
+        cfg: ClientConfig = ep.client_config()
+        assert cfg.options["service"] is service and cfg.ssl_context is None
+        assert make_client("inproc", cfg).transport == "inproc"
+    finally:
+        service.close()
