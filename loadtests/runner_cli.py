@@ -24,7 +24,7 @@ examples:
   turnbench run --scenario agent-20,calibration              # + harness self-validation (adds inproc)
   turnbench run --scenario agent-5 --rate 2,4 --no-tls        # open loop at 2 and 4 rollouts/s
   turnbench run --scenario chat-1 --set tokens_per_chunk=4 --variant tpc4
-  turnbench run --transports ws --target ws=wss://127.0.0.1:8443/v1 --ca /tmp/ca.pem
+  turnbench run --target ws=wss://127.0.0.1:8443/v1 --ca /tmp/ca.pem   # only the server(s) targeted
 
 The run directory holds turns.parquet/.jsonl, rollouts.parquet/.jsonl, run.json and summary.json.
 """
@@ -142,19 +142,21 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from loadtests.scenarios import PROFILES
     from servers.base import load_servers
 
-    transports = list(args.transports) if args.transports else None
-    if transports is None:  # every transport whose server and client are both built
-        built, clients = load_servers(), load_clients()
-        transports = [t for t in ("https", "ws", "grpc") if t in built and t in clients]
-    for prof in args.profile or ():
-        if prof not in PROFILES:
-            raise ValueError(f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
     targets: dict[str, str] = {}
     for item in args.target:
         t, sep, url = item.partition("=")
         if not sep or not url:
             raise ValueError(f"--target {item!r}: expected TRANSPORT=URL")
         targets[t.strip()] = url.strip()
+    transports = list(args.transports) if args.transports else None
+    if transports is None and targets:  # only the servers the user pointed at
+        transports = list(targets)
+    if transports is None:  # every transport whose server and client are both built
+        built, clients = load_servers(), load_clients()
+        transports = [t for t in ("https", "ws", "grpc") if t in built and t in clients]
+    for prof in args.profile or ():
+        if prof not in PROFILES:
+            raise ValueError(f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
     for s in args.states or ():
         if s not in ("full", "store", "connection"):
             raise ValueError(f"--states: unknown state strategy {s!r}")
