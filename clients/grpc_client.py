@@ -35,6 +35,7 @@ import msgspec
 from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto, response_from_proto
+from turnbench.v1.convert_request import bytes_field
 
 __all__ = ["GrpcClient", "GrpcCreateClient", "GrpcJsonClient", "status_code"]
 
@@ -63,18 +64,9 @@ def status_code(exc: grpc.aio.AioRpcError) -> str:
     return STATUS_CODES.get(exc.code(), f"grpc_{exc.code().name.lower()}")
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field(tag: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (``tag`` is field_number << 3 | 2, below 128)."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    """A length-delimited field of ``ClientEvent`` (``tag`` is field_number << 3 | 2)."""
+    return bytes_field(tag >> 3, payload)
 
 
 _CREATE_TAG, _JSON_TAG = 1 << 3 | 2, 2 << 3 | 2  # ClientEvent.create, ClientEvent.json

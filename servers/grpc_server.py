@@ -48,6 +48,7 @@ from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import event_to_proto, request_from_proto
+from turnbench.v1.convert_request import bytes_field
 
 log = logging.getLogger("turnbench.grpc")
 SERVICE = "turnbench.v1.Responses"
@@ -62,22 +63,9 @@ def encode_typed(ev: Event | WsErrorEvent) -> bytes:
     return event_to_proto(ev).SerializeToString()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_JSON_TAG = _varint(16 << 3 | 2)  # ServerEvent.json: field 16, length-delimited
-
-
 def encode_json(ev: Event | WsErrorEvent) -> bytes:
     """One event as ``ServerEvent{json: <the WebSocket JSON object>}``, framed by hand (no message object)."""
-    payload = encode(ev)
-    return _JSON_TAG + _varint(len(payload)) + payload
+    return bytes_field(16, encode(ev))  # ServerEvent.json is field 16
 
 
 error_event = ws_error_event  # the same frame as the WebSocket server's (core)

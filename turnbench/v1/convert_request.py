@@ -302,3 +302,23 @@ def request_from_proto(req: pb.CreateRequest) -> dict[str, Any]:
     if req.HasField("generate"):
         d["generate"] = req.generate
     return d
+
+
+# ---------------------------------------------------------------------------------------------- framing
+# The json codec wraps a JSON object in one length-delimited protobuf field, framed by hand (no message
+# object, no copy): the client's ClientEvent and the server's ServerEvent both use it.
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of ``n`` (≥ 0)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def bytes_field(field_number: int, payload: bytes) -> bytes:
+    """``payload`` as the length-delimited field ``field_number`` of a message."""
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
