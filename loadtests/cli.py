@@ -126,13 +126,12 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 def add_report_commands(sub: Any) -> None:
     """``bench``, ``report``, ``compare``, ``gate`` and ``migration`` (issue #7)."""
-    raw = argparse.RawDescriptionHelpFormatter
-    b = sub.add_parser("bench", help="the fixed benchmark matrix -> reports/latest/", formatter_class=raw,
+    b = sub.add_parser("bench", help="the fixed benchmark matrix -> reports/latest/",
                        description="Run the fixed, seeded matrix (https full/store, ws connection/store, grpc "
-                       "connection x instant/fast/frontier x concurrency 1,4 on agent-20 and coding-agent-50, "
-                       "the ablations and the calibration), then write report.md, report.html (plots embedded), "
-                       "summary.json and the raw samples to OUT/runs/<UTC stamp>/ and copy them to OUT/latest/ "
-                       "(replaced). About 10 min on 2 cores; --quick about 1 min.")
+                       "connection x instant/fast/frontier x concurrency 1,4 on agent-20 and coding-agent-50 "
+                       "(frontier: agent-20 only), the ablations and the calibration), then write report.md, "
+                       "report.html (plots embedded), summary.json and the raw samples to OUT/runs/<UTC stamp>/ "
+                       "and copy them to OUT/latest/ (replaced). About 8 min on 2 cores; --quick under 1 min.")
     b.add_argument("--quick", action="store_true", help="the ~1 minute matrix (agent-20, instant+fast, c=1)")
     b.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
                    help="reports root: writes DIR/latest/ and DIR/runs/<stamp>/ (default: reports)")
@@ -154,7 +153,7 @@ def add_report_commands(sub: Any) -> None:
     c.add_argument("--md", type=Path, metavar="OUT", help="also write the table as Markdown to OUT")
     c.set_defaults(func=_lazy("loadtests.gate", "cmd_compare"))
     g = sub.add_parser("gate", help="compare a quick run with reports/baseline.json; non-zero on regression",
-                       formatter_class=raw, description="Run a ~1 minute matrix (agent-20, instant profile) and "
+                       description="Run a short matrix (~20-60 s: agent-20, instant profile) and "
                        "judge it against the baseline: ratios of median rollout time between cells of the run "
                        "and server CPU per turn per stage (normalized by a reference workload), with bootstrap "
                        "95% CIs. Exit 0: pass; 1: a metric regressed beyond its tolerance; 2: usage error or "

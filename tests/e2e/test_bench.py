@@ -1,0 +1,89 @@
+"""``turnbench bench --quick`` and ``turnbench gate`` end to end, over real server processes on loopback.
+
+Slow (about a minute each on 2 cores): marked ``slow``. The gate test reuses one short run that holds the
+gate's cells twice — as they are, and with a deliberately slowed render stage (``Settings.burn_us``, passed to
+the servers through the runner) — and judges halves of the unchanged cells against each other (must pass)
+and the slowed cells against them (must fail); a second run checks the ``--burn`` flag end to end.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests import gate
+from loadtests.bench import built_transports
+from loadtests.cli import main
+from tests.conftest import TIMEOUT_FACTOR
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 * TIMEOUT_FACTOR)]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BURN = {"render": 2000.0}  # µs of CPU per request in the render stage
+
+
+def _need(*transports: str) -> None:
+    missing = set(transports) - built_transports()
+    if missing:
+        pytest.skip(f"not built: {', '.join(sorted(missing))}")
+
+
+def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
+    _need("https", "ws")
+    proc = subprocess.run([sys.executable, "-m", "loadtests.cli", "bench", "--quick", "--quiet", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600 * TIMEOUT_FACTOR)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    latest = tmp_path / "latest"
+    md, page = (latest / "report.md").read_text(), (latest / "report.html").read_text()
+    for heading in ("Headline", "TTFT by turn", "Rollout latency distribution", "Server time per turn by stage",
+                    "Bytes per turn", "Throughput vs concurrency", "Ablations", "Calibration", "Migration cost",
+                    "Environment"):
+        assert f"## {heading}" in md and f"<h2>{heading}" in page, heading
+    for png in (latest / "plots").glob("*.png"):
+        assert png.read_bytes().startswith(PNG_MAGIC)
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert embedded and all(base64.b64decode(e).startswith(PNG_MAGIC) for e in embedded)
+    summary = json.loads((latest / "summary.json").read_text())
+    head = {(r["cell"], r["vs"], r["profile"]) for r in summary["headline"]}
+    assert ("ws/connection", "https/full", "fast") in head
+    assert summary["migration"]["runtime"]["built"]
+    dated = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(dated) == 1 and (dated[0] / "report.html").is_file() and (dated[0] / "turns.parquet").is_file()
+
+
+@pytest.fixture(scope="module")
+def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float]:
+    _need("https", "ws")
+    out = tmp_path_factory.mktemp("gate") / "run"
+    return gate.run_gate(out, extra_groups=gate.gate_groups(BURN, variant="burn-render"))
+
+
+def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> None:
+    run, ref = gate_run
+    assert run.meta["injected"] and all(v == {"burn_us": BURN} for v in run.meta["injected"].values())
+    baseline = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 0)
+    unchanged = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 1)
+    table, passed = gate.judge(unchanged, baseline)
+    assert passed, gate.format_judgement(table)
+    slowed = gate.gate_metrics(run, cpu_ref_ms=ref, variant="burn-render")
+    table, passed = gate.judge(slowed, baseline)
+    assert not passed
+    regressed = set(table.loc[table["status"] == "REGRESSED", "metric"])
+    assert "cpu ms/turn render ws/connection" in regressed, gate.format_judgement(table)
+
+
+def test_gate_command_burn_flag_fails(gate_run: tuple[Any, float], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    run, ref = gate_run
+    baseline = tmp_path / "baseline.json"
+    gate.write_baseline(baseline, gate.gate_metrics(run, cpu_ref_ms=ref), run, ref)
+    code = main(["gate", "--baseline", str(baseline), "--burn", "render=2000", "--out", str(tmp_path / "burnt")])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "REGRESSED" in out and "gate: FAIL" in out

@@ -1,0 +1,142 @@
+"""The report on synthetic run directories with known medians: headline ratios and CIs, ablations, the
+rendered Markdown/HTML (every section, valid PNGs, embedded), and the ``turnbench report`` command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from loadtests import report
+from loadtests.cli import main
+from tests.unit.test_report_synth import make_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MIGRATION = {"agent_loop": {"file": "clients/agent.py"}, "clients": [
+    {"transport": "ws", "built": True, "written": 10, "deleted": 20, "kept": 5, "codegen": False, "proto_lines": 0,
+     "generated_lines": 0, "new_dependencies": ["websockets"], "support_lines": 0,
+     "body": {"identical": True, "note": "same JSON"}},
+    {"transport": "grpc", "built": False, "note": "not built (clients/grpc_client.py missing)"}],
+    "sdk": {"built": True, "files": ["a.py", "b.py"], "written": 7, "deleted": 5, "kept": 26, "old": 31},
+    "runtime": None}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs") / "run")
+
+
+def _row(h: object, cell: str, vs: str, profile: str = "fast") -> dict[str, object]:
+    import pandas as pd
+
+    assert isinstance(h, pd.DataFrame)
+    sel = h[(h["cell"] == cell) & (h["vs"] == vs) & (h["profile"] == profile)]
+    assert len(sel) == 1, sel
+    return dict(sel.iloc[0])
+
+
+def test_headline_ratios_and_cis_on_known_medians(run_dir: Path) -> None:
+    h = report.headline(report.load_run(run_dir))
+    ws = _row(h, "ws/connection", "https/full")
+    assert ws["ratio"] == pytest.approx(0.6)
+    assert ws["reduction_pct"] == pytest.approx(40.0)
+    assert ws["lo"] < 0.6 < ws["hi"] and ws["hi"] - ws["lo"] < 0.2
+    assert ws["reduction_lo"] == pytest.approx(100 * (1 - ws["hi"]))  # type: ignore[operator]
+    grpc = _row(h, "grpc/connection", "https/store", profile="instant")
+    assert grpc["ratio"] == pytest.approx(660 / 900)
+    assert _row(h, "https/store", "https/full")["ratio"] == pytest.approx(0.9)
+    assert set(h["concurrency"]) == {1}  # headline at the lowest concurrency
+    assert not (h["cell"].str.startswith("inproc")).any()  # the in-process reference is no transport
+    assert not ((h["cell"] == "https/store") & (h["vs"] == "https/store")).any()
+
+
+def test_headline_sentences_state_the_measurement(run_dir: Path) -> None:
+    h = report.headline(report.load_run(run_dir))
+    text = report.headline_sentences(h)
+    ws_fast = [s for s in text if "`ws/connection`" in s and "~1,000 tok/s" in s]
+    assert len(ws_fast) == 1
+    assert "0.60× the time of `https/full` (40.0% less" in ws_fast[0]
+    assert "0.67× the time of `https/store` (33.3% less" in ws_fast[0]
+    assert not any("`ws/store` rollouts" in s for s in text)  # the sentences name WS and gRPC with state
+
+
+def test_ablations_change_and_share(run_dir: Path) -> None:
+    a = report.ablations(report.load_run(run_dir)).set_index("variant")
+    assert a.loc["no-token_cache", "change_pct"] == pytest.approx(20.0)
+    # 600 -> 720 ms against a 400 ms gap to https/full: 30% of the gap
+    assert a.loc["no-token_cache", "share_pct"] == pytest.approx(30.0)
+    assert a.loc["tokens_per_chunk-8", "setting"] == "tokens_per_chunk = 8"
+    assert a.loc["no-incremental_checks", "setting"] == "incremental_checks off"
+
+
+def test_cell_table_throughput_is_littles_law(run_dir: Path) -> None:
+    cells = report.cell_table(report.load_run(run_dir))
+    row = cells[(cells["transport"] == "https") & (cells["state"] == "full") & (cells["profile"] == "fast")
+                & (cells["concurrency"] == 4) & (cells["variant"] == "default")].iloc[0]
+    assert row["rollouts_per_s"] == pytest.approx(4 * 1000 / 1600.0)  # 1000 ms x 1.6 at c=4
+
+
+def test_warmup_and_failures_are_not_timed(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from loadtests.metrics import read_samples, write_samples
+
+    d = make_run(tmp_path / "run", concurrencies=(1,), profiles=("fast",))
+    r = read_samples(d / "rollouts")
+    https = (r["transport"] == "https") & (r["state"] == "full")
+    extra = r[https].head(2).copy()
+    extra["warmup"] = [True, False]
+    extra["success"] = [True, False]
+    extra["rollout_ms"] = [1e9, 1e9]
+    write_samples(pd.concat([r, extra], ignore_index=True), d / "rollouts")
+    h = report.headline(report.load_run(d))
+    row = _row(h, "ws/connection", "https/full")
+    assert row["ratio"] == pytest.approx(0.6) and row["failed"] == 1
+
+
+def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    paths = report.write_report(run_dir, out, migration=MIGRATION, n_boot=200)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    for heading in ("Headline", "TTFT by turn", "Rollout latency distribution", "Server time per turn by stage",
+                    "Bytes per turn", "Throughput vs concurrency", "Ablations", "Calibration", "Migration cost",
+                    "Environment"):
+        assert f"## {heading}" in md, heading
+        assert f"<h2>{heading}" in page, heading
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert {p.stem for p in pngs} == {"ttft_by_turn", "rollout_ecdf", "stage_stack", "bytes_per_turn",
+                                      "throughput", "ablations"}
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == len(pngs)
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+    assert {base64.b64decode(d) for d in embedded} == {p.read_bytes() for p in pngs}
+    assert all(f"plots/{p.name}" in md for p in pngs)
+    assert "http://" not in page and "https://" not in page  # self-contained: no external assets
+    assert "Injected latency: **none**" in md and "not saturated" in md
+    assert "0123456789ab" in md and "synthetic CPU" in md  # the environment to rerun it
+    summary = json.loads(paths["summary"].read_text())
+    assert {r["cell"] for r in summary["headline"]} >= {"ws/connection", "grpc/connection"}
+    assert summary["migration"]["sdk"]["written"] == 7
+
+
+def test_report_lists_injected_latency(tmp_path: Path) -> None:
+    d = make_run(tmp_path / "run", concurrencies=(1,), profiles=("fast",), ablations={},
+                 injected={"ws/fast/tls": {"inject_ms": {"safety": 5.0}}})
+    paths = report.write_report(d, migration=MIGRATION, n_boot=100)
+    md = paths["md"].read_text()
+    assert '"safety": 5.0' in md
+    assert "This run has no ablation variants" in md
+
+
+def test_report_cli_rebuilds_and_reports_missing_dir(run_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no turns.parquet" in capsys.readouterr().err
