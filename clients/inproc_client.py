@@ -15,7 +15,8 @@ import orjson
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder, register_client
 from turnbench.errors import TurnbenchError
 from turnbench.schema import encode
-from turnbench.service import ResponsesService, Session
+from turnbench.service import ResponsesService
+from turnbench.state import Session
 
 
 @register_client

@@ -83,10 +83,12 @@ def _ablations(scenario: str, sizing: Mapping[str, Any]) -> list[Group]:
 
 def full_matrix() -> list[Group]:
     """``make bench``: {agent-20, coding-agent-50} × {instant, fast, frontier} × concurrency {1, 4} over
-    https full/store, ws connection/store, grpc connection (+ grpc-json on agent-20), the ablations on
+    https full/store, ws connection/store, grpc connection (+ grpc-json and https-raw on agent-20), the ablations on
     agent-20 at ``fast``, and the calibration scenario. ``frontier`` runs agent-20 only: a 50-call frontier
     rollout takes ~20 s (run it with ``turnbench run --scenario coding-agent-50 --profile frontier``)."""
-    main = {**MAIN_STATES, "grpc-json": ("connection",)}
+    # grpc-json separates serialization from transport; https-raw (a minimal HTTP/1.1 client) separates the
+    # cost of the httpx client library from the cost of HTTPS itself
+    main = {**MAIN_STATES, "grpc-json": ("connection",), "https-raw": ("full",)}
     # the servers are warm from round 0 (every cell's warm-up), so slow cells skip their own warm-up
     c1 = {"instant": _size(6, 3, 1), "fast": _size(6, 3, 1), "frontier": _size(2, 2, 0, answer_tokens=8)}
     c4 = {"instant": _size(8, 2, 1), "fast": _size(8, 2, 1), "frontier": _size(4, 1, 0, answer_tokens=8)}

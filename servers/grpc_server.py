@@ -43,8 +43,9 @@ from turnbench.errors import (
     is_request_scoped,
 )
 from turnbench.schema import Event, WsErrorEvent, encode, ws_error_event
-from turnbench.service import ParsedRequest, ResponsesService, Session
+from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
+from turnbench.state import Session
 from turnbench.tls import TLSMaterial
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import event_to_proto, request_from_proto

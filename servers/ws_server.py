@@ -42,9 +42,9 @@ from servers.base import RunningServer, register_server, scheme
 from turnbench import errors
 from turnbench.errors import AuthenticationError, InvalidRequestError, TurnbenchError, as_turnbench_error
 from turnbench.schema import encode, ws_error_event
-from turnbench.service import STREAM_ID as _STREAM_ID
 from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
+from turnbench.state import STREAM_ID as _STREAM_ID
 from turnbench.tls import TLSMaterial
 
 __all__ = ["PATH", "FrameIO", "WsConnection", "check_bearer", "handle_starlette_websocket", "start"]

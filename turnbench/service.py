@@ -17,46 +17,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from turnbench import pipeline
+from turnbench.engine import make_engine
 from turnbench.engine.base import KVHandle, ModelEngine
-from turnbench.engine.policy import OutputPlan, plan_output
+from turnbench.engine.policy import plan_output
 from turnbench.errors import (
-    InvalidStreamIdError,
     NotFoundError,
     PreviousResponseNotFoundError,
-    StreamLimitError,
     TurnbenchError,
     as_turnbench_error,
 )
 from turnbench.pipeline import StageTimer
+from turnbench.post import PostWriter
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
-    ContentPartAdded,
-    ContentPartDone,
     Event,
-    FunctionCallArgumentsDelta,
-    FunctionCallArgumentsDone,
     InputItem,
     InputTokensDetails,
-    OutputFunctionCall,
     OutputItem,
-    OutputItemAdded,
-    OutputItemDone,
-    OutputMessage,
-    OutputText,
-    OutputTextDelta,
-    OutputTextDone,
     OutputTokensDetails,
     Response,
     ResponseCompleted,
@@ -77,16 +64,18 @@ from turnbench.settings import Settings
 from turnbench.state import (
     ConversationRecord,
     ResponseStore,
+    Session,
     StateCache,
     StoredResponse,
     UsageLog,
     UsageRow,
+    check_stream_id,
     open_store,
 )
+from turnbench.stream import new_id, split_pieces, stream_item
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
-STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 
 
 @dataclass(slots=True)
@@ -94,33 +83,6 @@ class ParsedRequest:
     request: ResponseCreate
     timer: StageTimer
     nbytes: int = 0
-
-
-@dataclass(eq=False)
-class Session:
-    """One connection's (or one stateless request's) view of the service."""
-
-    transport: str
-    cache: StateCache | None
-    opened_ns: int = field(default_factory=time.perf_counter_ns)
-    lanes: dict[str | None, asyncio.Lock] = field(default_factory=dict)
-    responses: int = 0
-
-    def lane(self, stream_id: str | None, max_lanes: int = 32) -> asyncio.Lock:
-        """The FIFO lock of a lane; requests on one lane run one at a time, in arrival order."""
-        lock = self.lanes.get(stream_id)
-        if lock is None:
-            named = sum(1 for k in self.lanes if k is not None)
-            if stream_id is not None and named >= max_lanes:
-                raise StreamLimitError(
-                    f"This connection already has {max_lanes} named streams; reuse one or open a new "
-                    "connection.", "stream_id")
-            lock = self.lanes[stream_id] = asyncio.Lock()
-        return lock
-
-    def close(self) -> None:
-        if self.cache is not None:
-            self.cache.clear()
 
 
 @dataclass(slots=True)
@@ -134,17 +96,6 @@ class ResponseRecord:
     stages: dict[str, Any]
     prefill_tokens: int
     cached_tokens: int
-
-
-def check_stream_id(stream_id: str | None) -> None:
-    """Raise :class:`InvalidStreamIdError` unless ``stream_id`` is None or 1-256 of ``[A-Za-z0-9_.-]``."""
-    if stream_id is not None and not STREAM_ID.match(stream_id):
-        raise InvalidStreamIdError("Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].",
-                                   "stream_id")
-
-
-def _rid(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(12).hex()}"
 
 
 class ResponsesService:
@@ -170,10 +121,7 @@ class ResponsesService:
         self.tokenizer = tokenizer or load_tokenizer()
         self.safety = safety or default_classifier()
         self.recent: deque[ResponseRecord] = deque(maxlen=10_000)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnbench-post")
-        self._pending_store: dict[str, asyncio.Future[None]] = {}
-        self._post_tasks: set[asyncio.Task[None]] = set()
-        self.post_failures = 0
+        self.post = PostWriter(self.store, self.usage, s.burn_us)
 
     # ------------------------------------------------------------------------------------------ sessions
 
@@ -288,9 +236,7 @@ class ResponsesService:
         return _Prepared(parent, state, new_items, items, tools, metadata, tokens, key, route, new_bytes)
 
     async def _hydrate(self, response_id: str, timer: StageTimer) -> ConversationRecord | None:
-        pending = self._pending_store.get(response_id)
-        if pending is not None:
-            await asyncio.shield(pending)  # its post is still writing it: wait, never miss
+        await self.post.wait_for(response_id)  # its post may still be writing it: wait, never miss
         await timer.inject("resolve")
         with timer.stage("resolve") as st:
             stored = self.store.get(response_id)
@@ -308,7 +254,7 @@ class ResponsesService:
         s = self.settings
         seq = 0
         resp = Response(
-            id=_rid("resp"), created_at=int(time.time()), status="in_progress", model=req.model,
+            id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=req.model,
             tools=p.tools, tool_choice=req.tool_choice, previous_response_id=req.previous_response_id,
             store=req.store, instructions=req.instructions, metadata=p.metadata,
             max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls,
@@ -337,13 +283,14 @@ class ResponsesService:
                 plan = plan_output(p.items, p.tools, p.metadata, seed=s.seed,
                                    default_tool_calls=self._profile_int("tool_calls", 20),
                                    default_answer_tokens=self._profile_int("answer_tokens", 64))
-                pieces = self._pieces(plan.content)
+                pieces = split_pieces(self.tokenizer, plan.content)
                 limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
                 if len(pieces) > limit:
                     pieces, status = pieces[:limit], "incomplete"
                 timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
                 w0 = time.perf_counter_ns()
-                async for ev in self._stream_item(plan, pieces, pre.kv, seq, sid, outputs, timer):
+                async for ev in stream_item(self.engine, plan, pieces, pre.kv, seq=seq, stream_id=sid,
+                                            outputs=outputs, tokens_per_chunk=s.tokens_per_chunk):
                     seq = ev.sequence_number + 1
                     yield ev
                 output_tokens = len(pieces)
@@ -381,9 +328,9 @@ class ResponsesService:
         # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
         # its response ends, as the seed article describes. A store=true chain still waits for the write.
         if s.overlap_post and session.cache is not None:
-            self._spawn_post(stored, row, timer)
+            self.post.spawn(stored, row, timer)
         else:
-            await self._post(stored, row, timer)
+            await self.post.run(stored, row, timer)
         final = snap(status=status, output=outputs, usage=usage, turnbench=TurnbenchExt(
             stages=timer.snapshot(), state=p.state, engine=self.engine.name,
             prefill_tokens=pre.computed_tokens))
@@ -396,59 +343,6 @@ class ResponsesService:
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
         else:
             yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
-
-    async def _stream_item(
-        self, plan: OutputPlan, pieces: list[tuple[int, str]], kv: KVHandle, seq: int, sid: str | None,
-        outputs: list[OutputItem], timer: StageTimer,
-    ) -> AsyncIterator[Event]:
-        """The events of one output item, deltas paced by the engine."""
-        tpc = self.settings.tokens_per_chunk
-        if plan.kind == "function_call":
-            fid = _rid("fc")
-            item: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name, arguments="",
-                                                  status="in_progress")
-            yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0, item=item)
-            seq += 1
-            async for chunk in self.engine.decode(kv, pieces, tokens_per_chunk=tpc):
-                yield FunctionCallArgumentsDelta(sequence_number=seq, stream_id=sid, item_id=fid,
-                                                 output_index=0, delta=chunk.text)
-                seq += 1
-            args = "".join(t for _, t in pieces)
-            yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0,
-                                            arguments=args)
-            seq += 1
-            done: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name,
-                                                  arguments=args, status="completed")
-        else:
-            mid = _rid("msg")
-            yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0,
-                                  item=OutputMessage(id=mid, status="in_progress", content=[]))
-            seq += 1
-            yield ContentPartAdded(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
-                                   content_index=0, part=OutputText(text=""))
-            seq += 1
-            async for chunk in self.engine.decode(kv, pieces, tokens_per_chunk=tpc):
-                yield OutputTextDelta(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
-                                      content_index=0, delta=chunk.text, logprobs=[])
-                seq += 1
-            text = "".join(t for _, t in pieces)
-            yield OutputTextDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
-                                 content_index=0, text=text, logprobs=[])
-            seq += 1
-            yield ContentPartDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
-                                  content_index=0, part=OutputText(text=text))
-            seq += 1
-            done = OutputMessage(id=mid, status="completed", content=[OutputText(text=text)])
-        outputs.append(done)
-        yield OutputItemDone(sequence_number=seq, stream_id=sid, output_index=0, item=done)
-
-    def _pieces(self, content: str) -> list[tuple[int, str]]:
-        """Split planned output into (token id, exact text) so deltas concatenate to the content."""
-        ids = self.tokenizer.encode(content)
-        pieces = [(t, self.tokenizer.decode([t])) for t in ids]
-        if "".join(p for _, p in pieces) != content:  # multi-byte characters split across tokens
-            return [(0, ch) for ch in content]
-        return pieces
 
     def _profile_int(self, name: str, default: int) -> int:
         prof = getattr(self.engine, "profile", None)
@@ -469,49 +363,11 @@ class ResponsesService:
             tools_key=p.tools_key, route=p.route, kv=kv, lane=req.stream_id, nbytes=nbytes,
         )
 
-    # ------------------------------------------------------------------------------------------ post
-
-    def _spawn_post(self, stored: StoredResponse | None, row: UsageRow, timer: StageTimer) -> None:
-        if stored is not None:
-            self._pending_store[stored.response.id] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._post(stored, row, timer))
-        self._post_tasks.add(task)
-        task.add_done_callback(self._post_tasks.discard)
-
-    async def _post(self, stored: StoredResponse | None, row: UsageRow, timer: StageTimer) -> None:
-        """``post``: durable store write, usage accounting, log line — on a writer thread."""
-        await timer.inject("post")
-        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._writer, self._write, stored, row)
-        except Exception:
-            self.post_failures += 1
-            log.exception("post failed for %s", row.response_id)
-            raise
-        finally:
-            fut = self._pending_store.pop(row.response_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-            timer.add("post", wall_ns=time.perf_counter_ns() - w0, cpu_ns=time.thread_time_ns() - c0)
-
-    def _write(self, stored: StoredResponse | None, row: UsageRow) -> None:
-        if stored is not None:
-            self.store.put(stored)
-        self.usage.write(row)
-        burn = self.settings.burn_us.get("post")
-        if burn:
-            pipeline.spin_us(burn)
-        log.debug("response %s %s %s in=%d cached=%d out=%d", row.response_id, row.transport, row.state,
-                  row.input_tokens, row.cached_tokens, row.output_tokens)
-
     # ------------------------------------------------------------------------------------------ misc
 
     async def retrieve(self, response_id: str) -> Response:
         """A stored response (``GET /v1/responses/{id}``); waits for its ``post`` if still writing it."""
-        pending = self._pending_store.get(response_id)
-        if pending is not None:
-            await asyncio.shield(pending)
+        await self.post.wait_for(response_id)
         return self.get_stored(response_id)
 
     def get_stored(self, response_id: str) -> Response:
@@ -523,11 +379,10 @@ class ResponsesService:
 
     async def drain(self) -> None:
         """Wait until every overlapped ``post`` has finished (graceful shutdown loses no usage record)."""
-        while self._post_tasks:
-            await asyncio.gather(*list(self._post_tasks), return_exceptions=True)
+        await self.post.drain()
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self.post.close()
         self.engine.close()
         self.store.close()
         self.usage.close()
@@ -545,17 +400,3 @@ class _Prepared:
     tools_key: int
     route: Any
     new_bytes: int
-
-
-def make_engine(settings: Settings) -> ModelEngine:
-    """The engine ``settings.engine`` names (``sim`` or ``torch``)."""
-    if settings.engine == "sim":
-        from turnbench.engine.sim import SimEngine
-
-        return SimEngine(settings.profile)
-    if settings.engine == "torch":
-        from turnbench.engine.torch_engine import TorchEngine  # optional extra
-
-        engine: ModelEngine = TorchEngine(settings)
-        return engine
-    raise ValueError(f"unknown engine {settings.engine!r}: expected 'sim' or 'torch'")

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import sqlite3
 import threading
 import time
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from turnbench.errors import StateLimitError
+from turnbench.errors import InvalidStreamIdError, StateLimitError, StreamLimitError
 from turnbench.schema import FunctionTool, InputItem, Response
 
 
@@ -123,6 +125,45 @@ class StateCache:
         for lane, rid in list(self._latest.items()):
             if rid == response_id:
                 del self._latest[lane]
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+
+
+def check_stream_id(stream_id: str | None) -> None:
+    """Raise :class:`InvalidStreamIdError` unless ``stream_id`` is None or 1-256 of ``[A-Za-z0-9_.-]``."""
+    if stream_id is not None and not STREAM_ID.match(stream_id):
+        raise InvalidStreamIdError("Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].",
+                                   "stream_id")
+
+
+@dataclass(eq=False)
+class Session:
+    """One connection's (or one stateless request's) view of the service."""
+
+    transport: str
+    cache: StateCache | None
+    opened_ns: int = field(default_factory=time.perf_counter_ns)
+    lanes: dict[str | None, asyncio.Lock] = field(default_factory=dict)
+    responses: int = 0
+
+    def lane(self, stream_id: str | None, max_lanes: int = 32) -> asyncio.Lock:
+        """The FIFO lock of a lane; requests on one lane run one at a time, in arrival order."""
+        lock = self.lanes.get(stream_id)
+        if lock is None:
+            named = sum(1 for k in self.lanes if k is not None)
+            if stream_id is not None and named >= max_lanes:
+                raise StreamLimitError(
+                    f"This connection already has {max_lanes} named streams; reuse one or open a new "
+                    "connection.", "stream_id")
+            lock = self.lanes[stream_id] = asyncio.Lock()
+        return lock
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
 
 
 # ---------------------------------------------------------------------------------------------- store

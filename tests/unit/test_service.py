@@ -10,9 +10,9 @@ import pytest
 
 from turnbench.errors import ContentFlaggedError, InvalidRequestError, PreviousResponseNotFoundError
 from turnbench.schema import OutputFunctionCall, OutputMessage, Response, encode
-from turnbench.service import ResponsesService, Session
+from turnbench.service import ResponsesService
 from turnbench.settings import Settings
-from turnbench.state import SQLiteResponseStore, UsageLog
+from turnbench.state import Session, SQLiteResponseStore, UsageLog
 
 TOOLS = [{"type": "function", "name": "read_file", "parameters": {
     "type": "object", "properties": {"path": {"type": "string", "enum": ["a.py", "b.py"]}}}}]
