@@ -4,18 +4,23 @@ Options (``ClientConfig.options``):
 
 - ``new_connection`` (bool, default False): a new TCP(+TLS) connection per request (``Connection: close``);
   its connect time lands in the turn's ``connect_ms``.
-- ``http2`` (bool, default False): offer HTTP/2 (needs the ``h2`` package; uvicorn with httptools answers
-  HTTP/1.1, so over TLS ALPN falls back).
+- ``http2`` (bool, default False): HTTP/2 (httpx on ``h2``). Over TLS ALPN offers ``h2`` and ``http/1.1``
+  (uvicorn answers HTTP/1.1; the server's ``http2`` setting serves h2 with hypercorn); cleartext uses h2c
+  with prior knowledge (HTTP/2 only). ``http_version`` records what the last response used. The
+  ``https-h2`` transport (:class:`HttpsH2Client`) is this with ``http2`` on by default.
 - ``timeout_s`` (float, default 600): connect, read and write timeout, s.
 - ``network_backend`` (``"asyncio"`` | ``"anyio"``, default ``"asyncio"``): httpcore's byte transport.
   ``anyio`` is httpx's stock one; ``asyncio`` (:class:`StreamsBackend`) is the same httpx, httpcore and h11
   over plain asyncio streams, without anyio's cancel scopes and extra loop passes, and with the request
   head and body written in one ``send``: about 20% less client CPU per request (see
-  ``scripts/https_overhead.py``).
+  ``scripts/https_overhead.py``). With HTTP/2 writes are flushed on the next loop pass instead (several
+  requests share the connection; one must not wait for another's read).
 
 Bytes: ``bytes_up`` is the JSON body plus the request head (approximated from the headers sent);
 ``bytes_down`` is the SSE text of every event plus the response head and chunked-encoding framing
-(reconstructed; TLS records and TCP are not counted, on any transport).
+(reconstructed; TLS records and TCP are not counted, on any transport). Over HTTP/2 the same, with a
+9-byte frame header per DATA chunk in place of the chunk-size line and the header block counted
+uncompressed (HPACK makes it smaller).
 
 :class:`SSEDecoder` and :func:`consume_events` are shared with the raw HTTP/1.1 client
 (:mod:`clients.raw_http_client`), so both record exactly the same way.
@@ -24,11 +29,12 @@ Bytes: ``bytes_up`` is the JSON body plus the request head (approximated from th
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import httpcore
 import httpx
@@ -36,8 +42,10 @@ import orjson
 
 from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
 
-__all__ = ["HttpsClient", "SSEDecoder", "StreamsBackend", "consume_events", "fail_from_body",
+__all__ = ["HttpsClient", "HttpsH2Client", "SSEDecoder", "StreamsBackend", "consume_events", "fail_from_body",
            "response_from_json"]
+
+log = logging.getLogger("turnbench.https.client")
 
 SSEEvent = tuple[str, bytes | None, int]  # (event type or "", data or None, bytes of the whole event)
 
@@ -162,18 +170,27 @@ def head_bytes(headers: Mapping[str, str] | httpx.Headers) -> int:
 
 class _Stream(httpcore.AsyncNetworkStream):
     """An httpcore stream on asyncio streams. Writes are held until the next read (HTTP/1.1 always reads
-    after writing a request), so a request head and its body leave in one ``send``."""
+    after writing a request), so a request head and its body leave in one ``send``. With ``hold=False``
+    (HTTP/2: streams share the connection and one task may sit in ``read`` while another writes) they
+    leave on the next event-loop pass, still coalesced within one."""
 
-    __slots__ = ("_out", "_r", "_w")
+    __slots__ = ("_hold", "_out", "_r", "_soon", "_w")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool = True) -> None:
         self._r, self._w = reader, writer
         self._out: list[bytes] = []
+        self._hold = hold
+        self._soon = False
 
     def _flush(self) -> None:
         out = self._out
         self._w.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+
+    def _flush_soon(self) -> None:
+        self._soon = False
+        if self._out and not self._w.is_closing():
+            self._flush()
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         try:
@@ -200,8 +217,13 @@ class _Stream(httpcore.AsyncNetworkStream):
                     raise httpcore.WriteTimeout(str(exc)) from exc
                 except OSError as exc:
                     raise httpcore.WriteError(str(exc)) from exc
+            elif not self._hold and not self._soon:
+                self._soon = True
+                asyncio.get_running_loop().call_soon(self._flush_soon)
 
     async def aclose(self) -> None:
+        if not self._hold:
+            self._flush_soon()  # HTTP/2's GOAWAY
         self._w.close()
 
     async def start_tls(  # httpcore's interface passes timeouts as arguments
@@ -225,7 +247,11 @@ class _Stream(httpcore.AsyncNetworkStream):
 
 
 class StreamsBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend on ``asyncio.open_connection`` (asyncio and uvloop loops)."""
+    """httpcore network backend on ``asyncio.open_connection`` (asyncio and uvloop loops). ``hold_writes``:
+    see :class:`_Stream` (False for HTTP/2)."""
+
+    def __init__(self, hold_writes: bool = True) -> None:
+        self.hold_writes = hold_writes
 
     async def connect_tcp(
         self, host: str, port: int,
@@ -244,7 +270,7 @@ class StreamsBackend(httpcore.AsyncNetworkBackend):
         for option in socket_options or ():
             if sock is not None:
                 sock.setsockopt(*option)
-        return _Stream(reader, writer)
+        return _Stream(reader, writer, self.hold_writes)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -255,12 +281,14 @@ class HttpsClient(ResponsesClient):
     """httpx ``AsyncClient`` (keep-alive pool, TLS verified against ``config.ssl_context``)."""
 
     transport = "https"
+    default_http2: ClassVar[bool] = False
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)
         opts = config.options
         self.new_connection = bool(opts.get("new_connection", False))
-        self.http2 = bool(opts.get("http2", False))
+        self.http2 = bool(opts.get("http2", self.default_http2))
+        self.http_version: str | None = None  # of the last response: "HTTP/1.1" or "HTTP/2"
         self.timeout_s = float(opts.get("timeout_s", 600.0))
         if self.http2:
             try:
@@ -276,7 +304,7 @@ class HttpsClient(ResponsesClient):
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
-        if self.new_connection:
+        if self.new_connection and not self.http2:  # HTTP/2 forbids it; the pool keeps no idle connection
             headers["connection"] = "close"
         self.headers = headers
         # request line + Host + httpx's own accept-encoding/user-agent/content-length: about 120 bytes
@@ -288,11 +316,13 @@ class HttpsClient(ResponsesClient):
                               max_connections=None, keepalive_expiry=None)
         ctx = self.config.ssl_context
         verify: ssl.SSLContext | bool = ctx if ctx is not None else True
-        transport = httpx.AsyncHTTPTransport(verify=verify, http1=True, http2=self.http2, limits=limits,
+        # cleartext HTTP/2 is h2c with prior knowledge: http1 off (over TLS, ALPN chooses)
+        http1 = not (self.http2 and self.url.startswith("http:"))
+        transport = httpx.AsyncHTTPTransport(verify=verify, http1=http1, http2=self.http2, limits=limits,
                                              trust_env=False)
         if self.network_backend == "asyncio":
             # httpx takes no backend argument; its pool is built by this transport and used by it alone
-            transport._pool._network_backend = StreamsBackend()
+            transport._pool._network_backend = StreamsBackend(hold_writes=not self.http2)
         return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(self.timeout_s),
                                  headers=self.headers, trust_env=False)
 
@@ -307,6 +337,7 @@ class HttpsClient(ResponsesClient):
 
         r = await self._client.get(self.health_url, extensions={"trace": trace})
         r.raise_for_status()
+        self.http_version = r.http_version
         return _connect_ms(stamps)
 
     async def ping(self) -> int:
@@ -338,7 +369,11 @@ class HttpsClient(ResponsesClient):
             async with self._client.stream("POST", self.url, content=payload, extensions=ext) as r:
                 if stamps:
                     recorder.connect_ms = _connect_ms(stamps)
-                recorder.add_bytes(down=head_bytes(r.headers) + 17)  # + "HTTP/1.1 200 OK\r\n"
+                self.http_version = version = r.http_version
+                h2 = version == "HTTP/2"
+                # + "HTTP/1.1 200 OK\r\n", or HTTP/2's HEADERS frame header; per chunk: its size line and CRLF,
+                # or a DATA frame header
+                recorder.add_bytes(down=head_bytes(r.headers) + (9 if h2 else 17))
                 if r.status_code != 200:
                     return fail_from_body(r.status_code, await r.aread(), recorder)
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
@@ -347,7 +382,7 @@ class HttpsClient(ResponsesClient):
                 clock = recorder.clock
                 async for chunk in r.aiter_raw():
                     t = clock()
-                    recorder.add_bytes(down=len(b"%x" % len(chunk)) + 4)  # chunk size line and CRLF
+                    recorder.add_bytes(down=9 if h2 else len(b"%x" % len(chunk)) + 4)
                     if result is None:
                         result = consume_events(decoder.feed(chunk), recorder, t)
                     # after the terminal event keep reading: the connection returns to the pool only
@@ -370,3 +405,27 @@ def _connect_ms(stamps: Mapping[str, int]) -> float | None:
     t0 = stamps.get("connection.connect_tcp.started")
     t1 = stamps.get("connection.start_tls.complete") or stamps.get("connection.connect_tcp.complete")
     return None if t0 is None or t1 is None else (t1 - t0) / 1e6
+
+
+@register_client
+class HttpsH2Client(HttpsClient):
+    """``https-h2``: :class:`HttpsClient` with ``http2`` on by default, for a server started with
+    ``http2=true`` (``turnbench serve https --http2``, ``turnbench run --set http2=true``).
+
+    Over TLS a server that answers HTTP/1.1 (uvicorn) is still served, with a warning at ``connect`` (the
+    runner's every-transport checks start default servers); option ``require_http2=True`` makes that an
+    error instead. Cleartext h2c needs an HTTP/2 server either way.
+    """
+
+    transport = "https-h2"
+    default_http2 = True
+
+    async def connect(self) -> float | None:
+        ms = await super().connect()
+        if self.http2 and self.http_version != "HTTP/2":
+            message = (f"https-h2: the server at {self.base} answered {self.http_version}, not HTTP/2; serve "
+                       "it with http2=true (turnbench serve https --http2, or turnbench run --set http2=true)")
+            if self.config.options.get("require_http2", False):
+                raise ConnectionError(message)
+            log.warning(message)
+        return ms

@@ -34,6 +34,7 @@ HELP = {
     "tls": "serve TLS with a certificate generated at start-up (default on)",
     "api_key": "require 'Authorization: Bearer KEY' (default: no auth)",
     "ca_out": "write the generated CA certificate (PEM) here, for clients in other shells",
+    "http2": "https only: serve HTTP/2 with hypercorn (a variant; HTTP/1.1 on uvicorn is the default)",
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
     "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), h200-8b, calibration",
     "store": "ResponseStore for store=true: memory or sqlite:PATH",

@@ -1,10 +1,12 @@
 """What an HTTP client library costs per request: httpx (and others) against a minimal raw HTTP/1.1 client.
 
 The server runs in a separate process (``python -m servers https --port 0 --profile instant``, one with TLS
-and one without), so client CPU is not mixed with server CPU. Each client sends the same requests one at a
-time on one connection (keep-alive) or a new connection per request, in interleaved rounds (A B A B …) to
-cancel drift, and the table gives the per-request wall time (median, p99, µs) and the client process CPU
-per request (µs).
+and one without), so client CPU is not mixed with server CPU. ``httpx-h2`` is the same httpx client over
+HTTP/2 against the hypercorn variant (``--http2``: a third/fourth server process), and ``httpx-hc`` is
+HTTP/1.1 against that same hypercorn server (server and protocol cost apart). Each client sends the same
+requests one at a time on one connection (keep-alive) or a new connection per request, in interleaved
+rounds (A B A B …) to cancel drift, and the table gives the per-request wall time (median, p99, µs) and
+the client process CPU per request (µs).
 
 Workloads:
   ping    GET /healthz: HTTP only, no pipeline work (the floor)
@@ -13,6 +15,7 @@ Workloads:
 
   python scripts/https_overhead.py                      # everything, 2000 requests per cell
   python scripts/https_overhead.py --clients httpx,raw --tls off --conn keepalive --workloads ping -n 500
+  python scripts/https_overhead.py --clients httpx,httpx-hc,httpx-h2 --conn keepalive   # HTTP/2 variant
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from clients.https_client import HttpsClient  # noqa: E402
 from clients.raw_http_client import RawHttpClient  # noqa: E402
 from turnbench.tls import load_ca  # noqa: E402
 
-CLIENTS = ("raw", "httpx", "httpx-stock", "aiohttp", "sdk")
+CLIENTS = ("raw", "httpx", "httpx-stock", "aiohttp", "sdk", "httpx-h2", "httpx-hc")
+HYPERCORN = ("httpx-h2", "httpx-hc")  # clients of the hypercorn (http2=true) server
 
 
 @dataclass
@@ -51,11 +55,11 @@ class Server:
     ca: Path | None
 
 
-def start_server(tls: bool, tmp: Path) -> Server:
-    """``python -m servers https`` in a child process; waits for its ``PORT=`` line."""
+def start_server(tls: bool, tmp: Path, http2: bool = False) -> Server:
+    """``python -m servers https`` (``--http2``: on hypercorn) in a child process; waits for its ``PORT=``."""
     cmd = [sys.executable, "-m", "servers", "https", "--port", "0", "--profile", "instant",
-           "--usage-db", str(tmp / f"usage-{tls}.db")]
-    ca = tmp / "ca.pem" if tls else None
+           "--usage-db", str(tmp / f"usage-{tls}-{http2}.db"), "--http2" if http2 else "--no-http2"]
+    ca = tmp / f"ca-{http2}.pem" if tls else None
     cmd += ["--tls", "--ca-out", str(ca)] if ca else ["--no-tls"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -102,9 +106,11 @@ async def make_call(name: str, server: Server, new_conn: bool, workload: str, an
     else:
         cls = RawHttpClient if name == "raw" else HttpsClient
         backend = "anyio" if name == "httpx-stock" else "asyncio"
-        opts = {"new_connection": new_conn, "network_backend": backend}
+        opts = {"new_connection": new_conn, "network_backend": backend, "http2": name == "httpx-h2"}
         client = cls(ClientConfig(url=server.url, ssl_context=ctx, options=opts))
     await client.connect()
+    if name == "httpx-h2" and client.http_version != "HTTP/2":
+        raise RuntimeError(f"httpx-h2: the server answered {client.http_version}")
     if workload == "ping":
 
         async def ping() -> bool:
@@ -169,7 +175,7 @@ async def run_round(call: Call, cell: Cell, n: int) -> None:
     cell.cpu_ns += time.process_time_ns() - c0
 
 
-async def bench(args: argparse.Namespace, servers: dict[bool, Server]) -> list[Cell]:
+async def bench(args: argparse.Namespace, servers: dict[tuple[bool, bool], Server]) -> list[Cell]:
     cells: list[Cell] = []
     per_round = max(1, args.requests // args.rounds)
     for tls in args.tls:
@@ -177,8 +183,8 @@ async def bench(args: argparse.Namespace, servers: dict[bool, Server]) -> list[C
             for workload in args.workloads:
                 names = [c for c in args.clients if not (c == "sdk" and workload != "stream")]
                 group = [Cell(c, tls, conn, workload) for c in names]
-                calls = [await make_call(c, servers[tls], conn == "new", workload, args.answer_tokens)
-                         for c in names]
+                calls = [await make_call(c, servers[tls, c in HYPERCORN], conn == "new", workload,
+                                         args.answer_tokens) for c in names]
                 for call, _ in calls:
                     for _ in range(args.warmup):
                         await call()
@@ -215,7 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per cell (default 4)")
     p.add_argument("--clients", default="raw,httpx,httpx-stock,aiohttp",
                    help=f"comma list of {', '.join(CLIENTS)} (httpx: turnbench's HttpsClient; "
-                   "httpx-stock: the same on httpx's own anyio network backend)")
+                   "httpx-stock: the same on httpx's own anyio network backend; httpx-h2 / httpx-hc: HTTP/2 / "
+                   "HTTP/1.1 against the hypercorn server)")
     p.add_argument("--tls", default="off,on", help="comma list of on, off")
     p.add_argument("--conn", default="keepalive,new", help="comma list of keepalive, new")
     p.add_argument("--workloads", default="ping,small,stream", help="comma list of ping, small, stream")
@@ -236,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="turnbench-overhead-") as tmp:
-        servers = {tls: start_server(tls, Path(tmp)) for tls in set(args.tls)}
+        kinds = {c in HYPERCORN for c in args.clients}
+        servers = {(tls, h2): start_server(tls, Path(tmp), h2) for tls in set(args.tls) for h2 in kinds}
         try:
             print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvloop client, server pids "
                   f"{[s.proc.pid for s in servers.values()]}; wall per request (µs), client CPU per request")

@@ -1,4 +1,5 @@
 """HTTPS+SSE transport: Starlette on uvicorn (httptools), the OpenAI Responses HTTP API byte for byte.
+With ``Settings.http2`` the same app is served over HTTP/2 by hypercorn (:mod:`servers.https_h2`).
 
 Routes::
 
@@ -167,6 +168,7 @@ class ResponsesEndpoint:
         status, body = error_reply(exc)
         if not started:
             # after a 413 the rest of the body may still be on its way: never read it as the next request
+            # (HTTP/2: h2 drops the Connection header; the stream ends alone)
             await send_bytes(send, status, body, close=status == 413)
             return
         err = errors.as_turnbench_error(exc)
@@ -268,7 +270,12 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
     """Start uvicorn in the running event loop; returns once it listens (port 0: the bound port).
 
     The socket is bound here: a bind error is an ``OSError`` for the caller (uvicorn would ``sys.exit``).
+    With ``settings.http2`` the same app runs on hypercorn instead (HTTP/2: :mod:`servers.https_h2`).
     """
+    if settings.http2:
+        from servers.https_h2 import start_hypercorn  # hypercorn is imported only for the variant
+
+        return await start_hypercorn(build_app(service, settings), settings, service, tls, keep_alive_s=KEEP_ALIVE_S)
     server_ctx = tls.server_ssl_context() if tls is not None else None
     config = uvicorn.Config(
         build_app(service, settings), host=settings.host, port=settings.port, loop="none",
@@ -297,4 +304,4 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
     return RunningServer(
         transport="https", host=settings.host, port=port,
         url=f"{scheme('https', tls is not None)}://{host}:{port}/v1", service=service, tls=tls, _stop=stop,
-        extra={"uvicorn": server})
+        extra={"uvicorn": server, "server": "uvicorn", "http": "1.1"})

@@ -25,6 +25,7 @@ class Settings:
     tls: bool = True
     api_key: str | None = None
     ca_out: str | None = None  # where the server writes its generated CA (PEM) for clients in other shells
+    http2: bool = False  # https only: serve with hypercorn, HTTP/2 (h2 over TLS, h2c without) — a variant
 
     # engine
     engine: str = "sim"  # sim | torch
