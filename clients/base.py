@@ -380,6 +380,20 @@ class ResponsesClient(abc.ABC):
     async def close(self) -> None:
         """Close the connection; idempotent."""
 
+    async def connect_for(self, recorder: TurnRecorder) -> bool:
+        """Connect lazily for a turn: the handshake time goes on the turn's ``connect_ms`` (apart from
+        its latency); a failure is recorded as ``connection_error``. Returns: whether the client is connected.
+        """
+        try:
+            ms = await self.connect()
+        except Exception as exc:
+            recorder.fail(f"could not connect to {self.config.url}: {type(exc).__name__}: {exc}",
+                          "connection_error")
+            return False
+        if recorder.connect_ms is None:
+            recorder.connect_ms = ms
+        return True
+
     async def safe_create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
         """``create``, with any exception a client let escape recorded as a failure (cancellation passes)."""
         try:

@@ -197,15 +197,8 @@ class GrpcClient(ResponsesClient):
         return await self._send(payload, False, recorder)
 
     async def _send(self, payload: bytes, typed: bool, recorder: TurnRecorder) -> dict[str, Any]:
-        if self._channel is None or self._lock is None:
-            try:
-                ms = await self.connect()
-            except Exception as exc:
-                recorder.fail(f"could not connect to {self.config.url}: {type(exc).__name__}: {exc}",
-                              "connection_error")
-                return {}
-            if recorder.connect_ms is None:
-                recorder.connect_ms = ms
+        if (self._channel is None or self._lock is None) and not await self.connect_for(recorder):
+            return {}
         assert self._lock is not None
         async with self._lock:
             try:

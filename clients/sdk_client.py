@@ -183,14 +183,8 @@ class SdkWsClient(ResponsesClient):
 
         from clients.ws_client import frame_overhead
 
-        if self._conn is None:
-            try:
-                ms = await self.connect()
-            except Exception as exc:
-                recorder.fail(f"could not connect: {type(exc).__name__}: {exc}", "connection_error")
-                return {}
-            if recorder.connect_ms is None:
-                recorder.connect_ms = ms
+        if self._conn is None and not await self.connect_for(recorder):
+            return {}
         if SdkWsClient._params is None:
             SdkWsClient._params = _ws_create_params()
         conn = self._conn

@@ -113,15 +113,8 @@ class WsClient(ResponsesClient):
         return await self._roundtrip(data, recorder, binary=binary)
 
     async def _roundtrip(self, data: bytes, recorder: TurnRecorder, *, binary: bool) -> dict[str, Any]:
-        if self._ws is None:
-            try:
-                ms = await self.connect()
-            except Exception as exc:
-                recorder.fail(f"could not connect to {self.url}: {type(exc).__name__}: {exc}",
-                              "connection_error")
-                return {}
-            if recorder.connect_ms is None:
-                recorder.connect_ms = ms
+        if self._ws is None and not await self.connect_for(recorder):
+            return {}
         ws = self._ws
         assert ws is not None
         recorder.sent(len(data) + frame_overhead(len(data), masked=True))

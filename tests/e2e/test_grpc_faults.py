@@ -15,6 +15,7 @@ from clients.base import ClientConfig, TurnRecorder, TurnResult
 from clients.grpc_client import GrpcClient
 from servers.base import RunningServer, start_server
 from servers.grpc_server import ResponsesServicer
+from tests.helpers import StreamingRecorder
 from turnbench.settings import Settings
 from turnbench.v1 import responses_pb2 as pb
 
@@ -36,18 +37,6 @@ async def start() -> AsyncIterator[StartServer]:
         await server.stop()
         server.service.close()
 
-
-class Streaming(TurnRecorder):
-    """A recorder that signals once a few content deltas have arrived."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.streaming = asyncio.Event()
-
-    def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
-        super().on_event(event_type, nbytes, t_ns=t_ns)
-        if self.chunks >= 3:
-            self.streaming.set()
 
 
 def client_for(server: RunningServer, api_key: str | None = None, **options: Any) -> GrpcClient:
@@ -175,7 +164,7 @@ async def test_cancelled_call_frees_its_state(start: StartServer) -> None:
         assert warm.success
         (conn,) = servicer.connections
         assert conn.session.cache is not None and len(conn.session.cache) == 1
-        rec = Streaming("grpc", "connection")
+        rec = StreamingRecorder("grpc", "connection")
         task = asyncio.create_task(client.create({"model": "m", "input": "go", "metadata": {
             "tool_calls": "0", "answer_tokens": "500"}}, recorder=rec))
         await rec.streaming.wait()

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from clients.base import ClientConfig, TurnRecorder
 from clients.grpc_client import GrpcClient
 from servers.base import RunningServer, start_server
+from tests.helpers import StreamingRecorder
 from turnbench.settings import Settings
 from turnbench.v1 import responses_pb2 as pb
 
@@ -42,18 +43,6 @@ async def start() -> AsyncIterator[StartServer]:
         await server.stop()
         server.service.close()
 
-
-class Streaming(TurnRecorder):
-    """A recorder that signals once a few content deltas have arrived."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.streaming = asyncio.Event()
-
-    def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
-        super().on_event(event_type, nbytes, t_ns=t_ns)
-        if self.chunks >= 3:
-            self.streaming.set()
 
 
 def client_for(server: RunningServer, **options: Any) -> GrpcClient:
@@ -215,7 +204,7 @@ async def test_reflection_lists_and_describes_the_service(start: StartServer) ->
 async def test_graceful_stop_lets_a_response_in_flight_finish(start: StartServer) -> None:
     server = await start(profile="calibration", grace_s=10.0)  # 20 ms prefill, 5 ms per token
     async with client_for(server, method="create") as client:
-        rec = Streaming("grpc", "full")
+        rec = StreamingRecorder("grpc", "full")
         task = asyncio.create_task(client.create({"model": "m", "input": "hi", "metadata": {
             "answer_tokens": "30", "tool_calls": "0"}}, recorder=rec))
         await rec.streaming.wait()

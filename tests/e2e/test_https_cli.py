@@ -6,31 +6,19 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import clients.raw_http_client  # noqa: F401  # registers "https-raw"
-from clients.base import ClientConfig, TurnRecorder, make_client
+from clients.base import ClientConfig, make_client
 from tests.conftest import TIMEOUT_FACTOR
 from tests.e2e.test_https_server import rollout
+from tests.helpers import StreamingRecorder
 from turnbench.tls import load_ca
 
 pytestmark = pytest.mark.timeout(90 * TIMEOUT_FACTOR)
 BIN = Path(sys.executable).parent / "turnbench"
 
-
-class FirstDelta(TurnRecorder):
-    """A recorder that signals the first content delta (the response is then surely in flight)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.streaming = asyncio.Event()
-
-    def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
-        super().on_event(event_type, nbytes, t_ns=t_ns)
-        if self.chunks:
-            self.streaming.set()
 
 
 async def _serve(cmd: list[str]) -> tuple[asyncio.subprocess.Process, int, list[str]]:
@@ -65,7 +53,7 @@ async def test_serve_then_client_then_sigterm(tmp_path, tls):
             await client.connect()
             answer, calls, _ = await rollout(client, "store", turns=3, answer_words=4)
             assert len(calls) == 2 and answer
-            rec = FirstDelta(client.transport, "full")
+            rec = StreamingRecorder(client.transport, "full", min_chunks=1)
             body = {"model": "m", "input": "long", "metadata": {"tool_calls": "0", "answer_tokens": "40"}}
             inflight = asyncio.create_task(client.create(body, recorder=rec))
             await asyncio.wait_for(rec.streaming.wait(), 30 * TIMEOUT_FACTOR)

@@ -1,0 +1,23 @@
+"""Small test utilities shared by several test modules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from clients.base import TurnRecorder
+
+
+class StreamingRecorder(TurnRecorder):
+    """A recorder whose ``streaming`` event is set once ``min_chunks`` content deltas have arrived, so a
+    test can act (cancel, drop, stop) while a response is surely in flight."""
+
+    def __init__(self, *args: Any, min_chunks: int = 3, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_chunks = min_chunks
+        self.streaming = asyncio.Event()
+
+    def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
+        super().on_event(event_type, nbytes, t_ns=t_ns)
+        if self.chunks >= self.min_chunks:
+            self.streaming.set()
