@@ -10,7 +10,7 @@ changes the client object, never the loop. The state strategy decides what each 
 * ``connection``: ``previous_response_id`` + only the new items, ``store=false``: works only on the same
   connection (WebSocket, gRPC ``Connect``).
 
-Tools run *on the client*, for real, over the fixture corpus shipped in ``loadtests/corpus`` (read a file,
+Tools run *on the client*, for real, over the fixture corpus shipped in ``turnbench/data/corpus`` (read a file,
 search text, count words), with an optional explicit extra latency and a deterministic output size.
 Recovery: on ``previous_response_not_found`` or a lost connection the loop reconnects (when the client can)
 and continues by store hydration (``store``) or by re-sending the full context with
@@ -32,8 +32,9 @@ from typing import Any
 import orjson
 
 from clients.base import ResponsesClient, RolloutResult, TurnRecorder, TurnResult
+from turnbench.tokenizer import DEFAULT_CORPUS
 
-CORPUS_DIR = Path(__file__).resolve().parent.parent / "loadtests" / "corpus"
+CORPUS_DIR = DEFAULT_CORPUS
 SEARCH_TERMS = ("def ", "return", "import", "class ", "self", "raise", "yield", "lambda", "async", "None")
 RECOVERABLE = frozenset({"previous_response_not_found", "connection_closed", "connection_error",
                          "websocket_connection_limit_reached"})

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import math
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import msgspec
 
+from turnbench.transports import get_transport
+
 __all__ = [
-    "CLIENTS",
     "CONTENT_DELTA_TYPES",
     "FAILURE_TYPES",
     "TERMINAL_TYPES",
@@ -41,7 +43,8 @@ __all__ = [
     "StageTiming",
     "TurnRecorder",
     "TurnResult",
-    "register_client",
+    "client_class",
+    "make_client",
 ]
 
 Clock = Callable[[], int]
@@ -356,7 +359,6 @@ class ResponsesClient(abc.ABC):
     """
 
     transport: ClassVar[str]
-    supports_connection_state: ClassVar[bool] = False
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -415,54 +417,16 @@ class ResponsesClient(abc.ABC):
         await self.close()
 
 
-CLIENTS: dict[str, type[ResponsesClient]] = {}
-"""Registry of transport clients keyed by ``transport`` (``https``, ``ws``, ``grpc``, ``sdk-https`` ...)."""
+def client_class(transport: str) -> type[ResponsesClient]:
+    """The client class of ``transport``, imported from the module its row of the transport table names.
 
-_C = TypeVar("_C", bound=type[ResponsesClient])
-
-
-def _dotted(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def register_client(cls: _C) -> _C:
-    """Class decorator adding a client to :data:`CLIENTS` under its ``transport`` name.
-
-    Raises: ``TypeError`` if ``transport`` is unset, ``ValueError`` if another class already holds the name
-    (re-registering the same class, e.g. on module reload, is allowed).
+    Raises: ``ValueError`` for a name that is not in the table.
     """
-    name = getattr(cls, "transport", None)
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} must set a non-empty class attribute 'transport'")
-    existing = CLIENTS.get(name)
-    same = existing is not None and _dotted(existing) == _dotted(cls)
-    if existing is not None and not same:
-        raise ValueError(f"transport {name!r} already registered by {existing.__qualname__}")
-    CLIENTS[name] = cls
+    row = get_transport(transport)
+    cls: type[ResponsesClient] = getattr(importlib.import_module(row.client_module), row.client_class)
     return cls
 
 
-CLIENT_MODULES = (
-    "clients.inproc_client",
-    "clients.https_client",
-    "clients.raw_http_client", "clients.ws_client", "clients.grpc_client", "clients.sdk_client")
-
-
-def load_clients() -> dict[str, type[ResponsesClient]]:
-    """Import every transport client module that exists, filling :data:`CLIENTS`."""
-    import importlib
-
-    for name in CLIENT_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return CLIENTS
-
-
 def make_client(transport: str, config: ClientConfig) -> ResponsesClient:
-    clients = load_clients()
-    if transport not in clients:
-        raise ValueError(f"unknown transport {transport!r}; available: {', '.join(sorted(clients))}")
-    return clients[transport](config)
+    """A new, unconnected client of ``transport`` for ``config``."""
+    return client_class(transport)(config)

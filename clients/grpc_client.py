@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import grpc
 import msgspec
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto, response_from_proto
 from turnbench.v1.convert_request import bytes_field
@@ -89,12 +89,10 @@ def _split_json(raw: bytes) -> bytes | None:
     return raw[i:] if len(raw) - i == n else None
 
 
-@register_client
 class GrpcClient(ResponsesClient):
     """``Connect`` stream with the typed codec; see the module docstring for options."""
 
     transport: ClassVar[str] = "grpc"
-    supports_connection_state: ClassVar[bool] = True
     default_codec: ClassVar[str] = "typed"
     default_method: ClassVar[str] = "connect"
 
@@ -305,7 +303,6 @@ class GrpcClient(ResponsesClient):
         return response
 
 
-@register_client
 class GrpcJsonClient(GrpcClient):
     """``Connect`` stream with the json codec (WebSocket JSON objects in ``ServerEvent.json``)."""
 
@@ -313,10 +310,8 @@ class GrpcJsonClient(GrpcClient):
     default_codec: ClassVar[str] = "json"
 
 
-@register_client
 class GrpcCreateClient(GrpcClient):
     """One stateless ``Create`` call per request, like HTTPS (no connection state)."""
 
     transport: ClassVar[str] = "grpc-create"
-    supports_connection_state: ClassVar[bool] = False
     default_method: ClassVar[str] = "create"

@@ -40,7 +40,7 @@ import httpcore
 import httpx
 import orjson
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
 
 __all__ = ["HttpsClient", "HttpsH2Client", "SSEDecoder", "StreamsBackend", "consume_events", "fail_from_body",
            "response_from_json"]
@@ -276,7 +276,6 @@ class StreamsBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-@register_client
 class HttpsClient(ResponsesClient):
     """httpx ``AsyncClient`` (keep-alive pool, TLS verified against ``config.ssl_context``)."""
 
@@ -407,7 +406,6 @@ def _connect_ms(stamps: Mapping[str, int]) -> float | None:
     return None if t0 is None or t1 is None else (t1 - t0) / 1e6
 
 
-@register_client
 class HttpsH2Client(HttpsClient):
     """``https-h2``: :class:`HttpsClient` with ``http2`` on by default, for a server started with
     ``http2=true`` (``turnbench serve https --http2``, ``turnbench run --set http2=true``).

@@ -12,19 +12,17 @@ from typing import Any, ClassVar
 
 import orjson
 
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import ClientConfig, ResponsesClient, TurnRecorder
 from turnbench.errors import TurnbenchError
 from turnbench.schema import encode
 from turnbench.service import ResponsesService
 from turnbench.state import Session
 
 
-@register_client
 class InProcClient(ResponsesClient):
     """``config.options["service"]`` is the :class:`ResponsesService` to call (required)."""
 
     transport: ClassVar[str] = "inproc"
-    supports_connection_state: ClassVar[bool] = True
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import ClientConfig, ResponsesClient, TurnRecorder
 from clients.https_client import SSEDecoder, consume_events, fail_from_body, response_from_json
 
 __all__ = ["RawHttpClient"]
@@ -47,7 +47,6 @@ class _StaleConnection(Exception):
     """A reused keep-alive connection was closed by the server before any response byte."""
 
 
-@register_client
 class RawHttpClient(ResponsesClient):
     """Hand-written HTTP/1.1 over ``asyncio.open_connection`` (TLS via ``config.ssl_context``)."""
 

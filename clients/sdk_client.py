@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
 
 __all__ = ["SdkHttpsClient"]
 
@@ -26,7 +26,6 @@ def _create_params() -> frozenset[str]:
     return frozenset(params) - {"self", "extra_headers", "extra_query", "extra_body", "timeout", "stream"}
 
 
-@register_client
 class SdkHttpsClient(ResponsesClient):
     """``openai.AsyncOpenAI`` pointed at ``config.url``; TLS trusts ``config.ssl_context``; no retries.
 
@@ -107,7 +106,6 @@ def _ws_create_params() -> frozenset[str]:
     return frozenset(inspect.signature(AsyncResponsesResponseResource.create).parameters) - {"self"}
 
 
-@register_client
 class SdkWsClient(ResponsesClient):
     """``openai.AsyncOpenAI(..., websocket_base_url=config.url).responses.connect()``: WebSocket mode as an
     SDK user writes it, one connection per client. TLS trusts ``config.ssl_context`` (passed to
@@ -120,7 +118,6 @@ class SdkWsClient(ResponsesClient):
     """
 
     transport = "sdk-ws"
-    supports_connection_state = True
     _params: frozenset[str] | None = None
 
     def __init__(self, config: ClientConfig) -> None:

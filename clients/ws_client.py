@@ -27,7 +27,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder, register_client
+from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
 
 __all__ = ["WsClient", "frame_overhead"]
 
@@ -40,12 +40,10 @@ def frame_overhead(nbytes: int, *, masked: bool) -> int:
     return header + (4 if masked else 0)
 
 
-@register_client
 class WsClient(ResponsesClient):
     """WebSocket mode over one persistent connection to ``config.url + "/responses"``."""
 
     transport: ClassVar[str] = "ws"
-    supports_connection_state: ClassVar[bool] = True
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)

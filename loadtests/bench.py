@@ -131,32 +131,20 @@ class _VariantCell(runner.Cell):
 
 
 def built_transports() -> set[str]:
-    """Client transports whose client and server are both importable."""
-    from clients.base import load_clients
-    from servers.base import load_servers
+    """Every transport of the table."""
+    from turnbench.transports import TRANSPORTS
 
-    clients, servers = load_clients(), load_servers()
-    out = set()
-    for name, cls in clients.items():
-        try:
-            server = runner.server_transport(name, cls)
-        except ValueError:
-            continue
-        if server == "inproc" or server in servers:
-            out.add(name)
-    return out
+    return set(TRANSPORTS)
 
 
 def _plan(group: Group, built: set[str], base: runner.RunConfig) -> tuple[runner.RunConfig, list[runner.Cell]]:
-    from clients.base import load_clients
-
     states = {t: s for t, s in group.states.items() if t in built}
     sc: Scenario = load_scenario(group.scenario).replace(**group.sizing, states=states)
     cfg = dataclasses.replace(base, scenarios=[sc], transports=list(states), states=None,
                               profiles=(group.profile,) if group.profile else None,
                               concurrency=(group.concurrency,), variant=group.variant,
                               server_settings={**base.server_settings, **group.server_settings})
-    cells = runner.plan_cells(cfg, load_clients())
+    cells = runner.plan_cells(cfg)
     return cfg, [_VariantCell(**{f.name: getattr(c, f.name) for f in fields(c)}) for c in cells]
 
 
@@ -272,7 +260,6 @@ class _DropOnce(ResponsesClient):
     turn fails with ``connection_closed`` and the agent loop's recovery runs, as after a real drop."""
 
     transport: ClassVar[str] = "migration-probe"
-    supports_connection_state: ClassVar[bool] = True
 
     def __init__(self, inner: ResponsesClient, drop_at: int) -> None:
         super().__init__(inner.config)
@@ -315,9 +302,9 @@ async def measure_recovery(transport: str = "ws", *, profile: str = "fast", roll
     ``bytes_up`` against the same turn undisturbed. ``built: False`` when the transport is missing.
     """
     from clients.agent import Toolbox, run_rollout
-    from clients.base import load_clients, make_client
+    from clients.base import make_client
     from loadtests.runner import TASK
-    from servers.base import load_servers, start_server
+    from servers.base import start_server
     from turnbench.service import ResponsesService
 
     settings = Settings(profile=profile, tls=transport != "inproc", usage_db=":memory:")
@@ -325,8 +312,6 @@ async def measure_recovery(transport: str = "ws", *, profile: str = "fast", roll
     if transport == "inproc":
         service = ResponsesService(settings)
         config = ClientConfig(url="inproc", options={"service": service})
-    elif transport not in load_servers() or transport not in load_clients():
-        return {"transport": transport, "built": False, "note": f"{transport} server or client not built"}
     else:
         server = await start_server(transport, settings)
         service = server.service

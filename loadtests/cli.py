@@ -1,24 +1,19 @@
 """The ``turnbench`` command line.
 
-It lives in ``loadtests`` (the top of the dependency chain: turnbench ← servers, clients ← loadtests), so the
-core never imports an adapter. Every ``serve`` flag maps one-to-one onto a :class:`~turnbench.settings.Settings`
-field, generated from the dataclass so the two cannot drift.
+It lives in ``loadtests``, the top of the dependency chain (turnbench ← servers, clients ← loadtests). The
+``serve`` subcommand is :mod:`servers.cli`, mounted here: a server process never imports the harness.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import os
-import signal
 import sys
-import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from turnbench.settings import Settings, parse_stage_map
+from servers import cli as serve_cli
+from turnbench.settings import parse_stage_map
 
 EPILOG = """\
 examples:
@@ -27,91 +22,6 @@ examples:
   turnbench run --scenario agent-20 --transports https,ws,grpc
   make bench                                        # the full reproducible report
 """
-
-HELP = {
-    "host": "address to bind (default 127.0.0.1)",
-    "port": "port to bind; 0 picks a free one and prints it",
-    "tls": "serve TLS with a certificate generated at start-up (default on)",
-    "api_key": "require 'Authorization: Bearer KEY' (default: no auth)",
-    "ca_out": "write the generated CA certificate (PEM) here, for clients in other shells",
-    "http2": "https only: serve HTTP/2 with hypercorn (a variant; HTTP/1.1 on uvicorn is the default)",
-    "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
-    "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), h200-8b, calibration",
-    "store": "ResponseStore for store=true: memory or sqlite:PATH",
-    "usage_db": "SQLite file for durable usage records (auto: a temp file)",
-    "tokens_per_chunk": "tokens per delta event (framing knob, the same on every transport)",
-    "inject_ms": "named injected latency, e.g. safety=5,post=2 (asyncio sleep per stage, ms)",
-    "burn_us": "named CPU burn per stage, e.g. render=200 (µs; the gate's slow-path knob)",
-}
-
-
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field: ``--max-body-bytes`` ↔ ``max_body_bytes``; defaults come from Settings."""
-    defaults = Settings()
-    for f in dataclasses.fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = HELP.get(f.name, f"(default {default!r})")
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
-        elif f.name in ("inject_ms", "burn_us"):
-            parser.add_argument(flag, dest=f.name, type=parse_stage_map, default=None, metavar="STAGE=N,...",
-                                help=help_text)
-        else:
-            kind: Callable[[str], Any] = type(default) if isinstance(default, int | float) else str
-            if f.name in ("ping_interval_s", "ping_timeout_s"):
-                kind = float
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    names = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.from_env(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
-
-
-async def _serve(transport: str, settings: Settings) -> int:
-    from servers.base import start_server
-
-    if settings.tls and not settings.ca_out:
-        settings = settings.replace(ca_out=os.path.join(tempfile.mkdtemp(prefix="turnbench-"), "ca.pem"))
-    server = await start_server(transport, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"turnbench {transport} server listening on {server.url}", flush=True)
-    if settings.tls:
-        print(f"CA certificate: {settings.ca_out}", flush=True)
-    print(f"PORT={server.port}", flush=True)
-    await stop.wait()
-    print("draining…", flush=True)
-    await server.stop()
-    server.service.close()
-    print("stopped", flush=True)
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    return _run(_serve(args.transport, settings_from_args(args)))
-
-
-def not_built(issue: int, what: str) -> Callable[[argparse.Namespace], int]:
-    def cmd(args: argparse.Namespace) -> int:
-        print(f"turnbench {what}: not built yet (issue #{issue})", file=sys.stderr)
-        return 2
-
-    return cmd
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -197,9 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("serve", help="run one transport's server", description="Run one transport's "
                        "server on the shared core. SIGTERM or Ctrl-C drains in-flight responses and stops.")
-    s.add_argument("transport", choices=("https", "ws", "grpc"))
-    add_settings_flags(s)
-    s.set_defaults(func=cmd_serve)
+    serve_cli.add_serve_arguments(s)
+    s.set_defaults(func=serve_cli.cmd_serve)
     from loadtests import runner_cli  # light: argparse and the scenario loader only
 
     r = sub.add_parser("run", help="run a scenario over transports and print a summary",

@@ -40,9 +40,10 @@ import msgspec
 from locust import User, constant, events, task
 
 from clients.agent import Toolbox, run_rollout
-from clients.base import RolloutResult, load_clients, make_client
+from clients.base import RolloutResult, make_client
 from loadtests.procs import Endpoint, target_endpoint
 from loadtests.scenarios import load_scenario
+from turnbench.transports import get_transport
 
 # Per-request INFO lines from the client libraries would be logged from the users' native threads, through
 # handler locks that gevent's monkey-patching made greenlet locks: that can deadlock at shutdown. Quiet them.
@@ -133,8 +134,8 @@ class AgentUser(User):
             raise ValueError(f"{type(self).__name__}: pass --tb-{self.transport} URL or --host URL")
         self.endpoint: Endpoint = target_endpoint(self.transport, url, ca_path=opts.tb_ca or None,
                                                   api_key=opts.tb_api_key or None)
-        cls = load_clients()[self.transport]
-        self.state: str = opts.tb_state or ("connection" if cls.supports_connection_state else "full")
+        row = get_transport(self.transport)
+        self.state: str = opts.tb_state or ("connection" if row.supports_connection_state else "full")
         self.scenario = load_scenario(opts.tb_scenario)
         self.samples_path: str = f"{opts.tb_samples}.{os.getpid()}" if opts.tb_samples else ""
         self.pool = gevent.threadpool.ThreadPool(1)

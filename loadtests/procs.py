@@ -28,11 +28,10 @@ import psutil
 
 from clients.base import ClientConfig
 from turnbench.tls import load_ca
+from turnbench.transports import SERVER_PROTOCOLS
 
 __all__ = ["Endpoint", "ServerError", "ServerProcess", "settings_flags", "start_server_process",
            "target_endpoint"]
-
-HTTP_TRANSPORTS = ("https", "ws")  # these answer GET /healthz
 
 
 class ServerError(RuntimeError):
@@ -90,10 +89,7 @@ class Endpoint:
 
 def base_url(transport: str, host: str, port: int, tls: bool) -> str:
     """The client-facing base URL, as :class:`servers.base.RunningServer` prints it."""
-    if transport == "grpc":
-        return f"{host}:{port}"
-    scheme = {"https": "https" if tls else "http", "ws": "wss" if tls else "ws"}[transport]
-    return f"{scheme}://{host}:{port}/v1"
+    return SERVER_PROTOCOLS[transport].url(host, port, tls)
 
 
 class ServerProcess:
@@ -171,7 +167,7 @@ def health_check(transport: str, host: str, port: int, ca_path: str | None, time
             try:
                 if ca_path is not None:
                     sock = load_ca(ca_path).wrap_socket(raw, server_hostname=host)  # owns raw from here
-                if transport in HTTP_TRANSPORTS:
+                if SERVER_PROTOCOLS[transport].http_health:
                     sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
                     status = sock.recv(64).split(b" ", 2)
                     if len(status) < 2 or status[1] != b"200":

@@ -33,15 +33,15 @@ import psutil
 from tqdm import tqdm
 
 from clients.agent import Toolbox, run_rollout
-from clients.base import ResponsesClient, RolloutResult, load_clients, make_client
+from clients.base import RolloutResult, make_client
 from loadtests.monitor import LoadMonitor, MonitorReport
 from loadtests.procs import Endpoint, start_server_process, target_endpoint
 from loadtests.runner_loops import chunk_plan, closed_loop, open_loop, poisson_offsets
 from loadtests.runner_out import RunData, load_run
 from loadtests.scenarios import Scenario, states_for
-from servers.base import TRANSPORTS, load_servers
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
+from turnbench.transports import TRANSPORTS, get_transport
 
 __all__ = ["Cell", "ChunkStat", "Collected", "RunConfig", "RunData", "Sample", "chunk_plan", "execute",
            "load_run", "plan_cells", "run", "server_transport"]
@@ -115,17 +115,9 @@ class RunConfig:
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see one_rollout
 
 
-def server_transport(transport: str, client_cls: type[ResponsesClient]) -> str:
+def server_transport(transport: str) -> str:
     """The server a client transport talks to: ``sdk-https`` → ``https``, ``grpc-json`` → ``grpc``."""
-    explicit = getattr(client_cls, "server_transport", None)
-    if isinstance(explicit, str):
-        return explicit
-    if transport == "inproc":
-        return "inproc"
-    for part in transport.split("-"):
-        if part in TRANSPORTS:
-            return part
-    raise ValueError(f"cannot tell which server the {transport!r} client talks to")
+    return get_transport(transport).server_name
 
 
 def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str, variant: str) -> str:
@@ -133,7 +125,7 @@ def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str,
     return base if variant == "default" else f"{base}:{variant}"
 
 
-def plan_cells(config: RunConfig, clients: Mapping[str, type[ResponsesClient]]) -> list[Cell]:
+def plan_cells(config: RunConfig) -> list[Cell]:
     """Cross scenarios × profiles × loads × transports × states into cells, in a stable order.
 
     The ``calibration`` scenario always runs ``inproc`` too: it separates the harness from the transport.
@@ -155,17 +147,16 @@ def plan_cells(config: RunConfig, clients: Mapping[str, type[ResponsesClient]]) 
             for conc, rate in loads:
                 load = f"r{rate:g}" if rate is not None else f"c{conc}"
                 for t in transports:
-                    if t not in clients:
-                        raise ValueError(f"unknown transport {t!r}; registered: {', '.join(sorted(clients))}")
-                    cls = clients[t]
-                    states = states_for(sc, t, cls.supports_connection_state)
+                    if t not in TRANSPORTS:
+                        raise ValueError(f"unknown transport {t!r}; known: {', '.join(TRANSPORTS)}")
+                    states = states_for(sc, t)
                     if config.states is not None:
                         states = tuple(s for s in config.states if s in states)
                     for state in states:
                         tls = False if t == "inproc" else sc.tls
                         cells.append(Cell(
                             cell=_cell_id(sc.name, t, state, profile, load, config.variant), scenario=sc,
-                            transport=t, server=server_transport(t, cls), state=state, profile=profile,
+                            transport=t, server=server_transport(t), state=state, profile=profile,
                             concurrency=conc, arrival_rate_rps=rate, variant=config.variant, tls=tls,
                             number=len(cells)))
     if not cells:
@@ -182,7 +173,6 @@ def start_endpoints(config: RunConfig, cells: Sequence[Cell], workdir: Path) -> 
     needed = {c.endpoint_key: c for c in cells}
     endpoints: dict[str, Endpoint] = {}
     to_start: dict[str, Cell] = {}
-    available = load_servers()
     for key, c in needed.items():
         if c.server == "inproc":
             settings = Settings.from_env(profile=c.profile, tls=False, **config.server_settings,
@@ -193,9 +183,6 @@ def start_endpoints(config: RunConfig, cells: Sequence[Cell], workdir: Path) -> 
         elif c.server in config.targets:
             endpoints[key] = target_endpoint(c.server, config.targets[c.server], ca_path=config.ca_path,
                                              api_key=config.api_key)
-        elif c.server not in available:
-            raise ValueError(f"no {c.server} server is built (registered: {', '.join(sorted(available))}); "
-                             f"pass --target {c.server}=URL to use a running one")
         else:
             to_start[key] = c
     with ThreadPoolExecutor(max_workers=max(1, len(to_start))) as pool:
@@ -377,7 +364,7 @@ def run(config: RunConfig) -> tuple[Path, int]:
     """
     from loadtests import runner_out
 
-    cells = plan_cells(config, load_clients())
+    cells = plan_cells(config)
     with tempfile.TemporaryDirectory(prefix="turnbench-run-") as tmp:
         workdir = Path(tmp)
         endpoints = start_endpoints(config, cells, workdir)

@@ -137,10 +137,9 @@ def _settings(items: list[str]) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A :class:`loadtests.runner.RunConfig` from parsed flags (heavy imports happen here)."""
-    from clients.base import load_clients
     from loadtests.runner import RunConfig
     from loadtests.scenarios import PROFILES
-    from servers.base import load_servers
+    from turnbench.transports import DEFAULT_TRANSPORTS
 
     targets: dict[str, str] = {}
     for item in args.target:
@@ -151,9 +150,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     transports = list(args.transports) if args.transports else None
     if transports is None and targets:  # only the servers the user pointed at
         transports = list(targets)
-    if transports is None:  # every transport whose server and client are both built
-        built, clients = load_servers(), load_clients()
-        transports = [t for t in ("https", "ws", "grpc") if t in built and t in clients]
+    if transports is None:
+        transports = list(DEFAULT_TRANSPORTS)
     for prof in args.profile or ():
         if prof not in PROFILES:
             raise ValueError(f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")

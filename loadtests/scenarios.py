@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turnbench.transports import get_transport
+
 __all__ = [
-    "DEFAULT_STATES",
     "SCENARIO_DIR",
     "Scenario",
     "ScenarioError",
@@ -47,13 +48,6 @@ __all__ = [
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 PROFILES = ("instant", "frontier", "fast", "h200-8b", "calibration")
 STATES = ("full", "store", "connection")
-DEFAULT_STATES: Mapping[str, tuple[str, ...]] = {
-    "https": ("full", "store"),
-    "ws": ("connection", "store", "full"),
-    "grpc": ("connection", "store", "full"),
-    "inproc": ("connection", "store", "full"),
-}
-"""State strategies per transport when a scenario does not name them; HTTPS has no connection state."""
 
 
 class ScenarioError(ValueError):
@@ -103,13 +97,11 @@ class Scenario:
         return out
 
 
-def states_for(scenario: Scenario, transport: str, supports_connection: bool = True) -> tuple[str, ...]:
-    """The state strategies a cell grid uses for ``transport``: the scenario's, else the defaults."""
+def states_for(scenario: Scenario, transport: str) -> tuple[str, ...]:
+    """The state strategies a cell grid uses for ``transport``: the scenario's, else the transport table's."""
     if transport in scenario.states:
         return scenario.states[transport]
-    if transport in DEFAULT_STATES:
-        return DEFAULT_STATES[transport]
-    return ("connection", "store", "full") if supports_connection else ("full", "store")
+    return get_transport(transport).states
 
 
 _INT_FIELDS = {"tool_calls": 0, "tool_output_bytes": 0, "rollouts": 1, "concurrency": 1, "warmup": 0,

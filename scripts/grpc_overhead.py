@@ -34,8 +34,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 
 from clients.agent import Toolbox, run_rollout  # noqa: E402
-from clients.base import ClientConfig, ResponsesClient, load_clients, make_client  # noqa: E402
-from servers.base import SERVER_MODULES  # noqa: E402
+from clients.base import ClientConfig, ResponsesClient, make_client  # noqa: E402
 from turnbench.tls import load_ca  # noqa: E402
 
 META = {"tool_calls": "20", "seed": "7"}
@@ -157,8 +156,7 @@ def main() -> int:
     p.add_argument("--create", action="store_true", help="also grpc-create with full resend (like HTTPS)")
     p.add_argument("--out", type=Path, help="write the table as JSON here")
     args = p.parse_args()
-    clients = load_clients()
-    with_ws = (ROOT / (SERVER_MODULES["ws"].replace(".", "/") + ".py")).exists() and "ws" in clients
+    with_ws = True
     servers: dict[str, Server] = {}
     with tempfile.TemporaryDirectory(prefix="grpc-overhead-") as tmp:
         try:

@@ -40,7 +40,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 
 from clients.agent import Toolbox, run_rollout  # noqa: E402
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder, load_clients, make_client  # noqa: E402
+from clients.base import ClientConfig, ResponsesClient, TurnRecorder, make_client  # noqa: E402
 from turnbench.tls import load_ca  # noqa: E402
 
 STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "post")
@@ -194,11 +194,10 @@ def print_routes(out: dict[str, dict[str, float]]) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    clients = load_clients()
     with tempfile.TemporaryDirectory(prefix="ws-overhead-") as tmp_name:
         tmp = Path(tmp_name)
         servers = [start_server("ws", tmp), start_server("ws", tmp, "--no-connection-cache")]
-        has_https = "https" in clients
+        has_https = True
         try:
             if has_https:
                 servers.append(start_server("https", tmp))

@@ -1,10 +1,8 @@
-"""``python -m servers {https,ws,grpc} [flags]`` — the same as ``turnbench serve``."""
+"""``python -m servers {https,ws,grpc,https-h2} [flags]`` — the same as ``turnbench serve``."""
 
 from __future__ import annotations
 
-import sys
-
-from loadtests.cli import main
+from servers.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["serve", *sys.argv[1:]]))
+    raise SystemExit(main())

@@ -1,13 +1,16 @@
-"""What every transport server looks like from outside: one start signature, one handle, one registry.
+"""What every transport server looks like from outside: one start signature, one handle.
 
-A transport module defines ``async def start(settings, service, tls) -> RunningServer`` and registers it
-with :func:`register_server`. Everything else — settings, TLS material, the shared service, graceful stop —
-is the same for ``https``, ``ws`` and ``grpc``, so tests and the runner treat them alike::
+A server module (named by its :class:`~turnbench.transports.ServerProtocol` in the transport table) defines
+``async def start(settings, service, tls) -> RunningServer``. Everything else — settings, TLS material, the
+shared service, graceful stop — is the same for ``https``, ``ws`` and ``grpc``, so tests and the runner
+treat them alike::
 
     server = await start_server("ws", Settings(tls=True))
     print(server.url)          # wss://127.0.0.1:41234/v1
     ...
     await server.stop()        # stop accepting, let in-flight responses finish (grace_s), drain post
+
+``start_server`` also takes a transport name of the table (``https-h2``): its server settings are applied.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from typing import Any
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial, generate_tls
+from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, ServerProtocol
 
-TRANSPORTS = ("https", "ws", "grpc")
-SERVER_MODULES = {"https": "servers.https_server", "ws": "servers.ws_server", "grpc": "servers.grpc_server"}
+__all__ = ["RunningServer", "ServerFactory", "resolve_server", "start_server"]
 
 
 @dataclass(eq=False)
 class RunningServer:
     """A started server. ``url`` is the client-facing base URL (``https://H:P/v1``, ``wss://H:P/v1``,
-    ``H:P`` for gRPC); ``stop`` is idempotent and graceful."""
+    ``H:P`` for gRPC); ``stop`` is idempotent and graceful, and closes the service when the server owns it
+    (``start_server`` made it)."""
 
     transport: str
     host: str
@@ -39,6 +43,7 @@ class RunningServer:
     tls: TLSMaterial | None
     _stop: Callable[[], Awaitable[None]]
     extra: dict[str, Any] = field(default_factory=dict)
+    owns_service: bool = False
     _stopped: bool = False
 
     async def stop(self) -> None:
@@ -49,29 +54,23 @@ class RunningServer:
             await self._stop()
         finally:
             await self.service.drain()
+            if self.owns_service:
+                self.service.close()
 
 
 ServerFactory = Callable[[Settings, ResponsesService, "TLSMaterial | None"], Awaitable[RunningServer]]
-SERVERS: dict[str, ServerFactory] = {}
 
 
-def register_server(transport: str) -> Callable[[ServerFactory], ServerFactory]:
-    def deco(fn: ServerFactory) -> ServerFactory:
-        SERVERS[transport] = fn
-        return fn
-
-    return deco
-
-
-def load_servers() -> dict[str, ServerFactory]:
-    """Import every transport server module that exists, filling :data:`SERVERS`."""
-    for name in SERVER_MODULES.values():
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return SERVERS
+def resolve_server(name: str) -> tuple[ServerProtocol, dict[str, Any]]:
+    """A server protocol name (``ws``) or a transport name (``https-h2``) → (protocol, the server settings
+    that transport needs). Raises ``ValueError`` for a name in neither table."""
+    if name in SERVER_PROTOCOLS:
+        return SERVER_PROTOCOLS[name], {}
+    row = TRANSPORTS.get(name)
+    if row is None or row.server is None:
+        known = sorted({*SERVER_PROTOCOLS, *(t.name for t in TRANSPORTS.values() if t.server is not None)})
+        raise ValueError(f"unknown server {name!r}; known: {', '.join(known)}")
+    return row.server, dict(row.server_settings)
 
 
 async def start_server(
@@ -81,24 +80,29 @@ async def start_server(
     service: ResponsesService | None = None,
     tls: TLSMaterial | None = None,
 ) -> RunningServer:
-    """Start ``transport`` on ``settings.host:settings.port`` (port 0 picks a free one).
+    """Start ``transport``'s server on ``settings.host:settings.port`` (port 0 picks a free one).
 
     TLS material is generated when ``settings.tls`` and none is given; with ``settings.ca_out`` the CA is
-    written there as PEM for clients in other processes.
+    written there as PEM for clients in other processes. A service made here is closed by ``stop()``.
     """
+    protocol, needed = resolve_server(transport)
     settings = settings or Settings()
-    factories = load_servers()
-    if transport not in factories:
-        raise ValueError(f"unknown transport {transport!r}; available: {', '.join(sorted(factories))}")
+    if needed:
+        settings = settings.replace(**needed)
     if settings.tls and tls is None:
         tls = generate_tls()
     if not settings.tls:
         tls = None
     if tls is not None and settings.ca_out:
         Path(settings.ca_out).write_bytes(tls.ca_pem_bytes)  # noqa: ASYNC240  # once, at start-up
+    owns = service is None
     service = service or ResponsesService(settings)
-    return await factories[transport](settings, service, tls)
-
-
-def scheme(transport: str, tls: bool) -> str:
-    return {"https": "https" if tls else "http", "ws": "wss" if tls else "ws", "grpc": ""}[transport]
+    start: ServerFactory = importlib.import_module(protocol.module).start
+    try:
+        server = await start(settings, service, tls)
+    except BaseException:
+        if owns:
+            service.close()
+        raise
+    server.owns_service = owns
+    return server

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from servers.base import RunningServer, register_server
+from servers.base import RunningServer
 from turnbench.errors import (
     AuthenticationError,
     ConnectionLimitError,
@@ -47,6 +47,7 @@ from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
 from turnbench.state import Session
 from turnbench.tls import TLSMaterial
+from turnbench.transports import GRPC
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import event_to_proto, request_from_proto
 from turnbench.v1.convert_request import bytes_field
@@ -334,7 +335,6 @@ def _server_options(s: Settings) -> list[tuple[str, Any]]:
     return opts
 
 
-@register_server("grpc")
 async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial | None) -> RunningServer:
     """Start the gRPC server on the running loop; ``url`` is ``HOST:PORT`` (what a grpc channel takes)."""
     servicer = ResponsesServicer(settings, service)
@@ -368,6 +368,7 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await server.stop(grace=settings.grace_s)
 
     return RunningServer(
-        transport="grpc", host=settings.host, port=port, url=f"{host}:{port}", service=service, tls=tls,
+        transport="grpc", host=settings.host, port=port, url=GRPC.url(settings.host, port, tls is not None),
+        service=service, tls=tls,
         _stop=stop, extra={"servicer": servicer, "health": health_servicer},
     )

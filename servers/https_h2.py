@@ -24,10 +24,11 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from starlette.applications import Starlette
 
-from servers.base import RunningServer, scheme
+from servers.base import RunningServer
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
+from turnbench.transports import HTTPS
 
 ALPN = ["h2", "http/1.1"]
 
@@ -79,7 +80,6 @@ async def start_hypercorn(app: Starlette, settings: Settings, service: Responses
         ready.cancel()
         exc = task.exception()
         raise OSError(f"https (hypercorn) server failed to start: {exc!r}") from exc
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
 
     async def stop() -> None:
         stopping.set()
@@ -87,5 +87,5 @@ async def start_hypercorn(app: Starlette, settings: Settings, service: Responses
 
     return RunningServer(
         transport="https", host=settings.host, port=port,
-        url=f"{scheme('https', tls is not None)}://{host}:{port}/v1", service=service, tls=tls, _stop=stop,
+        url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
         extra={"server": "hypercorn", "http": "2"})

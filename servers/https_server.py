@@ -37,12 +37,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from servers.base import RunningServer, register_server, scheme
+from servers.base import RunningServer
 from turnbench import errors
 from turnbench.schema import ErrorEvent, Event, ResponseFailed, encode
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
+from turnbench.transports import HTTPS
 
 log = logging.getLogger("turnbench.https")
 
@@ -265,7 +266,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-@register_server("https")
 async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial | None) -> RunningServer:
     """Start uvicorn in the running event loop; returns once it listens (port 0: the bound port).
 
@@ -295,7 +295,6 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
             raise OSError(f"https server failed to start: {task.exception()!r}")
         await asyncio.sleep(0.002)
     port = int(sock.getsockname()[1])
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
 
     async def stop() -> None:
         server.should_exit = True
@@ -303,5 +302,5 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
 
     return RunningServer(
         transport="https", host=settings.host, port=port,
-        url=f"{scheme('https', tls is not None)}://{host}:{port}/v1", service=service, tls=tls, _stop=stop,
+        url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
         extra={"uvicorn": server, "server": "uvicorn", "http": "1.1"})

@@ -38,7 +38,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from servers.base import RunningServer, register_server, scheme
+from servers.base import RunningServer
 from turnbench import errors
 from turnbench.errors import AuthenticationError, InvalidRequestError, TurnbenchError, as_turnbench_error
 from turnbench.schema import encode, ws_error_event
@@ -46,6 +46,7 @@ from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
 from turnbench.state import STREAM_ID as _STREAM_ID
 from turnbench.tls import TLSMaterial
+from turnbench.transports import WS
 
 __all__ = ["PATH", "FrameIO", "WsConnection", "check_bearer", "handle_starlette_websocket", "start"]
 
@@ -280,7 +281,6 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
     return Response(status, HTTPStatus(status).phrase, headers, payload)
 
 
-@register_server("ws")
 async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial | None) -> RunningServer:
     """Serve WebSocket mode on ``settings.host:settings.port`` (0 picks a port) on the running loop.
 
@@ -330,7 +330,7 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await asyncio.gather(*(c.shutdown(1001, "server shutting down") for c in list(connections)))
         await server.wait_closed()
 
-    url = f"{scheme('ws', tls is not None)}://{settings.host}:{port}/v1"
+    url = WS.url(settings.host, port, tls is not None)
     return RunningServer("ws", settings.host, port, url, service, tls, stop,
                          extra={"connections": connections, "server": server, "compression": None})
 

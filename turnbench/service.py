@@ -122,6 +122,7 @@ class ResponsesService:
         self.safety = safety or default_classifier()
         self.recent: deque[ResponseRecord] = deque(maxlen=10_000)
         self.post = PostWriter(self.store, self.usage, s.burn_us)
+        self._closed = False
 
     # ------------------------------------------------------------------------------------------ sessions
 
@@ -382,6 +383,10 @@ class ResponsesService:
         await self.post.drain()
 
     def close(self) -> None:
+        """Release the engine, the store and the usage log; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self.post.close()
         self.engine.close()
         self.store.close()

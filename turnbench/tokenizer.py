@@ -3,7 +3,7 @@
 A `Tokenizer` wraps a HuggingFace `tokenizers` byte-level BPE model (GPT-2 style: ByteLevel pre-tokenizer and
 decoder, no normalizer, no special tokens), so `decode(encode(text)) == text` for any Unicode string and the
 cost of `encode` grows with the text, as a real model's tokenizer does. The model is trained on the fixture
-corpus (`loadtests/corpus/`) and committed as `turnbench/data/tokenizer.json`; regenerate it with
+corpus (`turnbench/data/corpus/`) and committed as `turnbench/data/tokenizer.json`; regenerate it with
 
     python -m turnbench.tokenizer train [--corpus DIR] [--out PATH] [--vocab-size N]
 
@@ -42,8 +42,8 @@ __all__ = [
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "tokenizer.json"
 """The committed tokenizer model (JSON, a few hundred KB)."""
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "loadtests" / "corpus"
-"""The fixture corpus the committed model was trained on (in a source checkout)."""
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
+"""The fixture corpus the committed model was trained on; the agent's tools read it too."""
 
 DEFAULT_VOCAB_SIZE = 8192
 MIN_FREQUENCY = 2

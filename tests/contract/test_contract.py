@@ -15,6 +15,7 @@ from clients.base import ClientConfig, RolloutResult, TurnRecorder, make_client
 from tests.conftest import client_config
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
+from turnbench.transports import get_transport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,7 +81,7 @@ async def test_rollout_matches_reference(serve, connect, reference, client_t, se
     # a continuation resolves from the connection cache when the transport has one (even with store=true:
     # the cache answers first, the store is the fallback), else from the store
     expected = {"full": "full", "connection": "connection",
-                "store": "connection" if client.supports_connection_state else "store"}[state]
+                "store": "connection" if get_transport(client_t).supports_connection_state else "store"}[state]
     assert {r.state for r in server.service.recent} == ({"full"} | {expected})
     assert server.service.recent[-1].state == expected
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import clients.raw_http_client  # noqa: F401  # registers "https-raw"
 from clients.base import ClientConfig, make_client
 from tests.conftest import TIMEOUT_FACTOR
 from tests.e2e.test_https_server import rollout

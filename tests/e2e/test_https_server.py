@@ -12,7 +12,6 @@ import httpx
 import orjson
 import pytest
 
-import clients.raw_http_client  # noqa: F401  # registers "https-raw" (not yet in base.CLIENT_MODULES)
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder, make_client
 from servers.base import RunningServer
 from tests.conftest import TIMEOUT_FACTOR, client_config

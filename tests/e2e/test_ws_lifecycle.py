@@ -11,7 +11,6 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, InvalidStatus
 
-from servers.base import load_servers
 from tests.e2e.test_ws_server import HI, create, raw, read_turn, turn
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,8 +90,6 @@ async def test_graceful_stop_lets_the_response_in_flight_finish(serve):
 
 
 async def test_https_server_upgrade_route_speaks_the_same_protocol(serve, connect):
-    if "https" not in load_servers():
-        pytest.skip("https server not built yet")
     server = await serve("https", api_key="sk-right", max_message_bytes=64 * 1024, profile="fast")
     key = {"Authorization": "Bearer sk-right"}
     with pytest.raises(InvalidStatus) as info:

@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from servers.base import RunningServer, load_servers
+from servers.base import RunningServer
 from tests.e2e.test_ws_server import TOOLS, answer, rollout, tool_output, turn
 
 pytestmark = pytest.mark.timeout(90)
@@ -81,8 +81,6 @@ async def test_sdk_connect_runs_a_tool_loop_on_the_ws_server(serve, connect):
 
 
 async def test_sdk_connect_on_the_https_server_upgrade_route(serve, connect):
-    if "https" not in load_servers():
-        pytest.skip("https server not built yet")
     server = await serve("https", api_key="sk-test")
     # only the call changes: the SDK derives wss://…/v1/responses from the HTTPS base URL
     assert server.tls is not None

@@ -121,11 +121,6 @@ async def test_recovery_after_a_dropped_connection_inproc() -> None:
     assert [row["strategy"] for row in result["strategies"]] == list(STRATEGIES.values())
 
 
-async def test_recovery_reports_a_missing_transport() -> None:
-    result = await measure_recovery("nope")
-    assert result == {"transport": "nope", "built": False, "note": "nope server or client not built"}
-
-
 @pytest.mark.parametrize(("transport", "module"), [("https", "sdk_http_loop"), ("ws", "sdk_ws_loop")])
 async def test_sdk_examples_run_against_the_servers(serve: Any, transport: str, module: str) -> None:
     """The two SDK loops the migration diff counts are working code, not prose."""

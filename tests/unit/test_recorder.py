@@ -10,7 +10,6 @@ import msgspec
 import pytest
 
 from clients.base import (
-    CLIENTS,
     CONTENT_DELTA_TYPES,
     TERMINAL_TYPES,
     ResponsesClient,
@@ -18,8 +17,9 @@ from clients.base import (
     StageTiming,
     TurnRecorder,
     TurnResult,
-    register_client,
+    client_class,
 )
+from turnbench.transports import TRANSPORTS
 
 MS = 1_000_000  # ns
 
@@ -266,24 +266,20 @@ class _FakeClient(ResponsesClient):
         self.closed = True
 
 
-async def test_registry_and_safe_create() -> None:
-    register_client(_FakeClient)
-    register_client(_FakeClient)  # same class again (module reload) is fine
-    try:
-        assert CLIENTS["fake-test"] is _FakeClient
+async def test_safe_create_records_an_escaped_exception() -> None:
+    async with _FakeClient(explode=True) as client:
+        rec = TurnRecorder("fake-test", "full")
+        assert await client.safe_create({"input": "hi"}, recorder=rec) == {}
+    assert isinstance(client, _FakeClient) and client.closed
+    r = rec.result()
+    assert not r.success and r.error_code == "client_exception" and "connection reset" in (r.error or "")
+    assert r.turn_ms is not None and not math.isnan(r.turn_ms)
 
-        class Other(_FakeClient):
-            pass
 
-        with pytest.raises(ValueError):
-            register_client(Other)
-
-        async with _FakeClient(explode=True) as client:
-            rec = TurnRecorder("fake-test", "full")
-            assert await client.safe_create({"input": "hi"}, recorder=rec) == {}
-        assert isinstance(client, _FakeClient) and client.closed
-        r = rec.result()
-        assert not r.success and r.error_code == "client_exception" and "connection reset" in (r.error or "")
-        assert r.turn_ms is not None and not math.isnan(r.turn_ms)
-    finally:
-        CLIENTS.pop("fake-test", None)
+def test_every_row_of_the_transport_table_names_its_client() -> None:
+    for name, row in TRANSPORTS.items():
+        cls = client_class(name)
+        assert cls.transport == name, (name, cls)
+        assert cls.__module__ == row.client_module
+    with pytest.raises(ValueError, match="unknown transport"):
+        client_class("carrier-pigeon")

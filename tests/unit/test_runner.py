@@ -48,7 +48,6 @@ class ScriptedClient(ResponsesClient):
     """Plays a fixed timeline on a fake clock: function calls until ``tool_calls``, then an answer."""
 
     transport: ClassVar[str] = "scripted"
-    supports_connection_state: ClassVar[bool] = True
 
     def __init__(self, clock: FakeClock, tool_calls: int = 3) -> None:
         super().__init__(ClientConfig(url=""))
@@ -175,7 +174,6 @@ async def test_closed_loop_caps_concurrency_and_keeps_order() -> None:
 
 class _Https(ScriptedClient):
     transport: ClassVar[str] = "https"
-    supports_connection_state: ClassVar[bool] = False
 
 
 class _Ws(ScriptedClient):
@@ -191,7 +189,7 @@ REGISTRY: dict[str, type[ResponsesClient]] = {"https": _Https, "ws": _Ws, "inpro
 
 def test_plan_cells_default_states_and_calibration_adds_inproc() -> None:
     cfg = RunConfig(scenarios=[load_scenario("agent-5"), load_scenario("calibration")], transports=["https", "ws"])
-    cells = plan_cells(cfg, REGISTRY)
+    cells = plan_cells(cfg)
     ids = [c.cell for c in cells]
     assert len(ids) == len(set(ids))
     agent = [(c.transport, c.state) for c in cells if c.scenario.name == "agent-5"]
@@ -205,21 +203,22 @@ def test_plan_cells_default_states_and_calibration_adds_inproc() -> None:
 def test_plan_cells_overrides_multiply() -> None:
     cfg = RunConfig(scenarios=[load_scenario("agent-5")], transports=["https", "ws"], states=("connection",),
                     profiles=("instant", "frontier"), rates_rps=(2.0,), variant="tpc4")
-    cells = plan_cells(cfg, REGISTRY)
+    cells = plan_cells(cfg)
     assert [(c.transport, c.state, c.profile) for c in cells] == [("ws", "connection", "instant"),
                                                                    ("ws", "connection", "frontier")]
     assert all(c.mode == "open" and c.arrival_rate_rps == 2.0 and c.concurrency is None for c in cells)
     assert cells[0].cell == "agent-5:ws:connection:instant:r2:tpc4"
     with pytest.raises(ValueError, match="unknown transport"):
-        plan_cells(RunConfig(scenarios=[load_scenario("agent-5")], transports=["smoke"]), REGISTRY)
+        plan_cells(RunConfig(scenarios=[load_scenario("agent-5")], transports=["smoke"]))
 
 
 def test_server_transport_mapping() -> None:
-    assert server_transport("sdk-https", _Https) == "https"
-    assert server_transport("grpc-json", _Ws) == "grpc"
-    assert server_transport("inproc", _Inproc) == "inproc"
+    assert server_transport("sdk-https") == "https"
+    assert server_transport("grpc-json") == "grpc"
+    assert server_transport("https-h2") == "https"
+    assert server_transport("inproc") == "inproc"
     with pytest.raises(ValueError):
-        server_transport("carrier-pigeon", _Ws)
+        server_transport("carrier-pigeon")
 
 
 def test_chunk_plan_interleaves_cells_round_by_round() -> None:

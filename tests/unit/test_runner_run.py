@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from clients.agent import Toolbox
-from clients.base import ClientConfig, RolloutResult, load_clients, make_client
+from clients.base import ClientConfig, RolloutResult, make_client
 from loadtests.procs import Endpoint
-from loadtests.runner import Cell, RunConfig, load_run, one_rollout, plan_cells, run, server_transport
+from loadtests.runner import Cell, RunConfig, load_run, one_rollout, plan_cells, run
 from loadtests.scenarios import Scenario, load_scenario, states_for
-from servers.base import load_servers
 from tests.conftest import ServeFn
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
+from turnbench.transports import TRANSPORTS
 
 SCENARIO = load_scenario("agent-5").replace(tool_calls=4, tool_output_sigma=0.8, profile="instant")
 
@@ -45,25 +45,19 @@ def _toolbox(sc: Scenario, index: int) -> Toolbox:
 
 
 def _network_transports() -> list[str]:
-    clients, servers = load_clients(), load_servers()
-    out = []
-    for name, cls in sorted(clients.items()):
-        if name != "inproc" and server_transport(name, cls) in servers:
-            out.append(name)
-    return out
+    return sorted(name for name, row in TRANSPORTS.items() if row.server is not None)
 
 
 @pytest.mark.parametrize("transport", _network_transports())
 async def test_same_seed_same_rollout_on_every_transport(serve: ServeFn, tmp_path: Path, transport: str) -> None:
     ref = await _reference()
     assert ref.success and len(ref.tool_calls) == 4 and ref.final_output
-    cls = load_clients()[transport]
-    server = await serve(server_transport(transport, cls))
+    server = await serve(transport)
     assert server.tls is not None
     ca = tmp_path / "ca.pem"
     ca.write_bytes(server.tls.ca_pem_bytes)
     ep = Endpoint(transport=server.transport, url=server.url, tls=True, ca_path=str(ca))
-    for state in states_for(SCENARIO, transport, cls.supports_connection_state):
+    for state in states_for(SCENARIO, transport):
         result = await one_rollout(_cell(transport, server.transport, state), 3, ep, _toolbox)
         assert result.success, (state, result.error)
         assert result.transport == transport and result.state == state
@@ -75,8 +69,6 @@ async def test_same_seed_same_rollout_on_every_transport(serve: ServeFn, tmp_pat
 
 async def test_connect_failure_is_a_failed_rollout_not_an_exception() -> None:
     ep = Endpoint(transport="ws", url="ws://127.0.0.1:9/v1", tls=False)  # port 9: nothing listens
-    if "ws" not in load_clients():
-        pytest.skip("ws client not built yet")
     result = await one_rollout(_cell("ws", "ws", "connection"), 0, ep, _toolbox)
     assert not result.success and result.error is not None
     assert result.turns == [] and result.error.startswith("connect:")
@@ -95,7 +87,7 @@ def test_a_saturated_client_is_flagged(tmp_path: Path, capsys: pytest.CaptureFix
                                           arrival_rate_rps=20.0, tool_output_bytes=256)
     config = RunConfig(scenarios=[sc], transports=["inproc"], states=("connection",), out_dir=tmp_path / "run",
                        quiet=True, toolbox_factory=lambda s, i: BlockingToolbox(output_bytes=256, seed=i))
-    assert [c.mode for c in plan_cells(config, load_clients())] == ["open"]
+    assert [c.mode for c in plan_cells(config)] == ["open"]
     out, status = run(config)
     assert status == 0 and out == tmp_path / "run"
     meta = json.loads((out / "run.json").read_text())

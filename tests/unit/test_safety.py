@@ -19,7 +19,7 @@ from turnbench.safety import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS = ROOT / "loadtests" / "corpus"
+CORPUS = ROOT / "turnbench" / "data" / "corpus"
 CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file())
 BIG = (CORPUS / "src" / "argparse.py").read_text()
 

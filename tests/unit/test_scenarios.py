@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from loadtests.scenarios import (
-    DEFAULT_STATES,
     Scenario,
     ScenarioError,
     available_scenarios,
     load_scenario,
     states_for,
 )
+from turnbench.transports import TRANSPORTS
 
 REQUIRED = ("chat-1", "agent-5", "agent-20", "coding-agent-50", "calibration")
 
@@ -47,8 +47,9 @@ def test_metadata_drives_the_scripted_model() -> None:
 def test_default_states_per_transport() -> None:
     sc = load_scenario("agent-5")
     assert states_for(sc, "https") == ("full", "store")
-    assert states_for(sc, "ws") == DEFAULT_STATES["ws"] == ("connection", "store", "full")
-    assert states_for(sc, "sdk-https", supports_connection=False) == ("full", "store")
+    assert states_for(sc, "ws") == TRANSPORTS["ws"].states == ("connection", "store", "full")
+    assert states_for(sc, "sdk-https") == ("full", "store")
+    assert states_for(sc, "sdk-ws") == ("connection", "store")
     custom = sc.replace(states={"ws": ("store",)})
     assert states_for(custom, "ws") == ("store",)
 

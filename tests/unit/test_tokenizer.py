@@ -13,7 +13,7 @@ import pytest
 from turnbench.tokenizer import DEFAULT_PATH, Tokenizer, corpus_files, load_tokenizer, main
 
 ROOT = Path(__file__).resolve().parents[2]
-CORPUS = ROOT / "loadtests" / "corpus"
+CORPUS = ROOT / "turnbench" / "data" / "corpus"
 CORPUS_FILES = corpus_files(CORPUS)
 
 UNICODE_SAMPLES = [
