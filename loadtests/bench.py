@@ -1,10 +1,15 @@
 """``turnbench bench``: the fixed, seeded benchmark matrix → ``reports/latest/`` and ``reports/runs/<stamp>/``.
 
+Bench orchestrates: it runs the matrix (one run directory), measures migration cost into its
+``migration.json`` (:mod:`loadtests.migration`), renders the report (:mod:`loadtests.report`) and copies the
+whole directory to ``latest``.
+
 The matrix is data (:func:`full_matrix`, :func:`quick_matrix`): groups of cells that share a scenario
 sizing, a profile, a concurrency level and server settings. Every group becomes runner cells
-(:func:`loadtests.runner.plan_cells`); all cells of all groups run in **one** interleaved execution (A B C
-A B C …) against one server process per (transport, profile, TLS, variant), so the ablations are measured
-beside the cells they are compared with. Transports that are not built are skipped and listed.
+(:func:`loadtests.model.plan_cells`, with the group's variant and settings); all cells of all groups run in
+**one** interleaved execution (A B C A B C …), so the ablations are measured beside the cells they are
+compared with. A cell's server settings decide its server (:attr:`loadtests.model.Cell.endpoint_key`):
+each ablation variant, like ``https-h2``, gets a server process of its own.
 
 Sizing (2 cores): rollout counts are small where a rollout is slow (``frontier``: ~65 tok/s, ~8 s for 20
 tool calls) and larger where it is cheap (``instant``, ``fast``). Full ≈ 7–8 min, ``--quick`` ≈ 40 s.
@@ -12,30 +17,24 @@ tool calls) and larger where it is cheap (``instant``, ``fast``). Full ≈ 7–8
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import itertools
-import json
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any
 
-import numpy as np
+from loadtests import migration, report, runner
+from loadtests.model import Cell, RunConfig, plan_cells
+from loadtests.rundir import RunDir, write_json
+from loadtests.scenarios import load_scenario
 
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder
-from loadtests import runner, runner_out
-from loadtests.metrics import ratio_ci
-from loadtests.procs import Endpoint
-from loadtests.scenarios import Scenario, load_scenario
-from turnbench.settings import Settings
-
-__all__ = ["ABLATIONS", "Group", "bench", "full_matrix", "measure_recovery", "quick_matrix", "run_matrix"]
+__all__ = ["ABLATIONS", "Group", "bench", "cmd_bench", "full_matrix", "matrix_cells", "matrix_record",
+           "quick_matrix", "run_matrix"]
 
 MAIN_STATES: dict[str, tuple[str, ...]] = {"https": ("full", "store"), "ws": ("connection", "store"),
                                            "grpc": ("connection",)}
@@ -120,129 +119,65 @@ def quick_matrix() -> list[Group]:
                   variant="no-token_cache", server_settings={"token_cache": False})]
 
 
-@dataclass(frozen=True, kw_only=True)
-class _VariantCell(runner.Cell):
-    """A runner cell whose server is its variant's own (the runner keys servers by transport/profile/TLS)."""
+def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
+    """Every group's cells, numbered in one series (it makes each cell's prompts its own). A group's cells
+    get its variant, and its server settings over ``config.server_settings`` (run-wide, e.g. the gate's burn).
 
-    @property
-    def endpoint_key(self) -> str:
-        base = f"{self.server}/{self.profile}/{'tls' if self.tls else 'plain'}"
-        return base if self.variant == "default" else f"{base}/{self.variant}"
-
-
-def built_transports() -> set[str]:
-    """Every transport of the table."""
-    from turnbench.transports import TRANSPORTS
-
-    return set(TRANSPORTS)
-
-
-def _plan(group: Group, built: set[str], base: runner.RunConfig) -> tuple[runner.RunConfig, list[runner.Cell]]:
-    states = {t: s for t, s in group.states.items() if t in built}
-    sc: Scenario = load_scenario(group.scenario).replace(**group.sizing, states=states)
-    cfg = dataclasses.replace(base, scenarios=[sc], transports=list(states), states=None,
-                              profiles=(group.profile,) if group.profile else None,
-                              concurrency=(group.concurrency,), variant=group.variant,
-                              server_settings={**base.server_settings, **group.server_settings})
-    cells = runner.plan_cells(cfg)
-    return cfg, [_VariantCell(**{f.name: getattr(c, f.name) for f in fields(c)}) for c in cells]
+    Raises: ``ValueError`` for an unknown transport, or when two groups make the same cell.
+    """
+    cells: list[Cell] = []
+    for g in groups:
+        sc = load_scenario(g.scenario).replace(**g.sizing, states=dict(g.states))
+        cfg = dataclasses.replace(config, scenarios=[sc], transports=list(g.states), states=None,
+                                  profiles=(g.profile,) if g.profile else None, concurrency=(g.concurrency,),
+                                  variant=g.variant, server_settings={**config.server_settings, **g.server_settings})
+        cells += plan_cells(cfg, first_number=len(cells))
+    ids = [c.cell for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two groups make the same cells: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return cells
 
 
-def _start_all(plans: Sequence[tuple[runner.RunConfig, list[runner.Cell]]], workdir: Path) -> dict[str, Endpoint]:
-    """Start every endpoint the cells need, variants in parallel; on failure stop what started."""
-    todo: dict[str, tuple[runner.RunConfig, list[runner.Cell]]] = {}
-    for cfg, cells in plans:
-        for c in cells:
-            todo.setdefault(c.endpoint_key, (cfg, []))[1].append(c)
-    endpoints: dict[str, Endpoint] = {}
-    errors: list[BaseException] = []
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(todo)))) as pool:
-        futs = []
-        for key, (cfg, cells) in todo.items():
-            where = workdir / key.replace("/", "_")  # per-server files (CA, log, usage DB) must not collide
-            where.mkdir(parents=True, exist_ok=True)
-            futs.append(pool.submit(runner.start_endpoints, cfg, cells[:1], where))
-        for fut in futs:
-            try:
-                endpoints.update(fut.result())
-            except BaseException as exc:  # every started server must still be stopped
-                errors.append(exc)
-    if errors:
-        runner.stop_endpoints(endpoints)
-        raise errors[0]
-    return endpoints
+def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Any) -> dict[str, Any]:
+    """``run.json["bench"]``: the groups as run, the wall time in s, and ``extra`` (``quick`` …)."""
+    return {"groups": [{**dataclasses.asdict(g), "states": {k: list(v) for k, v in g.states.items()},
+                        "sizing": dict(g.sizing), "server_settings": dict(g.server_settings)} for g in groups],
+            "wall_s": wall_s, **extra}
+
+
+def matrix_config(out: Path, *, argv: Sequence[str] = (), quiet: bool = True,
+                  server_settings: Mapping[str, Any] | None = None) -> RunConfig:
+    """The run configuration a matrix runs under (``server_settings``: for every server)."""
+    return RunConfig(scenarios=[], transports=[], quiet=quiet, argv=list(argv),
+                     server_settings=dict(server_settings or {}), out_dir=out)
 
 
 def run_matrix(groups: Sequence[Group], out: Path, *, argv: Sequence[str] = (), quiet: bool = True,
-               server_settings: Mapping[str, Any] | None = None, extra_meta: Mapping[str, Any] | None = None
-               ) -> Path:
-    """Run every group's cells in one interleaved execution and write the run directory ``out``.
-
-    ``server_settings`` apply to every server (e.g. the gate's ``--burn``). ``run.json`` gains ``bench``:
-    the matrix, the transports skipped as not built, the wall time in s.
-    Raises: ``ValueError`` if no group has a built transport.
-    """
+               server_settings: Mapping[str, Any] | None = None, **record: Any) -> RunDir:
+    """Run every group's cells in one interleaved execution and write the run directory ``out``; its
+    run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries)."""
     t0 = time.perf_counter()
-    built = built_transports()
-    base = runner.RunConfig(scenarios=[], transports=[], quiet=quiet, argv=list(argv),
-                            server_settings=dict(server_settings or {}), out_dir=out)
-    plans = [_plan(g, built, base) for g in groups if any(t in built for t in g.states)]
-    skipped = sorted({t for g in groups for t in g.states} - built)
-    if not plans:
-        raise ValueError(f"no transport of the matrix is built (skipped: {', '.join(skipped)})")
-    # one number per cell across all groups: it makes each cell's prompts its own (runner.one_rollout)
-    number = itertools.count()
-    plans = [(cfg, [dataclasses.replace(c, number=next(number)) for c in cs]) for cfg, cs in plans]
-    cells = [c for _, cs in plans for c in cs]
-    scenarios = list({c.scenario.name: c.scenario for c in cells}.values())
-    base = dataclasses.replace(base, scenarios=scenarios, transports=sorted({c.transport for c in cells}))
+    config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings)
+    cells = matrix_cells(groups, config)
     if not quiet:
-        print(f"bench: {len(cells)} cells, {sum(c.scenario.rollouts + c.scenario.warmup for c in cells)} rollouts"
-              + (f"; not built, skipped: {', '.join(skipped)}" if skipped else ""), file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="turnbench-bench-") as tmp:
-        endpoints = _start_all(plans, Path(tmp))
-        ready = {k: ep.cpu_s() for k, ep in endpoints.items()}
-        try:
-            collected = runner.run_in_loop(base, cells, endpoints)
-        finally:
-            codes = runner.stop_endpoints(endpoints)
-        servers = {k: runner_out.server_record(ep, codes[k], ready[k]) for k, ep in endpoints.items()}
-        runner_out.write_run(out, base, cells, collected, servers)
-    meta = json.loads((out / "run.json").read_text())
-    meta["injected"] = {}  # per server, from the settings it was started with (variants differ)
-    for key, rec in servers.items():
-        knobs = {n: nz for n in ("inject_ms", "burn_us")
-                 if (nz := {st: v for st, v in dict(rec["settings"].get(n) or {}).items() if v})}
-        if knobs:
-            meta["injected"][key] = knobs
-    meta["bench"] = {"groups": [{**g.__dict__, "states": {k: list(v) for k, v in g.states.items()},
-                                 "sizing": dict(g.sizing), "server_settings": dict(g.server_settings)}
-                                for g in groups],
-                     "not_built": skipped, "wall_s": time.perf_counter() - t0, **(extra_meta or {})}
-    (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return out
+        print(f"bench: {len(cells)} cells, {sum(c.scenario.rollouts + c.scenario.warmup for c in cells)} rollouts",
+              file=sys.stderr)
+    collected = runner.measure(config, cells)
+    return RunDir.write(out, config, cells, collected,
+                        {"bench": matrix_record(groups, time.perf_counter() - t0, **record)})
 
 
 def bench(*, quick: bool = False, out_root: Path = Path("reports"), argv: Sequence[str] = (),
           quiet: bool = False, migration_runtime: bool = True) -> Path:
-    """Run the matrix, measure migration cost, write the report into ``out_root/runs/<stamp>/`` and copy it
-    to ``out_root/latest/`` (replaced). Returns: the ``latest`` directory."""
-    import asyncio
-
-    from loadtests import migration, report
-
+    """Run the matrix, measure migration cost (``migration.json``), render the report, all into
+    ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / "runs" / f"{stamp}-bench{'-quick' if quick else ''}"
     t0 = time.perf_counter()
-    run_matrix(quick_matrix() if quick else full_matrix(), run_dir, argv=argv, quiet=quiet,
-               extra_meta={"quick": quick})
-    runtime = None
-    if migration_runtime:
-        transport = "ws" if "ws" in built_transports() else "inproc"
-        runtime = asyncio.run(measure_recovery(transport, rollouts=1 if quick else 3))
-    data = migration.migration_report(runtime=runtime)
-    (run_dir / "migration.json").write_text(json.dumps(data, indent=2, default=str))
-    report.write_report(run_dir, migration=data)
+    run_matrix(quick_matrix() if quick else full_matrix(), run_dir, argv=argv, quiet=quiet, quick=quick)
+    runtime = asyncio.run(migration.measure_recovery("ws", rollouts=1 if quick else 3)) if migration_runtime else None
+    write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
+    report.write_report(run_dir)
     latest = out_root / "latest"
     if latest.exists():
         shutil.rmtree(latest)
@@ -252,129 +187,9 @@ def bench(*, quick: bool = False, out_root: Path = Path("reports"), argv: Sequen
     return latest
 
 
-# ------------------------------------------------------------------------------------------ migration
-
-
-class _DropOnce(ResponsesClient):
-    """Wraps a client; before call ``drop_at`` (0-based) it closes the connection under the loop, so that
-    turn fails with ``connection_closed`` and the agent loop's recovery runs, as after a real drop."""
-
-    transport: ClassVar[str] = "migration-probe"
-
-    def __init__(self, inner: ResponsesClient, drop_at: int) -> None:
-        super().__init__(inner.config)
-        self.inner, self.drop_at, self.calls = inner, drop_at, 0
-
-    async def connect(self) -> float | None:
-        return await self.inner.connect()
-
-    async def reconnect(self) -> float | None:
-        again = getattr(self.inner, "reconnect", None)
-        if again is not None:
-            return cast(float | None, await again())
-        await self.inner.close()
-        return await self.inner.connect()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
-        self.calls += 1
-        if self.calls == self.drop_at + 1:
-            await self.inner.close()  # the server sees the connection go, and its cache with it
-            recorder.sent(0)
-            recorder.fail("connection dropped by the migration probe", "connection_closed")
-            return {}
-        return await self.inner.create(body, recorder=recorder)
-
-
-STRATEGIES = {"store": "reconnect + hydrate from the store (store=true)",
-              "connection": "reconnect + resend the full context (store=false)"}
-
-
-async def measure_recovery(transport: str = "ws", *, profile: str = "fast", rollouts: int = 3, drop_at: int = 10,
-                           tool_calls: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Drop the connection before turn ``drop_at`` of ``tool_calls``-call rollouts and recover, per strategy
-    (:data:`STRATEGIES`), interleaved with undisturbed rollouts on one in-process server.
-
-    Returns: per strategy the median extra rollout time (ms, and the disturbed/undisturbed ratio with its
-    95% CI), the loop's ``recovery_ms`` (reconnect + failed turn), and the resumed turn's ``turn_ms`` and
-    ``bytes_up`` against the same turn undisturbed. ``built: False`` when the transport is missing.
-    """
-    from clients.agent import Toolbox, run_rollout
-    from clients.base import make_client
-    from loadtests.runner import TASK
-    from servers.base import start_server
-    from turnbench.service import ResponsesService
-
-    settings = Settings(profile=profile, tls=transport != "inproc", usage_db=":memory:")
-    server = None
-    if transport == "inproc":
-        service = ResponsesService(settings)
-        config = ClientConfig(url="inproc", options={"service": service})
-    else:
-        server = await start_server(transport, settings)
-        service = server.service
-        config = ClientConfig(url=server.url, ssl_context=server.tls.client_ssl_context() if server.tls else None,
-                              ca_pem=server.tls.ca_pem_bytes if server.tls else None)
-    toolbox = Toolbox(seed=seed)
-    meta = {"tool_calls": str(tool_calls), "seed": str(seed), "answer_tokens": "16"}
-    rows: list[dict[str, Any]] = []
-    try:
-        for i in range(rollouts):
-            for state in STRATEGIES:
-                for dropped in (False, True):
-                    async with _DropOnce(make_client(transport, config), drop_at if dropped else -1) as client:
-                        r = await run_rollout(client, state=state, toolbox=toolbox, metadata=meta, rollout_id=i,
-                                              transport=transport, task=f"[{state}:{dropped:d}:{i}] {TASK}")
-                    resumed = r.turns[drop_at + 1] if dropped and len(r.turns) > drop_at + 1 else (
-                        r.turns[drop_at] if len(r.turns) > drop_at else None)
-                    rows.append({"state": state, "dropped": dropped, "success": r.success, "rollout_ms": r.rollout_ms,
-                                 "recovery_ms": r.recovery_ms, "recoveries": r.recoveries,
-                                 "resumed_turn_ms": resumed.turn_ms if resumed else None,
-                                 "resumed_bytes_up": resumed.bytes_up if resumed else None})
-    finally:
-        if server is not None:
-            await server.stop()
-        service.close()
-    return {"transport": transport, "built": True, "profile": profile, "drop_at": drop_at, "tool_calls": tool_calls,
-            "rollouts": rollouts, "strategies": _recovery_summary(rows), "samples": rows}
-
-
-def _med(df: Any, col: str) -> float:
-    return float(np.nanmedian(df[col].astype(float))) if len(df) else float("nan")
-
-
-def _recovery_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    out = []
-    for state, text in STRATEGIES.items():
-        on = df[(df["state"] == state) & df["success"]]
-        base, hit = on[~on["dropped"]], on[on["dropped"]]
-        ratio, lo, hi = ratio_ci(hit["rollout_ms"], base["rollout_ms"])
-        out.append({"strategy": text, "ok": f"{len(hit)}/{int((df['state'] == state).sum() // 2)}",
-                    "extra_rollout_ms": _med(hit, "rollout_ms") - _med(base, "rollout_ms"), "ratio": ratio,
-                    "ratio_lo": lo, "ratio_hi": hi, "recovery_ms": _med(hit, "recovery_ms"),
-                    **{f"{k} {w}": _med(d, k) for k in ("resumed_turn_ms", "resumed_bytes_up")
-                       for w, d in (("dropped", hit), ("undisturbed", base))}})
-    return out
-
-
 def cmd_bench(args: Any) -> int:
     """``turnbench bench``: see :func:`bench`."""
     latest = bench(quick=args.quick, out_root=args.out, argv=sys.argv, quiet=args.quiet,
                    migration_runtime=args.migration_runtime)
     print(latest / "report.html")
-    return 0
-
-
-def cmd_report(args: Any) -> int:
-    """``turnbench report DIR [--out OUT]``: rebuild the report from saved samples."""
-    from loadtests.report import write_report
-
-    paths = write_report(args.run_dir, args.out)
-    for path in paths.values():
-        print(path)
     return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtests import run_cli  # light: argparse and the scenario loader only
 from servers import cli as serve_cli
 from turnbench.settings import parse_stage_map
 
@@ -52,10 +53,11 @@ def add_report_commands(sub: Any) -> None:
     b.set_defaults(func=_lazy("loadtests.bench", "cmd_bench"))
     r = sub.add_parser("report", help="rebuild a report from saved samples",
                        description="Rebuild report.md, report.html, plots/ and summary.json from a run directory "
-                       "(turns/rollouts Parquet or JSONL and run.json, as `turnbench run`/`bench` write them).")
+                       "(turns/rollouts Parquet or JSONL, run.json and, if there, migration.json, as `turnbench "
+                       "run`/`bench` write them).")
     r.add_argument("run_dir", type=Path, metavar="DIR", help="the run directory")
     r.add_argument("--out", type=Path, metavar="OUT", help="where to write the report (default: DIR itself)")
-    r.set_defaults(func=_lazy("loadtests.bench", "cmd_report"))
+    r.set_defaults(func=_lazy("loadtests.report", "cmd_report"))
     c = sub.add_parser("compare", help="put two runs side by side",
                        description="Per cell present in both runs: median rollout_ms and ttft_ms in A and B, and "
                        "B vs A in % with the bootstrap 95% CI of the ratio of medians.")
@@ -109,13 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "server on the shared core. SIGTERM or Ctrl-C drains in-flight responses and stops.")
     serve_cli.add_serve_arguments(s)
     s.set_defaults(func=serve_cli.cmd_serve)
-    from loadtests import runner_cli  # light: argparse and the scenario loader only
-
     r = sub.add_parser("run", help="run a scenario over transports and print a summary",
-                       description=runner_cli.DESCRIPTION, epilog=runner_cli.EPILOG,
+                       description=run_cli.DESCRIPTION, epilog=run_cli.EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    runner_cli.add_run_arguments(r)
-    r.set_defaults(func=runner_cli.cmd_run)
+    run_cli.add_run_arguments(r)
+    r.set_defaults(func=run_cli.cmd_run)
     add_report_commands(sub)
     return p
 

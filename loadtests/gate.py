@@ -5,7 +5,7 @@ The gate never compares absolute wall times between runs (a shared CI machine mo
 compares quantities that are steady *inside* one run:
 
 - **ratios** of median rollout time between cells of the same run (``ws/connection ÷ https/full`` …),
-  with bootstrap 95% CIs (:func:`loadtests.metrics.ratio_ci`); a regression raises a ratio;
+  with bootstrap 95% CIs (:func:`loadtests.stats.ratio_ci`); a regression raises a ratio;
 - **server CPU per turn** in each pipeline stage (``thread_time``, steadier than wall time), per cell,
   scaled by a fixed pure-Python reference workload timed in the gate process (:func:`reference_cpu_ms`),
   so a slower machine does not look like slower code; bootstrap CI of the mean over turns.
@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtests.bench import Group, run_matrix
-from loadtests.metrics import bootstrap_ci, ratio_ci
-from loadtests.report import CELL_KEYS, RunData, load_run
+from loadtests import runner
+from loadtests.bench import Group, matrix_cells, matrix_config, matrix_record
+from loadtests.rundir import RunDir
+from loadtests.stats import bootstrap_ci, ratio_ci
 from turnbench.settings import STAGES
 
 __all__ = ["TOLERANCES", "GateError", "compare_runs", "gate_groups", "gate_metrics", "judge", "read_baseline",
@@ -49,6 +50,7 @@ RATIOS: tuple[tuple[str, str], ...] = (
     ("https/store", "https/full"), ("https/full", "inproc/full"))
 """(numerator, denominator) cells; each ratio rises when the numerator's path regresses."""
 Metric = dict[str, Any]
+COMPARE_KEYS = ("scenario", "profile", "mode", "concurrency", "arrival_rate_rps", "variant", "transport", "state")
 
 
 class GateError(FileNotFoundError):
@@ -82,7 +84,7 @@ def gate_groups(burn_us: Mapping[str, float] | None = None, variant: str = "defa
                   server_settings={"burn_us": dict(burn_us)} if burn_us else {})]
 
 
-def gate_metrics(run: RunData, *, cpu_ref_ms: float, variant: str = "default",
+def gate_metrics(run: RunDir, *, cpu_ref_ms: float, variant: str = "default",
                  keep: Callable[[pd.DataFrame], pd.Series] | None = None, n_boot: int = 2000,
                  seed: int = 0) -> dict[str, Metric]:
     """The gate's metrics from one run: ratios of median rollout_ms (dimensionless) and mean server CPU per
@@ -164,8 +166,8 @@ def format_judgement(table: pd.DataFrame, *, show: int = 12) -> str:
                      f"{r.limit:>9.4g}")
     n_bad = int(table["status"].isin(["REGRESSED", "MISSING"]).sum())
     if (table["status"] == "MISSING").any():
-        lines.append("MISSING = in the baseline but not measured now: a cell failed or is not built, or the gate "
-                     "itself changed (then refresh it deliberately: make baseline)")
+        lines.append("MISSING = in the baseline but not measured now: a cell failed, or the gate itself changed "
+                     "(then refresh it deliberately: make baseline)")
     lines.append(f"{len(table)} metrics; {n_bad} failed; tolerances: "
                  + ", ".join(f"{k} +{v:.0%}" for k, v in sorted(set(zip(table['kind'], table['tolerance'],
                                                                            strict=True)))))
@@ -185,7 +187,7 @@ def read_baseline(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunData, cpu_ref_ms: float) -> None:
+def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunDir, cpu_ref_ms: float) -> None:
     """Write the baseline: the metrics, the tolerances in force, and where they came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"version": 1, "created_at": datetime.now(UTC).isoformat(), "git_commit": run.meta.get("git_commit"),
@@ -196,22 +198,27 @@ def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunData, cpu_
 
 
 def run_gate(out: Path, *, burn_us: Mapping[str, float] | None = None, extra_groups: Sequence[Group] = (),
-             argv: Sequence[str] = (), quiet: bool = True) -> tuple[RunData, float]:
-    """Run the gate matrix (plus ``extra_groups``) into ``out``. Returns: (the run, reference CPU in ms,
-    the median of measurements before and after the run)."""
+             argv: Sequence[str] = (), quiet: bool = True) -> tuple[RunDir, float]:
+    """Run the gate matrix (plus ``extra_groups``) into ``out``, the reference workload timed just before
+    and just after it (both recorded in run.json ``gate.cpu_reference_ms``).
+
+    Returns: (the run, reference CPU in ms: the median of those measurements).
+    """
+    groups = [*gate_groups(burn_us), *extra_groups]
+    config = matrix_config(out, argv=argv, quiet=quiet)
+    cells = matrix_cells(groups, config)
+    t0 = time.perf_counter()
     ref = [reference_cpu_ms()]
-    run_matrix([*gate_groups(burn_us), *extra_groups], out, argv=argv, quiet=quiet, extra_meta={"gate": True})
+    collected = runner.measure(config, cells)
     ref.append(reference_cpu_ms())
-    meta_path = out / "run.json"
-    meta = json.loads(meta_path.read_text())
-    meta["bench"]["cpu_reference_ms"] = ref
-    meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return load_run(out), float(np.median(ref))
+    run = RunDir.write(out, config, cells, collected, {"bench": matrix_record(groups, time.perf_counter() - t0),
+                                                       "gate": {"cpu_reference_ms": ref}})
+    return run, float(np.median(ref))
 
 
-def run_reference_ms(run: RunData) -> float:
-    """The reference CPU recorded with a gate run (``run.json`` bench.cpu_reference_ms)."""
-    ref = (run.meta.get("bench") or {}).get("cpu_reference_ms")
+def run_reference_ms(run: RunDir) -> float:
+    """The reference CPU recorded with a gate run (``run.json`` gate.cpu_reference_ms)."""
+    ref = (run.meta.get("gate") or {}).get("cpu_reference_ms")
     if not ref:
         raise GateError(f"{run.path} was not made by `turnbench gate` (no cpu_reference_ms in run.json)")
     return float(np.median(ref))
@@ -220,21 +227,20 @@ def run_reference_ms(run: RunData) -> float:
 # ------------------------------------------------------------------------------------------------ compare
 
 
-def compare_runs(a: RunData, b: RunData, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Cells present in both runs: median rollout_ms and TTFT in A and B and the change B vs A in %, with
-    the bootstrap 95% CI of the ratio of medians (B ÷ A − 1). Warm-up and failed rows excluded."""
+def compare_runs(a: RunDir, b: RunDir, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Cells present in both runs (same cell id): median rollout_ms and TTFT in A and B and the change B vs
+    A in %, with the bootstrap 95% CI of the ratio of medians (B ÷ A − 1). Warm-up and failed rows excluded."""
+    def ok(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        return dict(list(df[df["success"]].groupby("cell", sort=True)))
+
+    ra, rb, ta, tb = ok(a.rollouts), ok(b.rollouts), ok(a.turns), ok(b.turns)
+    none = pd.DataFrame({"ttft_ms": []})
     rows = []
-    ra, rb = a.rollouts[a.rollouts["success"]], b.rollouts[b.rollouts["success"]]
-    ta, tb = a.turns[a.turns["success"]], b.turns[b.turns["success"]]
-    gb_r, gb_t = dict(list(rb.groupby(list(CELL_KEYS)))), dict(list(tb.groupby(list(CELL_KEYS))))
-    ga_t = dict(list(ta.groupby(list(CELL_KEYS))))
-    for key, grp in ra.groupby(list(CELL_KEYS), sort=True):
-        if key not in gb_r:
-            continue
-        row: dict[str, Any] = dict(zip(CELL_KEYS, key, strict=True))
-        for metric, xa, xb in (("rollout_ms", grp["rollout_ms"], gb_r[key]["rollout_ms"]),
-                               ("ttft_ms", ga_t.get(key, pd.DataFrame({"ttft_ms": []}))["ttft_ms"],
-                                gb_t.get(key, pd.DataFrame({"ttft_ms": []}))["ttft_ms"])):
+    for cell in sorted(set(ra) & set(rb)):
+        first = ra[cell].iloc[0]
+        row: dict[str, Any] = {"cell": cell, **{k: first[k] for k in COMPARE_KEYS}}
+        for metric, xa, xb in (("rollout_ms", ra[cell]["rollout_ms"], rb[cell]["rollout_ms"]),
+                               ("ttft_ms", ta.get(cell, none)["ttft_ms"], tb.get(cell, none)["ttft_ms"])):
             ratio, lo, hi = ratio_ci(xb, xa, n_boot=n_boot, seed=seed)
             row.update({f"{metric} A": float(xa.median()), f"{metric} B": float(xb.median()),
                         f"{metric} change %": (ratio - 1) * 100, f"{metric} CI": ((lo - 1) * 100, (hi - 1) * 100)})
@@ -246,8 +252,11 @@ def format_compare(df: pd.DataFrame, *, markdown: bool = False) -> str:
     """The comparison as aligned text (or a Markdown table): one row per cell present in both runs."""
     if df.empty:
         return "no cell is present in both runs"
-    view = pd.DataFrame({"cell": [f"{r.scenario} {r.profile} c{r.concurrency} {r.transport}/{r.state}"
-                                  + ("" if r.variant == "default" else f" [{r.variant}]") for r in df.itertuples()]})
+    load = [f"r{r:g}" if m == "open" else f"c{c}" for m, c, r in zip(df["mode"], df["concurrency"],
+                                                                       df["arrival_rate_rps"], strict=True)]
+    view = pd.DataFrame({"cell": [f"{r.scenario} {r.profile} {ld} {r.transport}/{r.state}"
+                                  + ("" if r.variant == "default" else f" [{r.variant}]")
+                                  for r, ld in zip(df.itertuples(), load, strict=True)]})
     for m in ("rollout_ms", "ttft_ms"):
         view[f"{m} A"] = df[f"{m} A"].map("{:,.1f}".format)
         view[f"{m} B"] = df[f"{m} B"].map("{:,.1f}".format)
@@ -261,7 +270,7 @@ def format_compare(df: pd.DataFrame, *, markdown: bool = False) -> str:
 
 def cmd_compare(args: Any) -> int:
     """``turnbench compare A B [--md OUT]``."""
-    df = compare_runs(load_run(args.a), load_run(args.b))
+    df = compare_runs(RunDir(args.a), RunDir(args.b))
     print(f"A = {args.a}\nB = {args.b}\n" + format_compare(df))
     if args.md is not None:
         args.md.write_text(f"A = `{args.a}`, B = `{args.b}`\n\n" + format_compare(df, markdown=True) + "\n")
@@ -278,7 +287,7 @@ def cmd_gate(args: Any) -> int:
     if not args.write_baseline:
         baseline = read_baseline(args.baseline)  # fail before a minute of running
     if args.run is not None:
-        run = load_run(args.run)
+        run = RunDir(args.run)
         ref = run_reference_ms(run)
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -288,7 +297,7 @@ def cmd_gate(args: Any) -> int:
         run, ref = run_gate(out, burn_us=burn, argv=sys.argv)
     metrics = gate_metrics(run, cpu_ref_ms=ref)
     if not metrics:
-        raise GateError(f"{run.path}: none of the gate's cells ran (is any transport built?)")
+        raise GateError(f"{run.path}: none of the gate's cells succeeded")
     if args.write_baseline:
         write_baseline(args.baseline, metrics, run, ref)
         print(f"baseline written: {args.baseline} ({len(metrics)} metrics, reference CPU {ref:.1f} ms)")

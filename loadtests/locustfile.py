@@ -1,4 +1,4 @@
-"""Locust users for turnbench: one agent rollout per task, over ``https``, ``ws`` or ``grpc``.
+"""Locust users for turnbench: one agent rollout per task, one user class per transport of the table.
 
 Run headless against servers started separately (``turnbench serve …``)::
 
@@ -6,7 +6,11 @@ Run headless against servers started separately (``turnbench serve …``)::
     locust -f loadtests/locustfile.py --headless -u 4 -r 2 --run-time 20s \\
         --host https://127.0.0.1:8443/v1 --tb-ca /tmp/ca.pem HttpsUser
 
-``--tb-https URL`` / ``--tb-ws URL`` / ``--tb-grpc HOST:PORT`` give each user class its own server (``--host``
+Every transport with a server gets a user class named after it (``https`` → ``HttpsUser``, ``https-h2`` →
+``HttpsH2User``, ``grpc-json`` → ``GrpcJsonUser`` …), and each rollout is the runner's own
+(:func:`loadtests.runner.one_rollout`: same scenario, tools, seeds and task text as ``turnbench run``).
+``--tb-https URL`` / ``--tb-ws URL`` / ``--tb-grpc HOST:PORT`` give the users of each server protocol their
+server, and ``--tb-https-h2 URL`` the users of a transport that needs a server of its own settings (``--host``
 is the fallback); ``--tb-state``, ``--tb-scenario``, ``--tb-api-key`` and ``--tb-samples PATH`` (raw turns as
 JSONL, one file per process) complete the flags. Every turn fires ``events.request`` with
 ``request_type`` = the transport, ``name`` = ``turn`` (response_time = ``turn_ms``, TTFT in ``context``), and
@@ -39,11 +43,12 @@ import gevent.threadpool
 import msgspec
 from locust import User, constant, events, task
 
-from clients.agent import Toolbox, run_rollout
-from clients.base import RolloutResult, make_client
+from clients.base import RolloutResult
+from loadtests.model import Cell
 from loadtests.procs import Endpoint, target_endpoint
+from loadtests.runner import one_rollout
 from loadtests.scenarios import load_scenario
-from turnbench.transports import get_transport
+from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, Transport
 
 # Per-request INFO lines from the client libraries would be logged from the users' native threads, through
 # handler locks that gevent's monkey-patching made greenlet locks: that can deadlock at shutdown. Quiet them.
@@ -51,10 +56,20 @@ for _name in ("httpx", "httpcore", "websockets", "grpc", "openai"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+def _own_server(row: Transport) -> bool:
+    """Whether a transport needs a server of its own settings (``https-h2``), so a flag of its own."""
+    return bool(row.server_settings)
+
+
 def _flags(parser: Any) -> None:
-    parser.add_argument("--tb-https", default="", help="turnbench: base URL of the HTTPS server (…/v1)")
-    parser.add_argument("--tb-ws", default="", help="turnbench: base URL of the WebSocket server (wss://…/v1)")
-    parser.add_argument("--tb-grpc", default="", help="turnbench: HOST:PORT of the gRPC server")
+    for name, protocol in SERVER_PROTOCOLS.items():
+        where = "HOST:PORT" if not protocol.schemes[0] else f"base URL ({protocol.schemes[1]}://…/v1)"
+        parser.add_argument(f"--tb-{name}", default="", help=f"turnbench: {where} of the {name} server")
+    for row in TRANSPORTS.values():
+        if row.server is not None and _own_server(row):
+            parser.add_argument(f"--tb-{row.name}", default="",
+                                help=f"turnbench: base URL of the {row.server.name} server for {row.name} "
+                                f"({', '.join(f'{k}={v}' for k, v in row.server_settings.items())})")
     parser.add_argument("--tb-ca", default="", help="turnbench: CA certificate (PEM) of TLS servers")
     parser.add_argument("--tb-api-key", default="", help="turnbench: bearer key")
     parser.add_argument("--tb-state", default="", help="turnbench: full | store | connection (default: "
@@ -129,14 +144,19 @@ class AgentUser(User):
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        url = getattr(opts, f"tb_{self.transport}", "") or self.host or ""
+        row = TRANSPORTS[self.transport]
+        assert row.server is not None  # only transports with a server get a user class
+        flag = row.name if _own_server(row) else row.server.name
+        url = getattr(opts, f"tb_{flag.replace('-', '_')}", "") or self.host or ""
         if not url:
-            raise ValueError(f"{type(self).__name__}: pass --tb-{self.transport} URL or --host URL")
-        self.endpoint: Endpoint = target_endpoint(self.transport, url, ca_path=opts.tb_ca or None,
+            raise ValueError(f"{type(self).__name__}: pass --tb-{flag} URL or --host URL")
+        self.endpoint: Endpoint = target_endpoint(row.server.name, url, ca_path=opts.tb_ca or None,
                                                   api_key=opts.tb_api_key or None)
-        row = get_transport(self.transport)
-        self.state: str = opts.tb_state or ("connection" if row.supports_connection_state else "full")
-        self.scenario = load_scenario(opts.tb_scenario)
+        sc = load_scenario(opts.tb_scenario)
+        state: str = opts.tb_state or ("connection" if row.supports_connection_state else "full")
+        self.cell = Cell(cell=f"{sc.name}:{row.name}:{state}:locust", scenario=sc, transport=row.name, state=state,
+                         profile=sc.profile, concurrency=1, arrival_rate_rps=None, variant="locust",
+                         tls=self.endpoint.tls)
         self.samples_path: str = f"{opts.tb_samples}.{os.getpid()}" if opts.tb_samples else ""
         self.pool = gevent.threadpool.ThreadPool(1)
         self.loop: asyncio.AbstractEventLoop = self.pool.apply(_new_loop)
@@ -147,20 +167,6 @@ class AgentUser(User):
         self.pool.apply(self.loop.close)
         self.pool.kill()
 
-    async def _rollout(self, index: int) -> RolloutResult:
-        sc = self.scenario
-        client = make_client(self.transport, self.endpoint.client_config())
-        try:
-            connect_ms = await client.connect()
-            toolbox = Toolbox(output_bytes=sc.tool_output_bytes, output_sigma=sc.tool_output_sigma,
-                              latency_ms=sc.tool_latency_ms, seed=sc.seed * 100_003 + index)
-            task = f"[{self.tag} {index:05d}] Investigate the repository and summarize what you find."
-            return await run_rollout(client, state=self.state, toolbox=toolbox, rollout_id=index, task=task,
-                                     metadata={**sc.metadata(), "seed": str(sc.seed + index)},
-                                     connect_ms=connect_ms, transport=self.transport)
-        finally:
-            await client.close()
-
     def _fire(self, **kwargs: Any) -> None:
         fire: Callable[..., None] = self.environment.events.request.fire
         fire(**kwargs)
@@ -168,33 +174,30 @@ class AgentUser(User):
     @task
     def rollout(self) -> None:
         self.count += 1
-        try:
-            result: RolloutResult = self.pool.apply(self.loop.run_until_complete, (self._rollout(self.count),))
-        except Exception as exc:  # connect failures: the rollout never ran
-            self._fire(request_type=self.transport, name="rollout", response_time=0.0,
-                                response_length=0, exception=exc, context={"state": self.state})
-            return
-        fire = self._fire
+        result: RolloutResult = self.pool.apply(
+            self.loop.run_until_complete, (one_rollout(self.cell, self.count, self.endpoint, task_tag=self.tag),))
+        state = self.cell.state
         for t in result.turns:
-            fire(request_type=self.transport, name="turn", response_time=t.turn_ms or 0.0,
-                 response_length=t.bytes_down, exception=None if t.success else RuntimeError(t.error),
-                 context={"ttft_ms": t.ttft_ms, "turn_index": t.turn_index, "state": self.state})
-        fire(request_type=self.transport, name="rollout", response_time=result.rollout_ms,
-             response_length=sum(t.bytes_down for t in result.turns),
-             exception=None if result.success else RuntimeError(result.error),
-             context={"state": self.state, "connect_ms": result.connect_ms})
+            self._fire(request_type=self.transport, name="turn", response_time=t.turn_ms or 0.0,
+                       response_length=t.bytes_down, exception=None if t.success else RuntimeError(t.error),
+                       context={"ttft_ms": t.ttft_ms, "turn_index": t.turn_index, "state": state})
+        self._fire(request_type=self.transport, name="rollout", response_time=result.rollout_ms,
+                   response_length=sum(t.bytes_down for t in result.turns),
+                   exception=None if result.success else RuntimeError(result.error),
+                   context={"state": state, "connect_ms": result.connect_ms})
         if self.samples_path:
             with open(self.samples_path, "ab") as fh:
                 fh.write(b"".join(msgspec.json.encode(t) + b"\n" for t in result.turns))
 
 
-class HttpsUser(AgentUser):
-    transport = "https"
+def _user_class_name(transport: str) -> str:
+    """``https-h2`` → ``HttpsH2User``."""
+    return "".join(part.capitalize() for part in transport.split("-")) + "User"
 
 
-class WsUser(AgentUser):
-    transport = "ws"
-
-
-class GrpcUser(AgentUser):
-    transport = "grpc"
+USERS: dict[str, type[AgentUser]] = {
+    row.name: type(_user_class_name(row.name), (AgentUser,), {"transport": row.name, "__module__": __name__,
+                                                               "__doc__": f"A {row.name} agent: {row.summary}."})
+    for row in TRANSPORTS.values() if row.server is not None}
+"""One user class per transport with a server, by transport name."""
+globals().update({cls.__name__: cls for cls in USERS.values()})  # where Locust looks for user classes

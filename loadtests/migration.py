@@ -1,7 +1,9 @@
-"""Migration cost, computed from the code (DESIGN §7), and the runtime cost of losing a connection mid-rollout.
+"""Migration cost (DESIGN §7): what moving a client off HTTPS takes, computed from the code, and what losing
+a connection mid-rollout costs, measured. Both end up as JSON (:func:`migration_report`); the report
+renders it (:func:`loadtests.report.add_migration_section`).
 
-Static part, for each transport client against ``clients/https_client.py`` (the agent loop is
-``clients/agent.py`` for all of them, so it changes by zero lines by construction):
+Static part, for each transport client against the HTTPS client (files from the transport table; the agent
+loop is ``clients/agent.py`` for all of them, so it changes by zero lines by construction):
 
 - lines a client must write or delete: :mod:`difflib` over *normalized* source (comments, docstrings and
   blank lines removed with :mod:`tokenize`/:mod:`ast`, indentation stripped);
@@ -13,7 +15,9 @@ Static part, for each transport client against ``clients/https_client.py`` (the 
 - the same line count for a user of the official SDK: ``examples/sdk_http_loop.py`` →
   ``examples/sdk_ws_loop.py`` (``client.responses.create(stream=True)`` → ``client.responses.connect()``).
 
-The runtime part is measured by :func:`loadtests.bench.measure_recovery` and rendered here.
+Runtime part (:func:`measure_recovery`): the connection drops before one turn of a rollout, the agent loop
+reconnects and goes on, hydrating from the store or resending the full context; against undisturbed
+rollouts on the same server.
 """
 
 from __future__ import annotations
@@ -26,18 +30,28 @@ import sys
 import tokenize
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import orjson
+import pandas as pd
 
-from loadtests.plots import Doc, round_frame
+from clients.agent import Toolbox, run_rollout
+from clients.base import ClientConfig, ResponsesClient, TurnRecorder, make_client
+from loadtests.runner import TASK
+from loadtests.stats import ratio_ci
+from servers.base import start_server
+from turnbench.service import ResponsesService
+from turnbench.settings import Settings
+from turnbench.transports import get_transport
+from turnbench.v1.convert import body_to_proto
 
-__all__ = ["ROOT", "client_cost", "diff_counts", "migration_report", "normalized_lines", "wire_bodies"]
+__all__ = ["ROOT", "STRATEGIES", "client_cost", "cmd_migration", "diff_counts", "measure_recovery",
+           "migration_report", "normalized_lines", "sdk_cost", "wire_bodies"]
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT_FILES = {"https": "clients/https_client.py", "ws": "clients/ws_client.py",
-                "grpc": "clients/grpc_client.py", "grpc-json": "clients/grpc_client.py",
-                "sdk": "clients/sdk_client.py"}
+MIGRATED = ("ws", "grpc", "grpc-json")
+"""The transports whose migration from ``https`` is costed."""
 SDK_EXAMPLES = ("loadtests/examples/sdk_http_loop.py", "loadtests/examples/sdk_ws_loop.py")
 PROJECT_PACKAGES = frozenset({"turnbench", "servers", "clients", "loadtests"})
 SAMPLE_BODY: dict[str, Any] = {
@@ -146,11 +160,9 @@ def schema_artefacts(root: Path) -> dict[str, int]:
 
 
 def client_cost(transport: str, root: Path = ROOT) -> dict[str, Any]:
-    """What moving from the HTTPS client to ``transport``'s client takes, measured on the files in ``root``."""
-    rel, base = CLIENT_FILES[transport], CLIENT_FILES["https"]
-    if not (root / rel).is_file() or not (root / base).is_file():
-        missing = rel if not (root / rel).is_file() else base
-        return {"transport": transport, "built": False, "note": f"not built ({missing} missing)"}
+    """What moving from the HTTPS client to ``transport``'s client takes, measured on the files in ``root``
+    (the client files the transport table names)."""
+    rel, base = get_transport(transport).client_file, get_transport("https").client_file
     counts = diff_counts(normalized_lines((root / base).read_text()), normalized_lines((root / rel).read_text()))
     third, project = reachable_imports(root, rel)
     base_third, base_project = reachable_imports(root, base)
@@ -161,7 +173,7 @@ def client_cost(transport: str, root: Path = ROOT) -> dict[str, Any]:
         f = _module_file(root, mod)
         if f is not None and "_pb2" not in f.name and (n := len(normalized_lines(f.read_text()))):
             extra[f.relative_to(root).as_posix()] = n
-    return {"transport": transport, "built": True, "file": rel, **counts, "codegen": codegen, **art,
+    return {"transport": transport, "file": rel, **counts, "codegen": codegen, **art,
             "support_lines": sum(extra.values()), "support_modules": extra,
             "new_dependencies": distributions(third - base_third)}
 
@@ -170,34 +182,28 @@ def sdk_cost(root: Path = ROOT) -> dict[str, Any]:
     """Lines an official-SDK user changes to go from ``responses.create(stream=True)`` to
     ``responses.connect()`` (the two example loops)."""
     http, ws = (root / p for p in SDK_EXAMPLES)
-    if not http.is_file() or not ws.is_file():
-        return {"built": False, "note": "SDK examples missing"}
-    return {"built": True, "files": list(SDK_EXAMPLES),
+    return {"files": list(SDK_EXAMPLES),
             **diff_counts(normalized_lines(http.read_text()), normalized_lines(ws.read_text()))}
 
 
-def wire_bodies(body: Mapping[str, Any] = SAMPLE_BODY) -> dict[str, bytes | None]:
+def wire_bodies(body: Mapping[str, Any] = SAMPLE_BODY) -> dict[str, bytes]:
     """The request of one turn as each client puts it on the wire (mirroring ``clients/*_client.py``): JSON
-    for ``https`` (``stream`` added), ``ws`` and ``grpc-json`` (``type`` added), protobuf for ``grpc``
-    (None when the converter is not built)."""
-    out: dict[str, bytes | None] = {"https": orjson.dumps({**body, "stream": True}),
-                                    "ws": orjson.dumps({"type": "response.create", **body})}
-    out["grpc"] = grpc_request_bytes(dict(body))
-    out["grpc-json"] = out["ws"]  # the json codec sends the WebSocket frame as the message
-    return out
+    for ``https`` (``stream`` added), ``ws`` and ``grpc-json`` (``type`` added), the protobuf
+    ``CreateRequest`` for ``grpc``."""
+    ws = orjson.dumps({"type": "response.create", **body})
+    return {"https": orjson.dumps({**body, "stream": True}), "ws": ws,
+            "grpc": bytes(body_to_proto(dict(body)).SerializeToString()),
+            "grpc-json": ws}  # the json codec sends the WebSocket frame as the message
 
 
-def body_identity(bodies: Mapping[str, bytes | None]) -> dict[str, dict[str, Any]]:
+def body_identity(bodies: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
     """Per transport: is the body byte-identical to the HTTPS body once the transport-only member
     (``stream`` on HTTPS, ``type`` on WS) is taken out? Also the sizes in bytes."""
-    ref = orjson.loads(bodies["https"] or b"{}")
+    ref = orjson.loads(bodies["https"])
     ref.pop("stream", None)
     ref_bytes = orjson.dumps(ref)
     out: dict[str, dict[str, Any]] = {}
     for name, raw in bodies.items():
-        if raw is None:
-            out[name] = {"identical": None, "bytes": None, "note": "not built"}
-            continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -213,10 +219,11 @@ def body_identity(bodies: Mapping[str, bytes | None]) -> dict[str, dict[str, Any
 
 
 def migration_report(root: Path = ROOT, runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Everything the migration section shows, as JSON-able data (``runtime``: from :func:`measure_recovery`)."""
+    """Everything the migration section shows, as JSON-able data (``runtime``: from :func:`measure_recovery`,
+    None when it was not measured)."""
     identity = body_identity(wire_bodies())
     clients = []
-    for t in ("ws", "grpc", "grpc-json"):
+    for t in MIGRATED:
         cost = client_cost(t, root)
         cost["body"] = identity.get(t, {})
         clients.append(cost)
@@ -227,84 +234,114 @@ def migration_report(root: Path = ROOT, runtime: Mapping[str, Any] | None = None
             "clients": clients, "sdk": sdk_cost(root), "runtime": dict(runtime) if runtime else None}
 
 
-def _yn(v: Any) -> str:
-    return "n/a" if v is None else ("yes" if v else "no")
-
-
-def add_migration_section(d: Doc, data: Mapping[str, Any]) -> None:
-    """The report's migration-cost section (tables from :func:`migration_report`)."""
-    import pandas as pd
-
-    d.h2("Migration cost (computed from the code)")
-    d.p("Lines are normalized source lines (no comments, docstrings, blank lines). *written* = lines of the "
-        "new client not found in `clients/https_client.py` (added or changed); the agent loop "
-        f"(`{data['agent_loop']['file']}`) is shared by every transport and changes by 0 lines.")
-    rows = []
-    for c in data["clients"]:
-        if not c.get("built"):
-            rows.append({"transport": c["transport"], "client lines written": c.get("note", "not built")})
-            continue
-        body = c.get("body", {})
-        rows.append({"transport": c["transport"], "client lines written": c["written"], "deleted": c["deleted"],
-                     "kept": c["kept"], "+ support modules": c.get("support_lines", 0),
-                     "codegen step": _yn(c["codegen"]), "proto lines": c["proto_lines"],
-                     "generated lines": c["generated_lines"],
-                     "new dependencies": ", ".join(c["new_dependencies"]) or "none",
-                     "body byte-identical": f"{_yn(body.get('identical'))} ({body.get('note', '')})"})
-    d.table(pd.DataFrame(rows).astype(object).fillna(""))
-    support: dict[str, list[str]] = {}  # one paragraph per distinct module list (grpc and grpc-json share)
-    for c in data["clients"]:
-        if c.get("support_modules"):
-            mods = ", ".join(f"`{k}` ({v})" for k, v in c["support_modules"].items())
-            support.setdefault(mods, []).append(f"`{c['transport']}`")
-    for mods, names in support.items():
-        d.p(f"{' and '.join(names)} also import hand-written modules the HTTPS client does not: {mods} "
-            "normalized lines.")
-    sdk = data.get("sdk") or {}
-    if sdk.get("built"):
-        d.p(f"Official SDK user (`{sdk['files'][0]}` → `{sdk['files'][1]}`): **{sdk['written']} lines written, "
-            f"{sdk['deleted']} deleted**, {sdk['kept']} kept of {sdk['old']}.")
-    _runtime_section(d, data.get("runtime"))
-
-
 # ------------------------------------------------------------------------------------------------ runtime
 
 
-def grpc_request_bytes(body: dict[str, Any]) -> bytes | None:
-    """The protobuf ``CreateRequest`` bytes the typed gRPC client sends for ``body``; None if not built."""
+class _DropOnce(ResponsesClient):
+    """Wraps a client; before call ``drop_at`` (0-based) it closes the connection under the loop, so that
+    turn fails with ``connection_closed`` and the agent loop's recovery runs, as after a real drop."""
+
+    transport: ClassVar[str] = "migration-probe"
+
+    def __init__(self, inner: ResponsesClient, drop_at: int) -> None:
+        super().__init__(inner.config)
+        self.inner, self.drop_at, self.calls = inner, drop_at, 0
+
+    async def connect(self) -> float | None:
+        return await self.inner.connect()
+
+    async def reconnect(self) -> float | None:
+        """A new connection, as every client's ``reconnect`` makes one (its server-side cache is empty)."""
+        await self.inner.close()
+        return await self.inner.connect()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls == self.drop_at + 1:
+            await self.inner.close()  # the server sees the connection go, and its cache with it
+            recorder.sent(0)
+            recorder.fail("connection dropped by the migration probe", "connection_closed")
+            return {}
+        return await self.inner.create(body, recorder=recorder)
+
+
+STRATEGIES = {"store": "reconnect + hydrate from the store (store=true)",
+              "connection": "reconnect + resend the full context (store=false)"}
+
+
+async def measure_recovery(transport: str = "ws", *, profile: str = "fast", rollouts: int = 3, drop_at: int = 10,
+                           tool_calls: int = 20, seed: int = 0) -> dict[str, Any]:
+    """Drop the connection before turn ``drop_at`` of ``tool_calls``-call rollouts and recover, per strategy
+    (:data:`STRATEGIES`), interleaved with undisturbed rollouts on one in-process server.
+
+    Returns: per strategy the median extra rollout time (ms, and the disturbed/undisturbed ratio with its
+    95% CI), the loop's ``recovery_ms`` (reconnect + failed turn), and the resumed turn's ``turn_ms`` and
+    ``bytes_up`` against the same turn undisturbed; the raw rows under ``samples``.
+    """
+    settings = Settings(profile=profile, tls=transport != "inproc", usage_db=":memory:")
+    server = None
+    if transport == "inproc":
+        service = ResponsesService(settings)
+        config = ClientConfig(url="inproc", options={"service": service})
+    else:
+        server = await start_server(transport, settings)
+        service = server.service
+        config = ClientConfig(url=server.url, ssl_context=server.tls.client_ssl_context() if server.tls else None,
+                              ca_pem=server.tls.ca_pem_bytes if server.tls else None)
+    toolbox = Toolbox(seed=seed)
+    meta = {"tool_calls": str(tool_calls), "seed": str(seed), "answer_tokens": "16"}
+    rows: list[dict[str, Any]] = []
     try:
-        from turnbench.v1.convert import body_to_proto
-    except ImportError:
-        return None
-    return bytes(body_to_proto(body).SerializeToString())
+        for i in range(rollouts):
+            for state in STRATEGIES:
+                for dropped in (False, True):
+                    async with _DropOnce(make_client(transport, config), drop_at if dropped else -1) as client:
+                        r = await run_rollout(client, state=state, toolbox=toolbox, metadata=meta, rollout_id=i,
+                                              transport=transport, task=f"[{state}:{dropped:d}:{i}] {TASK}")
+                    resumed = r.turns[drop_at + 1] if dropped and len(r.turns) > drop_at + 1 else (
+                        r.turns[drop_at] if len(r.turns) > drop_at else None)
+                    rows.append({"state": state, "dropped": dropped, "success": r.success, "rollout_ms": r.rollout_ms,
+                                 "recovery_ms": r.recovery_ms, "recoveries": r.recoveries,
+                                 "resumed_turn_ms": resumed.turn_ms if resumed else None,
+                                 "resumed_bytes_up": resumed.bytes_up if resumed else None})
+    finally:
+        if server is not None:
+            await server.stop()
+        service.close()
+    return {"transport": transport, "profile": profile, "drop_at": drop_at, "tool_calls": tool_calls,
+            "rollouts": rollouts, "strategies": _recovery_summary(rows), "samples": rows}
 
 
-def _runtime_section(d: Doc, runtime: Mapping[str, Any] | None) -> None:
-    import pandas as pd
+def _med(df: pd.DataFrame, col: str) -> float:
+    return float(np.nanmedian(df[col].astype(float))) if len(df) else float("nan")
 
-    d.p("**Runtime cost of migrating mid-rollout** (the connection drops, the loop reconnects and continues):")
-    if not runtime:
-        d.p("*Not measured in this run (`turnbench migration --runtime` measures it).*")
-        return
-    if not runtime.get("built"):
-        d.p(f"*{runtime.get('transport')}: {runtime.get('note', 'not built')}.*")
-        return
-    d.p(f"`{runtime['transport']}` at `{runtime['profile']}`, {runtime['tool_calls']}-tool-call rollouts, connection "
-        f"dropped before turn {runtime['drop_at']}, {runtime['rollouts']} rollouts per strategy, each interleaved "
-        "with an undisturbed one. *recovery* = reconnect + the failed turn; the resumed turn pays the rest.")
-    table = pd.DataFrame(runtime["strategies"])
-    table["ratio [95% CI]"] = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in
-                               zip(table.pop("ratio"), table.pop("ratio_lo"), table.pop("ratio_hi"), strict=True)]
-    d.table(round_frame(table))
+
+def _recovery_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    df = pd.DataFrame(rows)
+    out = []
+    for state, text in STRATEGIES.items():
+        on = df[(df["state"] == state) & df["success"]]
+        base, hit = on[~on["dropped"]], on[on["dropped"]]
+        ratio, lo, hi = ratio_ci(hit["rollout_ms"], base["rollout_ms"])
+        out.append({"strategy": text, "ok": f"{len(hit)}/{int((df['state'] == state).sum() // 2)}",
+                    "extra_rollout_ms": _med(hit, "rollout_ms") - _med(base, "rollout_ms"), "ratio": ratio,
+                    "ratio_lo": lo, "ratio_hi": hi, "recovery_ms": _med(hit, "recovery_ms"),
+                    **{f"{k} {w}": _med(d, k) for k in ("resumed_turn_ms", "resumed_bytes_up")
+                       for w, d in (("dropped", hit), ("undisturbed", base))}})
+    return out
 
 
 def cmd_migration(args: Any) -> int:
     """``turnbench migration [--runtime] [--json OUT]``: print the migration-cost tables (Markdown)."""
     import asyncio
-    import json
     import tempfile
 
-    from loadtests.bench import measure_recovery
+    from loadtests.doc import Doc
+    from loadtests.report import add_migration_section
+    from loadtests.rundir import write_json
 
     runtime = asyncio.run(measure_recovery(args.transport, rollouts=args.rollouts)) if args.runtime else None
     data = migration_report(runtime=runtime)
@@ -312,5 +349,5 @@ def cmd_migration(args: Any) -> int:
     add_migration_section(d, data)
     print(d.markdown(Path(tempfile.gettempdir())))
     if args.json is not None:
-        args.json.write_text(json.dumps(data, indent=2, default=str))
+        write_json(args.json, data)
     return 0

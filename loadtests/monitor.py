@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 import psutil
 
-__all__ = ["LoadMonitor", "MonitorReport"]
+__all__ = ["LoadMonitor", "MonitorReport", "saturation"]
 
 Clock = Callable[[], int]
 
@@ -49,6 +49,17 @@ class MonitorReport(msgspec.Struct, kw_only=True):
     interval_s: float = 0.05
     cpu_threshold: float = 0.9
     lag_p99_threshold_ms: float = 5.0
+
+
+def saturation(cpu_util: float, lag_p99_ms: float, *, cpu_threshold: float, lag_p99_threshold_ms: float
+               ) -> str | None:
+    """Why a load generator counts as saturated (CPU as a fraction of one core, lag p99 in ms), or None."""
+    reasons: list[str] = []
+    if cpu_util > cpu_threshold:
+        reasons.append(f"cpu {cpu_util:.2f} of a core > {cpu_threshold:.2f}")
+    if lag_p99_ms > lag_p99_threshold_ms:
+        reasons.append(f"event-loop lag p99 {lag_p99_ms:.1f} ms > {lag_p99_threshold_ms:g} ms")
+    return "; ".join(reasons) or None
 
 
 class LoadMonitor:
@@ -171,11 +182,8 @@ class LoadMonitor:
             lag_max = float(lags.max())
         else:
             p50 = p99 = lag_max = math.nan
-        reasons: list[str] = []
-        if cpu_util > self.cpu_threshold:
-            reasons.append(f"cpu {cpu_util:.2f} of a core > {self.cpu_threshold:.2f}")
-        if p99 > self.lag_p99_threshold_ms:
-            reasons.append(f"event-loop lag p99 {p99:.1f} ms > {self.lag_p99_threshold_ms:g} ms")
+        reason = saturation(cpu_util, p99, cpu_threshold=self.cpu_threshold,
+                            lag_p99_threshold_ms=self.lag_p99_threshold_ms)
         user = system = None
         if self._times0 is not None and times1 is not None:
             user, system = times1[0] - self._times0[0], times1[1] - self._times0[1]
@@ -186,8 +194,8 @@ class LoadMonitor:
             loop_lag_p50_ms=p50,
             loop_lag_p99_ms=p99,
             loop_lag_max_ms=lag_max,
-            saturated=bool(reasons),
-            reason="; ".join(reasons) or None,
+            saturated=reason is not None,
+            reason=reason,
             cpu_util_peak=max(finite_peaks) if finite_peaks else math.nan,
             wall_s=wall_ns / 1e9,
             cpu_s=cpu_ns / 1e9,

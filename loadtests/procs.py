@@ -1,11 +1,14 @@
-"""Transport servers in their own processes, so the load generator's CPU never mixes with the server's.
+"""The servers a run talks to: processes of their own, so the load generator's CPU never mixes with theirs.
 
-The runner starts each server it needs as ``python -m servers <transport> --port 0 …`` (the same entry point
-as ``turnbench serve``), reads the ``PORT=`` line the server prints once it listens, health-checks it,
-measures its CPU time with psutil while cells run, and stops it with SIGTERM at the end (a non-zero exit
-status is an error: a server that crashed or failed to drain must not pass silently).
+The runner starts each server its cells need (one per :attr:`loadtests.model.Cell.endpoint_key`) as
+``python -m servers <protocol> --port 0 …`` with the cell's server settings as flags (the same entry point as
+``turnbench serve``), reads the ``PORT=`` line the server prints once it listens, health-checks it, measures
+its CPU time with psutil while cells run, and stops it with SIGTERM at the end (a non-zero exit status is an
+error: a server that crashed or failed to drain must not pass silently). The overhead scripts start theirs
+the same way (:func:`start_server_process`).
 
-``--target transport=URL`` bypasses all of this: an :class:`Endpoint` without a process, whose CPU is unknown.
+``--target NAME=URL`` bypasses all of this: an :class:`Endpoint` without a process, whose CPU is unknown.
+The calibration's ``inproc`` reference is an endpoint too: a service in this process.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,14 @@ from urllib.parse import urlsplit
 import psutil
 
 from clients.base import ClientConfig
+from loadtests.model import Cell
+from turnbench.service import ResponsesService
+from turnbench.settings import Settings
 from turnbench.tls import load_ca
 from turnbench.transports import SERVER_PROTOCOLS
 
-__all__ = ["Endpoint", "ServerError", "ServerProcess", "settings_flags", "start_server_process",
-           "target_endpoint"]
+__all__ = ["Endpoint", "ServerError", "ServerProcess", "settings_flags", "start_endpoints", "start_server_process",
+           "stop_endpoints", "target_endpoint"]
 
 
 class ServerError(RuntimeError):
@@ -56,9 +63,13 @@ def settings_flags(settings: Mapping[str, Any]) -> list[str]:
 
 @dataclass(eq=False)
 class Endpoint:
-    """Where the clients of one server go: base URL, TLS trust, and (when the runner owns it) the process."""
+    """Where the clients of one server go: base URL, TLS trust, and (when the runner owns it) the process.
 
-    transport: str
+    ``server``: its protocol (``https``, ``ws``, ``grpc``; ``inproc`` for a service in this process);
+    ``settings``: the Settings fields it was started with (profile and TLS included).
+    """
+
+    server: str
     url: str
     tls: bool
     ca_path: str | None = None
@@ -75,28 +86,48 @@ class Endpoint:
         ca: bytes | None = None
         if self.tls:
             if self.ca_path is None:
-                raise ServerError(f"{self.transport}: TLS endpoint without a CA; pass --ca PATH")
+                raise ServerError(f"{self.server}: TLS endpoint without a CA; pass --ca PATH")
             if self._ssl is None:
                 self._ssl = (load_ca(self.ca_path), Path(self.ca_path).read_bytes())
             ctx, ca = self._ssl
         return ClientConfig(url=self.url, api_key=self.api_key, ssl_context=ctx, ca_pem=ca,
                             options={**self.options, **options})
 
+    @property
+    def kind(self) -> str:
+        """``process`` (started by the runner), ``inproc`` (a service in this process) or ``target``."""
+        if self.process is not None:
+            return "process"
+        return "inproc" if self.server == "inproc" else "target"
+
+    @property
+    def service(self) -> ResponsesService | None:
+        """The in-process service of an ``inproc`` endpoint."""
+        service = self.options.get("service")
+        return service if isinstance(service, ResponsesService) else None
+
     def cpu_s(self) -> float | None:
-        """The server process's CPU time so far (user + system), in s; None for an external target."""
+        """The server process's CPU time so far (user + system), in s; None when it is not a process."""
         return self.process.cpu_s() if self.process is not None else None
 
-
-def base_url(transport: str, host: str, port: int, tls: bool) -> str:
-    """The client-facing base URL, as :class:`servers.base.RunningServer` prints it."""
-    return SERVER_PROTOCOLS[transport].url(host, port, tls)
+    def record(self, exit_code: int | None, transports: Sequence[str] = ()) -> dict[str, Any]:
+        """``run.json["servers"][key]``: how it was started, its PID, its CPU time while serving (s, from
+        its health check passing to its stop), its exit status, the transports it served, its settings."""
+        proc = self.process
+        serving = proc.cpu_s() - proc.cpu_at_ready_s if proc is not None else None
+        # what it ran with: defaults, then TURNBENCH_* variables (inherited), then the runner's flags
+        settings = Settings.from_env(**self.settings).as_dict() if self.kind != "target" else {}
+        return {"server": self.server, "kind": self.kind, "transports": list(transports), "url": self.url or None,
+                "argv": proc.argv if proc is not None else None, "pid": proc.pid if proc is not None else None,
+                "cpu_s": serving, "cpu_startup_s": proc.cpu_at_ready_s if proc is not None else None,
+                "exit_code": exit_code, "settings": settings}
 
 
 class ServerProcess:
     """One ``python -m servers`` child process. ``stop`` is idempotent and returns its exit status."""
 
-    def __init__(self, transport: str, argv: list[str], popen: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.transport = transport
+    def __init__(self, server: str, argv: list[str], popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.server = server
         self.argv = argv
         self.popen = popen
         self.pid = popen.pid
@@ -129,10 +160,10 @@ class ServerProcess:
                     self.port = int(line.partition("=")[2])
                     return self.port
             if self.popen.poll() is not None:
-                raise ServerError(f"{self.transport} server exited with {self.popen.returncode} before "
+                raise ServerError(f"{self.server} server exited with {self.popen.returncode} before "
                                   f"listening:\n{self.log_tail()}")
             time.sleep(0.02)
-        raise ServerError(f"{self.transport} server printed no PORT= line in {timeout_s:g} s:\n{self.log_tail()}")
+        raise ServerError(f"{self.server} server printed no PORT= line in {timeout_s:g} s:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """SIGTERM (the server drains in-flight responses), wait, SIGKILL past ``timeout_s``.
@@ -153,7 +184,7 @@ class ServerProcess:
         return self.returncode
 
 
-def health_check(transport: str, host: str, port: int, ca_path: str | None, timeout_s: float) -> None:
+def health_check(server: str, host: str, port: int, ca_path: str | None, timeout_s: float) -> None:
     """TCP connect (+ TLS handshake with the server's CA); ``GET /healthz`` → 200 for HTTP transports.
 
     Retries until ``timeout_s``. Raises :class:`ServerError` with the last failure.
@@ -167,7 +198,7 @@ def health_check(transport: str, host: str, port: int, ca_path: str | None, time
             try:
                 if ca_path is not None:
                     sock = load_ca(ca_path).wrap_socket(raw, server_hostname=host)  # owns raw from here
-                if SERVER_PROTOCOLS[transport].http_health:
+                if SERVER_PROTOCOLS[server].http_health:
                     sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
                     status = sock.recv(64).split(b" ", 2)
                     if len(status) < 2 or status[1] != b"200":
@@ -179,11 +210,11 @@ def health_check(transport: str, host: str, port: int, ca_path: str | None, time
         except (OSError, ServerError) as exc:
             last = repr(exc)
             time.sleep(0.05)
-    raise ServerError(f"{transport} server on {host}:{port} failed its health check: {last}")
+    raise ServerError(f"{server} server on {host}:{port} failed its health check: {last}")
 
 
 def start_server_process(
-    transport: str,
+    server: str,
     *,
     workdir: Path,
     profile: str,
@@ -193,15 +224,17 @@ def start_server_process(
     host: str = "127.0.0.1",
     timeout_s: float = 30.0,
 ) -> Endpoint:
-    """Start ``transport``'s server in a child process on a free port and return its healthy endpoint.
+    """Start a ``server`` (protocol: ``https``, ``ws``, ``grpc``) in a child process on a free port and
+    return its healthy endpoint.
 
-    ``settings``: extra :class:`~turnbench.settings.Settings` fields, passed as ``turnbench serve`` flags.
-    The server's output goes to ``workdir/server-<transport>-<profile>.log``.
+    ``settings``: extra :class:`~turnbench.settings.Settings` fields, passed as ``turnbench serve`` flags
+    (``{"http2": True}`` → ``--http2``). Its files go to ``workdir``: ``server-<server>-<profile>.log``, the CA
+    and the usage database (give each server its own ``workdir`` when several share a protocol and profile).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    tag = f"{transport}-{profile}"
+    tag = f"{server}-{profile}"
     ca_path = workdir / f"ca-{tag}.pem"
-    argv = [sys.executable, "-m", "servers", transport, "--host", host, "--port", "0",
+    argv = [sys.executable, "-m", "servers", server, "--host", host, "--port", "0",
             "--tls" if tls else "--no-tls", "--profile", profile,
             "--usage-db", str(workdir / f"usage-{tag}.db")]
     if tls:
@@ -214,29 +247,82 @@ def start_server_process(
     with log_path.open("wb") as log:
         popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                  cwd=Path(__file__).resolve().parent.parent)
-    proc = ServerProcess(transport, argv, popen, log_path)
+    proc = ServerProcess(server, argv, popen, log_path)
     try:
         port = proc.wait_port(timeout_s)
-        health_check(transport, host, port, str(ca_path) if tls else None, timeout_s)
+        health_check(server, host, port, str(ca_path) if tls else None, timeout_s)
     except BaseException:
         proc.stop(5.0)
         raise
     proc.cpu_at_ready_s = proc.cpu_s()
-    return Endpoint(transport=transport, url=base_url(transport, host, port, tls), tls=tls,
+    return Endpoint(server=server, url=SERVER_PROTOCOLS[server].url(host, port, tls), tls=tls,
                     ca_path=str(ca_path) if tls else None, api_key=api_key, process=proc,
                     settings={"profile": profile, "tls": tls, **(settings or {})})
 
 
-def target_endpoint(transport: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:
-    """An already-running server (``--target transport=URL``). TLS is inferred from the URL's scheme
+def target_endpoint(server: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:
+    """An already-running ``server`` (``--target NAME=URL``). TLS is inferred from the URL's scheme
     (``https``/``wss``) or, for gRPC's ``host:port``, from whether ``--ca`` was given."""
-    if transport == "grpc":
+    if not SERVER_PROTOCOLS[server].schemes[0]:  # gRPC: a bare host:port
         tls = ca_path is not None
     else:
         scheme = urlsplit(url).scheme
         if scheme not in ("http", "https", "ws", "wss"):
-            raise ValueError(f"--target {transport}={url}: expected an http(s):// or ws(s):// URL")
+            raise ValueError(f"--target {server}={url}: expected an http(s):// or ws(s):// URL")
         tls = scheme in ("https", "wss")
     if tls and ca_path is None:
-        raise ValueError(f"--target {transport}={url} uses TLS: pass --ca PATH (the server's CA certificate)")
-    return Endpoint(transport=transport, url=url.rstrip("/"), tls=tls, ca_path=ca_path, api_key=api_key)
+        raise ValueError(f"--target {server}={url} uses TLS: pass --ca PATH (the server's CA certificate)")
+    return Endpoint(server=server, url=url.rstrip("/"), tls=tls, ca_path=ca_path, api_key=api_key)
+
+
+def _inproc_endpoint(cell: Cell, workdir: Path) -> Endpoint:
+    settings = {"profile": cell.profile, "tls": False, **cell.server_settings}
+    service = ResponsesService(Settings.from_env(**settings, usage_db=str(workdir / "usage-inproc.db")))
+    return Endpoint(server="inproc", url="", tls=False, options={"service": service}, settings=settings)
+
+
+def start_endpoints(cells: Sequence[Cell], workdir: Path, *, targets: Mapping[str, str] | None = None,
+                    ca_path: str | None = None, api_key: str | None = None, timeout_s: float = 30.0
+                    ) -> dict[str, Endpoint]:
+    """One endpoint per ``Cell.endpoint_key``: a server process started with the cell's profile, TLS and
+    server settings, a ``--target`` (``targets``: transport or server protocol → URL), or, for ``inproc``,
+    a service in this process. Processes start in parallel, each with its own folder under ``workdir``; if
+    one fails, the others are stopped and the first error is raised."""
+    targets = targets or {}
+    needed = {c.endpoint_key: c for c in cells}
+    endpoints: dict[str, Endpoint] = {}
+    to_start: dict[str, Cell] = {}
+    for key, c in needed.items():
+        url = targets.get(c.transport) or targets.get(c.server)
+        if c.server == "inproc":
+            endpoints[key] = _inproc_endpoint(c, workdir / f"{len(endpoints) + len(to_start):02d}-inproc")
+        elif url is not None:
+            endpoints[key] = target_endpoint(c.server, url, ca_path=ca_path, api_key=api_key)
+        else:
+            to_start[key] = c
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(to_start)))) as pool:
+        futures = {key: pool.submit(
+            start_server_process, c.server, workdir=workdir / f"{i:02d}-{c.server}-{c.profile}", profile=c.profile,
+            tls=c.tls, settings=c.server_settings, api_key=api_key, timeout_s=timeout_s)
+            for i, (key, c) in enumerate(to_start.items())}
+        errors: list[BaseException] = []
+        for key, fut in futures.items():
+            try:
+                endpoints[key] = fut.result()
+            except BaseException as exc:  # keep going: every started server must be stopped below
+                errors.append(exc)
+    if errors:
+        stop_endpoints(endpoints)
+        raise errors[0]
+    return endpoints
+
+
+def stop_endpoints(endpoints: Mapping[str, Endpoint]) -> dict[str, int | None]:
+    """SIGTERM every server process; close in-process services. Returns: exit status per key (None: not a
+    process)."""
+    codes: dict[str, int | None] = {}
+    for key, ep in endpoints.items():
+        codes[key] = ep.process.stop() if ep.process is not None else None
+        if ep.service is not None:
+            ep.service.close()
+    return codes

@@ -1,15 +1,18 @@
-"""``turnbench run``: one agent workload over several transports and state strategies, measured honestly.
+"""Executing cells: the rollout every harness tool runs, the round-by-round execution, one start/stop path.
 
-A run crosses scenarios × transports × state strategies (× profile / concurrency / rate overrides) into
-*cells*. Each server runs in its own process (:mod:`loadtests.procs`), so client and server CPU never mix;
-the load generator watches itself (:class:`~loadtests.monitor.LoadMonitor`) and says when it saturates.
-Cells are interleaved round by round (A B C A B C …) so drift hits them all alike; warm-up rollouts run
-first and are kept in the samples but marked ``warmup`` and left out of every summary. Each rollout gets
-its own client object and connection; connection setup is measured apart (``connect_ms``) and is in no
-``turn_ms``; in an open loop the rollout's clock starts at its scheduled arrival, so turn 0's ``queue_ms``
-holds the generator's lateness *and* the connection setup. Seeds are fixed: rollout *k* of a cell does the
-same work on every transport. The run directory (the contract with the report) is written by
-:mod:`loadtests.runner_out`; :func:`load_run` reads it back.
+:func:`run` is ``turnbench run``: plan the cells (:func:`loadtests.model.plan_cells`), :func:`measure` them,
+write the run directory (:class:`loadtests.rundir.RunDir`). Bench and the gate build their own cells and
+call :func:`measure` the same way. Each server runs in its own process (:mod:`loadtests.procs`), so client
+and server CPU never mix; the load generator watches itself (:class:`~loadtests.monitor.LoadMonitor`) and
+says when it saturates. Cells are interleaved round by round (:func:`loadtests.loops.chunk_plan`) so drift
+hits them all alike; warm-up rollouts run first and are kept in the samples but marked ``warmup``. Each
+rollout gets its own client object and connection; connection setup is measured apart (``connect_ms``) and
+is in no ``turn_ms``; in an open loop the rollout's clock starts at its scheduled arrival, so turn 0's
+``queue_ms`` holds the generator's lateness *and* the connection setup. Seeds are fixed: rollout *k* of a
+cell does the same work on every transport.
+
+:func:`cell_rollout` and :func:`one_rollout` are the one rollout of the harness: the Locust users and the
+overhead scripts run theirs through them too.
 """
 
 from __future__ import annotations
@@ -19,238 +22,27 @@ import contextlib
 import functools
 import gc
 import os
-import secrets
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 from tqdm import tqdm
 
-from clients.agent import Toolbox, run_rollout
-from clients.base import RolloutResult, make_client
-from loadtests.monitor import LoadMonitor, MonitorReport
-from loadtests.procs import Endpoint, start_server_process, target_endpoint
-from loadtests.runner_loops import chunk_plan, closed_loop, open_loop, poisson_offsets
-from loadtests.runner_out import RunData, load_run
-from loadtests.scenarios import Scenario, states_for
-from turnbench.service import ResponsesService
-from turnbench.settings import Settings
-from turnbench.transports import TRANSPORTS, get_transport
+from clients.agent import run_rollout
+from clients.base import ResponsesClient, RolloutResult, make_client
+from loadtests.loops import chunk_plan, closed_loop, open_loop, poisson_offsets
+from loadtests.model import Cell, ChunkStat, Collected, RunConfig, Sample, ToolboxFactory, default_toolbox, plan_cells
+from loadtests.monitor import LoadMonitor
+from loadtests.procs import Endpoint, start_endpoints, stop_endpoints
+from loadtests.rundir import RunDir, default_out_dir
 
-__all__ = ["Cell", "ChunkStat", "Collected", "RunConfig", "RunData", "Sample", "chunk_plan", "execute",
-           "load_run", "plan_cells", "run", "server_transport"]
+__all__ = ["TASK", "cell_rollout", "execute", "measure", "one_rollout", "run", "run_chunk"]
 
-ToolboxFactory = Callable[[Scenario, int], Toolbox]
 TASK = "Investigate the repository and summarize what you find."
-
-
-def default_toolbox(scenario: Scenario, index: int) -> Toolbox:
-    """The scenario's tools for rollout ``index``: same index, same output sizes on every transport."""
-    return Toolbox(output_bytes=scenario.tool_output_bytes, output_sigma=scenario.tool_output_sigma,
-                   latency_ms=scenario.tool_latency_ms, seed=scenario.seed * 100_003 + index)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Cell:
-    """One measured combination. ``cell`` is its string id, unique in a run."""
-
-    cell: str
-    scenario: Scenario
-    transport: str  # the client transport (registry key)
-    server: str  # the server transport it talks to; "inproc" for the in-process reference
-    state: str
-    profile: str
-    concurrency: int | None  # closed loop
-    arrival_rate_rps: float | None  # open loop
-    variant: str
-    tls: bool
-    number: int = 0  # position in the plan: makes this cell's task text (and so its prompts) its own
-
-    @property
-    def mode(self) -> str:
-        return "open" if self.arrival_rate_rps is not None else "closed"
-
-    @property
-    def endpoint_key(self) -> str:
-        """Which server process serves this cell: one per (server transport, profile, TLS)."""
-        return f"{self.server}/{self.profile}/{'tls' if self.tls else 'plain'}"
-
-    def labels(self) -> dict[str, Any]:
-        """The columns every sample row of this cell carries (beside ``round`` and ``warmup``)."""
-        return {"scenario": self.scenario.name, "profile": self.profile, "concurrency": self.concurrency,
-                "arrival_rate_rps": self.arrival_rate_rps, "mode": self.mode, "cell": self.cell,
-                "variant": self.variant, "tls": self.tls}
-
-
-@dataclass(kw_only=True)
-class RunConfig:
-    """Everything ``turnbench run`` was asked to do (the CLI maps its flags onto these fields)."""
-
-    scenarios: list[Scenario]
-    transports: list[str]
-    states: tuple[str, ...] | None = None  # None: the scenario's per-transport defaults
-    profiles: tuple[str, ...] | None = None  # None: the scenario's profile
-    concurrency: tuple[int, ...] | None = None  # closed-loop override
-    rates_rps: tuple[float, ...] | None = None  # open-loop override (wins over concurrency)
-    variant: str = "default"
-    server_settings: dict[str, Any] = field(default_factory=dict)  # extra Settings for every server
-    targets: dict[str, str] = field(default_factory=dict)  # server transport -> URL of a running server
-    ca_path: str | None = None
-    api_key: str | None = None
-    out_dir: Path | None = None
-    quiet: bool = False
-    loop: str = "uvloop"
-    cpu_threshold: float = 0.9  # load generator saturation: CPU, fraction of one core
-    lag_p99_threshold_ms: float = 5.0  # load generator saturation: event-loop lag p99, in ms
-    server_timeout_s: float = 30.0
-    gc: str = "between-chunks"  # or "auto": Python's collector may pause the client mid-request
-    toolbox_factory: ToolboxFactory = default_toolbox
-    argv: list[str] = field(default_factory=list)
-    task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see one_rollout
-
-
-def server_transport(transport: str) -> str:
-    """The server a client transport talks to: ``sdk-https`` → ``https``, ``grpc-json`` → ``grpc``."""
-    return get_transport(transport).server_name
-
-
-def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str, variant: str) -> str:
-    base = f"{scenario}:{transport}:{state}:{profile}:{load}"
-    return base if variant == "default" else f"{base}:{variant}"
-
-
-def plan_cells(config: RunConfig) -> list[Cell]:
-    """Cross scenarios × profiles × loads × transports × states into cells, in a stable order.
-
-    The ``calibration`` scenario always runs ``inproc`` too: it separates the harness from the transport.
-    Raises ``ValueError`` for an unknown transport or a state strategy no transport can use.
-    """
-    cells: list[Cell] = []
-    for sc in config.scenarios:
-        transports = list(dict.fromkeys(config.transports))
-        if sc.name == "calibration" and "inproc" not in transports:
-            transports.append("inproc")
-        loads: list[tuple[int | None, float | None]]
-        if config.rates_rps:
-            loads = [(None, r) for r in config.rates_rps]
-        elif config.concurrency:
-            loads = [(c, None) for c in config.concurrency]
-        else:
-            loads = [(None if sc.arrival_rate_rps else sc.concurrency, sc.arrival_rate_rps)]
-        for profile in config.profiles or (sc.profile,):
-            for conc, rate in loads:
-                load = f"r{rate:g}" if rate is not None else f"c{conc}"
-                for t in transports:
-                    if t not in TRANSPORTS:
-                        raise ValueError(f"unknown transport {t!r}; known: {', '.join(TRANSPORTS)}")
-                    states = states_for(sc, t)
-                    if config.states is not None:
-                        states = tuple(s for s in config.states if s in states)
-                    for state in states:
-                        tls = False if t == "inproc" else sc.tls
-                        cells.append(Cell(
-                            cell=_cell_id(sc.name, t, state, profile, load, config.variant), scenario=sc,
-                            transport=t, server=server_transport(t), state=state, profile=profile,
-                            concurrency=conc, arrival_rate_rps=rate, variant=config.variant, tls=tls,
-                            number=len(cells)))
-    if not cells:
-        raise ValueError("no cells to run: check --transports and --states")
-    return cells
-
-
-# ---------------------------------------------------------------------------------------------- servers
-
-
-def start_endpoints(config: RunConfig, cells: Sequence[Cell], workdir: Path) -> dict[str, Endpoint]:
-    """One endpoint per ``Cell.endpoint_key``: a started server process, a ``--target``, or (inproc) a
-    service in this process. Server processes start in parallel; if one fails, the others are stopped."""
-    needed = {c.endpoint_key: c for c in cells}
-    endpoints: dict[str, Endpoint] = {}
-    to_start: dict[str, Cell] = {}
-    for key, c in needed.items():
-        if c.server == "inproc":
-            settings = Settings.from_env(profile=c.profile, tls=False, **config.server_settings,
-                                         usage_db=str(workdir / f"usage-inproc-{c.profile}.db"))
-            endpoints[key] = Endpoint(transport="inproc", url="", tls=False,
-                                      options={"service": ResponsesService(settings)},
-                                      settings={"profile": c.profile, "tls": False, **config.server_settings})
-        elif c.server in config.targets:
-            endpoints[key] = target_endpoint(c.server, config.targets[c.server], ca_path=config.ca_path,
-                                             api_key=config.api_key)
-        else:
-            to_start[key] = c
-    with ThreadPoolExecutor(max_workers=max(1, len(to_start))) as pool:
-        futures = {key: pool.submit(
-            start_server_process, c.server, workdir=workdir, profile=c.profile, tls=c.tls,
-            settings=config.server_settings, api_key=config.api_key, timeout_s=config.server_timeout_s)
-            for key, c in to_start.items()}
-        errors: list[BaseException] = []
-        for key, fut in futures.items():
-            try:
-                endpoints[key] = fut.result()
-            except BaseException as exc:  # keep going: every started server must be stopped below
-                errors.append(exc)
-    if errors:
-        stop_endpoints(endpoints)
-        raise errors[0]
-    return endpoints
-
-
-def stop_endpoints(endpoints: Mapping[str, Endpoint]) -> dict[str, int | None]:
-    """SIGTERM every server process the runner started; close in-process services.
-
-    Returns: exit status per endpoint key (None: not a process).
-    """
-    codes: dict[str, int | None] = {}
-    for key, ep in endpoints.items():
-        codes[key] = ep.process.stop() if ep.process is not None else None
-        service = ep.options.get("service")
-        if isinstance(service, ResponsesService):
-            service.close()
-    return codes
-
-
-# ---------------------------------------------------------------------------------------------- execution
-
-
-@dataclass(slots=True)
-class Sample:
-    """One rollout and where it ran."""
-
-    rollout: RolloutResult
-    cell: Cell
-    round: int
-    warmup: bool
-
-
-@dataclass(slots=True)
-class ChunkStat:
-    """One cell's share of one round: what it cost the client, the server, and the client's loop."""
-
-    cell: str
-    round: int
-    warmup: bool
-    rollouts: int
-    turns: int
-    wall_s: float
-    client_cpu_s: float
-    server_cpu_s: float | None  # None: the server is not a process the runner can see
-    lag_ms: list[float]
-
-
-@dataclass(slots=True)
-class Collected:
-    samples: list[Sample]
-    chunks: list[ChunkStat]
-    monitor: MonitorReport
-    loop: str
-    system: dict[str, Any] = field(default_factory=dict)  # machine-wide CPU while the run ran
 
 
 def _failed(cell: Cell, index: int, error: str) -> RolloutResult:
@@ -258,9 +50,10 @@ def _failed(cell: Cell, index: int, error: str) -> RolloutResult:
                          error=error, turns=[], rollout_ms=0.0)
 
 
-async def one_rollout(cell: Cell, index: int, endpoint: Endpoint, toolbox_factory: ToolboxFactory,
-                      scheduled_ns: int | None = None, task_tag: str = "") -> RolloutResult:
-    """A fresh client, its connection (timed apart), one rollout, close. Never raises (but cancellation).
+async def cell_rollout(client: ResponsesClient, cell: Cell, index: int, *,
+                       toolbox_factory: ToolboxFactory = default_toolbox, scheduled_ns: int | None = None,
+                       task_tag: str = "", connect_ms: float | None = None) -> RolloutResult:
+    """Rollout ``index`` of ``cell`` on a connected ``client``: the cell's scenario, state, tools and seed.
 
     The task text starts with ``[<task_tag> <cell number>.<index>]``: the same length everywhere, but a
     prompt of its own, so the engine's prefix cache (shared by every connection of a server) cannot serve
@@ -268,17 +61,25 @@ async def one_rollout(cell: Cell, index: int, endpoint: Endpoint, toolbox_factor
     system prompt is. The scripted model's tool calls and answer depend on the seed only.
     """
     sc = cell.scenario
-    meta = {**sc.metadata(), "seed": str(sc.seed + index)}
-    task = f"[{task_tag} {cell.number:03d}.{index:05d}] {TASK}"
+    return await run_rollout(client, state=cell.state, toolbox=toolbox_factory(sc, index),
+                             metadata={**sc.metadata(), "seed": str(sc.seed + index)}, rollout_id=index,
+                             scheduled_ns=scheduled_ns, transport=cell.transport, connect_ms=connect_ms,
+                             task=f"[{task_tag} {cell.number:03d}.{index:05d}] {TASK}")
+
+
+async def one_rollout(cell: Cell, index: int, endpoint: Endpoint, *,
+                      toolbox_factory: ToolboxFactory = default_toolbox, scheduled_ns: int | None = None,
+                      task_tag: str = "") -> RolloutResult:
+    """A fresh client, its connection (timed apart), :func:`cell_rollout`, close. Never raises (but
+    cancellation): a connection that fails is a failed rollout whose error starts with ``connect:``."""
     try:
         client = make_client(cell.transport, endpoint.client_config())
         connect_ms = await client.connect()
     except Exception as exc:
         return _failed(cell, index, f"connect: {type(exc).__name__}: {exc}")
     try:
-        return await run_rollout(client, state=cell.state, toolbox=toolbox_factory(sc, index), metadata=meta,
-                                 rollout_id=index, scheduled_ns=scheduled_ns, transport=cell.transport,
-                                 connect_ms=connect_ms, task=task)
+        return await cell_rollout(client, cell, index, toolbox_factory=toolbox_factory, scheduled_ns=scheduled_ns,
+                                  task_tag=task_tag, connect_ms=connect_ms)
     finally:
         with contextlib.suppress(Exception):
             await client.close()
@@ -290,7 +91,8 @@ async def run_chunk(config: RunConfig, cell: Cell, rnd: int, indices: Sequence[i
     arrivals, each rollout stamped with its scheduled time). ``on_done`` is called after each rollout."""
 
     async def job(i: int, scheduled_ns: int | None = None) -> RolloutResult:
-        result = await one_rollout(cell, i, endpoint, config.toolbox_factory, scheduled_ns, config.task_tag)
+        result = await one_rollout(cell, i, endpoint, toolbox_factory=config.toolbox_factory,
+                                   scheduled_ns=scheduled_ns, task_tag=config.task_tag)
         on_done()
         return result
 
@@ -332,9 +134,8 @@ async def execute(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[s
                 lag_ms=list(monitor.lag_ms[lag0:])))
             samples += [Sample(r, cell, rnd, warmup) for r in results]
         for ep in endpoints.values():
-            service = ep.options.get("service")
-            if isinstance(service, ResponsesService):
-                await service.drain()
+            if ep.service is not None:
+                await ep.service.drain()
     bar.close()
     sys1 = psutil.cpu_times()
     total = sum(sys1) - sum(sys0)
@@ -343,7 +144,8 @@ async def execute(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[s
     return Collected(samples=samples, chunks=chunks, monitor=monitor.report(), loop=loop_name, system=system)
 
 
-def run_in_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint]) -> Collected:
+def _execute_in_a_fresh_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint]
+                             ) -> Collected:
     """:func:`execute` on a fresh event loop: uvloop unless ``config.loop == "asyncio"`` (or it is missing)."""
     if config.loop == "uvloop":
         try:
@@ -357,31 +159,37 @@ def run_in_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str
     return asyncio.run(execute(config, cells, endpoints, loop_name="asyncio"))
 
 
-def run(config: RunConfig) -> tuple[Path, int]:
-    """Plan, start servers, execute, stop servers, write the run directory, print the summary table.
+def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
+    """Start the servers ``cells`` need, execute every cell, stop the servers.
 
-    Returns: (run directory, exit status: 0, or 1 if a server exited badly or every rollout failed).
+    Returns: what was gathered, with ``servers`` (their ``run.json`` records) filled in.
+    Raises: ``ValueError`` if two cells share an id; :class:`loadtests.procs.ServerError` if a server
+    does not start.
     """
-    from loadtests import runner_out
-
-    cells = plan_cells(config)
+    ids = [c.cell for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"cell ids must be unique in a run: {sorted({i for i in ids if ids.count(i) > 1})}")
     with tempfile.TemporaryDirectory(prefix="turnbench-run-") as tmp:
-        workdir = Path(tmp)
-        endpoints = start_endpoints(config, cells, workdir)
-        servers_ready = {k: ep.cpu_s() for k, ep in endpoints.items()}
+        endpoints = start_endpoints(cells, Path(tmp), targets=config.targets, ca_path=config.ca_path,
+                                    api_key=config.api_key, timeout_s=config.server_timeout_s)
         try:
             if not config.quiet:
                 for key, ep in endpoints.items():
-                    where = f"pid {ep.process.pid}" if ep.process else ("in-process" if not ep.url else "target")
+                    where = f"pid {ep.process.pid}" if ep.process else ep.kind
                     print(f"server {key}: {ep.url or '(in process)'} ({where})", file=sys.stderr)
-            collected = run_in_loop(config, cells, endpoints)
+            collected = _execute_in_a_fresh_loop(config, cells, endpoints)
         finally:
-            exit_codes = stop_endpoints(endpoints)
-        servers = {k: runner_out.server_record(ep, exit_codes[k], servers_ready[k]) for k, ep in endpoints.items()}
-        out = config.out_dir or runner_out.default_out_dir(config.scenarios)
-        data = runner_out.write_run(out, config, cells, collected, servers)
-    print(runner_out.format_table(data))
-    status = runner_out.print_warnings(data, file=sys.stderr)
-    print(f"run directory: {out}")
-    return out, status
+            codes = stop_endpoints(endpoints)
+    collected.servers = {key: ep.record(codes[key], sorted({c.transport for c in cells if c.endpoint_key == key}))
+                         for key, ep in endpoints.items()}
+    return collected
 
+
+def run(config: RunConfig, cells: Sequence[Cell] | None = None, *, meta: Mapping[str, Any] | None = None) -> RunDir:
+    """Measure ``cells`` (default: :func:`plan_cells` of ``config``) and write the run directory
+    ``config.out_dir`` (default: :func:`loadtests.rundir.default_out_dir`); ``meta``: entries added to
+    run.json. Returns: the run directory."""
+    cells = list(cells) if cells is not None else plan_cells(config)
+    collected = measure(config, cells)
+    out = config.out_dir or default_out_dir(list({c.scenario.name: c.scenario for c in cells}.values()))
+    return RunDir.write(out, config, cells, collected, meta)

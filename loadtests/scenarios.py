@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnbench.transports import get_transport
+from turnbench.transports import STATES, TRANSPORTS, get_transport
 
 __all__ = [
     "SCENARIO_DIR",
@@ -47,7 +47,7 @@ __all__ = [
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 PROFILES = ("instant", "frontier", "fast", "h200-8b", "calibration")
-STATES = ("full", "store", "connection")
+"""The sim engine's profiles (turnbench.engine.sim.PROFILES), named here so the CLI stays light."""
 
 
 class ScenarioError(ValueError):
@@ -140,8 +140,10 @@ def validate(s: Scenario, *, source: str) -> Scenario:
         if not states or bad:
             raise _fail(source, f"'states.{transport}' must be a non-empty list of {', '.join(STATES)}; "
                         f"got {list(states)!r}")
-        if transport == "https" and "connection" in states:
-            raise _fail(source, "'states.https' cannot hold 'connection': HTTPS has no connection state")
+        row = TRANSPORTS.get(transport)
+        if row is not None and "connection" in states and not row.supports_connection_state:
+            raise _fail(source, f"'states.{transport}' cannot hold 'connection': {transport} has no connection "
+                        "state")
     return s
 
 

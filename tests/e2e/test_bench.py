@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from loadtests import gate
-from loadtests.bench import built_transports
 from loadtests.cli import main
+from loadtests.rundir import RunDir
 from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 * TIMEOUT_FACTOR)]
@@ -28,14 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BURN = {"render": 2000.0}  # µs of CPU per request in the render stage
 
 
-def _need(*transports: str) -> None:
-    missing = set(transports) - built_transports()
-    if missing:
-        pytest.skip(f"not built: {', '.join(sorted(missing))}")
-
-
 def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
-    _need("https", "ws")
     proc = subprocess.run([sys.executable, "-m", "loadtests.cli", "bench", "--quick", "--quiet", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=600 * TIMEOUT_FACTOR)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,14 +45,19 @@ def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
     summary = json.loads((latest / "summary.json").read_text())
     head = {(r["cell"], r["vs"], r["profile"]) for r in summary["headline"]}
     assert ("ws/connection", "https/full", "fast") in head
-    assert summary["migration"]["runtime"]["built"]
+    migration = json.loads((latest / "migration.json").read_text())
+    assert [s["strategy"] for s in migration["runtime"]["strategies"]]  # measured by bench, rendered by the report
+    assert "Runtime cost of migrating mid-rollout" in md and "Not measured" not in md
+    run = RunDir(latest)
+    assert run.meta["bench"]["quick"] is True and run.meta["bench"]["wall_s"] > 0
+    ablated = [s for s in run.meta["servers"].values() if s["settings"]["token_cache"] is False]
+    assert len(ablated) == 1 and ablated[0]["transports"] == ["ws"]  # the variant's own server
     dated = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(dated) == 1 and (dated[0] / "report.html").is_file() and (dated[0] / "turns.parquet").is_file()
 
 
 @pytest.fixture(scope="module")
 def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float]:
-    _need("https", "ws")
     out = tmp_path_factory.mktemp("gate") / "run"
     return gate.run_gate(out, extra_groups=gate.gate_groups(BURN, variant="burn-render"))
 
@@ -67,6 +65,7 @@ def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float]:
 def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> None:
     run, ref = gate_run
     assert run.meta["injected"] and all(v == {"burn_us": BURN} for v in run.meta["injected"].values())
+    assert len(run.meta["gate"]["cpu_reference_ms"]) == 2 and gate.run_reference_ms(run) == ref
     baseline = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 0)
     unchanged = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 1)
     table, passed = gate.judge(unchanged, baseline)

@@ -15,16 +15,12 @@ import pytest
 
 from loadtests.cli import build_parser, main
 from loadtests.procs import ServerError, start_server_process
-from loadtests.runner import load_run
+from loadtests.rundir import RunDir
 from tests.conftest import TIMEOUT_FACTOR
 from turnbench.transports import DEFAULT_TRANSPORTS
 
 ROOT = Path(__file__).resolve().parents[2]
 TURNBENCH = [sys.executable, "-m", "loadtests.cli"]
-
-
-def _built() -> list[str]:
-    return list(DEFAULT_TRANSPORTS)
 
 
 def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -34,8 +30,8 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(150)
-def test_run_agent5_over_every_built_transport(tmp_path: Path) -> None:
-    transports = ["inproc", *_built()]
+def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
+    transports = ["inproc", *DEFAULT_TRANSPORTS]
     out = tmp_path / "run"
     proc = _run(["run", "--scenario", "agent-5", "--transports", ",".join(transports), "--profile", "instant",
                  "--rollouts", "2", "--warmup", "1", "--rounds", "1", "--quiet", "--out", str(out)], 120)
@@ -47,17 +43,37 @@ def test_run_agent5_over_every_built_transport(tmp_path: Path) -> None:
     for t in transports:
         assert any(line.startswith(t + " ") for line in proc.stdout.splitlines()), t
     assert f"run directory: {out}" in proc.stdout
-    data = load_run(out)
-    measured = data.rollouts[~data.rollouts["warmup"]]
+    data = RunDir(out)
+    measured = data.rollouts
     assert measured["success"].all(), measured[~measured["success"]]["error"].tolist()
     assert set(measured["transport"]) == set(transports) and (measured["n_tool_calls"] == 5).all()
     for key, server in data.meta["servers"].items():
         if server["kind"] == "process":
             assert server["exit_code"] == 0 and server["pid"] > 0 and server["cpu_s"] > 0, key
-            assert server["argv"][1:4] == ["-m", "servers", server["transport"]]
+            assert server["argv"][1:4] == ["-m", "servers", server["server"]]
+            assert server["transports"] == [server["server"]]
     cells = data.summary["cells"]
     assert all(c["n_rollouts"] == 2 for c in cells.values())
     assert all(c["server_cpu_ms_per_turn"] > 0 for c in cells.values() if c["transport"] != "inproc")
+
+
+@pytest.mark.timeout(150)
+def test_run_starts_a_server_of_its_own_for_https_h2(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _run(["run", "--scenario", "chat-1", "--transports", "https-h2,https", "--states", "full", "--profile",
+                 "instant", "--rollouts", "2", "--warmup", "0", "--rounds", "1", "--quiet", "--out", str(out)], 120)
+    assert proc.returncode == 0, proc.stderr
+    data = RunDir(out)
+    assert data.rollouts["success"].all() and set(data.rollouts["transport"]) == {"https", "https-h2"}
+    servers = {tuple(s["transports"]): s for s in data.meta["servers"].values()}
+    h1, h2 = servers[("https",)], servers[("https-h2",)]
+    assert h1["kind"] == h2["kind"] == "process" and h1["pid"] != h2["pid"]
+    assert h2["server"] == "https" and h2["settings"]["http2"] is True and "--http2" in h2["argv"]
+    assert h1["settings"]["http2"] is False and "--http2" not in h1["argv"]
+    cells = {c["transport"]: c for c in data.cells}
+    assert cells["https-h2"]["settings"] == {"http2": True} and cells["https"]["settings"] == {}
+    assert cells["https-h2"]["endpoint"] != cells["https"]["endpoint"]
+    assert cells["https-h2"]["server_settings"]["http2"] is True
 
 
 def test_run_help_explains_every_flag() -> None:
@@ -91,26 +107,30 @@ def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_locust_users_drive_a_separate_server(tmp_path: Path) -> None:
-    if "https" not in _built():
-        pytest.skip("https transport not built yet")
+def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
+    """The user classes come from the transport table: HttpsUser and HttpsH2User, each on its own server."""
     locust = shutil.which("locust", path=str(Path(sys.executable).parent))
     if locust is None:
         pytest.skip("locust not installed")
-    ep = start_server_process("https", workdir=tmp_path, profile="instant", tls=True)
+    h1 = start_server_process("https", workdir=tmp_path / "h1", profile="instant", tls=True)
+    h2 = start_server_process("https", workdir=tmp_path / "h2", profile="instant", tls=False, settings={"http2": True})
     try:
         samples = tmp_path / "turns"
         proc = subprocess.run(
             [locust, "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
-             "--tb-https", ep.url, "--tb-ca", str(ep.ca_path), "--tb-scenario", "chat-1",
-             "--tb-samples", str(samples), "--only-summary", "--exit-code-on-error", "1", "HttpsUser"],
+             "--tb-https", h1.url, "--tb-https-h2", h2.url, "--tb-ca", str(h1.ca_path), "--tb-scenario", "chat-1",
+             "--tb-samples", str(samples), "--only-summary", "--exit-code-on-error", "1", "HttpsUser",
+             "HttpsH2User"],
             capture_output=True, text=True, cwd=ROOT, timeout=60 * TIMEOUT_FACTOR, check=False)
     finally:
-        assert ep.process is not None and ep.process.stop() == 0
+        assert h1.process is not None and h1.process.stop() == 0
+        assert h2.process is not None and h2.process.stop() == 0
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("https ")]
-    assert any(" rollout " in r for r in rows) and any(" turn " in r for r in rows)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    for transport in ("https", "https-h2"):
+        rows = [line for line in lines if line.startswith(transport + " ")]
+        assert any(" rollout " in r for r in rows) and any(" turn " in r for r in rows), transport
     written = list(tmp_path.glob("turns.*"))
     assert written, "raw samples were not written"
     first = json.loads(written[0].read_text().splitlines()[0])
-    assert first["transport"] == "https" and first["ttft_ms"] > 0
+    assert first["transport"] in ("https", "https-h2") and first["ttft_ms"] > 0

@@ -11,7 +11,7 @@ import pytest
 
 from loadtests import gate
 from loadtests.cli import main
-from loadtests.report import load_run
+from loadtests.rundir import RunDir
 from tests.unit.test_report_synth import MEDIANS, make_run
 
 REF_MS = 10.0
@@ -19,16 +19,12 @@ REF_MS = 10.0
 
 def gate_run(path: Path, medians: dict[tuple[str, str], float] | None = None, **kw: Any) -> Path:
     """A synthetic gate run: one scenario, the instant profile, concurrency 1, the reference CPU recorded."""
-    d = make_run(path, medians=medians or MEDIANS, profiles=("instant",), concurrencies=(1,), ablations={},
-                 n_rollouts=12, **kw)
-    meta = json.loads((d / "run.json").read_text())
-    meta["bench"] = {"cpu_reference_ms": [REF_MS, REF_MS]}
-    (d / "run.json").write_text(json.dumps(meta))
-    return d
+    return make_run(path, medians=medians or MEDIANS, profiles=("instant",), concurrencies=(1,), ablations={},
+                    n_rollouts=12, meta={"gate": {"cpu_reference_ms": [REF_MS, REF_MS]}}, **kw)
 
 
 def metrics_of(path: Path, **kw: Any) -> dict[str, gate.Metric]:
-    return gate.gate_metrics(load_run(path), cpu_ref_ms=REF_MS, n_boot=500, **kw)
+    return gate.gate_metrics(RunDir(path), cpu_ref_ms=REF_MS, n_boot=500, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""The report on synthetic run directories with known medians: headline ratios and CIs, ablations, the
-rendered Markdown/HTML (every section, valid PNGs, embedded), and the ``turnbench report`` command."""
+"""The run statistics and the report on synthetic run directories with known medians: headline ratios and
+CIs, ablations, the cell table, the rendered Markdown/HTML (every section, valid PNGs, embedded), and the
+``turnbench report`` command."""
 
 from __future__ import annotations
 
@@ -8,19 +9,20 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from loadtests import report
+from loadtests import report, stats
 from loadtests.cli import main
+from loadtests.rundir import RunDir, read_samples, write_json, write_samples
 from tests.unit.test_report_synth import make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MIGRATION = {"agent_loop": {"file": "clients/agent.py"}, "clients": [
-    {"transport": "ws", "built": True, "written": 10, "deleted": 20, "kept": 5, "codegen": False, "proto_lines": 0,
+    {"transport": "ws", "written": 10, "deleted": 20, "kept": 5, "codegen": False, "proto_lines": 0,
      "generated_lines": 0, "new_dependencies": ["websockets"], "support_lines": 0,
-     "body": {"identical": True, "note": "same JSON"}},
-    {"transport": "grpc", "built": False, "note": "not built (clients/grpc_client.py missing)"}],
-    "sdk": {"built": True, "files": ["a.py", "b.py"], "written": 7, "deleted": 5, "kept": 26, "old": 31},
+     "body": {"identical": True, "note": "same JSON"}}],
+    "sdk": {"files": ["a.py", "b.py"], "written": 7, "deleted": 5, "kept": 26, "old": 31},
     "runtime": None}
 
 
@@ -30,16 +32,19 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _row(h: object, cell: str, vs: str, profile: str = "fast") -> dict[str, object]:
-    import pandas as pd
-
     assert isinstance(h, pd.DataFrame)
     sel = h[(h["cell"] == cell) & (h["vs"] == vs) & (h["profile"] == profile)]
     assert len(sel) == 1, sel
     return dict(sel.iloc[0])
 
 
+def _headline(path: Path) -> pd.DataFrame:
+    run = RunDir(path)
+    return stats.headline(run.rollouts, run.cells)
+
+
 def test_headline_ratios_and_cis_on_known_medians(run_dir: Path) -> None:
-    h = report.headline(report.load_run(run_dir))
+    h = _headline(run_dir)
     ws = _row(h, "ws/connection", "https/full")
     assert ws["ratio"] == pytest.approx(0.6)
     assert ws["reduction_pct"] == pytest.approx(40.0)
@@ -54,7 +59,7 @@ def test_headline_ratios_and_cis_on_known_medians(run_dir: Path) -> None:
 
 
 def test_headline_sentences_state_the_measurement(run_dir: Path) -> None:
-    h = report.headline(report.load_run(run_dir))
+    h = _headline(run_dir)
     text = report.headline_sentences(h)
     ws_fast = [s for s in text if "`ws/connection`" in s and "~1,000 tok/s" in s]
     assert len(ws_fast) == 1
@@ -64,26 +69,35 @@ def test_headline_sentences_state_the_measurement(run_dir: Path) -> None:
 
 
 def test_ablations_change_and_share(run_dir: Path) -> None:
-    a = report.ablations(report.load_run(run_dir)).set_index("variant")
+    run = RunDir(run_dir)
+    a = stats.ablations(run.rollouts, run.cells).set_index("variant")
     assert a.loc["no-token_cache", "change_pct"] == pytest.approx(20.0)
     # 600 -> 720 ms against a 400 ms gap to https/full: 30% of the gap
     assert a.loc["no-token_cache", "share_pct"] == pytest.approx(30.0)
+    # the setting is what the variant's server was started with, not what its label says
     assert a.loc["tokens_per_chunk-8", "setting"] == "tokens_per_chunk = 8"
     assert a.loc["no-incremental_checks", "setting"] == "incremental_checks off"
+    assert set(a["cell"]) == {"ws/connection"}
 
 
 def test_cell_table_throughput_is_littles_law(run_dir: Path) -> None:
-    cells = report.cell_table(report.load_run(run_dir))
+    cells = stats.cell_table(RunDir(run_dir).statistics().cells)
     row = cells[(cells["transport"] == "https") & (cells["state"] == "full") & (cells["profile"] == "fast")
                 & (cells["concurrency"] == 4) & (cells["variant"] == "default")].iloc[0]
     assert row["rollouts_per_s"] == pytest.approx(4 * 1000 / 1600.0)  # 1000 ms x 1.6 at c=4
+    assert row["rollout_p50_ms"] == pytest.approx(1600.0) and row["rollouts"] == 9 and row["failed"] == 0
+
+
+def test_the_runner_summary_is_the_report_summary(run_dir: Path, tmp_path: Path) -> None:
+    """summary.json as the run wrote it and as the report rebuilds it: one statistics module, one result."""
+    written = json.loads((run_dir / "summary.json").read_text())
+    paths = report.write_report(run_dir, tmp_path / "r")
+    rebuilt = json.loads(paths["summary"].read_text())
+    assert rebuilt == written
+    assert {r["cell"] for r in written["headline"]} >= {"ws/connection", "grpc/connection"}
 
 
 def test_warmup_and_failures_are_not_timed(tmp_path: Path) -> None:
-    import pandas as pd
-
-    from loadtests.metrics import read_samples, write_samples
-
     d = make_run(tmp_path / "run", concurrencies=(1,), profiles=("fast",))
     r = read_samples(d / "rollouts")
     https = (r["transport"] == "https") & (r["state"] == "full")
@@ -92,14 +106,19 @@ def test_warmup_and_failures_are_not_timed(tmp_path: Path) -> None:
     extra["success"] = [True, False]
     extra["rollout_ms"] = [1e9, 1e9]
     write_samples(pd.concat([r, extra], ignore_index=True), d / "rollouts")
-    h = report.headline(report.load_run(d))
+    assert len(RunDir(d).samples("rollouts", warmup=True)) == len(RunDir(d).rollouts) + 1  # kept on disk
+    h = _headline(d)
     row = _row(h, "ws/connection", "https/full")
     assert row["ratio"] == pytest.approx(0.6) and row["failed"] == 1
 
 
 def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    paths = report.write_report(run_dir, out, migration=MIGRATION, n_boot=200)
+    write_json(run_dir / "migration.json", MIGRATION)
+    try:
+        paths = report.write_report(run_dir, out)
+    finally:
+        (run_dir / "migration.json").unlink()
     md, page = paths["md"].read_text(), paths["html"].read_text()
     for heading in ("Headline", "TTFT by turn", "Rollout latency distribution", "Server time per turn by stage",
                     "Bytes per turn", "Throughput vs concurrency", "Ablations", "Calibration", "Migration cost",
@@ -116,19 +135,20 @@ def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path
     assert all(f"plots/{p.name}" in md for p in pngs)
     assert "http://" not in page and "https://" not in page  # self-contained: no external assets
     assert "Injected latency: **none**" in md and "not saturated" in md
-    assert "0123456789ab" in md and "synthetic CPU" in md  # the environment to rerun it
+    meta = RunDir(run_dir).meta
+    assert str(meta["git_commit"])[:12] in md and meta["cpu"]["model"] in md  # the environment to rerun it
+    assert "**7 lines written" in md and "websockets" in md  # migration.json rendered
     summary = json.loads(paths["summary"].read_text())
     assert {r["cell"] for r in summary["headline"]} >= {"ws/connection", "grpc/connection"}
-    assert summary["migration"]["sdk"]["written"] == 7
 
 
-def test_report_lists_injected_latency(tmp_path: Path) -> None:
+def test_report_lists_injected_latency_and_says_what_is_missing(tmp_path: Path) -> None:
     d = make_run(tmp_path / "run", concurrencies=(1,), profiles=("fast",), ablations={},
-                 injected={"ws/fast/tls": {"inject_ms": {"safety": 5.0}}})
-    paths = report.write_report(d, migration=MIGRATION, n_boot=100)
-    md = paths["md"].read_text()
+                 server_settings={"inject_ms": {"safety": 5.0}})
+    md = report.write_report(d)["md"].read_text()
     assert '"safety": 5.0' in md
     assert "This run has no ablation variants" in md
+    assert "has no `migration.json`" in md  # the report renders migration cost, it never measures it
 
 
 def test_report_cli_rebuilds_and_reports_missing_dir(run_dir: Path, tmp_path: Path,
@@ -139,4 +159,4 @@ def test_report_cli_rebuilds_and_reports_missing_dir(run_dir: Path, tmp_path: Pa
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
-    assert "no turns.parquet" in capsys.readouterr().err
+    assert "has no run.json" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 
 from loadtests import gate
 from loadtests.cli import main
-from loadtests.report import load_run
+from loadtests.rundir import RunDir
 from tests.unit.test_report_synth import MEDIANS, make_run
 
 
@@ -16,7 +16,7 @@ def test_compare_per_cell_change(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a", concurrencies=(1,), profiles=("fast",), ablations={})
     b = make_run(tmp_path / "b", concurrencies=(1,), profiles=("fast",), ablations={},
                  medians={**MEDIANS, ("ws", "connection"): 750.0})
-    df = gate.compare_runs(load_run(a), load_run(b), n_boot=300).set_index(["transport", "state"])
+    df = gate.compare_runs(RunDir(a), RunDir(b), n_boot=300).set_index(["transport", "state"])
     assert df.loc[("ws", "connection"), "rollout_ms change %"] == pytest.approx(25.0)
     lo, hi = df.loc[("ws", "connection"), "rollout_ms CI"]
     assert lo < 25.0 < hi

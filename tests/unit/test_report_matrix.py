@@ -43,17 +43,29 @@ def test_quick_matrix_is_a_small_subset() -> None:
     assert any(g.variant != "default" for g in quick)
 
 
-def test_variant_cells_get_their_own_server() -> None:
-    sc = load_scenario("agent-20")
-    common = dict(cell="c", scenario=sc, transport="ws", server="ws", state="connection", profile="fast",
-                  concurrency=1, arrival_rate_rps=None, tls=True)
-    default = bench._VariantCell(variant="default", **common)
-    ablated = bench._VariantCell(variant="no-token_cache", **common)
-    assert default.endpoint_key == "ws/fast/tls"
-    assert ablated.endpoint_key == "ws/fast/tls/no-token_cache"
+def test_every_variant_and_https_h2_get_their_own_server() -> None:
+    groups = [*bench.quick_matrix(), bench.Group(scenario="agent-20", profile="fast", concurrency=1,
+                                                 states={"https-h2": ("full",)}, sizing={"rollouts": 3, "rounds": 3})]
+    config = bench.matrix_config(Path("unused"), server_settings={"burn_us": {"render": 5.0}})
+    cells = bench.matrix_cells(groups, config)
+    assert [c.number for c in cells] == list(range(len(cells)))  # one series: every cell's prompts its own
+    by_id = {c.cell: c for c in cells}
+    default, ablated = by_id["agent-20:ws:connection:fast:c1"], by_id["agent-20:ws:connection:fast:c1:no-token_cache"]
+    assert default.server_settings == {"burn_us": {"render": 5.0}}  # run-wide settings reach every cell
+    assert ablated.server_settings == {"burn_us": {"render": 5.0}, "token_cache": False}
+    assert default.endpoint_key == "ws/fast/tls/burn_us=render:5"
+    assert ablated.endpoint_key == "ws/fast/tls/burn_us=render:5,token_cache=false"
+    h1, h2 = by_id["agent-20:https:full:fast:c1"], by_id["agent-20:https-h2:full:fast:c1"]
+    assert h2.server == h1.server == "https" and h2.server_settings["http2"] is True
+    assert h1.endpoint_key != h2.endpoint_key
+    # https, ws, grpc at instant and at fast; the ablated ws; https-h2
+    assert len({c.endpoint_key for c in cells}) == 8
 
 
-def test_run_matrix_refuses_when_nothing_is_built(tmp_path: Path) -> None:
-    group = bench.Group(scenario="agent-20", profile="instant", concurrency=1, states={"nope": ("full",)})
-    with pytest.raises(ValueError, match="no transport of the matrix is built"):
-        bench.run_matrix([group], tmp_path / "run")
+def test_a_matrix_that_makes_one_cell_twice_is_refused() -> None:
+    group = bench.Group(scenario="agent-20", profile="instant", concurrency=1, states={"ws": ("connection",)},
+                        sizing={"rollouts": 3, "rounds": 3})
+    with pytest.raises(ValueError, match="same cells"):
+        bench.matrix_cells([group, group], bench.matrix_config(Path("unused")))
+    with pytest.raises(ValueError, match="unknown transport"):
+        bench.matrix_cells([dataclasses.replace(group, states={"nope": ("full",)})], bench.matrix_config(Path("x")))

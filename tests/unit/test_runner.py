@@ -1,9 +1,9 @@
-"""The runner's clocks and schedules: scripted time, so every figure is known exactly.
+"""The run model and the runner's clocks and schedules: scripted time, so every figure is known exactly.
 
 A scripted client plays one fixed event timeline per turn on a fake clock; the agent loop and the recorder
 turn it into samples, and the tests check the identities of DESIGN §6 (``turn_ms == ttft_ms + sum(itl_ms)
 + tail``, ``latency_ms == queue_ms + turn_ms``) and that an open loop whose generator runs late counts the
-wait instead of hiding it.
+wait instead of hiding it. Planning: which cells a run makes, with which server settings, on which server.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 
 from clients.agent import Toolbox, corpus_files, run_rollout
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder
-from loadtests.runner import Cell, RunConfig, chunk_plan, plan_cells, server_transport
-from loadtests.runner_loops import closed_loop, open_loop, poisson_offsets, split_rounds
+from loadtests.loops import chunk_plan, closed_loop, open_loop, poisson_offsets, split_rounds
+from loadtests.model import Cell, RunConfig, plan_cells
 from loadtests.scenarios import load_scenario
 
 MS = 1_000_000  # ns
@@ -172,21 +172,6 @@ async def test_closed_loop_caps_concurrency_and_keeps_order() -> None:
     assert peak == 3
 
 
-class _Https(ScriptedClient):
-    transport: ClassVar[str] = "https"
-
-
-class _Ws(ScriptedClient):
-    transport: ClassVar[str] = "ws"
-
-
-class _Inproc(ScriptedClient):
-    transport: ClassVar[str] = "inproc"
-
-
-REGISTRY: dict[str, type[ResponsesClient]] = {"https": _Https, "ws": _Ws, "inproc": _Inproc}
-
-
 def test_plan_cells_default_states_and_calibration_adds_inproc() -> None:
     cfg = RunConfig(scenarios=[load_scenario("agent-5"), load_scenario("calibration")], transports=["https", "ws"])
     cells = plan_cells(cfg)
@@ -198,6 +183,7 @@ def test_plan_cells_default_states_and_calibration_adds_inproc() -> None:
     assert calib == {"https", "ws", "inproc"}
     assert all(not c.tls for c in cells if c.transport == "inproc")
     assert {c.endpoint_key for c in cells if c.transport == "ws"} == {"ws/fast/tls", "ws/calibration/tls"}
+    assert [c.number for c in cells] == list(range(len(cells)))
 
 
 def test_plan_cells_overrides_multiply() -> None:
@@ -212,20 +198,31 @@ def test_plan_cells_overrides_multiply() -> None:
         plan_cells(RunConfig(scenarios=[load_scenario("agent-5")], transports=["smoke"]))
 
 
-def test_server_transport_mapping() -> None:
-    assert server_transport("sdk-https") == "https"
-    assert server_transport("grpc-json") == "grpc"
-    assert server_transport("https-h2") == "https"
-    assert server_transport("inproc") == "inproc"
-    with pytest.raises(ValueError):
-        server_transport("carrier-pigeon")
+def test_a_cell_knows_its_server_from_the_table() -> None:
+    cells = plan_cells(RunConfig(scenarios=[load_scenario("agent-5")], states=("full",),
+                                 transports=["sdk-https", "grpc-create", "https-h2", "inproc"]))
+    assert {c.transport: c.server for c in cells} == {"sdk-https": "https", "grpc-create": "grpc",
+                                                      "https-h2": "https", "inproc": "inproc"}
+
+
+def test_cells_carry_their_server_settings_and_get_servers_by_them() -> None:
+    cfg = RunConfig(scenarios=[load_scenario("agent-5")], transports=["https", "https-h2", "sdk-https", "inproc"],
+                    states=("full",), server_settings={"tokens_per_chunk": 4})
+    cells = {c.transport: c for c in plan_cells(cfg)}
+    assert cells["https"].server_settings == {"tokens_per_chunk": 4}
+    assert cells["https-h2"].server_settings == {"tokens_per_chunk": 4, "http2": True}  # the row's setting added
+    assert cells["inproc"].server_settings == {"tokens_per_chunk": 4} and not cells["inproc"].tls
+    # the same server protocol, different settings: a server each; the same settings: one server
+    assert cells["https"].endpoint_key == cells["sdk-https"].endpoint_key == "https/fast/tls/tokens_per_chunk=4"
+    assert cells["https-h2"].endpoint_key == "https/fast/tls/http2=true,tokens_per_chunk=4"
+    assert cells["https-h2"].record()["settings"] == {"tokens_per_chunk": 4, "http2": True}
 
 
 def test_chunk_plan_interleaves_cells_round_by_round() -> None:
     sc = load_scenario("agent-5").replace(rollouts=4, rounds=2, warmup=1)
-    a = Cell(cell="A", scenario=sc, transport="https", server="https", state="full", profile="fast",
+    a = Cell(cell="A", scenario=sc, transport="https", state="full", profile="fast",
              concurrency=1, arrival_rate_rps=None, variant="default", tls=True)
-    b = Cell(cell="B", scenario=sc, transport="ws", server="ws", state="store", profile="fast",
+    b = Cell(cell="B", scenario=sc, transport="ws", state="store", profile="fast",
              concurrency=1, arrival_rate_rps=None, variant="default", tls=True)
     plan = [(r, c.cell, idx, w) for r, c, idx, w in chunk_plan([a, b])]
     assert plan == [(0, "A", [0], True), (0, "B", [0], True), (1, "A", [1, 2], False), (1, "B", [1, 2], False),

@@ -6,7 +6,7 @@ drives the real ``turnbench run`` with server processes.
 
 from __future__ import annotations
 
-import json
+import io
 import time
 from pathlib import Path
 
@@ -14,8 +14,10 @@ import pytest
 
 from clients.agent import Toolbox
 from clients.base import ClientConfig, RolloutResult, make_client
+from loadtests.model import Cell, RunConfig, plan_cells
 from loadtests.procs import Endpoint
-from loadtests.runner import Cell, RunConfig, load_run, one_rollout, plan_cells, run
+from loadtests.run_cli import format_table, print_warnings
+from loadtests.runner import one_rollout, run
 from loadtests.scenarios import Scenario, load_scenario, states_for
 from tests.conftest import ServeFn
 from turnbench.service import ResponsesService
@@ -25,16 +27,16 @@ from turnbench.transports import TRANSPORTS
 SCENARIO = load_scenario("agent-5").replace(tool_calls=4, tool_output_sigma=0.8, profile="instant")
 
 
-def _cell(transport: str, server: str, state: str, sc: Scenario = SCENARIO) -> Cell:
-    return Cell(cell=f"{transport}:{state}", scenario=sc, transport=transport, server=server, state=state,
-                profile="instant", concurrency=1, arrival_rate_rps=None, variant="default", tls=server != "inproc")
+def _cell(transport: str, state: str, sc: Scenario = SCENARIO) -> Cell:
+    return Cell(cell=f"{transport}:{state}", scenario=sc, transport=transport, state=state, profile="instant",
+                concurrency=1, arrival_rate_rps=None, variant="default", tls=transport != "inproc")
 
 
 async def _reference() -> RolloutResult:
     service = ResponsesService(Settings(profile="instant", usage_db=":memory:"))
-    ep = Endpoint(transport="inproc", url="", tls=False, options={"service": service})
+    ep = Endpoint(server="inproc", url="", tls=False, options={"service": service})
     try:
-        return await one_rollout(_cell("inproc", "inproc", "connection"), 3, ep, _toolbox)
+        return await one_rollout(_cell("inproc", "connection"), 3, ep, toolbox_factory=_toolbox)
     finally:
         await service.drain()
         service.close()
@@ -56,9 +58,9 @@ async def test_same_seed_same_rollout_on_every_transport(serve: ServeFn, tmp_pat
     assert server.tls is not None
     ca = tmp_path / "ca.pem"
     ca.write_bytes(server.tls.ca_pem_bytes)
-    ep = Endpoint(transport=server.transport, url=server.url, tls=True, ca_path=str(ca))
+    ep = Endpoint(server=server.transport, url=server.url, tls=True, ca_path=str(ca))
     for state in states_for(SCENARIO, transport):
-        result = await one_rollout(_cell(transport, server.transport, state), 3, ep, _toolbox)
+        result = await one_rollout(_cell(transport, state), 3, ep, toolbox_factory=_toolbox)
         assert result.success, (state, result.error)
         assert result.transport == transport and result.state == state
         assert result.tool_calls == ref.tool_calls, state
@@ -68,8 +70,8 @@ async def test_same_seed_same_rollout_on_every_transport(serve: ServeFn, tmp_pat
 
 
 async def test_connect_failure_is_a_failed_rollout_not_an_exception() -> None:
-    ep = Endpoint(transport="ws", url="ws://127.0.0.1:9/v1", tls=False)  # port 9: nothing listens
-    result = await one_rollout(_cell("ws", "ws", "connection"), 0, ep, _toolbox)
+    ep = Endpoint(server="ws", url="ws://127.0.0.1:9/v1", tls=False)  # port 9: nothing listens
+    result = await one_rollout(_cell("ws", "connection"), 0, ep, toolbox_factory=_toolbox)
     assert not result.success and result.error is not None
     assert result.turns == [] and result.error.startswith("connect:")
 
@@ -82,38 +84,40 @@ class BlockingToolbox(Toolbox):
         return self.execute(name, arguments, call_index)
 
 
-def test_a_saturated_client_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_saturated_client_is_flagged(tmp_path: Path) -> None:
     sc = load_scenario("agent-5").replace(tool_calls=2, rollouts=3, rounds=1, warmup=0, profile="instant",
                                           arrival_rate_rps=20.0, tool_output_bytes=256)
     config = RunConfig(scenarios=[sc], transports=["inproc"], states=("connection",), out_dir=tmp_path / "run",
                        quiet=True, toolbox_factory=lambda s, i: BlockingToolbox(output_bytes=256, seed=i))
     assert [c.mode for c in plan_cells(config)] == ["open"]
-    out, status = run(config)
-    assert status == 0 and out == tmp_path / "run"
-    meta = json.loads((out / "run.json").read_text())
+    result = run(config)
+    assert result.path == tmp_path / "run"
+    meta = result.meta
     assert meta["monitor"]["saturated"] is True
     assert "event-loop lag" in meta["monitor"]["reason"]
     cell = meta["monitor"]["cells"]["agent-5:inproc:connection:instant:r20"]
     assert cell["saturated"] and cell["loop_lag_p99_ms"] > 5.0
-    err = capsys.readouterr().err
-    assert "WARNING: the load generator saturated" in err
+    err = io.StringIO()
+    assert print_warnings(result, file=err) == 0  # saturation warns, it does not fail the run
+    assert "WARNING: the load generator saturated" in err.getvalue()
 
 
-def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path) -> None:
     sc = load_scenario("chat-1").replace(rollouts=2, rounds=1, warmup=1, profile="instant", tool_latency_ms=20.0)
     config = RunConfig(scenarios=[sc], transports=["inproc"], states=("store",), out_dir=tmp_path / "run",
                        quiet=True, lag_p99_threshold_ms=200.0,
                        server_settings={"inject_ms": {"safety": 1.0}, "burn_us": {"render": 0.0}})
-    out, status = run(config)
-    assert status == 0
-    meta = json.loads((out / "run.json").read_text())
-    assert meta["injected"] == {"inproc/instant/plain": {"inject_ms": {"safety": 1.0}}}
+    result = run(config)
+    meta = result.meta
+    key = "inproc/instant/plain/burn_us=render:0,inject_ms=safety:1"
+    assert meta["injected"] == {key: {"inject_ms": {"safety": 1.0}}}
+    assert meta["cells"][0]["endpoint"] == key and meta["servers"][key]["kind"] == "inproc"
     assert meta["cells"][0]["server_settings"]["inject_ms"] == {"safety": 1.0}
     assert meta["monitor"]["saturated"] is False and meta["loop"].startswith("uvloop")
     assert meta["gc"] == "between-chunks"
-    captured = capsys.readouterr()
-    assert "WARNING" not in captured.err and "inproc" in captured.out and "run directory" in captured.out
+    err = io.StringIO()
+    assert print_warnings(result, file=err) == 0 and err.getvalue() == ""
+    assert "inproc" in format_table(result)
 
 
 def test_cells_never_share_prompt_prefixes(tmp_path: Path) -> None:
@@ -123,8 +127,7 @@ def test_cells_never_share_prompt_prefixes(tmp_path: Path) -> None:
                                           tool_output_bytes=2048, tool_output_sigma=0.0)
     config = RunConfig(scenarios=[sc], transports=["inproc"], out_dir=tmp_path / "run", quiet=True,
                        lag_p99_threshold_ms=1e9)
-    out, _ = run(config)
-    turns = load_run(out).turns
+    turns = run(config).turns
     later = turns[turns["turn_index"] > 0]
     per_cell = later.groupby("cell")["stage_prefill_tokens"].median()
     assert len(per_cell) == 3 and (per_cell > 300).all(), per_cell  # ~2 KB of new tool output each turn
@@ -135,7 +138,7 @@ def test_cells_never_share_prompt_prefixes(tmp_path: Path) -> None:
 def test_inproc_client_config_shares_the_service() -> None:
     service = ResponsesService(Settings(profile="instant", usage_db=":memory:"))
     try:
-        ep = Endpoint(transport="inproc", url="", tls=False, options={"service": service})
+        ep = Endpoint(server="inproc", url="", tls=False, options={"service": service})
         cfg: ClientConfig = ep.client_config()
         assert cfg.options["service"] is service and cfg.ssl_context is None
         assert make_client("inproc", cfg).transport == "inproc"

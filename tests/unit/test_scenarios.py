@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from loadtests.scenarios import (
+    PROFILES,
     Scenario,
     ScenarioError,
     available_scenarios,
     load_scenario,
     states_for,
 )
+from turnbench.engine import sim
 from turnbench.transports import TRANSPORTS
 
 REQUIRED = ("chat-1", "agent-5", "agent-20", "coding-agent-50", "calibration")
@@ -70,6 +72,7 @@ def _write(tmp_path: Path, body: str, name: str = "x") -> Path:
         ('name = "x"\narrival_rate_rps = 0\n', "'arrival_rate_rps'"),
         ('name = "x"\ntls = "yes"\n', "'tls'"),
         ('name = "x"\n[states]\nhttps = ["connection"]\n', "'states.https'"),
+        ('name = "x"\n[states]\nsdk-https = ["store", "connection"]\n', "sdk-https has no connection state"),
         ('name = "x"\n[states]\nws = ["warp"]\n', "'states.ws'"),
         ('description = "no name"\n', "'name' is required"),
         ('name = "x"\ntool_output_sigma = -0.5\n', "'tool_output_sigma'"),
@@ -113,3 +116,7 @@ def test_scenario_is_frozen_and_serialisable() -> None:
     d = sc.as_dict()
     assert d["name"] == "agent-20" and d["mode"] == "closed" and isinstance(d["states"], dict)
     assert isinstance(Scenario(name="bare"), Scenario)
+
+
+def test_the_profiles_are_the_sim_engine_s() -> None:
+    assert PROFILES == tuple(sim.PROFILES)

@@ -1,4 +1,7 @@
-"""How rollouts are offered to a server: a closed loop (C in flight) or an open loop (Poisson arrivals).
+"""How rollouts are offered to a server, and in what order cells take turns.
+
+A closed loop (C in flight) or an open loop (Poisson arrivals), and the round-by-round plan
+(:func:`chunk_plan`) that interleaves cells so drift hits them all alike.
 
 Closed loop: ``concurrency`` workers, each running one rollout after another; a request's clock starts when
 it is issued. Open loop: rollouts *arrive* on a seeded Poisson schedule whatever the server is doing; each
@@ -15,10 +18,9 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from loadtests.runner import Cell
+from loadtests.model import Cell
 
 __all__ = ["chunk_plan", "closed_loop", "open_loop", "poisson_offsets", "split_rounds"]
 

@@ -1,25 +1,17 @@
-"""Statistics from raw samples: percentiles, bootstrap intervals, frames and sample files."""
+"""The estimators of the statistics module: percentiles, bootstrap intervals, ratios, grouped summaries."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from clients.base import RolloutResult, StageTiming, TurnResult
-from loadtests.metrics import (
-    bootstrap_ci,
-    percentiles,
-    ratio_ci,
-    read_samples,
-    rollouts_frame,
-    summarize,
-    turns_frame,
-    write_samples,
-)
+from clients.base import TurnResult
+from loadtests.rundir import turns_frame
+from loadtests.stats import bootstrap_ci, percentiles, ratio_ci, summarize
+from turnbench.schema import StageStat
 
 
 def _turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
@@ -35,7 +27,7 @@ def _turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = T
         itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
         output_tokens=20,
         bytes_down=1000 + i,
-        server_stages={"parse": StageTiming(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
+        server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
         if i % 2 == 0
         else {},
     )
@@ -91,35 +83,6 @@ def test_ratio_ci() -> None:
     assert all(math.isnan(v) for v in ratio_ci([], a))
 
 
-def test_turns_frame_flattens() -> None:
-    df = turns_frame([_turn(i) for i in range(6)])
-    assert len(df) == 6 and "server_stages" not in df.columns
-    assert df.loc[0, "itl_ms"] == [1.0, 2.0, 4.0] and df.loc[0, "itl_p50_ms"] == 2.0
-    assert math.isnan(df.loc[1, "itl_p50_ms"])
-    assert df.loc[0, "stage_parse_wall_ms"] == 2.0 and df.loc[0, "stage_parse_cpu_ms"] == 1.5
-    assert df.loc[0, "stage_parse_items"] == 4 and df.loc[0, "stage_parse_chars"] == 10
-    assert math.isnan(df.loc[1, "stage_parse_wall_ms"])
-    assert turns_frame([]).empty and "ttft_ms" in turns_frame([]).columns
-
-
-def test_rollouts_frame() -> None:
-    turns = [_turn(i) for i in range(3)]
-    r = RolloutResult(
-        transport="ws",
-        state="connection",
-        rollout_id=0,
-        success=True,
-        turns=turns,
-        rollout_ms=50.0,
-        tool_calls=[("grep", "{}"), ("read", "{}")],
-    )
-    df = rollouts_frame([r])
-    row = df.iloc[0]
-    assert row["n_turns"] == 3 and row["n_tool_calls"] == 2 and row["tool_names"] == ["grep", "read"]
-    assert row["bytes_down"] == 3003 and row["output_tokens"] == 60 and row["turn_ms_sum"] == 45.0
-    assert "turns" not in df.columns and rollouts_frame([]).empty
-
-
 def test_summarize_groups() -> None:
     turns = [_turn(i, "ws", ttft=10.0 + i) for i in range(20)]
     turns += [_turn(i, "https", ttft=20.0 + i) for i in range(20)]
@@ -133,17 +96,3 @@ def test_summarize_groups() -> None:
     assert https["n"] == 20  # the failed turn has no TTFT and is not counted as zero
     whole = summarize(turns_frame(turns), by=[], metrics=["ttft_ms"], n_boot=100)
     assert len(whole) == 1 and whole.iloc[0]["n"] == 40
-
-
-def test_samples_round_trip(tmp_path: Path) -> None:
-    df = turns_frame([_turn(i) for i in range(4)] + [_turn(5, ttft=None, ok=False)])
-    parquet, jsonl = write_samples(df, tmp_path / "out" / "samples")
-    assert parquet.name == "samples.parquet" and jsonl.name == "samples.jsonl"
-    assert jsonl.read_text().count("\n") == len(df)
-    for path in (parquet, jsonl, tmp_path / "out" / "samples"):
-        back = read_samples(path)
-        assert len(back) == len(df)
-        assert back["ttft_ms"].tolist()[:4] == df["ttft_ms"].tolist()[:4]
-        assert back.loc[0, "itl_ms"] == [1.0, 2.0, 4.0]
-        assert back["transport"].tolist() == df["transport"].tolist()
-    assert read_samples(parquet)["bytes_down"].tolist() == df["bytes_down"].tolist()

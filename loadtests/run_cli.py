@@ -1,16 +1,24 @@
-"""``turnbench run`` flags and command. Light on purpose: ``turnbench serve`` (the server processes) builds
-the same parser, so nothing heavy is imported until the command actually runs."""
+"""``turnbench run``: its flags, the :class:`~loadtests.model.RunConfig` they make, and what the command
+prints (the per-cell table from ``summary.json``, the warnings, the exit status). Light on purpose: the
+``turnbench`` parser is built for every command, so nothing heavy is imported until a run actually starts."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from loadtests.scenarios import Scenario, available_scenarios, load_scenario
+from loadtests.scenarios import PROFILES, Scenario, available_scenarios, load_scenario
+from turnbench.transports import DEFAULT_TRANSPORTS, STATES
 
-__all__ = ["DESCRIPTION", "EPILOG", "add_run_arguments", "cmd_run", "config_from_args"]
+if TYPE_CHECKING:
+    from loadtests.model import RunConfig
+    from loadtests.rundir import RunDir
+
+__all__ = ["DESCRIPTION", "EPILOG", "add_run_arguments", "cmd_run", "config_from_args", "format_table",
+           "print_warnings"]
 
 DESCRIPTION = """\
 Run agent rollouts (model → tool call → tool result → …) over transports and state strategies and print a
@@ -29,6 +37,7 @@ examples:
 The run directory holds turns.parquet/.jsonl, rollouts.parquet/.jsonl, run.json and summary.json.
 """
 
+TABLE_TURNS = (1, 10, 20)  # 1-based: turn k is the k-th request of a rollout
 # Settings the runner owns for the servers it starts; --set may not change them.
 RUNNER_OWNED = ("host", "port", "tls", "ca_out", "usage_db", "profile", "api_key")
 
@@ -53,8 +62,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    + ", ".join(available_scenarios()))
     w.add_argument("--list-scenarios", action="store_true", help="print the shipped scenarios and exit")
     w.add_argument("--transports", type=_csv(str), metavar="LIST",
-                   help="client transports, comma-separated: https, ws, grpc, inproc, sdk-…, grpc-json … "
-                   "(default: every transport whose server is built; 'calibration' adds inproc)")
+                   help="client transports, comma-separated, from the transport table: https, https-h2, ws, "
+                   f"grpc, inproc, sdk-…, grpc-json … (default: {','.join(DEFAULT_TRANSPORTS)}; 'calibration' "
+                   "adds inproc). Each gets a server started with the settings its row needs (https-h2: http2)")
     w.add_argument("--states", type=_csv(str), metavar="LIST",
                    help="state strategies to keep, from full, store, connection (default: per transport — "
                    "https: full,store; ws/grpc: connection,store,full)")
@@ -80,7 +90,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="label for this configuration (ablation), stored in every sample row")
     s.add_argument("--target", action="append", default=[], metavar="TRANSPORT=URL",
                    help="use an already-running server instead of starting one, e.g. "
-                   "https=https://127.0.0.1:8443/v1, ws=wss://…/v1, grpc=127.0.0.1:50051; repeatable")
+                   "https=https://127.0.0.1:8443/v1, ws=wss://…/v1, grpc=127.0.0.1:50051 (a server protocol "
+                   "serves every transport of it; a transport name, e.g. https-h2=…, only that one); repeatable")
     s.add_argument("--ca", metavar="PATH", help="CA certificate (PEM) of --target servers that use TLS")
     s.add_argument("--api-key", metavar="KEY", help="bearer key for --target servers (and servers started)")
     s.add_argument("--server-timeout-s", type=float, default=30.0, metavar="S",
@@ -135,11 +146,9 @@ def _settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
-    """A :class:`loadtests.runner.RunConfig` from parsed flags (heavy imports happen here)."""
-    from loadtests.runner import RunConfig
-    from loadtests.scenarios import PROFILES
-    from turnbench.transports import DEFAULT_TRANSPORTS
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A :class:`loadtests.model.RunConfig` from parsed flags (heavy imports happen here)."""
+    from loadtests.model import RunConfig
 
     targets: dict[str, str] = {}
     for item in args.target:
@@ -156,7 +165,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if prof not in PROFILES:
             raise ValueError(f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
     for s in args.states or ():
-        if s not in ("full", "store", "connection"):
+        if s not in STATES:
             raise ValueError(f"--states: unknown state strategy {s!r}")
     return RunConfig(
         scenarios=_scenarios(args), transports=transports, states=args.states, profiles=args.profile,
@@ -168,7 +177,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``turnbench run``: returns 0, or non-zero if a server exited badly or nothing succeeded."""
+    """``turnbench run``: print the table and warnings; returns 0, or 1 if a server exited badly or no
+    rollout succeeded."""
     if args.list_scenarios:
         for name in available_scenarios():
             sc = load_scenario(name)
@@ -177,5 +187,98 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from loadtests.runner import run
 
-    _, status = run(config_from_args(args))
+    result = run(config_from_args(args))
+    print(format_table(result))
+    status = print_warnings(result, file=sys.stderr)
+    print(f"run directory: {result.path}")
+    return status
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _pair(stats: dict[str, Any] | None, digits: int = 1) -> str:
+    if not stats:
+        return "-"
+    return f"{_f(stats.get('p50'), digits)}/{_f(stats.get('p99'), digits)}"
+
+
+def format_table(run: RunDir) -> str:
+    """Plain aligned text: one block per scenario/profile/load, one row per transport and state."""
+    cells: dict[str, Any] = run.summary.get("cells", {})
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for cid, c in cells.items():
+        load = f"rate {c['arrival_rate_rps']:g}/s" if c["mode"] == "open" else f"concurrency {c['concurrency']}"
+        head = f"{c['scenario']} · profile {c['profile']} · {load}" + \
+            (f" · variant {c['variant']}" if c["variant"] != "default" else "")
+        blocks.setdefault(head, []).append({"cell": cid, **c})
+    header = ["transport", "state", "rollouts", "rollout_ms p50/p99",
+              *(f"ttft t{k} p50/p99" for k in TABLE_TURNS), "up B/turn", "down B/turn", "srv cpu ms/turn",
+              "connect_ms"]
+    lines = ["(ms; p50/p99 from raw samples; turn k = k-th request of a rollout; warm-up excluded)"]
+    for head, rows in blocks.items():
+        table = [header]
+        for c in rows:
+            by_turn = c.get("ttft_by_turn", {})
+            table.append([
+                c["transport"], c["state"], f"{c['n_rollouts']}" + (f" ({c['failed_rollouts']} failed)"
+                                                                    if c["failed_rollouts"] else ""),
+                _pair(c["metrics"].get("rollout_ms")),
+                *(_pair(by_turn.get(str(k))) for k in TABLE_TURNS),
+                _f((c["metrics"].get("bytes_up") or {}).get("mean"), 0),
+                _f((c["metrics"].get("bytes_down") or {}).get("mean"), 0),
+                _f(c.get("server_cpu_ms_per_turn"), 2),
+                _f((c["metrics"].get("connect_ms") or {}).get("p50"), 2),
+            ])
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines += ["", head]
+        lines += ["  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths,
+                                                                                            strict=True)))
+                  for r in table]
+    calib = run.summary.get("calibration")
+    if calib:
+        lines += ["", f"calibration: known TTFT {calib['known_ttft_ms']:g} ms, ITL {calib['known_itl_ms']:g} ms; "
+                  "residual = measured - known (median)"]
+        for t, r in calib["by_transport"].items():
+            lines.append(f"  {t:<12} ttft residual {_f(r['ttft_residual_ms'], 2):>7} ms  "
+                         f"itl residual {_f(r['itl_residual_ms'], 3):>7} ms  "
+                         f"minus inproc {_f(r.get('ttft_minus_inproc_ms'), 2):>7} ms  "
+                         f"(server pre-prefill stages {_f(r['server_pre_ms'], 2)} ms)")
+    return "\n".join(lines)
+
+
+def print_warnings(run: RunDir, file: IO[str]) -> int:
+    """Print saturation, failure and server-exit warnings. Returns: the exit status the run should have."""
+    status = 0
+    mon = run.meta["monitor"]
+    if mon.get("saturated"):
+        print(f"WARNING: the load generator saturated ({mon.get('reason')}): its own delays are in the "
+              "latencies, which then blame the transport for the client. Lower the load or use more cores.",
+              file=file)
+        system = mon.get("system") or {}
+        busy, util = system.get("cpu_busy"), mon.get("cpu_util")
+        if busy is not None and util is not None and util < 0.5:
+            print(f"  the client itself used only {util:.0%} of a core; the machine was {busy:.0%} busy on "
+                  f"{system.get('cores')} cores (load average {system.get('loadavg_1m_end'):.1f}): the stalls "
+                  "come from CPU contention (the servers, other processes), which delays the client all "
+                  "the same", file=file)
+    for cid, m in mon.get("cells", {}).items():
+        if m.get("saturated"):
+            note = " (inproc runs the service in this process)" if ":inproc:" in cid else ""
+            print(f"WARNING: cell {cid} saturated the load generator: {m.get('reason')}{note}", file=file)
+    cells = run.summary.get("cells", {})
+    for cid, c in cells.items():
+        if c["failed_rollouts"]:
+            print(f"WARNING: {c['failed_rollouts']} of {c['n_rollouts'] + c['failed_rollouts']} rollouts "
+                  f"failed in {cid}: {c.get('first_error')}", file=file)
+    if cells and all(c["n_rollouts"] == 0 for c in cells.values()):
+        status = 1
+    for key, s in run.meta["servers"].items():
+        if s["kind"] == "process" and s["exit_code"] != 0:
+            print(f"ERROR: server {key} (pid {s['pid']}) exited with status {s['exit_code']}", file=file)
+            status = 1
     return status
