@@ -1,10 +1,12 @@
 """Per-turn latency of a 20-turn rollout: gRPC typed codec vs gRPC json codec vs WebSocket, from one run.
 
-Each server runs in its own process (``python -m servers {grpc,ws} --profile instant``: no model time, so
-what is left is API + transport overhead), TLS on. The same agent rollout (20 tool calls with ~4 KB tool
-outputs, ``clients/agent.py`` and its corpus tools, state ``connection``: previous_response_id + new items
-on one stream) runs once per configuration per round, in interleaved rounds (A B C … A B C) to cancel drift,
-after one discarded warm-up round; every rollout opens a fresh connection (its time is not in a turn).
+Each server runs in its own process, started as ``turnbench run`` starts its servers
+(:func:`loadtests.procs.start_server_process`, profile ``instant`` by default: no model time, so what is left
+is API + transport overhead), TLS on. The same agent rollout (``turnbench run``'s,
+:func:`loadtests.runner.cell_rollout`: 20 tool calls with 4 KB tool outputs, state ``connection``:
+previous_response_id + new items on one stream; rollout k in round k) runs once per configuration per round,
+in interleaved rounds (A B C … A B C) to cancel drift, after one discarded warm-up round; every rollout opens
+a fresh connection (its time and CPU are in no turn).
 
 The table gives, over all turns of all rounds: median and p99 ``turn_ms`` (send → terminal event),
 median and p99 ``ttft_ms``, median bytes up/down per turn (payload + framing, as each client counts it),
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,27 +34,11 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
-from clients.agent import Toolbox, run_rollout  # noqa: E402
-from clients.base import ClientConfig, ResponsesClient, make_client  # noqa: E402
-from turnbench.tls import load_ca  # noqa: E402
-
-META = {"tool_calls": "20", "seed": "7"}
-
-
-@dataclass
-class Server:
-    transport: str
-    proc: subprocess.Popen[str]
-    port: int
-    ca: Path
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}" if self.transport == "grpc" else f"wss://127.0.0.1:{self.port}/v1"
-
-    def cpu_s(self) -> float:
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return float(t.user + t.system)
+from clients.base import make_client  # noqa: E402
+from loadtests.model import Cell  # noqa: E402
+from loadtests.procs import Endpoint, start_server_process  # noqa: E402
+from loadtests.runner import cell_rollout  # noqa: E402
+from loadtests.scenarios import Scenario, load_scenario  # noqa: E402
 
 
 @dataclass
@@ -66,46 +51,25 @@ class Samples:
     client_cpu_s: float = 0.0
 
 
-def start_server(transport: str, tmp: Path, profile: str) -> Server:
-    """``python -m servers TRANSPORT`` in a child process (TLS); waits for ``PORT=``."""
-    ca = tmp / f"ca-{transport}.pem"
-    cmd = [sys.executable, "-m", "servers", transport, "--port", "0", "--profile", profile, "--tls",
-           "--ca-out", str(ca), "--usage-db", str(tmp / f"usage-{transport}.db")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("PORT="):
-            return Server(transport, proc, int(line.strip().split("=", 1)[1]), ca)
-    raise RuntimeError(f"{transport} server exited with {proc.wait()} before printing PORT=")
+def scenario(profile: str) -> Scenario:
+    """20 tool calls, 4 KB tool outputs, at ``profile``."""
+    return load_scenario("agent-20").replace(tool_output_bytes=4096, tool_output_sigma=0.0, seed=7, profile=profile)
 
 
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-    if server.proc.stdout is not None:
-        server.proc.stdout.close()
-
-
-def make(transport: str, server: Server) -> ResponsesClient:
-    config = ClientConfig(url=server.url, ssl_context=load_ca(server.ca), ca_pem=server.ca.read_bytes())
-    return make_client(transport, config)
-
-
-async def one_rollout(transport: str, server: Server, state: str, into: Samples | None) -> None:
-    client = make(transport, server)
+async def one_rollout(c: Cell, index: int, endpoint: Endpoint, into: Samples | None) -> None:
+    """Rollout ``index`` of ``c`` on a fresh connection; client and server CPU counted from after the
+    connection is open until the answer."""
+    assert endpoint.process is not None
+    client = make_client(c.transport, endpoint.client_config())
     await client.connect()
-    c0, s0 = time.process_time(), server.cpu_s()
+    c0, s0 = time.process_time(), endpoint.process.cpu_s()
     try:
-        result = await run_rollout(client, state=state, toolbox=Toolbox(output_bytes=4096), metadata=META)
+        result = await cell_rollout(client, c, index)
     finally:
-        c1, s1 = time.process_time(), server.cpu_s()
+        c1, s1 = time.process_time(), endpoint.process.cpu_s()
         await client.close()
-    if not result.success or len(result.turns) != 21:
-        raise RuntimeError(f"{transport}/{state}: {result.error} after {len(result.turns)} turns")
+    if not result.success or len(result.turns) != c.scenario.tool_calls + 1:
+        raise RuntimeError(f"{c.cell}: {result.error} after {len(result.turns)} turns")
     if into is None:
         return
     into.client_cpu_s += c1 - c0
@@ -136,16 +100,17 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if c != "turns" else f"{row[c]:.0f}" for c in cols) + " |")
 
 
-async def run(args: argparse.Namespace, servers: dict[str, Server]) -> dict[str, dict[str, float]]:
-    configs = [("grpc", "connection", "grpc"), ("grpc-json", "connection", "grpc")]
-    if "ws" in servers:
-        configs.append(("ws", "connection", "ws"))
+async def run(args: argparse.Namespace, servers: dict[str, Endpoint]) -> dict[str, dict[str, float]]:
+    sc = scenario(args.profile)
+    configs = [("grpc", "connection"), ("grpc-json", "connection"), ("ws", "connection")]
     if args.create:
-        configs.append(("grpc-create", "full", "grpc"))
-    samples = {f"{c}/{st}": Samples() for c, st, _ in configs}
+        configs.append(("grpc-create", "full"))
+    cells = [Cell(cell=f"{t}/{st}", scenario=sc, transport=t, state=st, profile=args.profile, concurrency=1,
+                  arrival_rate_rps=None, variant="default", tls=True, number=i) for i, (t, st) in enumerate(configs)]
+    samples = {c.cell: Samples() for c in cells}
     for r in range(args.rounds + 1):
-        for client_t, state, server_t in configs:
-            await one_rollout(client_t, servers[server_t], state, samples[f"{client_t}/{state}"] if r else None)
+        for c in cells:
+            await one_rollout(c, r, servers[c.server], samples[c.cell] if r else None)
     return {name: summarize(s) for name, s in samples.items()}
 
 
@@ -156,12 +121,12 @@ def main() -> int:
     p.add_argument("--create", action="store_true", help="also grpc-create with full resend (like HTTPS)")
     p.add_argument("--out", type=Path, help="write the table as JSON here")
     args = p.parse_args()
-    with_ws = True
-    servers: dict[str, Server] = {}
+    servers: dict[str, Endpoint] = {}
     with tempfile.TemporaryDirectory(prefix="grpc-overhead-") as tmp:
         try:
-            for transport in ("grpc", "ws") if with_ws else ("grpc",):
-                servers[transport] = start_server(transport, Path(tmp), args.profile)
+            for server in ("grpc", "ws"):
+                servers[server] = start_server_process(server, workdir=Path(tmp) / server, profile=args.profile,
+                                                       tls=True)
             try:
                 import uvloop
 
@@ -170,8 +135,9 @@ def main() -> int:
             except ImportError:
                 table = asyncio.run(run(args, servers))
         finally:
-            for server in servers.values():
-                stop_server(server)
+            for endpoint in servers.values():
+                if endpoint.process is not None:
+                    endpoint.process.stop(30.0)
     print(f"profile={args.profile} rounds={args.rounds} (+1 warm-up), 20 tool calls + answer per rollout, "
           f"TLS, python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs")
     print_table(table)

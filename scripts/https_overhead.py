@@ -1,7 +1,8 @@
 """What an HTTP client library costs per request: httpx (and others) against a minimal raw HTTP/1.1 client.
 
-The server runs in a separate process (``python -m servers https --port 0 --profile instant``, one with TLS
-and one without), so client CPU is not mixed with server CPU. ``httpx-h2`` is the same httpx client over
+The server runs in a separate process, started as ``turnbench run`` starts its servers
+(:func:`loadtests.procs.start_server_process`: ``https``, profile ``instant``, one with TLS and one without),
+so client CPU is not mixed with server CPU. ``httpx-h2`` is the same httpx client over
 HTTP/2 against the hypercorn variant (``--http2``: a third/fourth server process), and ``httpx-hc`` is
 HTTP/1.1 against that same hypercorn server (server and protocol cost apart). Each client sends the same
 requests one at a time on one connection (keep-alive) or a new connection per request, in interleaved
@@ -25,7 +26,6 @@ import asyncio
 import gc
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,35 +39,19 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from clients.base import ClientConfig, TurnRecorder  # noqa: E402
+from clients.base import TurnRecorder  # noqa: E402
 from clients.https_client import HttpsClient  # noqa: E402
 from clients.raw_http_client import RawHttpClient  # noqa: E402
-from turnbench.tls import load_ca  # noqa: E402
+from loadtests.procs import Endpoint, start_server_process  # noqa: E402
 
 CLIENTS = ("raw", "httpx", "httpx-stock", "aiohttp", "sdk", "httpx-h2", "httpx-hc")
 HYPERCORN = ("httpx-h2", "httpx-hc")  # clients of the hypercorn (http2=true) server
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[str]
-    url: str
-    ca: Path | None
-
-
-def start_server(tls: bool, tmp: Path, http2: bool = False) -> Server:
-    """``python -m servers https`` (``--http2``: on hypercorn) in a child process; waits for its ``PORT=``."""
-    cmd = [sys.executable, "-m", "servers", "https", "--port", "0", "--profile", "instant",
-           "--usage-db", str(tmp / f"usage-{tls}-{http2}.db"), "--http2" if http2 else "--no-http2"]
-    ca = tmp / f"ca-{http2}.pem" if tls else None
-    cmd += ["--tls", "--ca-out", str(ca)] if ca else ["--no-tls"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("PORT="):
-            port = int(line.strip().split("=", 1)[1])
-            return Server(proc, f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1", ca)
-    raise RuntimeError(f"server exited with {proc.wait()} before printing PORT=")
+def start_server(tls: bool, tmp: Path, http2: bool = False) -> Endpoint:
+    """The ``https`` server (``http2``: on hypercorn) in a child process, healthy."""
+    return start_server_process("https", workdir=tmp / f"https-tls{tls:d}-h2{http2:d}", profile="instant", tls=tls,
+                                settings={"http2": http2})
 
 
 @dataclass
@@ -90,24 +74,23 @@ def body(workload: str, answer_tokens: int) -> dict[str, Any]:
             "metadata": {"tool_calls": "0", "answer_tokens": str(words)}}
 
 
-async def make_call(name: str, server: Server, new_conn: bool, workload: str, answer_tokens: int
+async def make_call(name: str, server: Endpoint, new_conn: bool, workload: str, answer_tokens: int
                     ) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """A zero-argument request function for ``name`` and its close function."""
-    ctx = load_ca(server.ca) if server.ca else None
     payload = body(workload, answer_tokens)
     if name == "aiohttp":
-        return await _aiohttp_call(server, ctx, new_conn, workload, payload)
+        return await _aiohttp_call(server, server.client_config().ssl_context, new_conn, workload, payload)
     if name == "sdk":
         from clients.sdk_client import SdkHttpsClient
 
-        client: Any = SdkHttpsClient(ClientConfig(url=server.url, ssl_context=ctx))
+        client: Any = SdkHttpsClient(server.client_config())
         if workload != "stream":
             raise ValueError("sdk: stream workload only")
     else:
         cls = RawHttpClient if name == "raw" else HttpsClient
         backend = "anyio" if name == "httpx-stock" else "asyncio"
-        opts = {"new_connection": new_conn, "network_backend": backend, "http2": name == "httpx-h2"}
-        client = cls(ClientConfig(url=server.url, ssl_context=ctx, options=opts))
+        client = cls(server.client_config(new_connection=new_conn, network_backend=backend,
+                                          http2=name == "httpx-h2"))
     await client.connect()
     if name == "httpx-h2" and client.http_version != "HTTP/2":
         raise RuntimeError(f"httpx-h2: the server answered {client.http_version}")
@@ -131,7 +114,7 @@ async def make_call(name: str, server: Server, new_conn: bool, workload: str, an
     return create, client.close
 
 
-async def _aiohttp_call(server: Server, ctx: Any, new_conn: bool, workload: str, payload: dict[str, Any]
+async def _aiohttp_call(server: Endpoint, ctx: Any, new_conn: bool, workload: str, payload: dict[str, Any]
                         ) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """aiohttp for comparison only (the same requests; SSE read with ``iter_any`` and split by hand)."""
     import aiohttp
@@ -175,7 +158,7 @@ async def run_round(call: Call, cell: Cell, n: int) -> None:
     cell.cpu_ns += time.process_time_ns() - c0
 
 
-async def bench(args: argparse.Namespace, servers: dict[tuple[bool, bool], Server]) -> list[Cell]:
+async def bench(args: argparse.Namespace, servers: dict[tuple[bool, bool], Endpoint]) -> list[Cell]:
     cells: list[Cell] = []
     per_round = max(1, args.requests // args.rounds)
     for tls in args.tls:
@@ -244,18 +227,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="turnbench-overhead-") as tmp:
         kinds = {c in HYPERCORN for c in args.clients}
-        servers = {(tls, h2): start_server(tls, Path(tmp), h2) for tls in set(args.tls) for h2 in kinds}
+        servers: dict[tuple[bool, bool], Endpoint] = {}
         try:
+            for tls in set(args.tls):
+                for h2 in kinds:
+                    servers[tls, h2] = start_server(tls, Path(tmp), h2)
+            pids = [s.process.pid for s in servers.values() if s.process is not None]
             print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvloop client, server pids "
-                  f"{[s.proc.pid for s in servers.values()]}; wall per request (µs), client CPU per request")
+                  f"{pids}; wall per request (µs), client CPU per request")
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 cells = runner.run(bench(args, servers))
         finally:
             for s in servers.values():
-                s.proc.terminate()
-                s.proc.wait(10)
-                if s.proc.stdout:
-                    s.proc.stdout.close()
+                if s.process is not None:
+                    s.process.stop(10.0)
     if args.json:
         args.json.write_bytes(orjson.dumps([c.__dict__ for c in cells], option=orjson.OPT_INDENT_2))
     return 0

@@ -1,17 +1,19 @@
 """Per-turn server overhead by stage, WebSocket ``connection`` vs HTTPS ``full``/``store``, from one run.
 
-Each server runs in its own process (``python -m servers {ws,https} --profile instant``: no model time, so
-what is left is API overhead), TLS on. The same 20-tool-call rollout with ~4 KB tool outputs (the agent loop
-of ``clients/agent.py`` and its corpus tools) runs once per configuration per round, in interleaved rounds
-(A B C … A B C) to cancel drift, after one discarded warm-up round. The table gives, at turns 1, 10 and 20
-(1-based: turn 1 sends only the user message, turn k carries k-1 tool outputs), the median over rounds of
-each server stage's wall time (ms, as the server reports it in ``response.turnbench.stages``), their sum
-without prefill/decode (``api``), and the client's ``turn_ms`` and ``bytes_up``.
+Each server runs in its own process, started as ``turnbench run`` starts its servers
+(:func:`loadtests.procs.start_server_process`, profile ``instant``: no model time, so what is left is API
+overhead), TLS on. The same 20-tool-call rollout with 4 KB tool outputs (``turnbench run``'s rollout,
+:func:`loadtests.runner.one_rollout`, rollout k of round k) runs once per configuration per round, in
+interleaved rounds (A B C … A B C) to cancel drift, after one discarded warm-up round. The table gives, at
+turns 1, 10 and 20 (1-based: turn 1 sends only the user message, turn k carries k-1 tool outputs), the
+median over rounds of each server stage's wall time (ms, as the server reports it in
+``response.turnbench.stages``), their sum without prefill/decode (``api``), and the client's ``turn_ms`` and
+``bytes_up``.
 
 Configurations: ``ws/connection`` (previous_response_id + new items, store=false, connection cache),
 ``ws/full`` (full resend), ``ws/store`` (store=true on a server started with ``--no-connection-cache``, so
-every turn hydrates from the ResponseStore), ``https/full`` and ``https/store`` (when the HTTPS server and
-client exist). With ``overlap_post`` on (the default), ``post`` in the response is only its in-memory part.
+every turn hydrates from the ResponseStore), ``https/full`` and ``https/store``. With ``overlap_post`` on (the
+default), ``post`` in the response is only its in-memory part.
 
 ``--routes`` also compares the WebSocket upgrade route of the standalone ``websockets`` server with the one
 the HTTPS server (Starlette on uvicorn) mounts on ``/v1/responses``: per-turn round trip of a tiny request
@@ -26,10 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,48 +39,33 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
-from clients.agent import Toolbox, run_rollout  # noqa: E402
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder, make_client  # noqa: E402
-from turnbench.tls import load_ca  # noqa: E402
+from clients.base import ResponsesClient, TurnRecorder, make_client  # noqa: E402
+from loadtests.model import Cell  # noqa: E402
+from loadtests.procs import Endpoint, start_server_process  # noqa: E402
+from loadtests.runner import one_rollout  # noqa: E402
+from loadtests.scenarios import load_scenario  # noqa: E402
 
 STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "post")
 TURNS = (1, 10, 20)
-META = {"tool_calls": "20", "seed": "7"}
+SCENARIO = load_scenario("agent-20").replace(tool_output_bytes=4096, tool_output_sigma=0.0, seed=7,
+                                             profile="instant")
+"""20 tool calls, 4 KB tool outputs, no model time."""
 
 
-@dataclass
-class Server:
-    name: str
-    proc: subprocess.Popen[str]
-    url: str
-    ca: Path
+def cell(transport: str, state: str, number: int) -> Cell:
+    """One configuration as a runner cell (its number makes its prompts its own)."""
+    return Cell(cell=f"{transport}/{state}", scenario=SCENARIO, transport=transport, state=state, profile="instant",
+                concurrency=1, arrival_rate_rps=None, variant="default", tls=True, number=number)
 
 
-def start_server(transport: str, tmp: Path, *flags: str) -> Server:
-    """``python -m servers TRANSPORT`` in a child process (TLS, instant profile); waits for ``PORT=``."""
-    name = f"{transport}{''.join(flags)}"
-    ca = tmp / f"ca-{name}.pem"
-    cmd = [sys.executable, "-m", "servers", transport, "--port", "0", "--profile", "instant", "--tls",
-           "--ca-out", str(ca), "--usage-db", str(tmp / f"usage-{name}.db"), *flags]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("PORT="):
-            port = int(line.strip().split("=", 1)[1])
-            scheme = "wss" if transport == "ws" else "https"
-            return Server(name, proc, f"{scheme}://127.0.0.1:{port}/v1", ca)
-    raise RuntimeError(f"{name} exited with {proc.wait()} before printing PORT=")
+def start(server: str, workdir: Path, **settings: Any) -> Endpoint:
+    """A server process (TLS, instant profile) with ``settings``; its files go to ``workdir``."""
+    return start_server_process(server, workdir=workdir, profile="instant", tls=True, settings=settings)
 
 
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-    if server.proc.stdout is not None:
-        server.proc.stdout.close()
+def stop(endpoint: Endpoint) -> None:
+    if endpoint.process is not None:
+        endpoint.process.stop(30.0)
 
 
 def cpu_ns(pid: int) -> int:
@@ -93,20 +78,21 @@ def cpu_ns(pid: int) -> int:
     return int((times.user + times.system) * 1e9)
 
 
-def client_for(transport: str, server: Server) -> ResponsesClient:
-    return make_client(transport, ClientConfig(url=server.url, ssl_context=load_ca(server.ca)))
+def pid(endpoint: Endpoint) -> int:
+    assert endpoint.process is not None
+    return endpoint.process.pid
 
 
-async def one_rollout(transport: str, server: Server, state: str) -> list[dict[str, Any]]:
-    """One rollout on one fresh connection. Returns: per turn, the stage wall times (ms) and client figures."""
-    client = client_for(transport, server)
-    await client.connect()
-    try:
-        result = await run_rollout(client, state=state, toolbox=Toolbox(output_bytes=4096), metadata=META)
-    finally:
-        await client.close()
-    if not result.success or len(result.turns) != 21:
-        raise RuntimeError(f"{transport}/{state}: {result.error} after {len(result.turns)} turns")
+def client_for(transport: str, endpoint: Endpoint) -> ResponsesClient:
+    return make_client(transport, endpoint.client_config())
+
+
+async def rollout_rows(c: Cell, endpoint: Endpoint, index: int) -> list[dict[str, Any]]:
+    """Rollout ``index`` of ``c`` on a fresh connection. Returns: per turn, the stage wall times (ms) and
+    client figures."""
+    result = await one_rollout(c, index, endpoint)
+    if not result.success or len(result.turns) != SCENARIO.tool_calls + 1:
+        raise RuntimeError(f"{c.cell}: {result.error} after {len(result.turns)} turns")
     rows = []
     for t in result.turns:
         row = {s: t.server_stages[s].wall_ns / 1e6 if s in t.server_stages else 0.0 for s in STAGES}
@@ -116,13 +102,13 @@ async def one_rollout(transport: str, server: Server, state: str) -> list[dict[s
     return rows
 
 
-async def overhead(configs: list[tuple[str, str, Server]], rounds: int) -> dict[str, list[dict[str, float]]]:
-    samples: dict[str, list[list[dict[str, float]]]] = {f"{t}/{s}": [] for t, s, _ in configs}
+async def overhead(configs: list[tuple[Cell, Endpoint]], rounds: int) -> dict[str, list[dict[str, float]]]:
+    samples: dict[str, list[list[dict[str, float]]]] = {c.cell: [] for c, _ in configs}
     for r in range(rounds + 1):
-        for transport, state, server in configs:
-            rows = await one_rollout(transport, server, state)
+        for c, endpoint in configs:
+            rows = await rollout_rows(c, endpoint, r)
             if r:  # round 0 warms every server and client up
-                samples[f"{transport}/{state}"].append(rows)
+                samples[c.cell].append(rows)
     table: dict[str, list[dict[str, float]]] = {}
     for key, runs in samples.items():
         table[key] = [{col: statistics.median(run[k - 1][col] for run in runs) for col in runs[0][0]}
@@ -140,7 +126,7 @@ def print_overhead(table: dict[str, list[dict[str, float]]]) -> None:
             print(f"| {key} | {k} | {cells} | {row['bytes_up']:.0f} |")
 
 
-async def routes(ws: Server, https: Server, n: int, rounds: int, words: int) -> dict[str, dict[str, float]]:
+async def routes(ws: Endpoint, https: Endpoint, n: int, rounds: int, words: int) -> dict[str, dict[str, float]]:
     """Standalone websockets vs the Starlette/uvicorn route: turn round trip (an answer of ``words`` words),
     server CPU per turn, connect time, 20-turn rollout time."""
     body = {"model": "m", "input": "hi", "store": False,
@@ -155,7 +141,7 @@ async def routes(ws: Server, https: Server, n: int, rounds: int, words: int) -> 
         for name, server in order if r % 2 else order[::-1]:  # A B, B A, …: drift cancels
             client = client_for("ws", server)
             ms = await client.connect()
-            c0 = cpu_ns(server.proc.pid)
+            c0 = cpu_ns(pid(server))
             for _ in range(n):
                 rec = TurnRecorder("ws", "full")
                 await client.create(body, recorder=rec)
@@ -165,12 +151,9 @@ async def routes(ws: Server, https: Server, n: int, rounds: int, words: int) -> 
                 if r:
                     rtt[name].append((res.turn_ms or 0.0) * 1000.0)
             if r:
-                cpu[name].append((cpu_ns(server.proc.pid) - c0) / n / 1e3)
+                cpu[name].append((cpu_ns(pid(server)) - c0) / n / 1e3)
             await client.close()
-            c2 = client_for("ws", server)
-            await c2.connect()
-            result = await run_rollout(c2, state="connection", toolbox=Toolbox(output_bytes=4096), metadata=META)
-            await c2.close()
+            result = await one_rollout(cell("ws", "connection", 10 + (name == "starlette")), r, server)
             if r:
                 connect[name].append(ms or 0.0)
                 rollout[name].append(result.rollout_ms)
@@ -196,26 +179,22 @@ def print_routes(out: dict[str, dict[str, float]]) -> None:
 async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ws-overhead-") as tmp_name:
         tmp = Path(tmp_name)
-        servers = [start_server("ws", tmp), start_server("ws", tmp, "--no-connection-cache")]
-        has_https = True
+        servers: list[Endpoint] = []
         try:
-            if has_https:
-                servers.append(start_server("https", tmp))
-        except RuntimeError as exc:
-            print(f"https server unavailable ({exc}); comparing WebSocket strategies only", file=sys.stderr)
-            has_https = False
-        try:
-            ws, ws_nocache = servers[0], servers[1]
-            configs = [("ws", "connection", ws), ("ws", "full", ws), ("ws", "store", ws_nocache)]
-            if has_https:
-                configs += [("https", "full", servers[2]), ("https", "store", servers[2])]
+            for name, server, settings in (("ws", "ws", {}), ("ws-nocache", "ws", {"connection_cache": False}),
+                                           ("https", "https", {})):
+                servers.append(await asyncio.to_thread(start, server, tmp / name, **settings))
+            ws, ws_nocache, https = servers
+            configs = [(cell("ws", "connection", 0), ws), (cell("ws", "full", 1), ws),
+                       (cell("ws", "store", 2), ws_nocache), (cell("https", "full", 3), https),
+                       (cell("https", "store", 4), https)]
             result: dict[str, Any] = {"rounds": args.rounds}
             if not args.routes_only:
                 table = result["overhead"] = await overhead(configs, args.rounds)
                 print(f"\n## Server overhead per turn (ms, median of {args.rounds} rounds; 4 KB tool outputs)\n")
                 print_overhead(table)
-            if (args.routes or args.routes_only) and has_https:
-                out = await routes(ws, servers[2], args.turns, args.rounds, args.answer_words)
+            if args.routes or args.routes_only:
+                out = await routes(ws, https, args.turns, args.rounds, args.answer_words)
                 print(f"\n## WebSocket route: standalone websockets vs Starlette/uvicorn ({args.rounds} rounds, "
                       f"{args.answer_words}-word answers)\n")
                 print_routes(out)
@@ -224,7 +203,7 @@ async def main(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(Path(args.out).write_bytes, orjson.dumps(result, option=orjson.OPT_INDENT_2))
         finally:
             for s in servers:
-                stop_server(s)
+                stop(s)
     return 0
 
 
