@@ -276,6 +276,8 @@ def target_endpoint(server: str, url: str, *, ca_path: str | None, api_key: str 
 
 
 def _inproc_endpoint(cell: Cell, workdir: Path) -> Endpoint:
+    """The calibration's zero-transport reference: a service in this process, with the cell's settings."""
+    workdir.mkdir(parents=True, exist_ok=True)
     settings = {"profile": cell.profile, "tls": False, **cell.server_settings}
     service = ResponsesService(Settings.from_env(**settings, usage_db=str(workdir / "usage-inproc.db")))
     return Endpoint(server="inproc", url="", tls=False, options={"service": service}, settings=settings)
