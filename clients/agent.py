@@ -12,19 +12,21 @@ changes the client object, never the loop. The state strategy decides what each 
 
 Tools run *on the client*, for real, over the fixture corpus shipped in ``turnbench/data/corpus`` (read a file,
 search text, count words), with an optional explicit extra latency and a deterministic output size.
-Recovery: on ``previous_response_not_found`` or a lost connection the loop reconnects (when the client can)
-and continues by store hydration (``store``) or by re-sending the full context with
-``previous_response_id`` null; what that cost is recorded.
+Recovery: after a lost connection (``connection_closed``, ``connection_error``, the connection limit) the
+loop asks the client for a fresh connection (``reconnect()``, every transport); then, and after
+``previous_response_not_found``, it continues by store hydration (``store``) or by re-sending the full
+context with ``previous_response_id`` null; what that cost is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -203,9 +205,9 @@ async def run_rollout(
             if result.error_code in RECOVERABLE and recoveries < max_recoveries:
                 r0 = clock()
                 recoveries += 1
-                reconnect = getattr(client, "reconnect", None)
-                if result.error_code != "previous_response_not_found" and reconnect is not None:
-                    await reconnect()
+                if result.error_code != "previous_response_not_found":
+                    with contextlib.suppress(Exception):  # if it cannot, the next turn records why
+                        await client.reconnect()
                 if state != "store" or result.error_code == "previous_response_not_found":
                     prev_id = None  # start a fresh chain with the full context
                 recovery_ms += (clock() - r0) / 1e6 + (result.turn_ms or 0.0)
@@ -239,7 +241,3 @@ async def run_rollout(
         connect_ms=connect_ms if connect_ms is not None else (turns[0].connect_ms if turns else None),
         final_output=final, tool_calls=tool_calls,
     )
-
-
-def tool_call_names(results: Sequence[RolloutResult]) -> list[list[str]]:
-    return [[n for n, _ in r.tool_calls] for r in results]

@@ -382,6 +382,14 @@ class ResponsesClient(abc.ABC):
     async def close(self) -> None:
         """Close the connection; idempotent."""
 
+    async def reconnect(self) -> float | None:
+        """Close, then connect: a fresh connection (a connection-local cache starts empty), as the agent
+        loop asks for after a lost connection. Returns: the connect time in ms (None if connectionless).
+        Raises: what :meth:`connect` raises when no connection can be opened.
+        """
+        await self.close()
+        return await self.connect()
+
     async def connect_for(self, recorder: TurnRecorder) -> bool:
         """Connect lazily for a turn: the handshake time goes on the turn's ``connect_ms`` (apart from
         its latency); a failure is recorded as ``connection_error``. Returns: whether the client is connected.

@@ -146,11 +146,6 @@ class GrpcClient(ResponsesClient):
         self.connect_ms = (time.perf_counter_ns() - t0) / 1e6
         return self.connect_ms
 
-    async def reconnect(self) -> float | None:
-        """Close and open a fresh channel and stream (the server-side cache starts empty). Returns: ms."""
-        await self.close()
-        return await self.connect()
-
     def _open_stream(self) -> grpc.aio.StreamStreamCall:
         assert self._channel is not None
         self._call = self._channel.stream_stream(SERVICE + "Connect")(metadata=self._metadata)

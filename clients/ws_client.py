@@ -76,11 +76,6 @@ class WsClient(ResponsesClient):
         self._limit_reached = False
         return self.connect_ms
 
-    async def reconnect(self) -> float | None:
-        """Close and open a fresh connection (its cache is empty). Returns: connect time in ms."""
-        await self.close()
-        return await self.connect()
-
     async def close(self) -> None:
         ws, self._ws = self._ws, None
         if ws is not None:

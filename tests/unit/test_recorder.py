@@ -9,9 +9,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from clients.agent import Toolbox, run_rollout
 from clients.base import (
     CONTENT_DELTA_TYPES,
     TERMINAL_TYPES,
+    ClientConfig,
     ResponsesClient,
     RolloutResult,
     StageTiming,
@@ -283,3 +285,66 @@ def test_every_row_of_the_transport_table_names_its_client() -> None:
         assert cls.__module__ == row.client_module
     with pytest.raises(ValueError, match="unknown transport"):
         client_class("carrier-pigeon")
+
+
+# ---------------------------------------------------------------------------------------------- reconnect
+
+
+class _Connection(ResponsesClient):
+    """Answers at once; its first ``drops`` turns fail with ``code``; ``refuse`` makes ``connect`` raise."""
+
+    transport = "fake-connection"
+
+    def __init__(self, *, drops: int = 0, code: str = "connection_closed", refuse: bool = False) -> None:
+        super().__init__(ClientConfig(url="fake://"))
+        self.drops, self.code, self.refuse = drops, code, refuse
+        self.log: list[str] = []
+
+    async def connect(self) -> float | None:
+        self.log.append("connect")
+        if self.refuse:
+            raise ConnectionRefusedError("nobody home")
+        return 2.5
+
+    async def close(self) -> None:
+        self.log.append("close")
+
+    async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        self.log.append("create")
+        recorder.sent(10)
+        if self.drops:
+            self.drops -= 1
+            recorder.fail("dropped", self.code)
+            return {}
+        answer = {"type": "message", "content": [{"type": "output_text", "text": "done"}]}
+        response = {"id": "resp_1", "status": "completed", "output": [answer]}
+        recorder.on_event("response.completed")
+        recorder.on_response(response)
+        return response
+
+
+async def test_reconnect_is_close_then_connect() -> None:
+    client = _Connection()
+    assert await client.reconnect() == 2.5
+    assert client.log == ["close", "connect"]
+
+
+@pytest.mark.parametrize(("code", "log"), [
+    ("connection_closed", ["create", "close", "connect", "create"]),
+    ("websocket_connection_limit_reached", ["create", "close", "connect", "create"]),
+    ("previous_response_not_found", ["create", "create"]),  # the connection is fine: resend, no reconnect
+])
+async def test_the_agent_loop_reconnects_after_a_lost_connection(code: str, log: list[str]) -> None:
+    client = _Connection(drops=1, code=code)
+    result = await run_rollout(client, state="connection", toolbox=Toolbox())
+    assert result.success and result.final_output == "done" and result.recoveries == 1
+    assert client.log == log
+    assert [t.error_code for t in result.turns] == [code, None]
+
+
+async def test_a_failed_reconnect_does_not_escape_the_agent_loop() -> None:
+    client = _Connection(drops=10, refuse=True)
+    result = await run_rollout(client, state="connection", toolbox=Toolbox(), max_recoveries=2)
+    assert not result.success and result.recoveries == 2
+    assert (result.error or "").startswith("connection_closed")
+    assert client.log.count("connect") == 2 and client.log.count("create") == 3
