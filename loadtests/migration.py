@@ -251,9 +251,7 @@ class _DropOnce(ResponsesClient):
         return await self.inner.connect()
 
     async def reconnect(self) -> float | None:
-        """A new connection, as every client's ``reconnect`` makes one (its server-side cache is empty)."""
-        await self.inner.close()
-        return await self.inner.connect()
+        return await self.inner.reconnect()
 
     async def close(self) -> None:
         await self.inner.close()

@@ -83,11 +83,6 @@ class Cell:
         return "open" if self.arrival_rate_rps is not None else "closed"
 
     @property
-    def load(self) -> str:
-        """``c4`` (closed loop, 4 in flight) or ``r2`` (open loop, 2 arrivals/s)."""
-        return f"r{self.arrival_rate_rps:g}" if self.arrival_rate_rps is not None else f"c{self.concurrency}"
-
-    @property
     def endpoint_key(self) -> str:
         """Which server serves this cell: one per (server protocol, profile, TLS, server settings), e.g.
         ``https/fast/tls`` and, for ``https-h2``, ``https/fast/tls/http2=true``."""
