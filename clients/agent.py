@@ -33,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from clients.base import ResponsesClient, RolloutResult, TurnRecorder, TurnResult
+from clients.base import ResponsesClient
+from clients.record import RolloutResult, TurnRecorder, TurnResult
 from turnbench.tokenizer import DEFAULT_CORPUS
 
 CORPUS_DIR = DEFAULT_CORPUS

@@ -32,7 +32,9 @@ from typing import Any, ClassVar
 import grpc
 import msgspec
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
+from clients.base import ClientConfig, ResponsesClient
+from clients.record import TurnRecorder
+from turnbench.schema import TERMINAL_TYPES
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto, response_from_proto
 from turnbench.v1.convert_request import bytes_field

@@ -38,8 +38,10 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
+from clients.base import ClientConfig, ResponsesClient
+from clients.record import TurnRecorder
 from clients.streams_backend import StreamsBackend
+from turnbench.schema import TERMINAL_TYPES
 
 __all__ = ["HttpsClient", "HttpsH2Client", "SSEDecoder", "consume_events", "fail_from_body", "response_from_json"]
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import openai
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
+from clients.base import ClientConfig, ResponsesClient
+from clients.record import TurnRecorder
+from turnbench.schema import TERMINAL_TYPES
 
 __all__ = ["SdkHttpsClient"]
 

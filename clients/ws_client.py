@@ -27,7 +27,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.base import TERMINAL_TYPES, ClientConfig, ResponsesClient, TurnRecorder
+from clients.base import ClientConfig, ResponsesClient
+from clients.record import TurnRecorder
+from turnbench.schema import TERMINAL_TYPES
 
 __all__ = ["WsClient", "frame_overhead"]
 

@@ -17,8 +17,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from clients.base import TERMINAL_TYPES, ResponsesClient, TurnRecorder, TurnResult
+from clients.base import ResponsesClient, TurnRecorder, TurnResult
 from servers.base import RunningServer
+from turnbench.schema import TERMINAL_TYPES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,17 +10,9 @@ import msgspec
 import pytest
 
 from clients.agent import Toolbox, run_rollout
-from clients.base import (
-    CONTENT_DELTA_TYPES,
-    TERMINAL_TYPES,
-    ClientConfig,
-    ResponsesClient,
-    RolloutResult,
-    StageTiming,
-    TurnRecorder,
-    TurnResult,
-    client_class,
-)
+from clients.base import ClientConfig, ResponsesClient, client_class
+from clients.record import RolloutResult, TurnRecorder, TurnResult
+from turnbench.schema import CONTENT_DELTA_TYPES, TERMINAL_TYPES, StageStat
 from turnbench.transports import TRANSPORTS
 
 MS = 1_000_000  # ns
@@ -159,8 +151,8 @@ def test_usage_stages_and_kind_from_response(clock: ScriptedClock) -> None:
     assert r.success and r.response_id == "resp_123" and r.output_kind == "function_call"
     assert (r.input_tokens, r.cached_tokens, r.output_tokens) == (1200, 1024, 17)
     assert r.server_stages == {
-        "parse": StageTiming(wall_ns=12_000, cpu_ns=11_000, items=4, tokens=0, chars=900),
-        "render": StageTiming(wall_ns=3 * MS, cpu_ns=2 * MS, tokens=1200),
+        "parse": StageStat(wall_ns=12_000, cpu_ns=11_000, items=4, tokens=0, chars=900),
+        "render": StageStat(wall_ns=3 * MS, cpu_ns=2 * MS, tokens=1200),
     }
 
 
