@@ -1,7 +1,7 @@
 """The client interface every transport implements, and the table lookup that makes a client by name.
 
-The records of a turn and a rollout, and the recorder that fills them, are :mod:`clients.record`
-(re-exported here: ``TurnRecorder``, ``TurnResult``, ``RolloutResult``). Which class
+A client frames and decodes one transport; what its events mean, and the record a turn leaves, belong to
+:mod:`clients.record` (re-exported here: ``TurnRecorder``, ``TurnResult``, ``RolloutResult``). Which class
 serves which transport is one row of :data:`turnbench.transports.TRANSPORTS`.
 """
 
@@ -70,9 +70,10 @@ class ResponsesClient(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
-        """Send one ``response.create``, stream its events into ``recorder``, return the final Response.
+        """Send one ``response.create`` and hand each event it gets back to ``recorder`` (which interprets
+        it: :meth:`TurnRecorder.interpret`) until the turn ends.
 
-        Returns: the Response object dict from the terminal event, or ``{}`` after ``recorder.fail``.
+        Returns: the Response object dict from the terminal event, or ``{}`` after a failure.
         """
 
     @abc.abstractmethod

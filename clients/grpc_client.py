@@ -25,18 +25,21 @@ are not counted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import grpc
 import msgspec
+import orjson
 
 from clients.base import ClientConfig, ResponsesClient
-from clients.record import TurnRecorder
+from clients.record import MALFORMED_EVENT, TurnRecorder
+from turnbench.errors import ConnectionLimitError
 from turnbench.schema import TERMINAL_TYPES
 from turnbench.v1 import responses_pb2 as pb
-from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto, response_from_proto
+from turnbench.v1.convert import EVENT_TYPES, Unrepresentable, body_to_proto, event_from_proto
 from turnbench.v1.convert_request import bytes_field
 
 __all__ = ["GrpcClient", "GrpcCreateClient", "GrpcJsonClient", "status_code"]
@@ -53,9 +56,6 @@ STATUS_CODES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.NOT_FOUND: "not_found",
     grpc.StatusCode.INTERNAL: "server_error",
 }
-_LIMIT_CODE = "websocket_connection_limit_reached"
-_TERMINAL_KINDS = frozenset({"completed", "failed", "incomplete"})
-_ERROR_KINDS = frozenset({"error", "ws_error"})
 
 
 def status_code(exc: grpc.aio.AioRpcError) -> str:
@@ -221,10 +221,13 @@ class GrpcClient(ResponsesClient):
         result = await self._read_turn(call.read, recorder)
         if result is None:
             self._call = None
-            await self._raise_status(call, recorder)
+            await self._fail_from_status(call, recorder)
             return {}
-        if recorder.error_code == _LIMIT_CODE:  # the server ends this stream after that error
+        if recorder.error_code == ConnectionLimitError.code:
+            self._call = None  # the server ends this stream after that error
+        elif recorder.error_code == MALFORMED_EVENT:
             self._call = None
+            call.cancel()  # the stream is out of step: the next request opens a new one
         return result
 
     async def _unary(self, payload: bytes, typed: bool, recorder: TurnRecorder) -> dict[str, Any]:
@@ -235,13 +238,13 @@ class GrpcClient(ResponsesClient):
         try:
             result = await self._read_turn(call.read, recorder)
             if result is None:
-                await self._raise_status(call, recorder)
+                await self._fail_from_status(call, recorder)
                 return {}
             return result
         finally:
             call.cancel()  # a no-op once the server has finished
 
-    async def _raise_status(self, call: Any, recorder: TurnRecorder) -> None:
+    async def _fail_from_status(self, call: Any, recorder: TurnRecorder) -> None:
         """The stream ended before a terminal event: record its status."""
         code = await call.code()
         if code == grpc.StatusCode.OK:
@@ -250,8 +253,12 @@ class GrpcClient(ResponsesClient):
             recorder.fail(await call.details() or code.name, STATUS_CODES.get(code, "connection_closed"))
 
     async def _read_turn(self, read: Callable[[], Awaitable[Any]], recorder: TurnRecorder) -> dict[str, Any] | None:
-        """Read events until the terminal one. Returns: the Response dict, ``{}`` after an error event,
-        or None if the stream ended first."""
+        """Read events into ``recorder`` until one ends the turn. Returns: what the recorder's interpreter
+        returned for it (the Response dict, or ``{}`` after a failure), or None if the stream ended first.
+
+        A json event goes to the interpreter as its JSON text. A typed event that cannot end the turn is
+        only timed and counted by type (no conversion); one that can is converted to its JSON shape first.
+        """
         self.last_events = []
         while True:
             raw = await read()
@@ -260,44 +267,22 @@ class GrpcClient(ResponsesClient):
             nbytes = len(raw) + PREFIX_BYTES
             payload = _split_json(raw)
             if payload is not None:
-                event = msgspec.json.decode(payload)
-                etype = event.get("type", "") if isinstance(event, dict) else ""
-                recorder.on_event(etype, nbytes)
+                if self.record_events:  # tests: keep the event as it came (a malformed one fails below)
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        self.last_events.append(orjson.loads(payload))
+                result = recorder.interpret_json(payload, nbytes)
+            else:
+                se = pb.ServerEvent.FromString(raw)
+                etype = EVENT_TYPES.get(se.WhichOneof("event") or "", "")
+                if not etype or (etype not in TERMINAL_TYPES and not self.record_events):
+                    recorder.on_event(etype, nbytes)
+                    continue
+                event = msgspec.to_builtins(event_from_proto(se))
                 if self.record_events:
                     self.last_events.append(event)
-                if etype in TERMINAL_TYPES:
-                    return self._terminal_json(event, recorder)
-                continue
-            se = pb.ServerEvent.FromString(raw)
-            kind = se.WhichOneof("event")
-            recorder.on_event(EVENT_TYPES.get(kind or "", ""), nbytes)
-            if self.record_events and kind is not None:
-                self.last_events.append(msgspec.to_builtins(event_from_proto(se)))
-            if kind in _TERMINAL_KINDS:
-                response = msgspec.to_builtins(response_from_proto(getattr(se, kind).response))
-                recorder.on_response(response)
-                return response  # type: ignore[no-any-return]
-            if kind == "ws_error":
-                err = se.ws_error.error
-                recorder.fail(err.message, err.code if err.HasField("code") else err.type)
-                return {}
-            if kind == "error":
-                recorder.fail(se.error.message, se.error.code if se.error.HasField("code") else "error")
-                return {}
-
-    @staticmethod
-    def _terminal_json(event: dict[str, Any], recorder: TurnRecorder) -> dict[str, Any]:
-        if event.get("type") == "error":
-            inner = event.get("error")
-            err: dict[str, Any] = inner if isinstance(inner, dict) else event  # WS shape, else SSE shape
-            recorder.fail(str(err.get("message", "error")), str(err.get("code") or err.get("type") or "error"))
-            return {}
-        response = event.get("response")
-        if not isinstance(response, dict):
-            recorder.fail("terminal event without a response", "client_malformed_response")
-            return {}
-        recorder.on_response(response)
-        return response
+                result = recorder.interpret(event, nbytes)
+            if result is not None:
+                return result
 
 
 class GrpcJsonClient(GrpcClient):

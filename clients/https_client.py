@@ -22,8 +22,8 @@ Bytes: ``bytes_up`` is the JSON body plus the request head (approximated from th
 9-byte frame header per DATA chunk in place of the chunk-size line and the header block counted
 uncompressed (HPACK makes it smaller).
 
-:class:`SSEDecoder` and :func:`consume_events` are shared with the raw HTTP/1.1 client
-(:mod:`clients.raw_http_client`), so both record exactly the same way. The asyncio network backend is
+The reply is read by :mod:`clients.http_reply`, shared with the raw HTTP/1.1 client
+(:mod:`clients.raw_http_client`), so both record exactly the same way; the asyncio network backend is
 :mod:`clients.streams_backend`.
 """
 
@@ -39,133 +39,13 @@ import httpx
 import orjson
 
 from clients.base import ClientConfig, ResponsesClient
+from clients.http_reply import SSEDecoder, head_bytes, record_error_reply, record_json_reply, record_sse
 from clients.record import TurnRecorder
 from clients.streams_backend import StreamsBackend
-from turnbench.schema import TERMINAL_TYPES
 
-__all__ = ["HttpsClient", "HttpsH2Client", "SSEDecoder", "consume_events", "fail_from_body", "response_from_json"]
+__all__ = ["HttpsClient", "HttpsH2Client"]
 
 log = logging.getLogger("turnbench.https.client")
-
-SSEEvent = tuple[str, bytes | None, int]  # (event type or "", data or None, bytes of the whole event)
-
-
-class SSEDecoder:
-    """Incremental Server-Sent Events parser: feed bytes, get complete events.
-
-    Fast path for the frames our servers and OpenAI send (``event: T\\ndata: JSON\\n\\n``); anything else
-    (several ``data:`` lines, comments, ``id:``/``retry:``, CRLF line ends) takes the general path of the
-    SSE specification.
-    """
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, data: bytes) -> list[SSEEvent]:
-        """Parse ``data`` (any slice of the stream). Returns: the events it completed, in order."""
-        if self._buf:
-            data = self._buf + data
-        if b"\r" in data:
-            hold = data.endswith(b"\r")  # a CRLF split across two chunks
-            data = data.replace(b"\r\n", b"\n")
-            if hold:
-                self._buf = data
-                return []
-        out: list[SSEEvent] = []
-        start = 0
-        find = data.find
-        while True:
-            end = find(b"\n\n", start)
-            if end < 0:
-                break
-            out.append(_block(data[start:end], end + 2 - start))
-            start = end + 2
-        self._buf = data[start:]
-        return out
-
-
-def _block(block: bytes, nbytes: int) -> SSEEvent:
-    if block.startswith(b"event: "):
-        i = block.find(b"\ndata: ")
-        if i > 0 and block.find(b"\n", i + 7) < 0:
-            return block[7:i].decode(), block[i + 7 :], nbytes
-    etype, data = "", []
-    for line in block.split(b"\n"):
-        name, _, value = line.partition(b":")
-        if value.startswith(b" "):
-            value = value[1:]
-        if name == b"event":
-            etype = value.decode()
-        elif name == b"data":
-            data.append(value)
-    return etype, (b"\n".join(data) if data else None), nbytes
-
-
-def consume_events(events: list[SSEEvent], recorder: TurnRecorder, t_ns: int) -> dict[str, Any] | None:
-    """Record ``events`` (received at ``t_ns``); returns the terminal event's Response ({} on ``error``)."""
-    for etype, data, nbytes in events:
-        if data is None or data == b"[DONE]":
-            recorder.add_bytes(down=nbytes)
-            continue
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            recorder.fail(f"undecodable SSE data: {data[:80]!r}", "client_malformed_event", t_ns=t_ns)
-            return {}
-        if not etype:
-            etype = str(obj.get("type", ""))
-        recorder.on_event(etype, nbytes, t_ns=t_ns)
-        if etype in TERMINAL_TYPES:
-            if etype == "error":
-                recorder.fail(str(obj.get("message", "error event")), obj.get("code") or "error", t_ns=t_ns)
-                return {}
-            response = obj.get("response")
-            if not isinstance(response, dict):
-                recorder.fail("terminal event without a response", "client_malformed_event", t_ns=t_ns)
-                return {}
-            recorder.on_response(response)
-            return response
-    return None
-
-
-_TERMINAL_BY_STATUS = {"completed": "response.completed", "incomplete": "response.incomplete",
-                       "failed": "response.failed"}
-
-
-def response_from_json(body: bytes, recorder: TurnRecorder) -> dict[str, Any]:
-    """A ``stream: false`` reply (the Response JSON), recorded as one terminal event."""
-    try:
-        response = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        recorder.fail(f"undecodable response body: {body[:80]!r}", "client_malformed_response")
-        return {}
-    if not isinstance(response, dict):
-        recorder.fail("response body is not an object", "client_malformed_response")
-        return {}
-    recorder.on_event(_TERMINAL_BY_STATUS.get(str(response.get("status")), "response.completed"), len(body))
-    recorder.on_response(response)
-    return response
-
-
-def fail_from_body(status: int, body: bytes, recorder: TurnRecorder) -> dict[str, Any]:
-    """A non-200 reply: take ``error.message``/``error.code`` from the OpenAI error body, or the status."""
-    message, code = f"HTTP {status}: {body[:200]!r}", f"http_{status}"
-    try:
-        err = orjson.loads(body).get("error")
-        if isinstance(err, dict):
-            message = str(err.get("message") or message)
-            code = str(err.get("code") or err.get("type") or code)
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    recorder.fail(message, code)
-    return {}
-
-
-def head_bytes(headers: Mapping[str, str] | httpx.Headers) -> int:
-    """Bytes of an HTTP/1.1 header block: ``name: value\\r\\n`` per header plus the blank line."""
-    return sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
 
 
 class HttpsClient(ResponsesClient):
@@ -266,16 +146,16 @@ class HttpsClient(ResponsesClient):
                 # or a DATA frame header
                 recorder.add_bytes(down=head_bytes(r.headers) + (9 if h2 else 17))
                 if r.status_code != 200:
-                    return fail_from_body(r.status_code, await r.aread(), recorder)
+                    return record_error_reply(r.status_code, await r.aread(), recorder)
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
-                    return response_from_json(await r.aread(), recorder)
+                    return record_json_reply(await r.aread(), recorder)
                 decoder, result = SSEDecoder(), None
                 clock = recorder.clock
                 async for chunk in r.aiter_raw():
                     t = clock()
                     recorder.add_bytes(down=9 if h2 else len(b"%x" % len(chunk)) + 4)
                     if result is None:
-                        result = consume_events(decoder.feed(chunk), recorder, t)
+                        result = record_sse(decoder.feed(chunk), recorder, t)
                     # after the terminal event keep reading: the connection returns to the pool only
                     # once the body has ended
             return result if result is not None else {}

@@ -1,10 +1,10 @@
 """A minimal HTTP/1.1 client on asyncio streams: the floor that the httpx client is measured against.
 
-Same requests, same SSE parsing and the same record as :class:`clients.https_client.HttpsClient`
-(``transport = "https-raw"``); the request head is written by hand and the response is read with
-Content-Length or chunked framing. It keeps a small pool of idle keep-alive connections, so concurrent
-``create`` calls each get their own connection. It speaks only what our servers (and the OpenAI API)
-answer: no redirects, no compression, no proxies, no cookies.
+Same requests, the same reply reading (:mod:`clients.http_reply`) and the same record as
+:class:`clients.https_client.HttpsClient` (``transport = "https-raw"``); the request head is written by hand
+and the response is read with Content-Length or chunked framing. It keeps a small pool of idle keep-alive
+connections, so concurrent ``create`` calls each get their own connection. It speaks only what our servers
+(and the OpenAI API) answer: no redirects, no compression, no proxies, no cookies.
 
 Options: ``new_connection`` (bool): a new TCP(+TLS) connection per request, closed after it;
 ``timeout_s`` (float, default 600): the whole request, s.
@@ -21,10 +21,12 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from clients.base import ClientConfig, ResponsesClient, TurnRecorder
-from clients.https_client import SSEDecoder, consume_events, fail_from_body, response_from_json
+from clients.base import ClientConfig, ResponsesClient
+from clients.http_reply import SSEDecoder, record_error_reply, record_json_reply, record_sse
+from clients.record import TurnRecorder
 
 __all__ = ["RawHttpClient"]
+
 
 @dataclass(slots=True)
 class _Conn:
@@ -130,16 +132,16 @@ class RawHttpClient(ResponsesClient):
             return head.status, {}, not head.close
         recorder.add_bytes(down=head.nbytes)
         if head.status != 200:
-            return head.status, fail_from_body(head.status, await _read_body(reader, head), recorder), \
+            return head.status, record_error_reply(head.status, await _read_body(reader, head), recorder), \
                 not head.close
         if not head.event_stream:
-            return 200, response_from_json(await _read_body(reader, head), recorder), not head.close
+            return 200, record_json_reply(await _read_body(reader, head), recorder), not head.close
         decoder, result, clock = SSEDecoder(), None, recorder.clock
         if not head.chunked:  # an event stream that ends with the connection
             while chunk := await reader.read(65536):
                 t = clock()
                 if result is None:
-                    result = consume_events(decoder.feed(chunk), recorder, t)
+                    result = record_sse(decoder.feed(chunk), recorder, t)
             return 200, result or {}, False
         while True:
             line = await reader.readuntil(b"\r\n")
@@ -152,7 +154,7 @@ class RawHttpClient(ResponsesClient):
             t = clock()
             recorder.add_bytes(down=len(line) + 2)
             if result is None:
-                result = consume_events(decoder.feed(chunk[:-2]), recorder, t)
+                result = record_sse(decoder.feed(chunk[:-2]), recorder, t)
         return 200, result or {}, not head.close
 
     async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:

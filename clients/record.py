@@ -2,8 +2,9 @@
 
 Every transport client (``https``, ``ws``, ``grpc``, ``sdk-*``) hands the events of one ``response.create``
 to a :class:`TurnRecorder` and gets back the same :class:`TurnResult`, so the metrics, the report and the
-gate never know which transport produced a sample (DESIGN §6). A recorder never raises: a failure is
-``success=False`` plus ``error`` text and an ``error_code``.
+gate never know which transport produced a sample (DESIGN §6). The recorder is also the one place that
+interprets what an event means (:meth:`TurnRecorder.interpret`); a client only frames and decodes. A
+recorder never raises: a failure is ``success=False`` plus ``error`` text and an ``error_code``.
 
 Time comes from one injectable monotonic clock (default ``time.perf_counter_ns``): timestamps in ns,
 durations in ms. ``t_send`` is just before the first request byte is written; ``t_scheduled`` is when the
@@ -26,12 +27,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
+import orjson
 
 from turnbench.schema import CONTENT_DELTA_TYPES, TERMINAL_TYPES, StageStat
 
-__all__ = ["RolloutResult", "TurnRecorder", "TurnResult"]
+__all__ = ["MALFORMED_EVENT", "MALFORMED_RESPONSE", "RolloutResult", "TurnRecorder", "TurnResult"]
 
 Clock = Callable[[], int]
+
+MALFORMED_EVENT = "client_malformed_event"
+"""Failure code of an event that is not a JSON object: the stream is out of step with the turn."""
+
+MALFORMED_RESPONSE = "client_malformed_response"
+"""Failure code of a terminal event (or reply body) whose Response object is missing or unusable."""
 
 _FAILURE_TYPES = frozenset({"response.failed", "error"})
 """Terminal event types that make the turn a failure even before its details are known."""
@@ -105,9 +113,13 @@ def _get(mapping: object, key: str) -> object:
 class TurnRecorder:
     """Collects the timestamps and counters of one turn and builds its :class:`TurnResult`.
 
-    A transport client calls, in order: ``scheduled`` (optional, open loop), ``sent``, ``on_event`` per
-    event received, ``on_response`` with the final Response object, ``fail`` on any error, and the caller
-    finally takes ``result()``. No method raises.
+    A transport client calls, in order: ``scheduled`` (optional, open loop), ``sent``, then per event
+    received :meth:`interpret` (or :meth:`interpret_json` with the event's JSON bytes) until it returns a
+    Response, ``fail`` on a transport error, and the caller finally takes ``result()``. No method raises.
+
+    Clients whose events arrive already typed (protobuf messages, the SDK's models) may record a
+    non-terminal event with :meth:`on_event` (its type is all that is read of it) and hand only terminal
+    and error events to :meth:`interpret`.
     """
 
     def __init__(
@@ -165,8 +177,67 @@ class TurnRecorder:
         self.bytes_up += max(0, up)
         self.bytes_down += max(0, down)
 
+    # ---------------------------------------------------------------------------------------- events
+
+    def interpret(self, event: object, nbytes: int = 0, *, t_ns: int | None = None) -> dict[str, Any] | None:
+        """Record one decoded event of ``nbytes`` bytes (payload and framing) received at ``t_ns`` (default
+        now), and on the event that ends the turn record its outcome.
+
+        ``event`` is the JSON object as the server sent it (a dict). Both error shapes are understood: the
+        WebSocket one, ``{"type": "error", "error": {"code", "message", "type"}}``, and the SSE one,
+        ``{"type": "error", "code", "message"}``. On ``response.completed|failed|incomplete`` the usage,
+        server stages, response id and output kind come from its ``response`` (:meth:`on_response`); a
+        ``failed`` response fails the turn with its error code and message.
+
+        Returns: the Response dict on a terminal event (a failed one included); ``{}`` when the turn failed
+        on this event (an ``error`` event: its ``code``, else its ``type``; a terminal event without a
+        Response object: ``client_malformed_response``; an event that is not an object:
+        ``client_malformed_event``); None while the turn goes on. Once the turn has ended (a terminal event
+        or :meth:`fail`), later events are counted (``events``, ``bytes_down``), change nothing else and
+        return None.
+        """
+        t = self._now(t_ns)
+        ended = self.t_terminal_ns is not None
+        kind = _get(event, "type")
+        self.on_event(kind if isinstance(kind, str) else "", nbytes, t_ns=t)
+        if ended:
+            return None
+        if not isinstance(event, Mapping):
+            self.fail(f"event is not a JSON object: {event!r:.80}", MALFORMED_EVENT, t_ns=t)
+            return {}
+        if kind not in TERMINAL_TYPES:
+            return None
+        if kind == "error":
+            inner = event.get("error")
+            err: Mapping[str, Any] = inner if isinstance(inner, Mapping) else event  # WS shape, else SSE shape
+            code = err.get("code") or err.get("type") or "error"
+            self.fail(str(err.get("message") or "error event"), str(code), t_ns=t)
+            return {}
+        response = event.get("response")
+        if not isinstance(response, dict):
+            self.fail(f"{kind} event without a response object", MALFORMED_RESPONSE, t_ns=t)
+            return {}
+        self.on_response(response)
+        return response
+
+    def interpret_json(self, data: bytes, nbytes: int = 0, *, t_ns: int | None = None) -> dict[str, Any] | None:
+        """:meth:`interpret` the event whose JSON text is ``data``.
+
+        Undecodable ``data`` fails the turn with ``client_malformed_event`` (its bytes are not counted: it
+        is no event) and returns ``{}``.
+        """
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if self.t_terminal_ns is not None:
+                return None
+            self.fail(f"undecodable event: {data[:80]!r}", MALFORMED_EVENT, t_ns=t_ns)
+            return {}
+        return self.interpret(event, nbytes, t_ns=t_ns)
+
     def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
-        """Record one received event of ``nbytes`` bytes (payload and framing) at ``t_ns`` (default now).
+        """Time and count one received event of ``nbytes`` bytes (payload and framing) at ``t_ns`` (default
+        now), knowing only its type; :meth:`interpret` calls it for every event.
 
         The first event stamps TTFB; content deltas stamp TTFT and ITL; the first terminal event stamps the
         end of the turn. Events after the terminal one are still counted (bytes, events) but move no clock.
@@ -202,7 +273,7 @@ class TurnRecorder:
         try:
             self._take_response(response)
         except Exception as exc:  # never raise: a malformed response is a recorded failure
-            self.fail(f"malformed response: {exc!r}", "client_malformed_response")
+            self.fail(f"malformed response: {exc!r}", MALFORMED_RESPONSE)
 
     def _take_response(self, response: Mapping[str, Any]) -> None:
         rid = _get(response, "id")
@@ -237,6 +308,8 @@ class TurnRecorder:
                 message if isinstance(message, str) else "response failed",
                 code if isinstance(code, str) else "response_failed",
             )
+
+    # ---------------------------------------------------------------------------------------- outcome
 
     def fail(self, error: str, code: str | None = None, *, t_ns: int | None = None) -> None:
         """Mark the turn failed. The first explicit failure wins over one inferred from an event type.

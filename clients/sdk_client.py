@@ -1,35 +1,46 @@
 """The official ``openai`` SDK as turnbench clients: what an SDK user pays, unchanged but for a base URL.
 
-:class:`SdkHttpsClient` (``transport = "sdk-https"``) runs ``client.responses.create(**body, stream=True)``
-on ``openai.AsyncOpenAI`` (openai ≥ 3 carries ``httpx2``, not ``httpx``) and records every typed event.
-The SDK exposes no per-event byte counts: ``bytes_down`` is the body size its HTTP client downloaded and
-``bytes_up`` the request it built (body and headers), both added when the stream ends.
+- :class:`SdkHttpsClient` (``sdk-https``): ``client.responses.create(**body, stream=True)`` on
+  ``openai.AsyncOpenAI`` (openai ≥ 3 carries ``httpx2``, not ``httpx``).
+- :class:`SdkWsClient` (``sdk-ws``): ``client.responses.connect()``, WebSocket mode as an SDK user writes it.
+
+Both take the SDK's typed events as an SDK user gets them; a non-terminal event is timed and counted by
+its type, a terminal or error event goes to :meth:`~clients.record.TurnRecorder.interpret` as its JSON
+object, so the outcome is read exactly as for every other client.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from typing import Any
 
 import openai
+import orjson
+from openai.resources.responses import AsyncResponses
+from openai.resources.responses.responses import AsyncResponsesResponseResource
+from websockets.exceptions import ConnectionClosed
 
 from clients.base import ClientConfig, ResponsesClient
 from clients.record import TurnRecorder
+from clients.ws_client import closed_failure, frame_overhead
+from turnbench.errors import ConnectionLimitError
 from turnbench.schema import TERMINAL_TYPES
 
-__all__ = ["SdkHttpsClient"]
+__all__ = ["SdkHttpsClient", "SdkWsClient"]
 
 
 def _create_params() -> frozenset[str]:
     """Keyword parameters ``responses.create`` takes by name; anything else travels in ``extra_body``."""
-    from openai.resources.responses import AsyncResponses
-
     params = inspect.signature(AsyncResponses.create).parameters
     return frozenset(params) - {"self", "extra_headers", "extra_query", "extra_body", "timeout", "stream"}
 
 
 class SdkHttpsClient(ResponsesClient):
     """``openai.AsyncOpenAI`` pointed at ``config.url``; TLS trusts ``config.ssl_context``; no retries.
+
+    The SDK exposes no per-event byte counts: ``bytes_down`` is the body size its HTTP client downloaded
+    and ``bytes_up`` the request it built (body and headers), both added when the stream ends.
 
     Options: ``timeout_s`` (float, default 600): the SDK's request timeout, s.
     """
@@ -70,14 +81,11 @@ class SdkHttpsClient(ResponsesClient):
             stream = await self._client.responses.create(**kwargs, extra_body=extra or None, stream=True)
             async with stream:
                 async for event in stream:
-                    recorder.on_event(event.type)
-                    if event.type in TERMINAL_TYPES and not result:
-                        if event.type == "error":
-                            recorder.fail(str(getattr(event, "message", "error event")),
-                                          getattr(event, "code", None) or "error")
-                            continue
-                        result = event.response.model_dump(mode="json")
-                        recorder.on_response(result)
+                    if event.type not in TERMINAL_TYPES:
+                        recorder.on_event(event.type)
+                    elif (outcome := recorder.interpret(event.model_dump(mode="json"))) is not None:
+                        result = outcome
+                    # read on after the terminal event: the stream's byte count is taken once it has ended
                 request = stream.response.request
                 recorder.add_bytes(up=len(request.content) + sum(len(k) + len(v) + 4 for k, v in
                                                                  request.headers.raw) + 2,
@@ -97,14 +105,8 @@ class SdkHttpsClient(ResponsesClient):
             await client.close()
 
 
-# ---------------------------------------------------------------------------------------------- sdk-ws
-# Appended by the WebSocket transport (issue 4); its imports stay local so the section above is untouched.
-
-
 def _ws_create_params() -> frozenset[str]:
     """Keyword parameters the SDK's WebSocket ``conn.response.create`` takes (``stream_id``, ``generate`` …)."""
-    from openai.resources.responses.responses import AsyncResponsesResponseResource
-
     return frozenset(inspect.signature(AsyncResponsesResponseResource.create).parameters) - {"self"}
 
 
@@ -115,8 +117,8 @@ class SdkWsClient(ResponsesClient):
 
     Each ``create`` is ``conn.response.create(**body)`` (a body key the SDK does not know goes out through
     ``conn.send``), then ``recv_bytes`` + ``parse_event`` per frame, as ``conn.recv()`` does. ``bytes_up``
-    is the compact JSON of the event (the SDK's own encoding is a few bytes longer); failures are recorded
-    with the same codes as the ``ws`` client.
+    is the compact JSON of the event (the SDK's own encoding is a few bytes longer), ``bytes_down`` each
+    frame and its header; failures are recorded with the same codes as the ``ws`` client.
     """
 
     transport = "sdk-ws"
@@ -147,8 +149,6 @@ class SdkWsClient(ResponsesClient):
             http_url, ws_url = self._urls()
             self._client = openai.AsyncOpenAI(api_key=self.config.api_key or "sk-turnbench", base_url=http_url,
                                               websocket_base_url=ws_url, max_retries=0)
-        import time
-
         options: Any = {"ssl": self.config.ssl_context} if self.config.ssl_context is not None else {}
         t0 = time.perf_counter_ns()
         self._conn = await self._client.responses.connect(websocket_connection_options=options).enter()
@@ -157,7 +157,9 @@ class SdkWsClient(ResponsesClient):
         return self.connect_ms
 
     async def reconnect(self) -> float | None:
-        """A fresh connection (its cache is empty). Returns: connect time in ms."""
+        """A fresh connection (its cache is empty); the SDK client is kept, as an SDK user keeps it, so
+        rebuilding it (its HTTP pool and TLS setup) is not counted as reconnect time. Returns: connect
+        time in ms."""
         await self._close_conn()
         return await self.connect()
 
@@ -177,11 +179,6 @@ class SdkWsClient(ResponsesClient):
 
     async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
         """One ``response.create`` over the SDK connection, events into ``recorder``. Never raises."""
-        import orjson
-        from websockets.exceptions import ConnectionClosed
-
-        from clients.ws_client import frame_overhead
-
         if self._conn is None and not await self.connect_for(recorder):
             return {}
         if SdkWsClient._params is None:
@@ -199,24 +196,19 @@ class SdkWsClient(ResponsesClient):
                 pass  # frames that came before the close (the limit error) are still read below
             while True:
                 data = await conn.recv_bytes()
-                event = conn.parse_event(data)
-                recorder.on_event(event.type, len(data) + frame_overhead(len(data), masked=False))
-                if event.type == "error":
-                    err = event.error
-                    code = getattr(err, "code", None) or getattr(err, "type", None) or "error"
-                    self._limit_reached = self._limit_reached or code == "websocket_connection_limit_reached"
-                    recorder.fail(str(getattr(err, "message", "error event")), str(code))
-                    return {}
-                if event.type in TERMINAL_TYPES:
-                    response: dict[str, Any] = orjson.loads(data)["response"]
-                    recorder.on_response(response)
-                    return response
+                event = conn.parse_event(data)  # the SDK user's typed event
+                nbytes = len(data) + frame_overhead(len(data), masked=False)
+                if event.type not in TERMINAL_TYPES:
+                    recorder.on_event(event.type, nbytes)
+                elif (result := recorder.interpret_json(data, nbytes)) is not None:
+                    break
         except ConnectionClosed as exc:
-            code = "payload_too_large" if exc.rcvd is not None and exc.rcvd.code == 1009 else (
-                "websocket_connection_limit_reached" if self._limit_reached else "connection_closed")
-            recorder.fail(f"connection closed: {exc}", code)
+            recorder.fail(*closed_failure(exc, self._limit_reached))
             await self._close_conn()
             return {}
         except BaseException:  # cancelled mid-turn: leftover frames would confuse the next turn
             await self._close_conn()
             raise
+        if recorder.error_code == ConnectionLimitError.code:
+            self._limit_reached = True  # the server closes this connection next
+        return result

@@ -1,8 +1,10 @@
 """``ws``: WebSocket mode with the ``websockets`` asyncio client, one persistent connection per rollout.
 
-Each ``create`` sends ``{"type":"response.create", **body}`` as one text frame and reads frames until a
-terminal event (``response.completed|failed|incomplete`` or ``error``). One request at a time per client
-object (the agent loop is sequential); frames are decoded with orjson from bytes, never via ``str``.
+Each ``create`` sends ``{"type":"response.create", **body}`` as one text frame and hands every frame it
+receives, as bytes (never via ``str``), to :meth:`~clients.record.TurnRecorder.interpret_json` until one
+ends the turn (``response.completed|failed|incomplete`` or ``error``). One request at a time per client
+object (the agent loop is sequential). Bytes: each frame's payload plus its WebSocket header
+(:func:`frame_overhead`).
 
 Failures never raise out of ``create``; they are recorded with a code the agent loop can act on:
 
@@ -12,6 +14,7 @@ close 1009                     ``payload_too_large`` (a frame over the server's 
 close after the limit frame    ``websocket_connection_limit_reached``
 any other close or drop        ``connection_closed``
 no connection could be opened  ``connection_error``
+a frame that is no JSON object ``client_malformed_event`` (and the connection is closed)
 ============================== ==============================================================
 
 Options (``ClientConfig.options``): ``ping_interval_s`` (default 20; None disables keep-alive pings),
@@ -28,18 +31,28 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from clients.base import ClientConfig, ResponsesClient
-from clients.record import TurnRecorder
-from turnbench.schema import TERMINAL_TYPES
+from clients.record import MALFORMED_EVENT, TurnRecorder
+from turnbench.errors import ConnectionLimitError, PayloadTooLargeError
 
-__all__ = ["WsClient", "frame_overhead"]
-
-_LIMIT_CODE = "websocket_connection_limit_reached"
+__all__ = ["WsClient", "closed_failure", "frame_overhead"]
 
 
 def frame_overhead(nbytes: int, *, masked: bool) -> int:
     """WebSocket framing bytes around an ``nbytes`` payload (RFC 6455 §5.2; client frames are masked)."""
     header = 2 if nbytes < 126 else 4 if nbytes < 65536 else 10
     return header + (4 if masked else 0)
+
+
+def closed_failure(exc: ConnectionClosed, limit_reached: bool) -> tuple[str, str]:
+    """(message, code) of a connection that closed mid-turn: ``payload_too_large`` on close 1009,
+    ``websocket_connection_limit_reached`` after the server said so on this connection (``limit_reached``),
+    else ``connection_closed``."""
+    if exc.rcvd is None:
+        return f"connection lost: {exc}", "connection_closed"
+    message = f"connection closed by the server: {exc.rcvd.code} {exc.rcvd.reason}".rstrip()
+    if exc.rcvd.code == PayloadTooLargeError.ws_close:
+        return message, PayloadTooLargeError.code
+    return message, ConnectionLimitError.code if limit_reached else "connection_closed"
 
 
 class WsClient(ResponsesClient):
@@ -87,7 +100,7 @@ class WsClient(ResponsesClient):
                 pass
 
     async def create(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
-        """Send one ``response.create`` (``body`` laid flat beside ``type``), stream it into ``recorder``."""
+        """Send one ``response.create`` (``body`` laid flat beside ``type``); its events go to ``recorder``."""
         frame = orjson.dumps({"type": "response.create", **body})
         return await self._roundtrip(frame, recorder, binary=False)
 
@@ -120,40 +133,18 @@ class WsClient(ResponsesClient):
                 pass  # frames that arrived before the close (the limit error) are still read below
             while True:
                 frame = await ws.recv(decode=False)
-                event = orjson.loads(frame)
-                kind = event.get("type") if isinstance(event, dict) else None
-                recorder.on_event(kind if isinstance(kind, str) else "", len(frame) + frame_overhead(
-                    len(frame), masked=False))
-                if kind == "error":
-                    err = event.get("error") or {}
-                    code = err.get("code") or err.get("type") or "error"
-                    self._limit_reached = self._limit_reached or code == _LIMIT_CODE
-                    recorder.fail(str(err.get("message") or "error event"), str(code))
-                    return {}
-                if kind in TERMINAL_TYPES:
-                    response = event.get("response")
-                    response = response if isinstance(response, dict) else {}
-                    recorder.on_response(response)
-                    return response
+                result = recorder.interpret_json(frame, len(frame) + frame_overhead(len(frame), masked=False))
+                if result is not None:
+                    break
         except ConnectionClosed as exc:
-            recorder.fail(self._closed_text(exc), self._closed_code(exc))
+            recorder.fail(*closed_failure(exc, self._limit_reached))
             await self.close()
-            return {}
-        except orjson.JSONDecodeError as exc:
-            recorder.fail(f"undecodable frame: {exc}", "client_malformed_event")
-            await self.close()  # the stream is out of step: the next turn starts on a fresh connection
             return {}
         except BaseException:  # cancelled mid-turn: frames still in flight would confuse the next turn
             await self.close()
             raise
-
-    def _closed_code(self, exc: ConnectionClosed) -> str:
-        if exc.rcvd is not None and exc.rcvd.code == 1009:
-            return "payload_too_large"
-        return _LIMIT_CODE if self._limit_reached else "connection_closed"
-
-    @staticmethod
-    def _closed_text(exc: ConnectionClosed) -> str:
-        if exc.rcvd is not None:
-            return f"connection closed by the server: {exc.rcvd.code} {exc.rcvd.reason}".rstrip()
-        return f"connection lost: {exc}"
+        if recorder.error_code == ConnectionLimitError.code:
+            self._limit_reached = True  # the server closes this connection next
+        elif recorder.error_code == MALFORMED_EVENT:
+            await self.close()  # the stream is out of step: the next turn starts on a fresh connection
+        return result

@@ -1,4 +1,6 @@
-"""TurnRecorder with a scripted clock: the timing identities of DESIGN §6, usage parsing, failures."""
+"""TurnRecorder with a scripted clock: the timing identities of DESIGN §6, the one event interpreter every
+client hands its events to (both error shapes, terminal outcomes, malformed input, events after the end),
+usage parsing, failures; and the client interface's ``reconnect`` as the agent loop uses it."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+import orjson
 import pytest
 
 from clients.agent import Toolbox, run_rollout
 from clients.base import ClientConfig, ResponsesClient, client_class
-from clients.record import RolloutResult, TurnRecorder, TurnResult
+from clients.http_reply import SSEDecoder, record_json_reply, record_sse
+from clients.record import MALFORMED_EVENT, MALFORMED_RESPONSE, RolloutResult, TurnRecorder, TurnResult
 from turnbench.schema import CONTENT_DELTA_TYPES, TERMINAL_TYPES, StageStat
 from turnbench.transports import TRANSPORTS
 
@@ -239,6 +243,234 @@ def test_constants() -> None:
     assert {"response.completed", "response.failed", "response.incomplete", "error"} == TERMINAL_TYPES
 
 
+# ---------------------------------------------------------------------------------------------- interpret
+
+RESPONSE: dict[str, Any] = {
+    "id": "resp_9",
+    "status": "completed",
+    "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]}],
+    "usage": {"input_tokens": 40, "input_tokens_details": {"cached_tokens": 32}, "output_tokens": 2},
+    "turnbench": {"stages": {"decode": {"wall_ns": 7_000, "cpu_ns": 6_000, "tokens": 2}}},
+}
+
+
+def _sent(clock: ScriptedClock, transport: str = "ws") -> TurnRecorder:
+    rec = TurnRecorder(transport, "full", clock=clock)
+    rec.sent(100)
+    return rec
+
+
+def test_interpret_a_whole_turn(clock: ScriptedClock) -> None:
+    rec = _sent(clock)
+    script: list[tuple[float, dict[str, Any]]] = [
+        (1.0, {"type": "response.created", "response": {"id": "resp_9", "status": "in_progress", "usage": None}}),
+        (1.0, {"type": "response.in_progress", "response": {"id": "resp_9", "status": "in_progress"}}),
+        (1.0, {"type": "response.output_item.added", "item": {"type": "message"}}),
+        (1.0, {"type": "response.content_part.added", "part": {"type": "output_text", "text": ""}}),
+        (5.0, {"type": "response.output_text.delta", "delta": "Hel"}),
+        (2.0, {"type": "response.output_text.delta", "delta": "lo"}),
+        (1.0, {"type": "response.output_text.done", "text": "Hello"}),
+        (1.0, {"type": "response.completed", "response": RESPONSE}),
+    ]
+    outcomes = []
+    for gap_ms, event in script:
+        clock.advance_ms(gap_ms)
+        outcomes.append(rec.interpret(event, 10))
+    assert outcomes[:-1] == [None] * 7 and outcomes[-1] is RESPONSE
+    r = rec.result()
+    assert r.success and r.error_code is None
+    assert (r.ttfb_ms, r.ttft_ms, r.turn_ms) == pytest.approx((1.0, 9.0, 13.0))
+    assert r.itl_ms == pytest.approx([2.0]) and r.chunks == 2 and r.events == 8
+    assert (r.bytes_up, r.bytes_down) == (100, 80)
+    assert (r.response_id, r.output_kind) == ("resp_9", "message")
+    assert (r.input_tokens, r.cached_tokens, r.output_tokens) == (40, 32, 2)
+    assert r.server_stages == {"decode": StageStat(wall_ns=7_000, cpu_ns=6_000, tokens=2)}
+
+
+@pytest.mark.parametrize("lifecycle", sorted(
+    {"response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+     "response.output_text.done", "response.function_call_arguments.done", "response.content_part.done",
+     "response.output_item.done", "response.some_future_event", ""}))
+def test_only_content_deltas_stamp_ttft(clock: ScriptedClock, lifecycle: str) -> None:
+    rec = _sent(clock)
+    clock.advance_ms(2.0)
+    assert rec.interpret({"type": lifecycle}, 1) is None
+    clock.advance_ms(3.0)
+    assert rec.interpret({"type": "response.function_call_arguments.delta", "delta": "{"}, 1) is None
+    clock.advance_ms(1.0)
+    rec.interpret({"type": "response.completed", "response": RESPONSE}, 1)
+    r = rec.result()
+    assert r.ttfb_ms == pytest.approx(2.0) and r.ttft_ms == pytest.approx(5.0) and r.chunks == 1
+
+
+@pytest.mark.parametrize(("event", "code", "message"), [
+    pytest.param({"type": "error", "status": 400, "error": {
+        "type": "invalid_request_error", "code": "previous_response_not_found", "param": "previous_response_id",
+        "message": "Previous response with id 'resp_x' not found."}},
+        "previous_response_not_found", "Previous response with id 'resp_x' not found.", id="ws"),
+    pytest.param({"type": "error", "error": {"type": "invalid_request_error", "code": None, "message": "bad"}},
+                 "invalid_request_error", "bad", id="ws-without-code"),
+    pytest.param({"type": "error", "error": {"type": "invalid_request_error",
+                                             "code": "websocket_connection_limit_reached", "message": "60 min"}},
+                 "websocket_connection_limit_reached", "60 min", id="ws-limit"),
+    pytest.param({"type": "error", "code": "server_error", "message": "boom", "param": None, "sequence_number": 3},
+                 "server_error", "boom", id="sse"),
+    pytest.param({"type": "error", "code": None, "message": "odd"}, "error", "odd", id="sse-without-code"),
+    pytest.param({"type": "error"}, "error", "error event", id="bare"),
+])
+def test_error_event_in_either_shape(clock: ScriptedClock, event: dict[str, Any], code: str, message: str) -> None:
+    rec = _sent(clock)
+    clock.advance_ms(3.0)
+    assert rec.interpret(event, 40) == {}
+    r = rec.result()
+    assert not r.success and (r.error_code, r.error) == (code, message)
+    assert r.turn_ms == pytest.approx(3.0) and r.ttft_ms is None
+    assert (r.events, r.bytes_down) == (1, 40)
+
+
+@pytest.mark.parametrize(("response", "code", "message"), [
+    ({"id": "resp_f", "status": "failed", "error": {"code": "engine_error", "message": "engine fell over"}},
+     "engine_error", "engine fell over"),
+    ({"id": "resp_f", "status": "failed", "error": None}, "response_failed", "response failed"),
+    ({"id": "resp_f", "status": "in_progress"}, "response.failed", "response.failed"),  # the event type says it
+])
+def test_failed_response(clock: ScriptedClock, response: dict[str, Any], code: str, message: str) -> None:
+    rec = _sent(clock)
+    assert rec.interpret({"type": "response.failed", "response": response}, 5) is response
+    r = rec.result()
+    assert not r.success and (r.error_code, r.error) == (code, message) and r.response_id == "resp_f"
+
+
+def test_incomplete_response_is_a_successful_turn(clock: ScriptedClock) -> None:
+    rec = _sent(clock)
+    response = {**RESPONSE, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+    assert rec.interpret({"type": "response.incomplete", "response": response}, 5) is response
+    r = rec.result()
+    assert r.success and r.turn_ms is not None and r.output_tokens == 2
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "response.completed"},
+    {"type": "response.completed", "response": None},
+    {"type": "response.incomplete", "response": ["not", "an", "object"]},
+    {"type": "response.failed", "response": "resp_1"},
+])
+def test_terminal_event_without_a_response_object(clock: ScriptedClock, event: dict[str, Any]) -> None:
+    rec = _sent(clock)
+    clock.advance_ms(4.0)
+    assert rec.interpret(event, 9) == {}
+    r = rec.result()
+    assert not r.success and r.error_code == MALFORMED_RESPONSE and event["type"] in (r.error or "")
+    assert r.turn_ms == pytest.approx(4.0) and (r.events, r.bytes_down) == (1, 9)
+
+
+@pytest.mark.parametrize("event", [["response.completed"], "response.completed", 42, None])
+def test_event_that_is_not_an_object(clock: ScriptedClock, event: object) -> None:
+    rec = _sent(clock)
+    assert rec.interpret(event, 7) == {}
+    r = rec.result()
+    assert not r.success and r.error_code == MALFORMED_EVENT and (r.events, r.bytes_down) == (1, 7)
+
+
+def test_interpret_json(clock: ScriptedClock) -> None:
+    rec = _sent(clock)
+    assert rec.interpret_json(b'{"type":"response.output_text.delta","delta":"x"}', 50) is None
+    assert rec.interpret_json(b'{"type":"response.compl', 23) == {}
+    r = rec.result()
+    assert not r.success and r.error_code == MALFORMED_EVENT and "response.compl" in (r.error or "")
+    assert (r.chunks, r.events, r.bytes_down) == (1, 1, 50)  # undecodable bytes are no event
+
+    rec = _sent(clock)
+    data = orjson.dumps({"type": "response.completed", "response": RESPONSE})
+    assert rec.interpret_json(data, len(data)) == RESPONSE and rec.result().success
+
+
+def test_events_after_the_terminal_one_change_nothing_but_counts(clock: ScriptedClock) -> None:
+    rec = _sent(clock)
+    clock.advance_ms(2.0)
+    assert rec.interpret({"type": "response.completed", "response": RESPONSE}, 10) is RESPONSE
+    clock.advance_ms(5.0)
+    later: list[object] = [
+        {"type": "response.output_text.delta", "delta": "x"},
+        {"type": "response.completed", "response": {"id": "resp_other", "usage": {"input_tokens": 1}}},
+        {"type": "error", "code": "server_error", "message": "late"},
+        {"type": "response.completed"},
+        "not an object",
+    ]
+    assert [rec.interpret(event, 3) for event in later] == [None] * len(later)
+    assert rec.interpret_json(b"{oops", 3) is None
+    r = rec.result()
+    assert r.success and r.error_code is None
+    assert (r.response_id, r.input_tokens) == ("resp_9", 40)
+    assert r.turn_ms == pytest.approx(2.0) and r.chunks == 0
+    assert (r.events, r.bytes_down) == (1 + len(later), 10 + 3 * len(later))
+
+
+def test_events_after_an_error_change_nothing_but_counts(clock: ScriptedClock) -> None:
+    rec = _sent(clock)
+    assert rec.interpret({"type": "error", "code": "request_timeout", "message": "slow"}, 10) == {}
+    assert rec.interpret({"type": "response.completed", "response": RESPONSE}, 10) is None
+    r = rec.result()
+    assert not r.success and r.error_code == "request_timeout" and r.response_id is None and r.events == 2
+
+
+def test_a_recorder_that_watches_on_event_sees_every_interpreted_event(clock: ScriptedClock) -> None:
+    seen: list[str] = []
+
+    class Watching(TurnRecorder):
+        def on_event(self, event_type: str, nbytes: int = 0, *, t_ns: int | None = None) -> None:
+            seen.append(event_type)
+            super().on_event(event_type, nbytes, t_ns=t_ns)
+
+    rec = Watching("ws", "full", clock=clock)
+    rec.sent(1)
+    rec.interpret({"type": "response.output_text.delta"}, 1)
+    rec.interpret({"type": "error", "code": "x", "message": "y"}, 1)
+    assert seen == ["response.output_text.delta", "error"] and rec.chunks == 1
+
+
+# ---------------------------------------------------------------------------------------------- HTTP replies
+
+
+def test_sse_reply_goes_through_the_interpreter_event_by_event(clock: ScriptedClock) -> None:
+    completed = orjson.dumps({"type": "response.completed", "response": RESPONSE})
+    done = b"data: [DONE]\n\n"
+    stream = (b'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_9"}}\n\n'
+              b": a comment block has no data\n\n"
+              b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi"}\n\n'
+              b"event: response.completed\ndata: " + completed + b"\n\n" + done)
+    rec = _sent(clock, "https")
+    decoder, result = SSEDecoder(), None
+    for i in range(0, len(stream), 7):  # any slicing of the stream
+        clock.advance_ms(1.0)
+        if result is None:  # as the HTTP clients do: nothing is interpreted after the terminal event
+            result = record_sse(decoder.feed(stream[i : i + 7]), rec, clock())
+    assert result == RESPONSE
+    r = rec.result()
+    assert r.success and (r.events, r.chunks) == (3, 1) and r.response_id == "resp_9"
+    assert r.bytes_down == len(stream) - len(done)
+    assert r.ttfb_ms is not None and r.ttft_ms is not None and r.turn_ms is not None
+    assert r.ttfb_ms < r.ttft_ms < r.turn_ms
+
+
+@pytest.mark.parametrize("status", ["completed", "incomplete", "failed"])
+def test_json_reply_is_one_terminal_event(clock: ScriptedClock, status: str) -> None:
+    error = {"code": "server_error", "message": "boom"} if status == "failed" else None
+    body = orjson.dumps({**RESPONSE, "status": status, "error": error})
+    rec = _sent(clock, "https")
+    assert record_json_reply(body, rec) == orjson.loads(body)
+    r = rec.result()
+    assert r.success is (status != "failed") and (r.events, r.bytes_down) == (1, len(body))
+    assert r.ttft_ms is None and r.response_id == "resp_9"
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'{"id": "resp_', b""])
+def test_json_reply_that_is_not_a_response(clock: ScriptedClock, body: bytes) -> None:
+    rec = _sent(clock, "https")
+    assert record_json_reply(body, rec) == {}
+    assert rec.result().error_code == MALFORMED_RESPONSE
+
+
 class _FakeClient(ResponsesClient):
     transport = "fake-test"
 
@@ -309,10 +541,8 @@ class _Connection(ResponsesClient):
             recorder.fail("dropped", self.code)
             return {}
         answer = {"type": "message", "content": [{"type": "output_text", "text": "done"}]}
-        response = {"id": "resp_1", "status": "completed", "output": [answer]}
-        recorder.on_event("response.completed")
-        recorder.on_response(response)
-        return response
+        return recorder.interpret({"type": "response.completed",
+                                   "response": {"id": "resp_1", "status": "completed", "output": [answer]}}) or {}
 
 
 async def test_reconnect_is_close_then_connect() -> None:
