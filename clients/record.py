@@ -114,8 +114,9 @@ class TurnRecorder:
     """Collects the timestamps and counters of one turn and builds its :class:`TurnResult`.
 
     A transport client calls, in order: ``scheduled`` (optional, open loop), ``sent``, then per event
-    received :meth:`interpret` (or :meth:`interpret_json` with the event's JSON bytes) until it returns a
-    Response, ``fail`` on a transport error, and the caller finally takes ``result()``. No method raises.
+    received :meth:`interpret` (or :meth:`interpret_json` with the event's JSON bytes) until one ends the
+    turn (it returns the Response, or ``{}``, instead of None), ``fail`` on a transport error, and the
+    caller finally takes ``result()``. No method raises.
 
     Clients whose events arrive already typed (protobuf messages, the SDK's models) may record a
     non-terminal event with :meth:`on_event` (its type is all that is read of it) and hand only terminal
