@@ -123,6 +123,16 @@ class ResponsesClient(abc.ABC):
         await self.close()
 
 
+def as_create_event(body: bytes) -> bytes:
+    """A raw ``response.create`` body as a connection's client event (WebSocket frame, gRPC ``Connect`` json):
+    ``"type":"response.create"`` put in front, the rest byte for byte (a ``type`` inside still wins: the last
+    key counts), so the same malformed HTTP bodies test every transport. Not a JSON object: unchanged."""
+    if not body.lstrip().startswith(b"{"):
+        return body
+    rest = body.lstrip()[1:]
+    return b'{"type":"response.create"' + (b"" if rest.lstrip().startswith(b"}") else b",") + rest
+
+
 def client_class(transport: str) -> type[ResponsesClient]:
     """The client class of ``transport``, imported from the module its row of the transport table names.
 

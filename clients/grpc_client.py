@@ -34,7 +34,7 @@ import grpc
 import msgspec
 import orjson
 
-from clients.base import ClientConfig, ResponsesClient
+from clients.base import ClientConfig, ResponsesClient, as_create_event
 from clients.record import MALFORMED_EVENT, TurnRecorder
 from turnbench.errors import ConnectionLimitError
 from turnbench.schema import TERMINAL_TYPES
@@ -188,8 +188,9 @@ class GrpcClient(ResponsesClient):
         return await self._send(message, typed, recorder)
 
     async def create_raw(self, payload: bytes, *, recorder: TurnRecorder) -> dict[str, Any]:
-        """Send ``payload`` unmodified in the ``json`` field of a ``ClientEvent``."""
-        return await self._send(payload, False, recorder)
+        """Send ``payload`` in the ``json`` field of a ``ClientEvent``: as the WebSocket frame on ``Connect``
+        (``"type":"response.create"`` put in front, as the ws client does), unmodified on ``CreateJson``."""
+        return await self._send(as_create_event(payload) if self.method == "connect" else payload, False, recorder)
 
     async def _send(self, payload: bytes, typed: bool, recorder: TurnRecorder) -> dict[str, Any]:
         if (self._channel is None or self._lock is None) and not await self.connect_for(recorder):

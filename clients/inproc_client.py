@@ -14,7 +14,7 @@ import orjson
 
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder
 from turnbench.errors import TurnbenchError
-from turnbench.schema import encode
+from turnbench.schema import Event, encode
 from turnbench.service import ResponsesService
 from turnbench.state import Session
 
@@ -37,10 +37,6 @@ class InProcClient(ResponsesClient):
         self.session = self.service.new_session("inproc", connection=True)
         return (time.perf_counter_ns() - t0) / 1e6
 
-    async def reconnect(self) -> float | None:
-        await self.close()
-        return await self.connect()
-
     async def close(self) -> None:
         if self.session is not None:
             self.session.close()
@@ -54,20 +50,20 @@ class InProcClient(ResponsesClient):
             await self.connect()
         assert self.session is not None
         recorder.sent(len(payload))
+        outcome: list[dict[str, Any]] = []
+
+        async def emit(event: Event) -> None:
+            data = encode(event)
+            result = recorder.interpret_json(data, len(data))
+            if result is not None:
+                outcome.append(result)
+
         try:
-            agen = self.service.create(self.service.parse(payload), self.session)
-            async for ev in agen:
-                data = encode(ev)
-                kind = type(ev).__struct_config__.tag
-                assert isinstance(kind, str)
-                recorder.on_event(kind, len(data))
-                if kind in ("response.completed", "response.failed", "response.incomplete"):
-                    response: dict[str, Any] = orjson.loads(data)["response"]
-                    recorder.on_response(response)
-                    return response
-        except TurnbenchError as err:
-            recorder.on_event("error", 0)
-            recorder.fail(err.message, err.code)
+            await self.service.respond(self.service.parse(payload), self.session, emit)
+        except TurnbenchError as err:  # refused before response.created: the error event a transport sends
+            recorder.interpret({"type": "error", "error": {"code": err.code, "message": err.message}})
             return {}
-        recorder.fail("stream ended without a terminal event", "no_terminal_event")
-        return {}
+        if not outcome:
+            recorder.fail("stream ended without a terminal event", "no_terminal_event")
+            return {}
+        return outcome[0]

@@ -30,7 +30,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from clients.base import ClientConfig, ResponsesClient
+from clients.base import ClientConfig, ResponsesClient, as_create_event
 from clients.record import MALFORMED_EVENT, TurnRecorder
 from turnbench.errors import ConnectionLimitError, PayloadTooLargeError
 
@@ -115,9 +115,8 @@ class WsClient(ResponsesClient):
         ``binary=True`` makes that a binary frame.
         """
         data = payload.encode() if isinstance(payload, str) else payload
-        if not (as_frame or binary) and data.lstrip().startswith(b"{"):
-            rest = data.lstrip()[1:]
-            data = b'{"type":"response.create"' + (b"" if rest.lstrip().startswith(b"}") else b",") + rest
+        if not (as_frame or binary):
+            data = as_create_event(data)
         return await self._roundtrip(data, recorder, binary=binary)
 
     async def _roundtrip(self, data: bytes, recorder: TurnRecorder, *, binary: bool) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hypercorn.config import Config
 from starlette.applications import Starlette
 
 from servers.base import RunningServer
+from turnbench.connection import ConnectionSet
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
@@ -47,7 +48,7 @@ class _Config(Config):
 
 
 async def start_hypercorn(app: Starlette, settings: Settings, service: ResponsesService,
-                          tls: TLSMaterial | None, *, keep_alive_s: float) -> RunningServer:
+                          tls: TLSMaterial | None, *, keep_alive_s: float, connections: ConnectionSet) -> RunningServer:
     """Serve ``app`` with hypercorn in the running loop; returns once it accepts (port 0: the bound port)."""
     config = _Config()
     if tls is not None:
@@ -82,10 +83,11 @@ async def start_hypercorn(app: Starlette, settings: Settings, service: Responses
         raise OSError(f"https (hypercorn) server failed to start: {exc!r}") from exc
 
     async def stop() -> None:
+        await connections.drain()
         stopping.set()
         await task
 
     return RunningServer(
         transport="https", host=settings.host, port=port,
         url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
-        extra={"server": "hypercorn", "http": "2"})
+        extra={"server": "hypercorn", "http": "2", "connections": connections})

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import importlib
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, get_args
 
 import orjson
@@ -38,10 +36,14 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from servers.base import RunningServer
+from servers.ws_server import handle_starlette_websocket
 from turnbench import errors
+from turnbench.auth import check_api_key
+from turnbench.connection import ConnectionSet
 from turnbench.schema import ErrorEvent, Event, ResponseFailed, encode
-from turnbench.service import ResponsesService
+from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
+from turnbench.state import Session
 from turnbench.tls import TLSMaterial
 from turnbench.transports import HTTPS
 
@@ -67,18 +69,16 @@ def error_reply(exc: BaseException) -> tuple[int, bytes]:
     return err.http_status, orjson.dumps(err.to_body())
 
 
-class _Guard:
-    """Cancels the request task when the client disconnects or ``request_timeout_s`` passes; ``reason`` says
-    which. Cheaper than a task group: one timer and, once the body is read, one task on ``receive()``
-    (uvicorn answers it only at disconnect or completion). A cancellation without a reason is re-raised."""
+class _DisconnectGuard:
+    """Cancels the request task when the client disconnects mid-response (the engine stops decoding for a
+    peer that is gone). One task on ``receive()``, started once the body is read: uvicorn answers it only at
+    disconnect or completion. ``disconnected`` tells the request task why it was cancelled."""
 
-    __slots__ = ("_closed", "_timer", "_watch", "reason", "task")
+    __slots__ = ("_watch", "disconnected", "task")
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self) -> None:
         self.task: asyncio.Task[Any] = asyncio.current_task()  # type: ignore[assignment]  # inside a request
-        self.reason: str | None = None
-        self._closed = False
-        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._fire, "timeout")
+        self.disconnected = False
         self._watch: asyncio.Future[Message] | None = None
 
     def watch(self, receive: Receive) -> None:
@@ -87,106 +87,117 @@ class _Guard:
 
     def _on_receive(self, fut: asyncio.Future[Message]) -> None:
         if not fut.cancelled() and fut.exception() is None and fut.result()["type"] == "http.disconnect":
-            self._fire("disconnect")
-
-    def _fire(self, reason: str) -> None:
-        if not self._closed and self.reason is None:
-            self.reason = reason
+            self.disconnected = True
             self.task.cancel()
 
     def close(self) -> None:
-        """Idempotent; after it, neither a timeout nor a disconnect touches the task."""
-        self._closed = True
-        self._timer.cancel()
+        """Idempotent; after it, a disconnect no longer touches the task."""
         if self._watch is not None:
+            self._watch.remove_done_callback(self._on_receive)
             self._watch.cancel()
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    return next((v for k, v in scope["headers"] if k == name), None)
+
+
 class ResponsesEndpoint:
-    """``POST /v1/responses`` as a raw ASGI app: the hot path, so no Request/Response objects."""
+    """``POST /v1/responses`` as a raw ASGI app: the hot path, so no Request/Response objects.
+
+    ``request_timeout_s`` covers the whole request, body upload included: before the response starts it is a
+    408, after ``response.created`` the stream ends with ``response.failed`` (the core's ``respond``).
+    """
 
     def __init__(self, service: ResponsesService, settings: Settings) -> None:
         self.service, self.settings = service, settings
-        self.bearer = b"Bearer " + settings.api_key.encode() if settings.api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guard = _Guard(self.settings.request_timeout_s)
-        agen: AsyncIterator[Event] | None = None
-        started = False  # response headers sent
-        seq = -1
+        guard = _DisconnectGuard()
+        stream = _SseStream(send)
+        service, timeout_s = self.service, self.settings.request_timeout_s
+        upload: asyncio.Timeout | None = None
         try:
-            check_auth(self.bearer, scope["headers"])
-            body = await read_body(scope, receive, self.settings.max_body_bytes)
+            check_api_key(_header(scope, b"authorization"), self.settings.api_key)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            async with asyncio.timeout_at(deadline) as upload:
+                body = await read_body(scope, receive, self.settings.max_body_bytes)
             if body is None:
                 return  # the client left before sending its whole body: nobody to answer
             guard.watch(receive)
-            service = self.service
             parsed = service.parse(body)
-            agen = service.create(parsed, service.new_session("https", connection=False))
-            first = await agen.__anext__()  # errors before response.created raise here
+            session = service.new_session("https", connection=False)
+            remaining = deadline - asyncio.get_running_loop().time()
             if not parsed.request.stream:
-                await self._whole(first, agen, send)
+                await self._whole(parsed, session, send, remaining)
                 return
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            started = True
-            seq = first.sequence_number
-            await send({"type": "http.response.body", "body": sse_frame(first), "more_body": True})
-            async for ev in agen:
-                seq = ev.sequence_number
-                await send({"type": "http.response.body", "body": sse_frame(ev), "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await service.respond(parsed, session, stream.emit, timeout_s=remaining)
+            await stream.end()
         except asyncio.CancelledError:
-            if guard.reason is None:
+            if not guard.disconnected:
                 raise  # server shutdown: not ours to swallow
-            guard.close()
-            guard.task.uncancel()
-            if guard.reason == "timeout":
-                await self._fail(send, started, seq, errors.RequestTimeoutError(
-                    f"The request did not finish within {self.settings.request_timeout_s:g} s."))
+            guard.task.uncancel()  # the client is gone: nothing to answer
+        except TimeoutError as exc:  # the upload's deadline, or a bug's own TimeoutError (a server_error)
+            late = upload is not None and upload.expired()
+            await self._fail(send, stream, errors.RequestTimeoutError(
+                f"The request did not finish within {timeout_s:g} s (the body was still arriving).")
+                if late else exc)
         except Exception as exc:  # TurnbenchError before the stream, or a bug mid-stream
-            await self._fail(send, started, seq, exc)
+            await self._fail(send, stream, exc)
         finally:
             guard.close()
-            if agen is not None:
-                await agen.aclose()  # type: ignore[attr-defined]  # stops generation if it still runs
 
-    async def _whole(self, first: Event, agen: AsyncIterator[Event], send: Send) -> None:
+    async def _whole(self, parsed: ParsedRequest, session: Session, send: Send, timeout_s: float) -> None:
         """stream=false: run to the terminal event, answer with its Response (500 if it failed)."""
-        last = first
-        async for last in agen:  # noqa: B007  # only the terminal event matters
-            pass
-        response = getattr(last, "response", None)
-        if response is None or isinstance(last, ResponseFailed):
+        last: list[Event] = []
+
+        async def keep(event: Event) -> None:
+            last[:] = [event]
+
+        await self.service.respond(parsed, session, keep, timeout_s=timeout_s)
+        response = getattr(last[0], "response", None) if last else None
+        if response is None or isinstance(last[0], ResponseFailed):
             err = (response.error if response is not None else None) or {}
-            await send_bytes(send, *error_reply(errors.ServerError(err.get("message", "The response failed."),
-                                                            code=err.get("code"))))
+            kind = errors.RequestTimeoutError if err.get("code") == errors.RequestTimeoutError.code else \
+                errors.ServerError  # nothing was sent yet: the failure becomes the status
+            await send_bytes(send, *error_reply(kind(err.get("message", "The response failed."),
+                                                     code=err.get("code"))))
         else:
             await send_bytes(send, 200, encode(response))
 
     @staticmethod
-    async def _fail(send: Send, started: bool, seq: int, exc: BaseException) -> None:
+    async def _fail(send: Send, stream: _SseStream, exc: BaseException) -> None:
         """Before the headers: a status and error body. Mid-stream: an ``error`` event, then the end."""
         status, body = error_reply(exc)
-        if not started:
+        if not stream.started:
             # after a 413 the rest of the body may still be on its way: never read it as the next request
             # (HTTP/2: h2 drops the Connection header; the stream ends alone)
             await send_bytes(send, status, body, close=status == 413)
             return
         err = errors.as_turnbench_error(exc)
-        frame = sse_frame(ErrorEvent(sequence_number=seq + 1, code=err.code, message=err.message,
+        await stream.emit(ErrorEvent(sequence_number=stream.seq + 1, code=err.code, message=err.message,
                                      param=err.param))
-        await send({"type": "http.response.body", "body": frame, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await stream.end()
 
 
-def check_auth(bearer: bytes | None, headers: list[tuple[bytes, bytes]]) -> None:
-    """Raise ``AuthenticationError`` unless ``Authorization: Bearer <key>`` matches (if a key is set)."""
-    if bearer is None:
-        return
-    for name, value in headers:
-        if name == b"authorization" and hmac.compare_digest(value, bearer):
-            return
-    raise errors.AuthenticationError("Incorrect API key provided.")
+class _SseStream:
+    """The SSE response of one request: headers before the first event, one frame per event, the end."""
+
+    __slots__ = ("_send", "seq", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.seq = -1
+
+    async def emit(self, event: Event) -> None:
+        if not self.started:
+            await self._send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            self.started = True
+        self.seq = event.sequence_number
+        await self._send({"type": "http.response.body", "body": sse_frame(event), "more_body": True})
+
+    async def end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
@@ -225,13 +236,14 @@ async def send_bytes(send: Send, status: int, body: bytes, *, close: bool = Fals
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def build_app(service: ResponsesService, settings: Settings) -> Starlette:
-    """The ASGI app: Responses routes, health check and the WebSocket-mode route on one port."""
+def build_app(service: ResponsesService, settings: Settings, connections: ConnectionSet) -> Starlette:
+    """The ASGI app: Responses routes, health check and the WebSocket-mode route on one port. Its WebSocket
+    connections are counted in ``connections``, so stopping the server drains them."""
     endpoint = ResponsesEndpoint(service, settings)
 
     async def retrieve(request: Request) -> HttpResponse:
         try:
-            check_auth(endpoint.bearer, request.scope["headers"])
+            check_api_key(_header(request.scope, b"authorization"), settings.api_key)
             body, status = encode(await service.retrieve(request.path_params["response_id"])), 200
         except Exception as exc:
             status, body = error_reply(exc)
@@ -241,8 +253,7 @@ def build_app(service: ResponsesService, settings: Settings) -> Starlette:
         return HttpResponse(b'{"status":"ok","transport":"https"}', media_type="application/json")
 
     async def websocket_mode(websocket: WebSocket) -> None:
-        ws_server = importlib.import_module("servers.ws_server")  # the WebSocket transport owns this route
-        await ws_server.handle_starlette_websocket(websocket, service, settings)
+        await handle_starlette_websocket(websocket, service, connections)
 
     async def no_route(request: Request, exc: Exception) -> HttpResponse:
         status = getattr(exc, "status_code", 404)
@@ -272,13 +283,16 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
     The socket is bound here: a bind error is an ``OSError`` for the caller (uvicorn would ``sys.exit``).
     With ``settings.http2`` the same app runs on hypercorn instead (HTTP/2: :mod:`servers.https_h2`).
     """
+    connections = ConnectionSet()  # WebSocket mode on this port: drained before the HTTP server stops
+    app = build_app(service, settings, connections)
     if settings.http2:
         from servers.https_h2 import start_hypercorn  # hypercorn is imported only for the variant
 
-        return await start_hypercorn(build_app(service, settings), settings, service, tls, keep_alive_s=KEEP_ALIVE_S)
+        return await start_hypercorn(app, settings, service, tls, keep_alive_s=KEEP_ALIVE_S,
+                                     connections=connections)
     server_ctx = tls.server_ssl_context() if tls is not None else None
     config = uvicorn.Config(
-        build_app(service, settings), host=settings.host, port=settings.port, loop="none",
+        app, host=settings.host, port=settings.port, loop="none",
         http="httptools", ws="websockets-sansio", lifespan="off", log_level="warning", log_config=None,
         access_log=False, ssl_context_factory=(lambda cfg, default: server_ctx) if server_ctx else None,
         timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=max(1, math.ceil(settings.grace_s)),
@@ -297,10 +311,11 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
     port = int(sock.getsockname()[1])
 
     async def stop() -> None:
+        await connections.drain()  # uvicorn would close open WebSockets at once
         server.should_exit = True
         await task
 
     return RunningServer(
         transport="https", host=settings.host, port=port,
         url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
-        extra={"uvicorn": server, "server": "uvicorn", "http": "1.1"})
+        extra={"uvicorn": server, "server": "uvicorn", "http": "1.1", "connections": connections})

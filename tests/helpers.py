@@ -21,3 +21,11 @@ class StreamingRecorder(TurnRecorder):
         super().on_event(event_type, nbytes, t_ns=t_ns)
         if self.chunks >= self.min_chunks:
             self.streaming.set()
+
+
+async def usage_rows(server: Any) -> list[dict[str, Any]]:
+    """The server's durable usage records (one per finished response, oldest first), once every overlapped
+    ``post`` has been written: what the server says each response cost and how it resolved its state."""
+    await server.service.drain()
+    rows: list[dict[str, Any]] = server.service.usage.rows()
+    return rows

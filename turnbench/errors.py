@@ -13,15 +13,17 @@ Each error carries its wire meaning, so an adapter maps it with one table lookup
     ├── NotFoundError                   not_found                            404   -         NOT_FOUND
     ├── PayloadTooLargeError            payload_too_large                    413   1009      RESOURCE_EXHAUSTED
     ├── ConnectionLimitError            websocket_connection_limit_reached   400   1000      (in-stream), then end
-    ├── RequestTimeoutError             request_timeout                      408   -         DEADLINE_EXCEEDED
+    ├── RequestTimeoutError             request_timeout                      408   -         (in-stream)
     ├── ServiceUnavailableError         server_shutting_down                 503   1001      UNAVAILABLE
     └── ServerError                     server_error                         500   -         INTERNAL
         └── EngineError                 engine_error                         500   -         INTERNAL
 
-A request-scoped error (everything under ``InvalidRequestError``, ``ServerError``) leaves a WebSocket or a
-gRPC ``Connect`` stream usable: it is sent as an ``error`` event and the connection keeps serving.
-``ws_close`` is set only where the connection itself must end. The gRPC status is a name (string) so the
-core does not import grpc; the gRPC adapter resolves it.
+A request-scoped error (``request_scoped``: everything under ``InvalidRequestError`` and ``ServerError``, and
+``RequestTimeoutError``) leaves a WebSocket or a gRPC ``Connect`` stream usable: it is sent as an ``error``
+event on the request's lane and the connection keeps serving. ``ws_close`` is set only where the connection
+itself must end. The gRPC status is a name (string) so the core does not import grpc; the gRPC adapter
+resolves it. ``stream_id`` is the lane a refused connection event named, when it could be read: its error is
+answered in that lane's order.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class TurnbenchError(Exception):
     http_status: ClassVar[int] = 500
     ws_close: ClassVar[int | None] = None
     grpc_status: ClassVar[str] = "INTERNAL"
+    request_scoped: ClassVar[bool] = False
 
     def __init__(self, message: str, param: str | None = None, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.stream_id: str | None = None
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
 
@@ -58,6 +62,7 @@ class InvalidRequestError(TurnbenchError):
     type = "invalid_request_error"
     http_status = 400
     grpc_status = "INVALID_ARGUMENT"
+    request_scoped = True
 
 
 class PreviousResponseNotFoundError(InvalidRequestError):
@@ -126,6 +131,7 @@ class RequestTimeoutError(TurnbenchError):
     type = "invalid_request_error"
     http_status = 408
     grpc_status = "DEADLINE_EXCEEDED"
+    request_scoped = True
 
 
 class ServiceUnavailableError(TurnbenchError):
@@ -137,16 +143,19 @@ class ServiceUnavailableError(TurnbenchError):
 
 
 class ServerError(TurnbenchError):
-    pass
+    request_scoped = True
 
 
 class EngineError(ServerError):
     code = "engine_error"
 
 
-def is_request_scoped(err: TurnbenchError) -> bool:
-    """True when the error concerns one request only: a connection (WS, gRPC Connect) keeps serving."""
-    return isinstance(err, InvalidRequestError | ServerError)
+def unknown_event_type(kind: str | None) -> InvalidRequestError:
+    """The error for a connection event that is not ``response.create`` (or names no ``type`` at all)."""
+    if kind is None:
+        return InvalidRequestError("Missing required parameter: 'type' ('response.create').", "type")
+    return InvalidRequestError(f"Unsupported event type {kind!r}: this server accepts 'response.create'.",
+                               "type", code="unknown_event_type")
 
 
 def as_turnbench_error(exc: BaseException) -> TurnbenchError:

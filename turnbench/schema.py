@@ -428,6 +428,26 @@ def decode_request(payload: bytes | str) -> ResponseCreate:
         ) from exc
 
 
+class _Envelope(msgspec.Struct):
+    """The two members a refused connection event is answered by; every other member is skipped unread."""
+
+    type: Any = None
+    stream_id: Any = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def peek_envelope(payload: bytes | str) -> tuple[Any, Any]:
+    """``(type, stream_id)`` of an event that failed to decode as a request, best effort (``None`` where
+    unreadable). Error path only: msgspec skips the other members without building them."""
+    try:
+        env = _envelope_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None, None
+    return env.type, env.stream_id
+
+
 def request_from_builtins(obj: dict[str, Any]) -> ResponseCreate:
     """Build a request from already-decoded builtins (the gRPC json/typed codecs)."""
     try:
@@ -439,11 +459,6 @@ def request_from_builtins(obj: dict[str, Any]) -> ResponseCreate:
 def decode_event(payload: bytes | str) -> Event:
     """Decode one server event (clients and tests)."""
     event: Event = _event_decoder.decode(payload)
-    return event
-
-
-def event_from_builtins(obj: dict[str, Any]) -> Event:
-    event: Event = msgspec.convert(obj, Event)
     return event
 
 

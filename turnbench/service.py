@@ -1,26 +1,33 @@
 """``ResponsesService``: one ``response.create`` through the pipeline, as a stream of Responses events.
 
-Every transport calls the same two methods::
+Every transport calls the same methods::
 
-    parsed = service.parse(payload_bytes)             # parse stage (adapters with another codec: parse_obj)
-    async for event in service.create(parsed, session):  # validate … decode, then post
+    parsed = service.parse(payload_bytes)               # parse stage (parse_event: a connection's frame;
+                                                        #   parse_obj: codecs that decoded already)
+    prepared = await service.prepare(parsed, session)   # validate … route; raises TurnbenchError
+    async for event in service.generate(prepared):      # response.created … prefill, decode … terminal, post
         send(encode(event))
 
+or, with the request timeout and the ``aclose`` on a peer that went away handled once, for every adapter::
+
+    await service.respond(parsed, session, emit, timeout_s=settings.request_timeout_s)
+
 A :class:`Session` is one connection (WebSocket, gRPC ``Connect``) with its :class:`StateCache`, or one
-stateless request (HTTPS, gRPC ``Create``) with none. Errors found before ``response.created`` are raised
-(as :class:`TurnbenchError`) from the first iteration, so an adapter can answer with a status code; errors
-after it end the stream with ``response.failed``. A failed continuation evicts its parent on its lane.
+stateless request (HTTPS, gRPC ``Create``) with none. ``prepare`` raises every error a request can earn
+before ``response.created`` (an adapter answers with a status code or an error event); after it, the stream
+ends with ``response.failed`` (engine failure, or the request timeout). A failed continuation evicts its
+parent on its lane.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +38,13 @@ from turnbench.engine import make_engine
 from turnbench.engine.base import KVHandle, ModelEngine
 from turnbench.engine.policy import plan_output
 from turnbench.errors import (
+    InvalidRequestError,
     NotFoundError,
     PreviousResponseNotFoundError,
+    RequestTimeoutError,
     TurnbenchError,
     as_turnbench_error,
+    unknown_event_type,
 )
 from turnbench.pipeline import StageTimer
 from turnbench.post import PostWriter
@@ -58,6 +68,7 @@ from turnbench.schema import (
     decode_request,
     item_text,
     output_as_input,
+    peek_envelope,
     request_from_builtins,
 )
 from turnbench.settings import Settings
@@ -76,6 +87,7 @@ from turnbench.stream import new_id, split_pieces, stream_item
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
+Emit = Callable[[Event], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -83,19 +95,6 @@ class ParsedRequest:
     request: ResponseCreate
     timer: StageTimer
     nbytes: int = 0
-
-
-@dataclass(slots=True)
-class ResponseRecord:
-    """Server-side record of one response, kept in ``ResponsesService.recent`` (tests, /stats)."""
-
-    response_id: str
-    transport: str
-    state: str
-    status: str
-    stages: dict[str, Any]
-    prefill_tokens: int
-    cached_tokens: int
 
 
 class ResponsesService:
@@ -120,7 +119,6 @@ class ResponsesService:
         self.usage = usage
         self.tokenizer = tokenizer or load_tokenizer()
         self.safety = safety or default_classifier()
-        self.recent: deque[ResponseRecord] = deque(maxlen=10_000)
         self.post = PostWriter(self.store, self.usage, s.burn_us)
         self._closed = False
 
@@ -144,6 +142,29 @@ class ResponsesService:
             st.chars += len(payload)
         return ParsedRequest(req, timer, len(payload))
 
+    def parse_event(self, payload: bytes | str) -> ParsedRequest:
+        """``parse`` for a connection's client event (a WebSocket frame, gRPC ``Connect``'s json codec): the
+        ``response.create`` body flat beside ``"type": "response.create"``.
+
+        Raises: :class:`InvalidRequestError` with ``stream_id`` set to the lane the event named (if it could be
+        read), so the error is answered in that lane's order; ``unknown_event_type`` for another ``type``.
+        """
+        try:
+            parsed = self.parse(payload)
+        except InvalidRequestError as exc:
+            kind, stream_id = peek_envelope(payload)  # error path only: a skip-scan of two members
+            err = unknown_event_type(kind) if kind != "response.create" and isinstance(kind, str) else exc
+            err.stream_id = stream_id if isinstance(stream_id, str) else None
+            if err is exc:
+                raise
+            raise err from exc
+        kind = parsed.request.type
+        if kind != "response.create":
+            err = unknown_event_type(kind)
+            err.stream_id = parsed.request.stream_id
+            raise err
+        return parsed
+
     def parse_obj(self, obj: dict[str, Any], *, nbytes: int = 0, decode_ns: int = 0) -> ParsedRequest:
         """``parse`` for codecs that decoded already (gRPC): ``decode_ns`` is their decode time."""
         timer = self._timer()
@@ -155,30 +176,58 @@ class ResponsesService:
 
     # ------------------------------------------------------------------------------------------ create
 
-    async def create(self, parsed: ParsedRequest, session: Session) -> AsyncGenerator[Event, None]:
-        """Run the pipeline; yield events in spec order. Raises before ``response.created`` on bad input.
+    async def prepare(self, parsed: ParsedRequest, session: Session) -> Prepared:
+        """``validate`` … ``route``: everything that may refuse the request, before ``response.created``.
 
-        An adapter whose peer went away must ``aclose()`` the generator: that stops the engine and evicts
-        nothing but the failed request's parent (same lane).
+        Raises: a :class:`TurnbenchError` (bad input, unknown parent, flagged content, state limit …); a
+        failed continuation evicts its parent on the same lane (a cross-lane fork keeps it, spec a.5).
         """
-        req, timer = parsed.request, parsed.timer
+        req = parsed.request
         check_stream_id(req.stream_id)
         try:
-            prep = await self._prepare(req, timer, session)
+            return await self._prepare(req, parsed.timer, session)
         except TurnbenchError:
             self._evict_parent(req, session)
             raise
-        async for ev in self._generate(req, timer, session, prep):
-            yield ev
 
     def _evict_parent(self, req: ResponseCreate, session: Session) -> None:
-        """A same-lane continuation that failed evicts its parent; a cross-lane fork keeps it (spec a.5)."""
         if req.previous_response_id and session.cache is not None:
-            rec = session.cache._records.get(req.previous_response_id)
-            if rec is not None and rec.lane == req.stream_id:
-                session.cache.evict(req.previous_response_id)
+            session.cache.evict_on_lane(req.previous_response_id, req.stream_id)
 
-    async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> _Prepared:
+    async def respond(self, parsed: ParsedRequest, session: Session, emit: Emit, *,
+                      timeout_s: float | None = None) -> None:
+        """Prepare, then stream every event through ``emit``, under ``timeout_s`` (None: no limit).
+
+        Raises: the :class:`TurnbenchError` of a request refused before ``response.created``, including
+        :class:`RequestTimeoutError` when the time ran out there. Once ``response.created`` is out, a timeout
+        ends the stream with ``response.failed`` (code ``request_timeout``) instead. A cancelled caller (a
+        peer gone) closes the event generator: the engine stops and the parent is evicted.
+        """
+        created: Response | None = None
+        last: Event | None = None
+        try:
+            async with asyncio.timeout(timeout_s) as scope:
+                prepared = await self.prepare(parsed, session)
+                async with contextlib.aclosing(self.generate(prepared)) as events:
+                    async for event in events:
+                        if created is None and isinstance(event, ResponseCreated):
+                            created = event.response
+                        last = event
+                        await emit(event)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            err = RequestTimeoutError(
+                f"The request did not finish within its time limit (request_timeout_s = "
+                f"{self.settings.request_timeout_s:g} s).")
+            if created is None or last is None:
+                raise err from exc
+            await emit(ResponseFailed(
+                sequence_number=last.sequence_number + 1, stream_id=parsed.request.stream_id,
+                response=msgspec.structs.replace(created, status="failed",
+                                                 error={"code": err.code, "message": err.message})))
+
+    async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> Prepared:
         s = self.settings
         await timer.inject("validate")
         with timer.stage("validate") as st:
@@ -234,7 +283,8 @@ class ResponsesService:
                 route = parent.route
             else:
                 route = pipeline.route(req.model, self.engine.name, tools, st)
-        return _Prepared(parent, state, new_items, items, tools, metadata, tokens, key, route, new_bytes)
+        return Prepared(req, timer, session, parent, state, new_items, items, tools, metadata, tokens, key, route,
+                        new_bytes)
 
     async def _hydrate(self, response_id: str, timer: StageTimer) -> ConversationRecord | None:
         await self.post.wait_for(response_id)  # its post may still be writing it: wait, never miss
@@ -249,10 +299,15 @@ class ResponsesService:
             instructions=stored.instructions,
         )
 
-    async def _generate(
-        self, req: ResponseCreate, timer: StageTimer, session: Session, p: _Prepared
-    ) -> AsyncIterator[Event]:
+    async def generate(self, p: Prepared) -> AsyncGenerator[Event, None]:
+        """``response.created`` … ``prefill``, ``decode`` … the terminal event, then ``post``.
+
+        Never raises for the request's own sake: an engine failure ends the stream with ``response.failed``.
+        A consumer that stops early must ``aclose()`` it (:meth:`respond` does): the engine stops and the
+        parent is evicted.
+        """
         s = self.settings
+        req, timer, session = p.request, p.timer, p.session
         seq = 0
         resp = Response(
             id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=req.model,
@@ -335,10 +390,6 @@ class ResponsesService:
         final = snap(status=status, output=outputs, usage=usage, turnbench=TurnbenchExt(
             stages=timer.snapshot(), state=p.state, engine=self.engine.name,
             prefill_tokens=pre.computed_tokens))
-        # recorded before the terminal event: an adapter may stop iterating right after it
-        self.recent.append(ResponseRecord(resp.id, session.transport, p.state, status,
-                                          msgspec.to_builtins(timer.stats), pre.computed_tokens,
-                                          pre.cached_tokens))
         if status == "incomplete":
             final.incomplete_details = {"reason": "max_output_tokens"}
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
@@ -349,7 +400,7 @@ class ResponsesService:
         prof = getattr(self.engine, "profile", None)
         return int(getattr(prof, name, default))
 
-    def _record(self, req: ResponseCreate, p: _Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
+    def _record(self, req: ResponseCreate, p: Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
         out_items: list[InputItem] = [output_as_input(o) for o in response.output]
         items = [*p.items, *out_items]
         base = p.parent.nbytes if (p.state == "connection" and p.parent is not None) else \
@@ -394,7 +445,12 @@ class ResponsesService:
 
 
 @dataclass(slots=True)
-class _Prepared:
+class Prepared:
+    """A request that passed every check: what ``generate`` needs to answer it."""
+
+    request: ResponseCreate
+    timer: StageTimer
+    session: Session
     parent: ConversationRecord | None
     state: str
     new_items: list[InputItem]

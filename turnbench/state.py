@@ -39,7 +39,6 @@ class ConversationRecord:
     tools: list[FunctionTool]
     instructions: str | None
     tokens: list[int] | None = None
-    item_token_counts: list[int] | None = None
     tools_key: int = 0
     route: Any = None
     kv: Any = None
@@ -49,11 +48,6 @@ class ConversationRecord:
     @property
     def response_id(self) -> str:
         return self.response.id
-
-
-def estimate_bytes(items: list[InputItem], tokens: list[int] | None) -> int:
-    """Approximate memory of a record: encoded item JSON plus 8 bytes per cached token."""
-    return sum(len(msgspec.json.encode(i)) for i in items) + 8 * len(tokens or ())
 
 
 class StateCache:
@@ -105,6 +99,12 @@ class StateCache:
             self._drop(victim)
             self.evictions += 1
 
+    def evict_on_lane(self, response_id: str, lane: str | None) -> bool:
+        """Evict ``response_id`` if it was created on ``lane``: a failed same-lane continuation loses its
+        parent, a failed cross-lane fork keeps it (spec a.5). Returns: whether it was evicted."""
+        rec = self._records.get(response_id)
+        return rec is not None and rec.lane == lane and self.evict(response_id)
+
     def evict(self, response_id: str) -> bool:
         """Remove ``response_id`` (a failed continuation's parent). Returns whether it was cached."""
         if response_id not in self._records:
@@ -130,6 +130,11 @@ class StateCache:
 # ---------------------------------------------------------------------------------------------- sessions
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+
+
+def valid_lane(stream_id: object) -> str | None:
+    """The lane a client event names: ``stream_id`` if it is a valid one, else the default lane (None)."""
+    return stream_id if isinstance(stream_id, str) and STREAM_ID.match(stream_id) else None
 
 
 def check_stream_id(stream_id: str | None) -> None:

@@ -13,6 +13,7 @@ import pytest
 from clients.agent import Toolbox, run_rollout
 from clients.base import ClientConfig, RolloutResult, TurnRecorder, make_client
 from tests.conftest import client_config
+from tests.helpers import usage_rows
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.transports import get_transport
@@ -82,8 +83,9 @@ async def test_rollout_matches_reference(serve, connect, reference, client_t, se
     # the cache answers first, the store is the fallback), else from the store
     expected = {"full": "full", "connection": "connection",
                 "store": "connection" if get_transport(client_t).supports_connection_state else "store"}[state]
-    assert {r.state for r in server.service.recent} == ({"full"} | {expected})
-    assert server.service.recent[-1].state == expected
+    states = [row["state"] for row in await usage_rows(server)]
+    assert set(states) == ({"full"} | {expected})
+    assert states[-1] == expected
 
 
 async def _one_turn(client, body, log_cls=EventLog) -> tuple[EventLog, dict[str, Any]]:

@@ -21,6 +21,7 @@ from clients.base import TurnRecorder, make_client
 from clients.https_client import HttpsClient
 from servers.base import RunningServer
 from tests.conftest import TIMEOUT_FACTOR, client_config
+from tests.helpers import usage_rows
 
 pytestmark = pytest.mark.timeout(120 * TIMEOUT_FACTOR)
 
@@ -56,7 +57,7 @@ async def test_rollout_over_http2_matches_http1(serve, connect, state):
     assert two.tool_calls == one.tool_calls and two.final_output == one.final_output
     assert h2.http_version == "HTTP/2" and h1.http_version == "HTTP/1.1"  # every turn, not just connect
     assert all(t.ttft_ms is not None and t.chunks > 0 and t.bytes_down > 0 for t in two.turns)
-    states = {r.state for r in h2_server.service.recent}
+    states = {row["state"] for row in await usage_rows(h2_server)}
     assert states == ({"full"} if state == "full" else {"full", "store"})
 
 

@@ -15,6 +15,7 @@ import pytest
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder, make_client
 from servers.base import RunningServer
 from tests.conftest import TIMEOUT_FACTOR, client_config
+from tests.helpers import usage_rows
 
 pytestmark = pytest.mark.timeout(120 * TIMEOUT_FACTOR)
 
@@ -82,7 +83,7 @@ async def test_rollout_full_and_store_agree(serve, connect, transport, options):
     assert len(full) == len(store) == 20
     assert len(full_calls) == 19 and full_calls == store_calls
     assert full_answer == store_answer and len(full_answer.split()) == 24
-    states = [r.state for r in server.service.recent]
+    states = [row["state"] for row in await usage_rows(server)]
     assert states.count("store") == 19 and states.count("full") == 21
     # full re-sends the history: its requests grow; store sends one item after the first turn
     assert full[-1].bytes_up > 4 * full[1].bytes_up
@@ -266,7 +267,7 @@ async def test_client_disconnect_stops_generation(serve, connect):
     decoded = stats.decoded_tokens
     await asyncio.sleep(0.3)  # ~20 token steps at 65 tok/s: a running decode would move the counter
     assert stats.decoded_tokens == decoded and decoded - before < 300  # the whole answer is ~600 tokens
-    assert response_id is not None and all(r.response_id != response_id for r in server.service.recent)
+    assert response_id is not None and all(row["response_id"] != response_id for row in await usage_rows(server))
     rec = TurnRecorder("https", "full")  # and the server keeps serving
     await warm.create({"model": "m", "input": "again", "metadata": {"answer_tokens": "2", "tool_calls": "0"}},
                       recorder=rec)
@@ -280,7 +281,8 @@ async def test_request_timeout(serve, connect):
     assert status == 408 and body["error"]["code"] == "request_timeout"
     client = await connect("https", server)
     rec = TurnRecorder("https", "full")
-    assert await client.create(long, recorder=rec) == {}  # streaming: an in-stream error event ends it
+    response = await client.create(long, recorder=rec)  # streaming: response.failed ends it
+    assert response["status"] == "failed" and response["error"]["code"] == "request_timeout"
     result = rec.result()
     assert not result.success and result.error_code == "request_timeout" and result.chunks > 0
 

@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from clients.base import ResponsesClient, TurnRecorder, TurnResult
 from servers.base import RunningServer
+from tests.helpers import usage_rows
 from turnbench.schema import TERMINAL_TYPES
 
 pytestmark = pytest.mark.timeout(60)
@@ -142,7 +143,7 @@ async def test_store_true_chain_hydrates_on_a_new_connection(serve, connect):
                                     "input": [{"type": "function_call_output", "call_id": call["call_id"],
                                                "output": "42"}]})
     assert result.success, result.error
-    assert server.service.recent[-1].state == "store" == r2["turnbench"]["state"]
+    assert (await usage_rows(server))[-1]["state"] == "store" == r2["turnbench"]["state"]
     assert r2["previous_response_id"] == r1["id"]
 
 

@@ -24,7 +24,13 @@ def make_service(**overrides: Any) -> ResponsesService:
 
 
 async def turn(service: ResponsesService, session: Session, body: dict[str, Any]) -> list[Any]:
-    return [ev async for ev in service.create(service.parse(json.dumps(body)), session)]
+    events: list[Any] = []
+
+    async def emit(event: Any) -> None:
+        events.append(event)
+
+    await service.respond(service.parse(json.dumps(body)), session, emit)
+    return events
 
 
 def types(events: list[Any]) -> list[str]:

@@ -1,0 +1,364 @@
+"""One stateful connection — WebSocket mode or a gRPC ``Connect`` stream — written once.
+
+As websockets' I/O flavours sit on one sans-I/O ``Protocol``, the WebSocket server and gRPC ``Connect`` sit
+on :class:`Connection`: an adapter reads messages and decodes each into a :class:`Submission`, writes the bytes
+the connection hands it, and maps how the connection ended (:class:`Ending`) onto its wire (a close code, a
+gRPC status). Everything else is here::
+
+    message ─adapter: decode─▶ Submission ─lane (FIFO)─▶ in-flight slot ─▶ service.respond ─encode─▶ send
+
+* **Lanes.** Requests of one ``stream_id`` (none: the default lane) run one at a time, in arrival order;
+  lanes run concurrently, at most ``max_inflight_per_connection`` responses at once; more are queued, never
+  refused. At most ``max_lanes`` named lanes.
+* **Errors.** A refused request gets an ``error`` event on its lane, after the requests queued before it
+  there (clients read a lane in order). A request-scoped error (bad input, unknown parent, the request
+  timeout, a server error) leaves the connection serving.
+* **Request timeout** (``request_timeout_s``), from the moment a request runs: request-scoped. Before
+  ``response.created`` it is an ``error`` event (``request_timeout``), after it ``response.failed``.
+* **Lifetime** (``connection_lifetime_s``), timed from the open whether the connection is busy or idle: new
+  requests are refused with ``websocket_connection_limit_reached`` on their lane, responses in flight get
+  ``grace_s`` to finish, then the connection-level limit error is sent and the connection ends.
+* **Drain** (server shutdown, :meth:`Connection.drain`): new requests are refused with
+  ``server_shutting_down``, responses in flight get ``grace_s``, then the connection ends.
+* **The peer closing.** A WebSocket close (the peer can read no more) cancels what runs; gRPC's half-close
+  (``half_close=True``: the peer still reads) finishes what was asked first. When :meth:`Connection.serve`
+  returns, nothing of the connection runs any more and its state is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from turnbench.errors import (
+    ConnectionLimitError,
+    ServiceUnavailableError,
+    TurnbenchError,
+    as_turnbench_error,
+)
+from turnbench.schema import Event, WsErrorEvent, ws_error_event
+from turnbench.schema import encode as encode_json
+from turnbench.service import ParsedRequest, ResponsesService
+from turnbench.state import valid_lane
+
+__all__ = ["Connection", "ConnectionGone", "ConnectionSet", "Encode", "Ending", "Send", "Submission"]
+
+log = logging.getLogger("turnbench.connection")
+
+Send = Callable[[bytes], Awaitable[None]]
+"""Write one message to the peer; raises :class:`ConnectionGone` when the peer is gone."""
+Encode = Callable[[Event | WsErrorEvent], bytes]
+"""One server event as the bytes of one message, in the codec its request came in."""
+
+
+class ConnectionGone(Exception):
+    """The peer is gone (closed or dropped): whatever was being sent is lost."""
+
+
+@dataclass(slots=True)
+class Submission:
+    """One decoded client message: a request, or the error it earned, and how to answer it.
+
+    ``stream_id``: the lane the message named, as sent (an invalid one answers on the default lane).
+    """
+
+    request: ParsedRequest | None
+    encode: Encode
+    error: TurnbenchError | None = None
+    stream_id: str | None = None
+
+    @classmethod
+    def of(cls, parsed: ParsedRequest, encode: Encode) -> Submission:
+        return cls(parsed, encode, None, parsed.request.stream_id)
+
+    @classmethod
+    def refused(cls, error: TurnbenchError, encode: Encode) -> Submission:
+        """A message refused while decoding; ``error.stream_id`` names its lane when it could be read."""
+        return cls(None, encode, error, error.stream_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a connection ended. ``error``: what the adapter reports on its wire (close code, gRPC status)."""
+
+    reason: Literal["peer_closed", "lifetime", "shutdown", "error"]
+    error: TurnbenchError | None = None
+
+
+class Connection:
+    """The protocol of one connection: its session and cache, its queued and running requests, its limits."""
+
+    def __init__(self, service: ResponsesService, transport: str, send: Send, encode: Encode = encode_json) -> None:
+        """``encode``: the codec of connection-level events until a message names its own (the last one's
+        codec is used after that)."""
+        self.service, self.settings = service, service.settings
+        self.session = service.new_session(transport, connection=True)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()  # set while no message of this connection is queued or running
+        self.idle.set()
+        self.closed = asyncio.Event()  # set once serve() has returned and the state is freed
+        self.draining = False
+        self._writer = _Writer(send)
+        self._encode = encode
+        self._slots = asyncio.Semaphore(max(1, self.settings.max_inflight_per_connection))
+        self._refuse: Callable[[], TurnbenchError] | None = None  # set at the lifetime limit or a drain
+        self._stop: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def serve(self, incoming: AsyncIterator[Submission], *, half_close: bool = False) -> Ending:
+        """Take ``incoming`` messages until the peer closes, the lifetime limit, a drain or a fatal error.
+
+        ``half_close``: the end of ``incoming`` leaves the peer reading (gRPC), so what was asked is finished
+        first; otherwise (WebSocket) it is cancelled. Returns: why the connection ended.
+        """
+        loop = asyncio.get_running_loop()
+        lifetime: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self.settings.connection_lifetime_s, _resolve, lifetime)
+        reader = asyncio.create_task(self._read(incoming), name="turnbench-connection-reader")
+        try:
+            await _first(reader, lifetime, self._stop)
+            if reader.done() and not lifetime.done() and not self._stop.done():
+                _log_failure(reader)
+                if not half_close:
+                    return Ending("peer_closed")
+                async with _task(self.idle.wait()) as idle:
+                    await _first(idle, lifetime, self._stop)
+                if self.idle.is_set() and not self._stop.done():
+                    return Ending("peer_closed")
+            if self._stop.done():
+                return self._stop.result()
+            return await self._lifetime_reached(reader)
+        finally:
+            timer.cancel()
+            reader.cancel()
+            await self._cancel_tasks()
+            self._writer.close()
+            self.session.close()
+            self.closed.set()
+
+    async def drain(self) -> None:
+        """Graceful stop: refuse new requests (``server_shutting_down``), give those in flight ``grace_s``,
+        then end the connection (``Ending("shutdown")``). Returns once :meth:`serve` has returned."""
+        self.draining = True
+        self._refuse = _shutting_down
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), self.settings.grace_s)
+        self._end(Ending("shutdown", _shutting_down()))
+        await self.closed.wait()
+
+    async def _lifetime_reached(self, reader: asyncio.Task[None]) -> Ending:
+        minutes = self.settings.connection_lifetime_s / 60.0
+        self._refuse = lambda: ConnectionLimitError(minutes)
+        async with _task(self.idle.wait()) as idle:
+            await _first(idle, self._stop, timeout_s=self.settings.grace_s)
+        if self._stop.done():
+            return self._stop.result()
+        reader.cancel()
+        await self._cancel_tasks()
+        err = ConnectionLimitError(minutes)
+        with contextlib.suppress(ConnectionGone):
+            await self.send(ws_error_event(err), self._encode)
+        return Ending("lifetime", err)
+
+    def _end(self, ending: Ending) -> None:
+        if not self._stop.done():
+            self._stop.set_result(ending)
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    async def _read(self, incoming: AsyncIterator[Submission]) -> None:
+        async for sub in incoming:
+            self.submit(sub)
+
+    def submit(self, sub: Submission) -> None:
+        """Take one message: it runs in its own task, in its lane's order."""
+        self._encode = sub.encode
+        if self._refuse is not None and sub.error is None:
+            sub = Submission(None, sub.encode, self._refuse(), sub.stream_id)
+        task = asyncio.create_task(self._handle(sub))
+        self.tasks.add(task)
+        self.idle.clear()
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self.idle.set()
+
+    async def _handle(self, sub: Submission) -> None:
+        lane = valid_lane(sub.stream_id)  # an invalid id queues on the default lane; prepare() refuses it
+        try:
+            try:
+                lock = self.session.lane(lane, self.settings.max_lanes)
+            except TurnbenchError as err:  # one named lane too many: it has no queue to wait in
+                await self._send_error(err, lane, sub)
+                return
+            async with lock:
+                if sub.request is None:
+                    await self._send_error(sub.error or _shutting_down(), lane, sub)
+                    return
+                async with self._slots:
+                    await self._respond(sub.request, lane, sub)
+        except ConnectionGone:
+            pass  # the reader sees the close too, and the connection ends
+        except Exception:  # a bug (an encoder, this module): it must not take the connection down
+            log.exception("connection request task failed")
+
+    async def _respond(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> None:
+        async def emit(event: Event) -> None:
+            await self.send(event, sub.encode)
+
+        try:
+            await self.service.respond(parsed, self.session, emit, timeout_s=self.settings.request_timeout_s)
+        except ConnectionGone:
+            raise
+        except Exception as exc:  # refused before response.created (or a bug: a server_error, logged)
+            err = as_turnbench_error(exc)
+            if err is not exc:
+                log.error("response.create failed before response.created", exc_info=exc)
+            await self._send_error(err, lane, sub)
+            if not err.request_scoped:
+                self._end(Ending("error", err))
+
+    async def _send_error(self, err: TurnbenchError, lane: str | None, sub: Submission) -> None:
+        await self.send(ws_error_event(err, lane), sub.encode)
+
+    async def send(self, event: Event | WsErrorEvent, encode: Encode) -> None:
+        """Encode ``event``, queue it for the writer and wait until it is written. Raises
+        :class:`ConnectionGone`. Cancelling the wait never cancels the write itself."""
+        await self._writer.write(encode(event))
+
+    async def _cancel_tasks(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Writer:
+    """The one task that writes to the peer. Request tasks queue their messages and wait for them to be
+    written, so a request cancelled while it waits (its timeout, the connection ending) never cancels a write
+    halfway: grpc.aio's call does not survive that, and the messages of a lane stay in order either way."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queue: deque[tuple[bytes, asyncio.Future[None]]] = deque()
+        self._ready = asyncio.Event()
+        self._gone: ConnectionGone | None = None
+        self._task = asyncio.create_task(self._run(), name="turnbench-connection-writer")
+
+    async def write(self, data: bytes) -> None:
+        if self._gone is not None:
+            raise ConnectionGone(str(self._gone))
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((data, done))
+        self._ready.set()
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                data, done = self._queue.popleft()
+                try:
+                    await self._send(data)
+                except Exception as exc:  # ConnectionGone, or the library's own kind of "closed"
+                    self._gone = exc if isinstance(exc, ConnectionGone) else ConnectionGone(repr(exc))
+                    self._fail(done)
+                    while self._queue:
+                        self._fail(self._queue.popleft()[1])
+                    return
+                if not done.done():
+                    done.set_result(None)
+
+    def _fail(self, done: asyncio.Future[None]) -> None:
+        if not done.done():
+            done.set_exception(ConnectionGone(str(self._gone)))
+
+    def close(self) -> None:
+        """Stop writing; whatever is still queued is lost (the connection is over)."""
+        self._task.cancel()
+        self._gone = self._gone or ConnectionGone("connection closed")
+        while self._queue:
+            self._fail(self._queue.popleft()[1])
+
+
+class ConnectionSet:
+    """The open connections of one server, so that stopping it drains them all."""
+
+    def __init__(self) -> None:
+        self._open: set[Connection] = set()
+        self.closing = False  # set by drain(): a connection opened after it is drained at once
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._open))
+
+    async def serve(self, conn: Connection, incoming: AsyncIterator[Submission], *,
+                    half_close: bool = False) -> Ending:
+        """:meth:`Connection.serve`, with ``conn`` counted as open meanwhile."""
+        self._open.add(conn)
+        if self.closing:
+            _background(conn.drain())
+        try:
+            return await conn.serve(incoming, half_close=half_close)
+        finally:
+            self._open.discard(conn)
+
+    async def drain(self) -> None:
+        """Drain every open connection at once (each gets ``grace_s``); later ones are drained as they open."""
+        self.closing = True
+        await asyncio.gather(*(conn.drain() for conn in self))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _background(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in a task that is kept referenced until it is done."""
+    task = asyncio.create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+def _shutting_down() -> TurnbenchError:
+    return ServiceUnavailableError("The server is shutting down; open a new connection.")
+
+
+async def _first(*futures: asyncio.Future[Any], timeout_s: float | None = None) -> None:
+    """Wait until one of ``futures`` is done (or ``timeout_s`` passed)."""
+    await asyncio.wait(futures, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """The reader ended by an exception (an adapter's decoder bug): the peer is treated as gone."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("connection reader failed", exc_info=exc)
+
+
+@contextlib.asynccontextmanager
+async def _task(coro: Awaitable[object]) -> AsyncIterator[asyncio.Future[object]]:
+    """A task to wait on beside others, cancelled on the way out."""
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
