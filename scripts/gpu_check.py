@@ -176,14 +176,13 @@ async def e2e(a: argparse.Namespace, device: str) -> list[dict[str, Any]]:
         try:
             r = await run_rollout(client, state=state, toolbox=Toolbox(),
                                   metadata={"tool_calls": str(a.tool_calls)})
-            recs = list(service.recent)
             x = service.engine.stats.extra
             row = dict(state=state, prefix_cache=prefix_cache, success=r.success, error=r.error,
                        turns=len(r.turns), tool_calls=len(r.tool_calls),
                        rollout_ms=round(r.rollout_ms, 1), tool_ms=round(r.tool_ms, 1),
                        final_context_tokens=r.turns[-1].input_tokens if r.turns else 0,
-                       prefill_tokens=sum(x.prefill_tokens for x in recs),
-                       cached_tokens=sum(x.cached_tokens for x in recs),
+                       prefill_tokens=service.engine.stats.prefill_tokens,
+                       cached_tokens=service.engine.stats.cached_tokens,
                        engine_prefill_ms=round(x.get("prefill_ms", 0.0), 1),
                        engine_decode_ms=round(x.get("decode_ms", 0.0), 1),
                        decoded_tokens=service.engine.stats.decoded_tokens,

@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/gpu_transport_out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c 'import torch;print(torch.__version__, torch.cuda.get_device_name())' 2>&1 | tee "$OUT/log.txt"
-python3 -c 'import servers.base as s, clients.base as c; s.load_servers(); c.load_clients(); print("imports ok")' 2>&1 | tee -a "$OUT/log.txt"
+python3 -c 'import servers.base, clients.base as c; from turnbench.transports import TRANSPORTS; [c.client_class(t) for t in TRANSPORTS]; print("imports ok")' 2>&1 | tee -a "$OUT/log.txt"
 SCEN=${SCEN:-scripts/gpu-agent.toml}
 ROLLOUTS=${ROLLOUTS:-5}
 t0=$(date +%s)

@@ -433,6 +433,10 @@ class ResponsesService:
         """Wait until every overlapped ``post`` has finished (graceful shutdown loses no usage record)."""
         await self.post.drain()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Release the engine, the store and the usage log; idempotent."""
         if self._closed:

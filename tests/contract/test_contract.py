@@ -1,7 +1,8 @@
-"""One contract, run unchanged over every transport on real loopback sockets (TLS on, port 0).
+"""One contract, run unchanged over every transport of the table on real loopback sockets (TLS on, port 0).
 
-Each case is (client transport, server transport, state strategy, client options). The in-process reference
-(``inproc``: the service called directly) fixes what every transport must produce for the same seed.
+The cases are read from ``turnbench.transports.TRANSPORTS``: a new row joins this suite by itself. The
+in-process reference (``inproc``: the service called directly) fixes what every transport must produce for the
+same seed. The connection behaviour WebSocket mode and gRPC ``Connect`` share is in ``test_connection.py``.
 """
 
 from __future__ import annotations
@@ -12,30 +13,22 @@ import pytest
 
 from clients.agent import Toolbox, run_rollout
 from clients.base import ClientConfig, RolloutResult, TurnRecorder, make_client
+from servers.base import start_server
 from tests.conftest import client_config
 from tests.helpers import usage_rows
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
-from turnbench.transports import get_transport
+from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, get_transport
 
 pytestmark = pytest.mark.timeout(120)
 
-# client transport, server transport, strategies, options
+# every row of the transport table with a server: (client transport, the server it starts, its states). The
+# server is started by the transport's name, so one that needs its own settings (https-h2) gets them.
 CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
-    ("https", "https", ("full", "store"), {}),
-    ("ws", "ws", ("connection", "store", "full"), {}),
-    ("grpc", "grpc", ("connection", "store", "full"), {}),
-    ("grpc-json", "grpc", ("connection",), {}),
-    ("grpc-create", "grpc", ("full", "store"), {}),
-    ("https-raw", "https", ("full", "store"), {}),
-]
+    (name, name, row.states, {}) for name, row in TRANSPORTS.items() if row.server is not None]
+ROLLOUT_CASES = [pytest.param(c, s, st, o, id=f"{c}-{st}") for c, s, sts, o in CASES for st in sts]
 # the official SDK cannot send malformed bytes: it joins the rollout contract only
-SDK_CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
-    ("sdk-https", "https", ("full", "store"), {}),
-    ("sdk-ws", "ws", ("connection", "store"), {}),
-]
-ROLLOUT_CASES = [pytest.param(c, s, st, o, id=f"{c}-{st}") for c, s, sts, o in CASES + SDK_CASES for st in sts]
-TRANSPORT_CASES = [pytest.param(c, s, o, id=c) for c, s, _, o in CASES]
+TRANSPORT_CASES = [pytest.param(c, s, o, id=c) for c, s, _, o in CASES if TRANSPORTS[c].raw]
 META = {"tool_calls": "20", "seed": "7"}
 
 
@@ -189,3 +182,14 @@ async def test_wrong_api_key_is_rejected(serve, connect, client_t, server_t, opt
     good = await connect(client_t, server, api_key="sk-right", **options)
     rec, _ = await _one_turn(good, {"model": "m", "input": "hi", "metadata": {"tool_calls": "0"}})
     assert rec.result().success, rec.result().error
+
+
+@pytest.mark.parametrize("name", list(SERVER_PROTOCOLS))
+async def test_a_server_closes_the_service_it_made_and_only_that(name, tls):
+    own = await start_server(name, Settings(profile="instant", usage_db=":memory:"), tls=tls)
+    shared = ResponsesService(Settings(profile="instant", usage_db=":memory:"))
+    lent = await start_server(name, shared.settings, service=shared, tls=tls)
+    await own.stop()
+    await lent.stop()
+    assert own.service.closed and not shared.closed
+    shared.close()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from turnbench.engine.fit import fit
-from turnbench.engine.sim import BLOCK_TOKENS, PROFILES, SimEngine, get_profile
+from turnbench.engine.prefix_cache import BLOCK_TOKENS
+from turnbench.engine.sim import PROFILES, SimEngine, get_profile
 
 ANCHOR = Path(__file__).resolve().parents[3] / "shared" / "anchors" / "gpu_prefill_decode_h200.json"
 

@@ -15,13 +15,11 @@ full/incremental points of the 8B model; every point within ±13%).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
 from turnbench.engine.base import DecodeChunk, EngineStats, KVHandle, PrefillResult
-
-BLOCK_TOKENS = 64
+from turnbench.engine.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,41 +101,6 @@ def get_profile(name: str) -> SimProfile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown sim profile {name!r}; choose from {', '.join(PROFILES)}") from None
-
-
-class PrefixCache:
-    """Hashes of 64-token blocks, each chained to its prefix (like vLLM's automatic prefix caching)."""
-
-    def __init__(self, max_blocks: int = 200_000) -> None:
-        self.max_blocks = max_blocks
-        self._blocks: OrderedDict[int, None] = OrderedDict()
-
-    @staticmethod
-    def chain(context: Sequence[int], known: Sequence[int] = ()) -> list[int]:
-        """Block hashes of ``context``; ``known`` are already-computed hashes of its leading blocks."""
-        hashes = list(known)
-        h = hashes[-1] if hashes else 0
-        for start in range(len(hashes) * BLOCK_TOKENS, len(context) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
-            h = hash((h, tuple(context[start : start + BLOCK_TOKENS])))
-            hashes.append(h)
-        return hashes
-
-    def match(self, hashes: Sequence[int]) -> int:
-        """Tokens of ``hashes``' prefix already cached."""
-        n = 0
-        for h in hashes:
-            if h not in self._blocks:
-                break
-            self._blocks.move_to_end(h)
-            n += 1
-        return n * BLOCK_TOKENS
-
-    def insert(self, hashes: Sequence[int]) -> None:
-        for h in hashes:
-            self._blocks[h] = None
-            self._blocks.move_to_end(h)
-        while len(self._blocks) > self.max_blocks:
-            self._blocks.popitem(last=False)
 
 
 class SimEngine:
