@@ -206,6 +206,17 @@ async def test_lifetime_limit_refuses_new_requests_finishes_those_in_flight_then
         assert conn.ended == {"ws": "close 1000", "grpc": "status OK"}[name]
 
 
+async def test_lifetime_limit_ends_an_idle_connection_too(serve, transport):
+    name, open_conn = transport
+    server = await serve(name, connection_lifetime_s=1.0)
+    async with open_conn(server, None) as conn:
+        await conn.send(create())  # served, then the connection sits idle until its lifetime is over
+        assert (await conn.response())[-1]["type"] == "response.completed"
+        (final,) = await conn.rest()
+        assert final["error"]["code"] == "websocket_connection_limit_reached" and "stream_id" not in final
+        assert conn.ended == {"ws": "close 1000", "grpc": "status OK"}[name]
+
+
 async def test_unknown_event_type_is_refused_on_its_lane_and_the_connection_goes_on(serve, transport):
     name, open_conn = transport
     server = await serve(name)
