@@ -25,7 +25,9 @@ from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 * TIMEOUT_FACTOR)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-BURN = {"render": 2000.0}  # µs of CPU per request in the render stage
+# µs of CPU per request in the render stage: a fixed cost, so it must stay well above the stage's own cost on a
+# slow or contended machine (where that doubles; 2 ms was at the 50% tolerance there)
+BURN = {"render": 5000.0}
 
 
 def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
@@ -82,7 +84,7 @@ def test_gate_command_burn_flag_fails(gate_run: tuple[Any, float], tmp_path: Pat
     run, ref = gate_run
     baseline = tmp_path / "baseline.json"
     gate.write_baseline(baseline, gate.gate_metrics(run, cpu_ref_ms=ref), run, ref)
-    code = main(["gate", "--baseline", str(baseline), "--burn", "render=2000", "--out", str(tmp_path / "burnt")])
+    code = main(["gate", "--baseline", str(baseline), "--burn", "render=5000", "--out", str(tmp_path / "burnt")])
     out = capsys.readouterr().out
     assert code == 1, out
     assert "REGRESSED" in out and "gate: FAIL" in out
