@@ -21,9 +21,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
+# ruff (lint and format), mypy strict, and the import contracts of pyproject.toml (layers, no cycles)
 lint: setup
-	$(BIN)/ruff check turnbench servers clients loadtests tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen

@@ -39,15 +39,21 @@ from turnbench.tokenizer import DEFAULT_CORPUS
 
 CORPUS_DIR = DEFAULT_CORPUS
 SEARCH_TERMS = ("def ", "return", "import", "class ", "self", "raise", "yield", "lambda", "async", "None")
-RECOVERABLE = frozenset({"previous_response_not_found", "connection_closed", "connection_error",
-                         "websocket_connection_limit_reached"})
+RECOVERABLE = frozenset(
+    {"previous_response_not_found", "connection_closed", "connection_error", "websocket_connection_limit_reached"}
+)
 
 
 @cache
 def corpus_files(root: str = str(CORPUS_DIR)) -> tuple[str, ...]:
     base = Path(root)
-    return tuple(sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                        if p.is_file() and p.name not in ("MANIFEST.txt", "LICENSE-PSF.txt")))
+    return tuple(
+        sorted(
+            str(p.relative_to(base))
+            for p in base.rglob("*")
+            if p.is_file() and p.name not in ("MANIFEST.txt", "LICENSE-PSF.txt")
+        )
+    )
 
 
 class Toolbox:
@@ -57,8 +63,15 @@ class Toolbox:
     lognormal spread around it (a coding agent's long tail); ``latency_ms``: explicit extra tool time.
     """
 
-    def __init__(self, corpus_dir: Path | str = CORPUS_DIR, *, output_bytes: int = 4096,
-                 output_sigma: float = 0.0, latency_ms: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        corpus_dir: Path | str = CORPUS_DIR,
+        *,
+        output_bytes: int = 4096,
+        output_sigma: float = 0.0,
+        latency_ms: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.root = Path(corpus_dir)
         self.files = corpus_files(str(self.root))
         if not self.files:
@@ -73,14 +86,28 @@ class Toolbox:
         """Function tool definitions; enums let the scripted model pick arguments that exist."""
         path = {"type": "string", "enum": list(self.files), "description": "corpus-relative file path"}
         return [
-            {"type": "function", "name": "read_file", "description": "Read a file of the repository.",
-             "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
-            {"type": "function", "name": "search_text", "description": "Lines containing a string.",
-             "parameters": {"type": "object", "properties": {
-                 "query": {"type": "string", "enum": list(SEARCH_TERMS)}, "path": path},
-                 "required": ["query", "path"]}},
-            {"type": "function", "name": "word_count", "description": "Count lines, words, bytes of a file.",
-             "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
+            {
+                "type": "function",
+                "name": "read_file",
+                "description": "Read a file of the repository.",
+                "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]},
+            },
+            {
+                "type": "function",
+                "name": "search_text",
+                "description": "Lines containing a string.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"query": {"type": "string", "enum": list(SEARCH_TERMS)}, "path": path},
+                    "required": ["query", "path"],
+                },
+            },
+            {
+                "type": "function",
+                "name": "word_count",
+                "description": "Count lines, words, bytes of a file.",
+                "parameters": {"type": "object", "properties": {"path": path}, "required": ["path"]},
+            },
         ]
 
     def _read(self, rel: str) -> str:
@@ -190,14 +217,34 @@ async def run_rollout(
 
     def body() -> dict[str, Any]:
         if state == "full" or prev_id is None:
-            return {"model": model, "input": history, "tools": tools, "store": state == "store",
-                    "stream": stream, "metadata": meta}
-        return {"model": model, "previous_response_id": prev_id, "input": new_items, "tools": tools,
-                "store": state == "store", "stream": stream, "metadata": meta}
+            return {
+                "model": model,
+                "input": history,
+                "tools": tools,
+                "store": state == "store",
+                "stream": stream,
+                "metadata": meta,
+            }
+        return {
+            "model": model,
+            "previous_response_id": prev_id,
+            "input": new_items,
+            "tools": tools,
+            "store": state == "store",
+            "stream": stream,
+            "metadata": meta,
+        }
 
     for turn in range(max_turns):
-        rec = TurnRecorder(name, state, rollout_id=rollout_id, turn_index=turn, tool_ms=pending_tool_ms,
-                           connect_ms=connect_ms if turn == 0 else None, clock=clock)
+        rec = TurnRecorder(
+            name,
+            state,
+            rollout_id=rollout_id,
+            turn_index=turn,
+            tool_ms=pending_tool_ms,
+            connect_ms=connect_ms if turn == 0 else None,
+            clock=clock,
+        )
         rec.scheduled(t_start if turn == 0 else None)
         response = await client.safe_create(body(), recorder=rec)
         result = rec.result()
@@ -227,8 +274,12 @@ async def run_rollout(
             output = await toolbox.run(call["name"], call["arguments"], len(tool_calls))
             pending_tool_ms += (clock() - t0) / 1e6
             tool_calls.append((call["name"], call["arguments"]))
-            fc = {"type": "function_call", "call_id": call["call_id"], "name": call["name"],
-                  "arguments": call["arguments"]}
+            fc = {
+                "type": "function_call",
+                "call_id": call["call_id"],
+                "name": call["name"],
+                "arguments": call["arguments"],
+            }
             fco = {"type": "function_call_output", "call_id": call["call_id"], "output": output}
             history += [fc, fco]
             new_items.append(fco)
@@ -236,9 +287,17 @@ async def run_rollout(
     else:
         error = f"no final answer after {max_turns} turns"
     return RolloutResult(
-        transport=name, state=state, rollout_id=rollout_id, success=error is None and final is not None,
-        error=error, turns=turns, rollout_ms=(clock() - t_start) / 1e6, tool_ms=tool_ms_total,
-        recoveries=recoveries, recovery_ms=recovery_ms,
+        transport=name,
+        state=state,
+        rollout_id=rollout_id,
+        success=error is None and final is not None,
+        error=error,
+        turns=turns,
+        rollout_ms=(clock() - t_start) / 1e6,
+        tool_ms=tool_ms_total,
+        recoveries=recoveries,
+        recovery_ms=recovery_ms,
         connect_ms=connect_ms if connect_ms is not None else (turns[0].connect_ms if turns else None),
-        final_output=final, tool_calls=tool_calls,
+        final_output=final,
+        tool_calls=tool_calls,
     )

@@ -95,8 +95,7 @@ class ResponsesClient(abc.ABC):
         try:
             ms = await self.connect()
         except Exception as exc:
-            recorder.fail(f"could not connect to {self.config.url}: {type(exc).__name__}: {exc}",
-                          "connection_error")
+            recorder.fail(f"could not connect to {self.config.url}: {type(exc).__name__}: {exc}", "connection_error")
             return False
         if recorder.connect_ms is None:
             recorder.connect_ms = ms

@@ -104,8 +104,9 @@ class GrpcClient(ResponsesClient):
         self.codec: str = opts.get("codec", self.default_codec)
         self.method: str = opts.get("method", self.default_method)
         if self.codec not in ("typed", "json") or self.method not in ("connect", "create"):
-            raise ValueError(f"grpc client: codec must be typed|json, method connect|create; got "
-                             f"{self.codec!r}, {self.method!r}")
+            raise ValueError(
+                f"grpc client: codec must be typed|json, method connect|create; got {self.codec!r}, {self.method!r}"
+            )
         self.record_events = bool(opts.get("record_events", False))
         self.last_events: list[dict[str, Any]] = []
         self._metadata = (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()

@@ -97,8 +97,11 @@ def record_sse(events: list[SSEEvent], recorder: TurnRecorder, t_ns: int) -> dic
     return None
 
 
-_TERMINAL_BY_STATUS = {"completed": "response.completed", "incomplete": "response.incomplete",
-                       "failed": "response.failed"}
+_TERMINAL_BY_STATUS = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
 
 
 def record_json_reply(body: bytes, recorder: TurnRecorder) -> dict[str, Any]:

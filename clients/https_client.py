@@ -83,19 +83,22 @@ class HttpsClient(ResponsesClient):
         self._client: httpx.AsyncClient | None = None
 
     def _make_client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_keepalive_connections=0 if self.new_connection else 100,
-                              max_connections=None, keepalive_expiry=None)
+        limits = httpx.Limits(
+            max_keepalive_connections=0 if self.new_connection else 100, max_connections=None, keepalive_expiry=None
+        )
         ctx = self.config.ssl_context
         verify: ssl.SSLContext | bool = ctx if ctx is not None else True
         # cleartext HTTP/2 is h2c with prior knowledge: http1 off (over TLS, ALPN chooses)
         http1 = not (self.http2 and self.url.startswith("http:"))
-        transport = httpx.AsyncHTTPTransport(verify=verify, http1=http1, http2=self.http2, limits=limits,
-                                             trust_env=False)
+        transport = httpx.AsyncHTTPTransport(
+            verify=verify, http1=http1, http2=self.http2, limits=limits, trust_env=False
+        )
         if self.network_backend == "asyncio":
             # httpx takes no backend argument; its pool is built by this transport and used by it alone
             transport._pool._network_backend = StreamsBackend(hold_writes=not self.http2)
-        return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(self.timeout_s),
-                                 headers=self.headers, trust_env=False)
+        return httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(self.timeout_s), headers=self.headers, trust_env=False
+        )
 
     async def connect(self) -> float | None:
         """Open and warm one pooled connection with ``GET /healthz``. Returns: TCP+TLS time, ms."""
@@ -193,8 +196,10 @@ class HttpsH2Client(HttpsClient):
     async def connect(self) -> float | None:
         ms = await super().connect()
         if self.http2 and self.http_version != "HTTP/2":
-            message = (f"https-h2: the server at {self.base} answered {self.http_version}, not HTTP/2; serve "
-                       "it with http2=true (turnbench serve https --http2, or turnbench run --set http2=true)")
+            message = (
+                f"https-h2: the server at {self.base} answered {self.http_version}, not HTTP/2; serve "
+                "it with http2=true (turnbench serve https --http2, or turnbench run --set http2=true)"
+            )
             if self.config.options.get("require_http2", False):
                 raise ConnectionError(message)
             log.warning(message)

@@ -69,8 +69,10 @@ class RawHttpClient(ResponsesClient):
             common += f"Authorization: Bearer {config.api_key}\r\n"
         if self.new_connection:
             common += "Connection: close\r\n"
-        self._post_head = (f"POST {prefix}/responses HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
-                           "Accept: text/event-stream\r\nContent-Length: ").encode()
+        self._post_head = (
+            f"POST {prefix}/responses HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
+            "Accept: text/event-stream\r\nContent-Length: "
+        ).encode()
         health = prefix.removesuffix("/v1") + "/healthz"
         self._get_health = f"GET {health} HTTP/1.1\r\n{common}\r\n".encode()
         self._idle: list[_Conn] = []
@@ -78,7 +80,8 @@ class RawHttpClient(ResponsesClient):
     async def _open(self) -> _Conn:
         t0 = time.perf_counter_ns()
         reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None)
+            self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls else None
+        )
         return _Conn(reader, writer, (time.perf_counter_ns() - t0) / 1e6)
 
     async def connect(self) -> float | None:
@@ -132,8 +135,11 @@ class RawHttpClient(ResponsesClient):
             return head.status, {}, not head.close
         recorder.add_bytes(down=head.nbytes)
         if head.status != 200:
-            return head.status, record_error_reply(head.status, await _read_body(reader, head), recorder), \
-                not head.close
+            return (
+                head.status,
+                record_error_reply(head.status, await _read_body(reader, head), recorder),
+                not head.close,
+            )
         if not head.event_stream:
             return 200, record_json_reply(await _read_body(reader, head), recorder), not head.close
         decoder, result, clock = SSEDecoder(), None, recorder.clock

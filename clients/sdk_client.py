@@ -56,8 +56,11 @@ class SdkHttpsClient(ResponsesClient):
     def _make(self) -> openai.AsyncOpenAI:
         verify: Any = self.config.ssl_context if self.config.ssl_context is not None else True
         return openai.AsyncOpenAI(
-            api_key=self.config.api_key or "sk-turnbench", base_url=self.config.url, max_retries=0,
-            timeout=self.timeout_s, http_client=openai.DefaultAsyncHttpxClient(verify=verify),
+            api_key=self.config.api_key or "sk-turnbench",
+            base_url=self.config.url,
+            max_retries=0,
+            timeout=self.timeout_s,
+            http_client=openai.DefaultAsyncHttpxClient(verify=verify),
         )
 
     async def connect(self) -> float | None:
@@ -87,9 +90,10 @@ class SdkHttpsClient(ResponsesClient):
                         result = outcome
                     # read on after the terminal event: the stream's byte count is taken once it has ended
                 request = stream.response.request
-                recorder.add_bytes(up=len(request.content) + sum(len(k) + len(v) + 4 for k, v in
-                                                                 request.headers.raw) + 2,
-                                   down=stream.response.num_bytes_downloaded)
+                recorder.add_bytes(
+                    up=len(request.content) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2,
+                    down=stream.response.num_bytes_downloaded,
+                )
         except openai.APIStatusError as exc:
             err = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
             code = err.get("code") if isinstance(err, dict) else None
@@ -137,7 +141,7 @@ class SdkWsClient(ResponsesClient):
         swap = {"wss://": "https://", "ws://": "http://", "https://": "wss://", "http://": "ws://"}
         for prefix, other in swap.items():
             if url.startswith(prefix):
-                pair = (url, other + url[len(prefix):])
+                pair = (url, other + url[len(prefix) :])
                 return pair if prefix.startswith("http") else (pair[1], pair[0])
         return url, url
 
@@ -147,8 +151,12 @@ class SdkWsClient(ResponsesClient):
             return self.connect_ms
         if self._client is None:
             http_url, ws_url = self._urls()
-            self._client = openai.AsyncOpenAI(api_key=self.config.api_key or "sk-turnbench", base_url=http_url,
-                                              websocket_base_url=ws_url, max_retries=0)
+            self._client = openai.AsyncOpenAI(
+                api_key=self.config.api_key or "sk-turnbench",
+                base_url=http_url,
+                websocket_base_url=ws_url,
+                max_retries=0,
+            )
         options: Any = {"ssl": self.config.ssl_context} if self.config.ssl_context is not None else {}
         t0 = time.perf_counter_ns()
         self._conn = await self._client.responses.connect(websocket_connection_options=options).enter()

@@ -80,7 +80,9 @@ class _Stream(httpcore.AsyncNetworkStream):
         self._w.close()
 
     async def start_tls(  # httpcore's interface passes timeouts as arguments
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore.AsyncNetworkStream:
         try:
@@ -107,14 +109,18 @@ class StreamsBackend(httpcore.AsyncNetworkBackend):
         self.hold_writes = hold_writes
 
     async def connect_tcp(
-        self, host: str, port: int,
+        self,
+        host: str,
+        port: int,
         timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None, socket_options: Iterable[Any] | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None)
+                    host, port, local_addr=(local_address, 0) if local_address else None
+                )
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:

@@ -72,7 +72,7 @@ class WsClient(ResponsesClient):
         base = self.config.url.rstrip("/")
         for http, ws in (("https://", "wss://"), ("http://", "ws://")):
             if base.startswith(http):
-                base = ws + base[len(http):]
+                base = ws + base[len(http) :]
         return base + "/responses"
 
     async def connect(self) -> float | None:
@@ -83,8 +83,12 @@ class WsClient(ResponsesClient):
         opts = self.config.options
         t0 = time.perf_counter_ns()
         self._ws = await connect(
-            self.url, ssl=self.config.ssl_context, additional_headers=headers,
-            compression=None, max_size=None, ping_interval=opts.get("ping_interval_s", 20.0),
+            self.url,
+            ssl=self.config.ssl_context,
+            additional_headers=headers,
+            compression=None,
+            max_size=None,
+            ping_interval=opts.get("ping_interval_s", 20.0),
             open_timeout=opts.get("open_timeout_s", 10.0),
         )
         self.connect_ms = (time.perf_counter_ns() - t0) / 1e6

@@ -33,11 +33,23 @@ from loadtests.model import Cell, RunConfig, plan_cells
 from loadtests.rundir import RunDir, write_json
 from loadtests.scenarios import load_scenario
 
-__all__ = ["ABLATIONS", "Group", "bench", "cmd_bench", "full_matrix", "matrix_cells", "matrix_record",
-           "quick_matrix", "run_matrix"]
+__all__ = [
+    "ABLATIONS",
+    "Group",
+    "bench",
+    "cmd_bench",
+    "full_matrix",
+    "matrix_cells",
+    "matrix_record",
+    "quick_matrix",
+    "run_matrix",
+]
 
-MAIN_STATES: dict[str, tuple[str, ...]] = {"https": ("full", "store"), "ws": ("connection", "store"),
-                                           "grpc": ("connection",)}
+MAIN_STATES: dict[str, tuple[str, ...]] = {
+    "https": ("full", "store"),
+    "ws": ("connection", "store"),
+    "grpc": ("connection",),
+}
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no-incremental_checks": {"incremental_checks": False},
     "no-token_cache": {"token_cache": False},
@@ -71,12 +83,38 @@ def _size(rollouts: int, rounds: int, warmup: int, **extra: Any) -> dict[str, An
 
 
 def _ablations(scenario: str, sizing: Mapping[str, Any]) -> list[Group]:
-    out = [Group(scenario=scenario, profile="fast", concurrency=1, states={"ws": ("connection",)}, sizing=sizing,
-                 variant=v, server_settings=s) for v, s in ABLATIONS.items()]
-    out[-1] = Group(scenario=scenario, profile="fast", concurrency=1, sizing=sizing, variant="tokens_per_chunk-8",
-                    states={"ws": ("connection",), "grpc": ("connection",)}, server_settings={"tokens_per_chunk": 8})
-    out.append(Group(scenario=scenario, profile="fast", concurrency=1, states={"ws": ("store",)}, sizing=sizing,
-                     variant="no-connection_cache", server_settings={"connection_cache": False}))
+    out = [
+        Group(
+            scenario=scenario,
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("connection",)},
+            sizing=sizing,
+            variant=v,
+            server_settings=s,
+        )
+        for v, s in ABLATIONS.items()
+    ]
+    out[-1] = Group(
+        scenario=scenario,
+        profile="fast",
+        concurrency=1,
+        sizing=sizing,
+        variant="tokens_per_chunk-8",
+        states={"ws": ("connection",), "grpc": ("connection",)},
+        server_settings={"tokens_per_chunk": 8},
+    )
+    out.append(
+        Group(
+            scenario=scenario,
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("store",)},
+            sizing=sizing,
+            variant="no-connection_cache",
+            server_settings={"connection_cache": False},
+        )
+    )
     return out
 
 
@@ -93,17 +131,33 @@ def full_matrix() -> list[Group]:
     c4 = {"instant": _size(8, 2, 1), "fast": _size(8, 2, 1), "frontier": _size(4, 1, 0, answer_tokens=8)}
     groups: list[Group] = []
     for prof in ("instant", "fast", "frontier"):
-        groups.append(Group(scenario="agent-20", profile=prof, concurrency=1, sizing=c1[prof],
-                            states=main if prof != "frontier" else MAIN_STATES))
+        groups.append(
+            Group(
+                scenario="agent-20",
+                profile=prof,
+                concurrency=1,
+                sizing=c1[prof],
+                states=main if prof != "frontier" else MAIN_STATES,
+            )
+        )
         groups.append(Group(scenario="agent-20", profile=prof, concurrency=4, states=MAIN_STATES, sizing=c4[prof]))
     for prof in ("instant", "fast"):
-        groups.append(Group(scenario="coding-agent-50", profile=prof, concurrency=1, states=MAIN_STATES,
-                            sizing=_size(3, 3, 0)))
-        groups.append(Group(scenario="coding-agent-50", profile=prof, concurrency=4, states=MAIN_STATES,
-                            sizing=_size(4, 1, 0)))
+        groups.append(
+            Group(scenario="coding-agent-50", profile=prof, concurrency=1, states=MAIN_STATES, sizing=_size(3, 3, 0))
+        )
+        groups.append(
+            Group(scenario="coding-agent-50", profile=prof, concurrency=4, states=MAIN_STATES, sizing=_size(4, 1, 0))
+        )
     groups += _ablations("agent-20", c1["fast"])
-    groups.append(Group(scenario="calibration", profile=None, concurrency=1, sizing=_size(3, 3, 1),
-                        states={"https": ("full",), "ws": ("connection",), "grpc": ("connection",)}))
+    groups.append(
+        Group(
+            scenario="calibration",
+            profile=None,
+            concurrency=1,
+            sizing=_size(3, 3, 1),
+            states={"https": ("full",), "ws": ("connection",), "grpc": ("connection",)},
+        )
+    )
     return groups
 
 
@@ -112,11 +166,25 @@ def quick_matrix() -> list[Group]:
     grpc connection; ``fast`` adding https store — and one ablation (token cache off on ws/connection)."""
     sizing = _size(3, 3, 1)
     core = {"https": ("full",), "ws": ("connection",), "grpc": ("connection",)}
-    return [Group(scenario="agent-20", profile="instant", concurrency=1, states=core, sizing=sizing),
-            Group(scenario="agent-20", profile="fast", concurrency=1, states={**core, "https": ("full", "store")},
-                  sizing=sizing),
-            Group(scenario="agent-20", profile="fast", concurrency=1, states={"ws": ("connection",)}, sizing=sizing,
-                  variant="no-token_cache", server_settings={"token_cache": False})]
+    return [
+        Group(scenario="agent-20", profile="instant", concurrency=1, states=core, sizing=sizing),
+        Group(
+            scenario="agent-20",
+            profile="fast",
+            concurrency=1,
+            states={**core, "https": ("full", "store")},
+            sizing=sizing,
+        ),
+        Group(
+            scenario="agent-20",
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("connection",)},
+            sizing=sizing,
+            variant="no-token_cache",
+            server_settings={"token_cache": False},
+        ),
+    ]
 
 
 def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
@@ -128,9 +196,16 @@ def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
     cells: list[Cell] = []
     for g in groups:
         sc = load_scenario(g.scenario).replace(**g.sizing, states=dict(g.states))
-        cfg = dataclasses.replace(config, scenarios=[sc], transports=list(g.states), states=None,
-                                  profiles=(g.profile,) if g.profile else None, concurrency=(g.concurrency,),
-                                  variant=g.variant, server_settings={**config.server_settings, **g.server_settings})
+        cfg = dataclasses.replace(
+            config,
+            scenarios=[sc],
+            transports=list(g.states),
+            states=None,
+            profiles=(g.profile,) if g.profile else None,
+            concurrency=(g.concurrency,),
+            variant=g.variant,
+            server_settings={**config.server_settings, **g.server_settings},
+        )
         cells += plan_cells(cfg, first_number=len(cells))
     ids = [c.cell for c in cells]
     if len(set(ids)) != len(ids):
@@ -140,35 +215,68 @@ def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
 
 def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Any) -> dict[str, Any]:
     """``run.json["bench"]``: the groups as run, the wall time in s, and ``extra`` (``quick`` …)."""
-    return {"groups": [{**dataclasses.asdict(g), "states": {k: list(v) for k, v in g.states.items()},
-                        "sizing": dict(g.sizing), "server_settings": dict(g.server_settings)} for g in groups],
-            "wall_s": wall_s, **extra}
+    return {
+        "groups": [
+            {
+                **dataclasses.asdict(g),
+                "states": {k: list(v) for k, v in g.states.items()},
+                "sizing": dict(g.sizing),
+                "server_settings": dict(g.server_settings),
+            }
+            for g in groups
+        ],
+        "wall_s": wall_s,
+        **extra,
+    }
 
 
-def matrix_config(out: Path, *, argv: Sequence[str] = (), quiet: bool = True,
-                  server_settings: Mapping[str, Any] | None = None) -> RunConfig:
+def matrix_config(
+    out: Path, *, argv: Sequence[str] = (), quiet: bool = True, server_settings: Mapping[str, Any] | None = None
+) -> RunConfig:
     """The run configuration a matrix runs under (``server_settings``: for every server)."""
-    return RunConfig(scenarios=[], transports=[], quiet=quiet, argv=list(argv),
-                     server_settings=dict(server_settings or {}), out_dir=out)
+    return RunConfig(
+        scenarios=[],
+        transports=[],
+        quiet=quiet,
+        argv=list(argv),
+        server_settings=dict(server_settings or {}),
+        out_dir=out,
+    )
 
 
-def run_matrix(groups: Sequence[Group], out: Path, *, argv: Sequence[str] = (), quiet: bool = True,
-               server_settings: Mapping[str, Any] | None = None, **record: Any) -> RunDir:
+def run_matrix(
+    groups: Sequence[Group],
+    out: Path,
+    *,
+    argv: Sequence[str] = (),
+    quiet: bool = True,
+    server_settings: Mapping[str, Any] | None = None,
+    **record: Any,
+) -> RunDir:
     """Run every group's cells in one interleaved execution and write the run directory ``out``; its
     run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries)."""
     t0 = time.perf_counter()
     config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings)
     cells = matrix_cells(groups, config)
     if not quiet:
-        print(f"bench: {len(cells)} cells, {sum(c.scenario.rollouts + c.scenario.warmup for c in cells)} rollouts",
-              file=sys.stderr)
+        print(
+            f"bench: {len(cells)} cells, {sum(c.scenario.rollouts + c.scenario.warmup for c in cells)} rollouts",
+            file=sys.stderr,
+        )
     collected = runner.measure(config, cells)
-    return RunDir.write(out, config, cells, collected,
-                        {"bench": matrix_record(groups, time.perf_counter() - t0, **record)})
+    return RunDir.write(
+        out, config, cells, collected, {"bench": matrix_record(groups, time.perf_counter() - t0, **record)}
+    )
 
 
-def bench(*, quick: bool = False, out_root: Path = Path("reports"), argv: Sequence[str] = (),
-          quiet: bool = False, migration_runtime: bool = True) -> Path:
+def bench(
+    *,
+    quick: bool = False,
+    out_root: Path = Path("reports"),
+    argv: Sequence[str] = (),
+    quiet: bool = False,
+    migration_runtime: bool = True,
+) -> Path:
     """Run the matrix, measure migration cost (``migration.json``), render the report, all into
     ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -189,7 +297,8 @@ def bench(*, quick: bool = False, out_root: Path = Path("reports"), argv: Sequen
 
 def cmd_bench(args: Any) -> int:
     """``turnbench bench``: see :func:`bench`."""
-    latest = bench(quick=args.quick, out_root=args.out, argv=sys.argv, quiet=args.quiet,
-                   migration_runtime=args.migration_runtime)
+    latest = bench(
+        quick=args.quick, out_root=args.out, argv=sys.argv, quiet=args.quiet, migration_runtime=args.migration_runtime
+    )
     print(latest / "report.html")
     return 0

@@ -38,60 +38,112 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 def add_report_commands(sub: Any) -> None:
     """``bench``, ``report``, ``compare``, ``gate`` and ``migration`` (issue #7)."""
-    b = sub.add_parser("bench", help="the fixed benchmark matrix -> reports/latest/",
-                       description="Run the fixed, seeded matrix (https full/store, ws connection/store, grpc "
-                       "connection x instant/fast/frontier x concurrency 1,4 on agent-20 and coding-agent-50 "
-                       "(frontier: agent-20 only), the ablations and the calibration), then write report.md, "
-                       "report.html (plots embedded), summary.json and the raw samples to OUT/runs/<UTC stamp>/ "
-                       "and copy them to OUT/latest/ (replaced). About 8 min on 2 cores; --quick under 1 min.")
+    b = sub.add_parser(
+        "bench",
+        help="the fixed benchmark matrix -> reports/latest/",
+        description="Run the fixed, seeded matrix (https full/store, ws connection/store, grpc "
+        "connection x instant/fast/frontier x concurrency 1,4 on agent-20 and coding-agent-50 "
+        "(frontier: agent-20 only), the ablations and the calibration), then write report.md, "
+        "report.html (plots embedded), summary.json and the raw samples to OUT/runs/<UTC stamp>/ "
+        "and copy them to OUT/latest/ (replaced). About 8 min on 2 cores; --quick under 1 min.",
+    )
     b.add_argument("--quick", action="store_true", help="the ~1 minute matrix (agent-20, instant+fast, c=1)")
-    b.add_argument("--out", type=Path, default=Path("reports"), metavar="DIR",
-                   help="reports root: writes DIR/latest/ and DIR/runs/<stamp>/ (default: reports)")
-    b.add_argument("--no-migration-runtime", dest="migration_runtime", action="store_false",
-                   help="skip measuring reconnect+rehydrate vs full resend after a dropped connection")
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports"),
+        metavar="DIR",
+        help="reports root: writes DIR/latest/ and DIR/runs/<stamp>/ (default: reports)",
+    )
+    b.add_argument(
+        "--no-migration-runtime",
+        dest="migration_runtime",
+        action="store_false",
+        help="skip measuring reconnect+rehydrate vs full resend after a dropped connection",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_lazy("loadtests.bench", "cmd_bench"))
-    r = sub.add_parser("report", help="rebuild a report from saved samples",
-                       description="Rebuild report.md, report.html, plots/ and summary.json from a run directory "
-                       "(turns/rollouts Parquet or JSONL, run.json and, if there, migration.json, as `turnbench "
-                       "run`/`bench` write them).")
+    r = sub.add_parser(
+        "report",
+        help="rebuild a report from saved samples",
+        description="Rebuild report.md, report.html, plots/ and summary.json from a run directory "
+        "(turns/rollouts Parquet or JSONL, run.json and, if there, migration.json, as `turnbench "
+        "run`/`bench` write them).",
+    )
     r.add_argument("run_dir", type=Path, metavar="DIR", help="the run directory")
     r.add_argument("--out", type=Path, metavar="OUT", help="where to write the report (default: DIR itself)")
     r.set_defaults(func=_lazy("loadtests.report", "cmd_report"))
-    c = sub.add_parser("compare", help="put two runs side by side",
-                       description="Per cell present in both runs: median rollout_ms and ttft_ms in A and B, and "
-                       "B vs A in % with the bootstrap 95% CI of the ratio of medians.")
+    c = sub.add_parser(
+        "compare",
+        help="put two runs side by side",
+        description="Per cell present in both runs: median rollout_ms and ttft_ms in A and B, and "
+        "B vs A in % with the bootstrap 95% CI of the ratio of medians.",
+    )
     c.add_argument("a", type=Path, metavar="A", help="first run directory (the reference)")
     c.add_argument("b", type=Path, metavar="B", help="second run directory")
     c.add_argument("--md", type=Path, metavar="OUT", help="also write the table as Markdown to OUT")
     c.set_defaults(func=_lazy("loadtests.gate", "cmd_compare"))
-    g = sub.add_parser("gate", help="compare a quick run with reports/baseline.json; non-zero on regression",
-                       description="Run a short matrix (~20-60 s: agent-20, instant profile) and "
-                       "judge it against the baseline: ratios of median rollout time between cells of the run "
-                       "and server CPU per turn per stage (normalized by a reference workload), with bootstrap "
-                       "95% CIs. Exit 0: pass; 1: a metric regressed beyond its tolerance; 2: usage error or "
-                       "missing baseline.")
-    g.add_argument("--baseline", type=Path, default=Path("reports/baseline.json"), metavar="PATH",
-                   help="the committed baseline (default: reports/baseline.json)")
-    g.add_argument("--write-baseline", action="store_true",
-                   help="measure and (over)write the baseline instead of judging (`make baseline`)")
-    g.add_argument("--burn", type=parse_stage_map, action="append", default=[], metavar="STAGE=US[,...]",
-                   help="burn this much CPU (us per request) in a pipeline stage on every server: the "
-                   "deliberately slowed path that must fail the gate, e.g. --burn render=2000")
-    g.add_argument("--out", type=Path, metavar="DIR",
-                   help="run directory for the gate run (default: reports/runs/<stamp>-gate)")
+    g = sub.add_parser(
+        "gate",
+        help="compare a quick run with reports/baseline.json; non-zero on regression",
+        description="Run a short matrix (~20-60 s: agent-20, instant profile) and "
+        "judge it against the baseline: ratios of median rollout time between cells of the run "
+        "and server CPU per turn per stage (normalized by a reference workload), with bootstrap "
+        "95% CIs. Exit 0: pass; 1: a metric regressed beyond its tolerance; 2: usage error or "
+        "missing baseline.",
+    )
+    g.add_argument(
+        "--baseline",
+        type=Path,
+        default=Path("reports/baseline.json"),
+        metavar="PATH",
+        help="the committed baseline (default: reports/baseline.json)",
+    )
+    g.add_argument(
+        "--write-baseline",
+        action="store_true",
+        help="measure and (over)write the baseline instead of judging (`make baseline`)",
+    )
+    g.add_argument(
+        "--burn",
+        type=parse_stage_map,
+        action="append",
+        default=[],
+        metavar="STAGE=US[,...]",
+        help="burn this much CPU (us per request) in a pipeline stage on every server: the "
+        "deliberately slowed path that must fail the gate, e.g. --burn render=2000",
+    )
+    g.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory for the gate run (default: reports/runs/<stamp>-gate)"
+    )
     g.add_argument("--run", type=Path, metavar="DIR", help="judge an existing gate run directory, run nothing")
-    g.add_argument("--ratio-tolerance", type=float, default=0.25, metavar="F",
-                   help="a ratio fails when its CI is above baseline x (1+F) (default 0.25)")
-    g.add_argument("--cpu-tolerance", type=float, default=0.5, metavar="F",
-                   help="a CPU-per-turn metric fails when its CI is above baseline x (1+F) (default 0.5)")
+    g.add_argument(
+        "--ratio-tolerance",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="a ratio fails when its CI is above baseline x (1+F) (default 0.25)",
+    )
+    g.add_argument(
+        "--cpu-tolerance",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="a CPU-per-turn metric fails when its CI is above baseline x (1+F) (default 0.5)",
+    )
     g.set_defaults(func=_lazy("loadtests.gate", "cmd_gate"))
-    m = sub.add_parser("migration", help="migration cost per transport, computed from the code",
-                       description="Lines a client writes to move from the HTTPS client (normalized source, "
-                       "difflib), schema artefacts, new dependencies, byte-identical request bodies, the official "
-                       "SDK diff; with --runtime also the measured cost of a dropped connection mid-rollout.")
-    m.add_argument("--runtime", action="store_true",
-                   help="also measure reconnect + store hydration vs full resend (starts an in-process server)")
+    m = sub.add_parser(
+        "migration",
+        help="migration cost per transport, computed from the code",
+        description="Lines a client writes to move from the HTTPS client (normalized source, "
+        "difflib), schema artefacts, new dependencies, byte-identical request bodies, the official "
+        "SDK diff; with --runtime also the measured cost of a dropped connection mid-rollout.",
+    )
+    m.add_argument(
+        "--runtime",
+        action="store_true",
+        help="also measure reconnect + store hydration vs full resend (starts an in-process server)",
+    )
     m.add_argument("--transport", default="ws", help="transport for --runtime (default ws; inproc works too)")
     m.add_argument("--rollouts", type=int, default=3, metavar="N", help="rollouts per strategy for --runtime")
     m.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON to OUT")
@@ -107,13 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("serve", help="run one transport's server", description="Run one transport's "
-                       "server on the shared core. SIGTERM or Ctrl-C drains in-flight responses and stops.")
+    s = sub.add_parser(
+        "serve",
+        help="run one transport's server",
+        description="Run one transport's "
+        "server on the shared core. SIGTERM or Ctrl-C drains in-flight responses and stops.",
+    )
     serve_cli.add_serve_arguments(s)
     s.set_defaults(func=serve_cli.cmd_serve)
-    r = sub.add_parser("run", help="run a scenario over transports and print a summary",
-                       description=run_cli.DESCRIPTION, epilog=run_cli.EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "run",
+        help="run a scenario over transports and print a summary",
+        description=run_cli.DESCRIPTION,
+        epilog=run_cli.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run_cli.add_run_arguments(r)
     r.set_defaults(func=run_cli.cmd_run)
     add_report_commands(sub)

@@ -30,8 +30,9 @@ def round_frame(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out = df.copy()
     for col in out.columns:
         if pd.api.types.is_float_dtype(out[col]):
-            out[col] = out[col].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:,.{digits}g}"
-                                    if abs(v) < 1000 else f"{v:,.0f}")
+            out[col] = out[col].map(
+                lambda v: "n/a" if not math.isfinite(v) else f"{v:,.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+            )
     return out
 
 
@@ -77,8 +78,10 @@ class Doc:
             elif kind == "table":
                 cols = [str(c) for c in val.columns]
                 out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                out += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
-                        for row in val.itertuples(index=False)] + [""]
+                out += [
+                    "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+                    for row in val.itertuples(index=False)
+                ] + [""]
             elif kind == "img":
                 path, caption = val
                 out += [f"![{caption}]({path.relative_to(base).as_posix()})", "", f"*{caption}*", ""]
@@ -97,20 +100,28 @@ class Doc:
                 body.append(f"<pre>{html.escape(val)}</pre>")
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in val.columns)
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                               for row in val.itertuples(index=False))
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                    for row in val.itertuples(index=False)
+                )
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif kind == "img":
                 path, caption = val
                 data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-                body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{_inline_html(caption)}</figcaption></figure>")
-        style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;"
-                 "padding:3px 7px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-                 "code{background:#f3f3f3;padding:0 3px}figcaption{font-style:italic;margin-bottom:1em}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+                body.append(
+                    f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline_html(caption)}</figcaption></figure>"
+                )
+        style = (
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;"
+            "padding:3px 7px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+            "code{background:#f3f3f3;padding:0 3px}figcaption{font-style:italic;margin-bottom:1em}"
+        )
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+        )
 
     def write(self, out: Path) -> dict[str, Path]:
         """Write ``report.md`` and ``report.html`` into ``out``. Returns: both paths."""

@@ -36,18 +36,36 @@ from loadtests.rundir import RunDir
 from loadtests.stats import bootstrap_ci, ratio_ci
 from turnbench.settings import STAGES
 
-__all__ = ["TOLERANCES", "GateError", "compare_runs", "gate_groups", "gate_metrics", "judge", "read_baseline",
-           "reference_cpu_ms", "run_gate", "write_baseline"]
+__all__ = [
+    "TOLERANCES",
+    "GateError",
+    "compare_runs",
+    "gate_groups",
+    "gate_metrics",
+    "judge",
+    "read_baseline",
+    "reference_cpu_ms",
+    "run_gate",
+    "write_baseline",
+]
 
 TOLERANCES: dict[str, float] = {"ratio": 0.25, "cpu": 0.50}
 CPU_FLOOR_MS = 0.05
 NORMAL_REF_MS = 10.0
 """CPU metrics are in ms per turn *on a machine where the reference workload takes this long*."""
-GATE_STATES: dict[str, tuple[str, ...]] = {"inproc": ("full",), "https": ("full", "store"),
-                                           "ws": ("connection", "store"), "grpc": ("connection",)}
+GATE_STATES: dict[str, tuple[str, ...]] = {
+    "inproc": ("full",),
+    "https": ("full", "store"),
+    "ws": ("connection", "store"),
+    "grpc": ("connection",),
+}
 RATIOS: tuple[tuple[str, str], ...] = (
-    ("ws/connection", "https/full"), ("ws/store", "https/store"), ("grpc/connection", "ws/connection"),
-    ("https/store", "https/full"), ("https/full", "inproc/full"))
+    ("ws/connection", "https/full"),
+    ("ws/store", "https/store"),
+    ("grpc/connection", "ws/connection"),
+    ("https/store", "https/full"),
+    ("https/full", "inproc/full"),
+)
 """(numerator, denominator) cells; each ratio rises when the numerator's path regresses."""
 Metric = dict[str, Any]
 COMPARE_KEYS = ("scenario", "profile", "mode", "concurrency", "arrival_rate_rps", "variant", "transport", "state")
@@ -79,18 +97,33 @@ def reference_cpu_ms(repeats: int = 5) -> float:
 def gate_groups(burn_us: Mapping[str, float] | None = None, variant: str = "default") -> list[Group]:
     """The gate's short run: agent-20 (20 tool calls) at the ``instant`` profile (API overhead only, the
     part a transport or pipeline change moves), concurrency 1, 6 measured rollouts per cell in 3 rounds."""
-    return [Group(scenario="agent-20", profile="instant", concurrency=1, states=GATE_STATES, variant=variant,
-                  sizing={"rollouts": 6, "rounds": 3, "warmup": 1},
-                  server_settings={"burn_us": dict(burn_us)} if burn_us else {})]
+    return [
+        Group(
+            scenario="agent-20",
+            profile="instant",
+            concurrency=1,
+            states=GATE_STATES,
+            variant=variant,
+            sizing={"rollouts": 6, "rounds": 3, "warmup": 1},
+            server_settings={"burn_us": dict(burn_us)} if burn_us else {},
+        )
+    ]
 
 
-def gate_metrics(run: RunDir, *, cpu_ref_ms: float, variant: str = "default",
-                 keep: Callable[[pd.DataFrame], pd.Series] | None = None, n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Metric]:
+def gate_metrics(
+    run: RunDir,
+    *,
+    cpu_ref_ms: float,
+    variant: str = "default",
+    keep: Callable[[pd.DataFrame], pd.Series] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Metric]:
     """The gate's metrics from one run: ratios of median rollout_ms (dimensionless) and mean server CPU per
     turn per stage and in total, in normalized ms (× :data:`NORMAL_REF_MS` / ``cpu_ref_ms``; ``raw_ms``: as
     measured). ``keep`` selects rows (e.g. half the rollouts) from both frames. Each metric: kind, value, lo,
     hi (bootstrap 95% CI), floor (the smallest move that counts, in the metric's unit)."""
+
     def pick(df: pd.DataFrame) -> pd.DataFrame:
         df = df[(df["variant"] == variant) & (df["scenario"] != "calibration") & df["success"]]
         return df[keep(df)] if keep is not None else df
@@ -111,13 +144,20 @@ def gate_metrics(run: RunDir, *, cpu_ref_ms: float, variant: str = "default",
         per_turn = g[cols].fillna(0.0)
         for name, values in [*((c[6:-7], per_turn[c]) for c in cols), ("total", per_turn.sum(axis=1))]:
             v, lo, hi = bootstrap_ci(values * scale, np.mean, n_boot=n_boot, seed=seed)
-            out[f"cpu ms/turn {name} {lab}"] = {"kind": "cpu", "value": v, "lo": lo, "hi": hi,
-                                                "raw_ms": float(values.mean()), "floor": CPU_FLOOR_MS * scale}
+            out[f"cpu ms/turn {name} {lab}"] = {
+                "kind": "cpu",
+                "value": v,
+                "lo": lo,
+                "hi": hi,
+                "raw_ms": float(values.mean()),
+                "floor": CPU_FLOOR_MS * scale,
+            }
     return out
 
 
-def judge(current: Mapping[str, Metric], baseline: Mapping[str, Metric],
-          tolerances: Mapping[str, float] = TOLERANCES) -> tuple[pd.DataFrame, bool]:
+def judge(
+    current: Mapping[str, Metric], baseline: Mapping[str, Metric], tolerances: Mapping[str, float] = TOLERANCES
+) -> tuple[pd.DataFrame, bool]:
     """One row per metric: baseline, current with CI, change %, the limit, and a status — ``REGRESSED``
     (the CI is above base·(1+tol) and above base + floor), ``MISSING`` (measured in the baseline, not now),
     ``improved`` (the CI is below base/(1+tol)), ``new`` or ``ok``. Returns: (table, passed)."""
@@ -138,8 +178,15 @@ def judge(current: Mapping[str, Metric], baseline: Mapping[str, Metric],
             status = "REGRESSED"
         elif hi < b / (1 + tol) and b - hi > floor:
             status = "improved"
-        row.update(baseline=b, current=v, lo=lo, hi=hi, limit=b * (1 + tol),
-                   change_pct=(v / b - 1) * 100 if b else math.nan, status=status)
+        row.update(
+            baseline=b,
+            current=v,
+            lo=lo,
+            hi=hi,
+            limit=b * (1 + tol),
+            change_pct=(v / b - 1) * 100 if b else math.nan,
+            status=status,
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     passed = not table["status"].isin(["REGRESSED", "MISSING"]).any() if len(table) else False
@@ -162,15 +209,19 @@ def format_judgement(table: pd.DataFrame, *, show: int = 12) -> str:
             lines.append(f"{r.status:<10} {r.metric:<52}")
             continue
         ci = f"{r.current:.4g} [{r.lo:.4g}, {r.hi:.4g}]"
-        lines.append(f"{r.status:<10} {r.metric:<52} {r.baseline:>9.4g} {ci:>26} {r.change_pct:>+7.1f}% "
-                     f"{r.limit:>9.4g}")
+        lines.append(
+            f"{r.status:<10} {r.metric:<52} {r.baseline:>9.4g} {ci:>26} {r.change_pct:>+7.1f}% {r.limit:>9.4g}"
+        )
     n_bad = int(table["status"].isin(["REGRESSED", "MISSING"]).sum())
     if (table["status"] == "MISSING").any():
-        lines.append("MISSING = in the baseline but not measured now: a cell failed, or the gate itself changed "
-                     "(then refresh it deliberately: make baseline)")
-    lines.append(f"{len(table)} metrics; {n_bad} failed; tolerances: "
-                 + ", ".join(f"{k} +{v:.0%}" for k, v in sorted(set(zip(table['kind'], table['tolerance'],
-                                                                           strict=True)))))
+        lines.append(
+            "MISSING = in the baseline but not measured now: a cell failed, or the gate itself changed "
+            "(then refresh it deliberately: make baseline)"
+        )
+    lines.append(
+        f"{len(table)} metrics; {n_bad} failed; tolerances: "
+        + ", ".join(f"{k} +{v:.0%}" for k, v in sorted(set(zip(table["kind"], table["tolerance"], strict=True))))
+    )
     return "\n".join(lines)
 
 
@@ -190,15 +241,30 @@ def read_baseline(path: Path) -> dict[str, Any]:
 def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunDir, cpu_ref_ms: float) -> None:
     """Write the baseline: the metrics, the tolerances in force, and where they came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"version": 1, "created_at": datetime.now(UTC).isoformat(), "git_commit": run.meta.get("git_commit"),
-            "cpu": run.meta.get("cpu"), "python": run.meta.get("python"), "cpu_reference_ms": cpu_ref_ms,
-            "tolerances": TOLERANCES, "cpu_floor_ms": CPU_FLOOR_MS, "run_dir": str(run.path),
-            "matrix": "loadtests.gate.gate_groups()", "metrics": dict(sorted(metrics.items()))}
+    data = {
+        "version": 1,
+        "created_at": datetime.now(UTC).isoformat(),
+        "git_commit": run.meta.get("git_commit"),
+        "cpu": run.meta.get("cpu"),
+        "python": run.meta.get("python"),
+        "cpu_reference_ms": cpu_ref_ms,
+        "tolerances": TOLERANCES,
+        "cpu_floor_ms": CPU_FLOOR_MS,
+        "run_dir": str(run.path),
+        "matrix": "loadtests.gate.gate_groups()",
+        "metrics": dict(sorted(metrics.items())),
+    }
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def run_gate(out: Path, *, burn_us: Mapping[str, float] | None = None, extra_groups: Sequence[Group] = (),
-             argv: Sequence[str] = (), quiet: bool = True) -> tuple[RunDir, float]:
+def run_gate(
+    out: Path,
+    *,
+    burn_us: Mapping[str, float] | None = None,
+    extra_groups: Sequence[Group] = (),
+    argv: Sequence[str] = (),
+    quiet: bool = True,
+) -> tuple[RunDir, float]:
     """Run the gate matrix (plus ``extra_groups``) into ``out``, the reference workload timed just before
     and just after it (both recorded in run.json ``gate.cpu_reference_ms``).
 
@@ -211,8 +277,13 @@ def run_gate(out: Path, *, burn_us: Mapping[str, float] | None = None, extra_gro
     ref = [reference_cpu_ms()]
     collected = runner.measure(config, cells)
     ref.append(reference_cpu_ms())
-    run = RunDir.write(out, config, cells, collected, {"bench": matrix_record(groups, time.perf_counter() - t0),
-                                                       "gate": {"cpu_reference_ms": ref}})
+    run = RunDir.write(
+        out,
+        config,
+        cells,
+        collected,
+        {"bench": matrix_record(groups, time.perf_counter() - t0), "gate": {"cpu_reference_ms": ref}},
+    )
     return run, float(np.median(ref))
 
 
@@ -230,6 +301,7 @@ def run_reference_ms(run: RunDir) -> float:
 def compare_runs(a: RunDir, b: RunDir, *, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Cells present in both runs (same cell id): median rollout_ms and TTFT in A and B and the change B vs
     A in %, with the bootstrap 95% CI of the ratio of medians (B ÷ A − 1). Warm-up and failed rows excluded."""
+
     def ok(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
         return dict(list(df[df["success"]].groupby("cell", sort=True)))
 
@@ -239,11 +311,19 @@ def compare_runs(a: RunDir, b: RunDir, *, n_boot: int = 2000, seed: int = 0) -> 
     for cell in sorted(set(ra) & set(rb)):
         first = ra[cell].iloc[0]
         row: dict[str, Any] = {"cell": cell, **{k: first[k] for k in COMPARE_KEYS}}
-        for metric, xa, xb in (("rollout_ms", ra[cell]["rollout_ms"], rb[cell]["rollout_ms"]),
-                               ("ttft_ms", ta.get(cell, none)["ttft_ms"], tb.get(cell, none)["ttft_ms"])):
+        for metric, xa, xb in (
+            ("rollout_ms", ra[cell]["rollout_ms"], rb[cell]["rollout_ms"]),
+            ("ttft_ms", ta.get(cell, none)["ttft_ms"], tb.get(cell, none)["ttft_ms"]),
+        ):
             ratio, lo, hi = ratio_ci(xb, xa, n_boot=n_boot, seed=seed)
-            row.update({f"{metric} A": float(xa.median()), f"{metric} B": float(xb.median()),
-                        f"{metric} change %": (ratio - 1) * 100, f"{metric} CI": ((lo - 1) * 100, (hi - 1) * 100)})
+            row.update(
+                {
+                    f"{metric} A": float(xa.median()),
+                    f"{metric} B": float(xb.median()),
+                    f"{metric} change %": (ratio - 1) * 100,
+                    f"{metric} CI": ((lo - 1) * 100, (hi - 1) * 100),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -252,16 +332,26 @@ def format_compare(df: pd.DataFrame, *, markdown: bool = False) -> str:
     """The comparison as aligned text (or a Markdown table): one row per cell present in both runs."""
     if df.empty:
         return "no cell is present in both runs"
-    load = [f"r{r:g}" if m == "open" else f"c{c}" for m, c, r in zip(df["mode"], df["concurrency"],
-                                                                       df["arrival_rate_rps"], strict=True)]
-    view = pd.DataFrame({"cell": [f"{r.scenario} {r.profile} {ld} {r.transport}/{r.state}"
-                                  + ("" if r.variant == "default" else f" [{r.variant}]")
-                                  for r, ld in zip(df.itertuples(), load, strict=True)]})
+    load = [
+        f"r{r:g}" if m == "open" else f"c{c}"
+        for m, c, r in zip(df["mode"], df["concurrency"], df["arrival_rate_rps"], strict=True)
+    ]
+    view = pd.DataFrame(
+        {
+            "cell": [
+                f"{r.scenario} {r.profile} {ld} {r.transport}/{r.state}"
+                + ("" if r.variant == "default" else f" [{r.variant}]")
+                for r, ld in zip(df.itertuples(), load, strict=True)
+            ]
+        }
+    )
     for m in ("rollout_ms", "ttft_ms"):
         view[f"{m} A"] = df[f"{m} A"].map("{:,.1f}".format)
         view[f"{m} B"] = df[f"{m} B"].map("{:,.1f}".format)
-        view[f"{m} B vs A [95% CI]"] = [f"{c:+.1f}% [{lo:+.1f}, {hi:+.1f}]" if math.isfinite(c) else "n/a"
-                                        for c, (lo, hi) in zip(df[f"{m} change %"], df[f"{m} CI"], strict=True)]
+        view[f"{m} B vs A [95% CI]"] = [
+            f"{c:+.1f}% [{lo:+.1f}, {hi:+.1f}]" if math.isfinite(c) else "n/a"
+            for c, (lo, hi) in zip(df[f"{m} change %"], df[f"{m} CI"], strict=True)
+        ]
     if markdown:
         head = "| " + " | ".join(view.columns) + " |\n|" + "---|" * len(view.columns) + "\n"
         return head + "\n".join("| " + " | ".join(map(str, r)) + " |" for r in view.itertuples(index=False))
@@ -292,8 +382,10 @@ def cmd_gate(args: Any) -> int:
     else:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = args.out or Path("reports") / "runs" / f"{stamp}-gate"
-        print(f"gate: running agent-20 at the instant profile → {out}" + (f" (burn_us {burn})" if burn else ""),
-              file=sys.stderr)
+        print(
+            f"gate: running agent-20 at the instant profile → {out}" + (f" (burn_us {burn})" if burn else ""),
+            file=sys.stderr,
+        )
         run, ref = run_gate(out, burn_us=burn, argv=sys.argv)
     metrics = gate_metrics(run, cpu_ref_ms=ref)
     if not metrics:

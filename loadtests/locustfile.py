@@ -67,13 +67,19 @@ def _flags(parser: Any) -> None:
         parser.add_argument(f"--tb-{name}", default="", help=f"turnbench: {where} of the {name} server")
     for row in TRANSPORTS.values():
         if row.server is not None and _own_server(row):
-            parser.add_argument(f"--tb-{row.name}", default="",
-                                help=f"turnbench: base URL of the {row.server.name} server for {row.name} "
-                                f"({', '.join(f'{k}={v}' for k, v in row.server_settings.items())})")
+            parser.add_argument(
+                f"--tb-{row.name}",
+                default="",
+                help=f"turnbench: base URL of the {row.server.name} server for {row.name} "
+                f"({', '.join(f'{k}={v}' for k, v in row.server_settings.items())})",
+            )
     parser.add_argument("--tb-ca", default="", help="turnbench: CA certificate (PEM) of TLS servers")
     parser.add_argument("--tb-api-key", default="", help="turnbench: bearer key")
-    parser.add_argument("--tb-state", default="", help="turnbench: full | store | connection (default: "
-                        "connection where the transport has it, else full)")
+    parser.add_argument(
+        "--tb-state",
+        default="",
+        help="turnbench: full | store | connection (default: connection where the transport has it, else full)",
+    )
     parser.add_argument("--tb-scenario", default="agent-5", help="turnbench: scenario name (default agent-5)")
     parser.add_argument("--tb-samples", default="", help="turnbench: write raw turns as JSONL to PATH.<pid>")
 
@@ -150,13 +156,22 @@ class AgentUser(User):
         url = getattr(opts, f"tb_{flag.replace('-', '_')}", "") or self.host or ""
         if not url:
             raise ValueError(f"{type(self).__name__}: pass --tb-{flag} URL or --host URL")
-        self.endpoint: Endpoint = target_endpoint(row.server.name, url, ca_path=opts.tb_ca or None,
-                                                  api_key=opts.tb_api_key or None)
+        self.endpoint: Endpoint = target_endpoint(
+            row.server.name, url, ca_path=opts.tb_ca or None, api_key=opts.tb_api_key or None
+        )
         sc = load_scenario(opts.tb_scenario)
         state: str = opts.tb_state or ("connection" if row.supports_connection_state else "full")
-        self.cell = Cell(cell=f"{sc.name}:{row.name}:{state}:locust", scenario=sc, transport=row.name, state=state,
-                         profile=sc.profile, concurrency=1, arrival_rate_rps=None, variant="locust",
-                         tls=self.endpoint.tls)
+        self.cell = Cell(
+            cell=f"{sc.name}:{row.name}:{state}:locust",
+            scenario=sc,
+            transport=row.name,
+            state=state,
+            profile=sc.profile,
+            concurrency=1,
+            arrival_rate_rps=None,
+            variant="locust",
+            tls=self.endpoint.tls,
+        )
         self.samples_path: str = f"{opts.tb_samples}.{os.getpid()}" if opts.tb_samples else ""
         self.pool = gevent.threadpool.ThreadPool(1)
         self.loop: asyncio.AbstractEventLoop = self.pool.apply(_new_loop)
@@ -175,16 +190,26 @@ class AgentUser(User):
     def rollout(self) -> None:
         self.count += 1
         result: RolloutResult = self.pool.apply(
-            self.loop.run_until_complete, (one_rollout(self.cell, self.count, self.endpoint, task_tag=self.tag),))
+            self.loop.run_until_complete, (one_rollout(self.cell, self.count, self.endpoint, task_tag=self.tag),)
+        )
         state = self.cell.state
         for t in result.turns:
-            self._fire(request_type=self.transport, name="turn", response_time=t.turn_ms or 0.0,
-                       response_length=t.bytes_down, exception=None if t.success else RuntimeError(t.error),
-                       context={"ttft_ms": t.ttft_ms, "turn_index": t.turn_index, "state": state})
-        self._fire(request_type=self.transport, name="rollout", response_time=result.rollout_ms,
-                   response_length=sum(t.bytes_down for t in result.turns),
-                   exception=None if result.success else RuntimeError(result.error),
-                   context={"state": state, "connect_ms": result.connect_ms})
+            self._fire(
+                request_type=self.transport,
+                name="turn",
+                response_time=t.turn_ms or 0.0,
+                response_length=t.bytes_down,
+                exception=None if t.success else RuntimeError(t.error),
+                context={"ttft_ms": t.ttft_ms, "turn_index": t.turn_index, "state": state},
+            )
+        self._fire(
+            request_type=self.transport,
+            name="rollout",
+            response_time=result.rollout_ms,
+            response_length=sum(t.bytes_down for t in result.turns),
+            exception=None if result.success else RuntimeError(result.error),
+            context={"state": state, "connect_ms": result.connect_ms},
+        )
         if self.samples_path:
             with open(self.samples_path, "ab") as fh:
                 fh.write(b"".join(msgspec.json.encode(t) + b"\n" for t in result.turns))
@@ -196,8 +221,13 @@ def _user_class_name(transport: str) -> str:
 
 
 USERS: dict[str, type[AgentUser]] = {
-    row.name: type(_user_class_name(row.name), (AgentUser,), {"transport": row.name, "__module__": __name__,
-                                                               "__doc__": f"A {row.name} agent: {row.summary}."})
-    for row in TRANSPORTS.values() if row.server is not None}
+    row.name: type(
+        _user_class_name(row.name),
+        (AgentUser,),
+        {"transport": row.name, "__module__": __name__, "__doc__": f"A {row.name} agent: {row.summary}."},
+    )
+    for row in TRANSPORTS.values()
+    if row.server is not None
+}
 """One user class per transport with a server, by transport name."""
 globals().update({cls.__name__: cls for cls in USERS.values()})  # where Locust looks for user classes

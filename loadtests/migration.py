@@ -46,8 +46,18 @@ from turnbench.settings import Settings
 from turnbench.transports import get_transport
 from turnbench.v1.convert import body_to_proto
 
-__all__ = ["ROOT", "STRATEGIES", "client_cost", "cmd_migration", "diff_counts", "measure_recovery",
-           "migration_report", "normalized_lines", "sdk_cost", "wire_bodies"]
+__all__ = [
+    "ROOT",
+    "STRATEGIES",
+    "client_cost",
+    "cmd_migration",
+    "diff_counts",
+    "measure_recovery",
+    "migration_report",
+    "normalized_lines",
+    "sdk_cost",
+    "wire_bodies",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATED = ("ws", "grpc", "grpc-json")
@@ -55,12 +65,19 @@ MIGRATED = ("ws", "grpc", "grpc-json")
 SDK_EXAMPLES = ("loadtests/examples/sdk_http_loop.py", "loadtests/examples/sdk_ws_loop.py")
 PROJECT_PACKAGES = frozenset({"turnbench", "servers", "clients", "loadtests"})
 SAMPLE_BODY: dict[str, Any] = {
-    "model": "turnbench-sim", "previous_response_id": "resp_0123456789abcdef",
+    "model": "turnbench-sim",
+    "previous_response_id": "resp_0123456789abcdef",
     "input": [{"type": "function_call_output", "call_id": "call_0_0_0badf00d", "output": "12 lines, 80 words"}],
-    "tools": [{"type": "function", "name": "word_count", "description": "Count lines, words, bytes of a file.",
-               "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
-                              "required": ["path"]}}],
-    "store": False, "metadata": {"tool_calls": "20"},
+    "tools": [
+        {
+            "type": "function",
+            "name": "word_count",
+            "description": "Count lines, words, bytes of a file.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
+        }
+    ],
+    "store": False,
+    "metadata": {"tool_calls": "20"},
 }
 """A continuation turn as the agent loop sends it: what the byte-identity check encodes."""
 
@@ -70,8 +87,7 @@ def normalized_lines(source: str) -> list[str]:
     tree = ast.parse(source)
     skip: set[int] = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, str)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             skip.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     lines = source.splitlines()
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -173,17 +189,26 @@ def client_cost(transport: str, root: Path = ROOT) -> dict[str, Any]:
         f = _module_file(root, mod)
         if f is not None and "_pb2" not in f.name and (n := len(normalized_lines(f.read_text()))):
             extra[f.relative_to(root).as_posix()] = n
-    return {"transport": transport, "file": rel, **counts, "codegen": codegen, **art,
-            "support_lines": sum(extra.values()), "support_modules": extra,
-            "new_dependencies": distributions(third - base_third)}
+    return {
+        "transport": transport,
+        "file": rel,
+        **counts,
+        "codegen": codegen,
+        **art,
+        "support_lines": sum(extra.values()),
+        "support_modules": extra,
+        "new_dependencies": distributions(third - base_third),
+    }
 
 
 def sdk_cost(root: Path = ROOT) -> dict[str, Any]:
     """Lines an official-SDK user changes to go from ``responses.create(stream=True)`` to
     ``responses.connect()`` (the two example loops)."""
     http, ws = (root / p for p in SDK_EXAMPLES)
-    return {"files": list(SDK_EXAMPLES),
-            **diff_counts(normalized_lines(http.read_text()), normalized_lines(ws.read_text()))}
+    return {
+        "files": list(SDK_EXAMPLES),
+        **diff_counts(normalized_lines(http.read_text()), normalized_lines(ws.read_text())),
+    }
 
 
 def wire_bodies(body: Mapping[str, Any] = SAMPLE_BODY) -> dict[str, bytes]:
@@ -191,9 +216,12 @@ def wire_bodies(body: Mapping[str, Any] = SAMPLE_BODY) -> dict[str, bytes]:
     for ``https`` (``stream`` added), ``ws`` and ``grpc-json`` (``type`` added), the protobuf
     ``CreateRequest`` for ``grpc``."""
     ws = orjson.dumps({"type": "response.create", **body})
-    return {"https": orjson.dumps({**body, "stream": True}), "ws": ws,
-            "grpc": bytes(body_to_proto(dict(body)).SerializeToString()),
-            "grpc-json": ws}  # the json codec sends the WebSocket frame as the message
+    return {
+        "https": orjson.dumps({**body, "stream": True}),
+        "ws": ws,
+        "grpc": bytes(body_to_proto(dict(body)).SerializeToString()),
+        "grpc-json": ws,
+    }  # the json codec sends the WebSocket frame as the message
 
 
 def body_identity(bodies: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
@@ -207,14 +235,20 @@ def body_identity(bodies: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            out[name] = {"identical": False, "bytes": len(raw),
-                         "note": f"binary protobuf, {len(raw)} B vs {len(ref_bytes)} B of JSON"}
+            out[name] = {
+                "identical": False,
+                "bytes": len(raw),
+                "note": f"binary protobuf, {len(raw)} B vs {len(ref_bytes)} B of JSON",
+            }
             continue
         extra = "stream" if name == "https" else "type"
         obj.pop(extra, None)
         same = orjson.dumps(obj) == ref_bytes
-        out[name] = {"identical": same, "bytes": len(raw),
-                     "note": f"same JSON bytes plus the `{extra}` member" if same else "JSON differs"}
+        out[name] = {
+            "identical": same,
+            "bytes": len(raw),
+            "note": f"same JSON bytes plus the `{extra}` member" if same else "JSON differs",
+        }
     return out
 
 
@@ -229,9 +263,16 @@ def migration_report(root: Path = ROOT, runtime: Mapping[str, Any] | None = None
         clients.append(cost)
     _, agent_project = reachable_imports(root, "clients/agent.py")
     transport_mods = {m for m in agent_project if m.endswith(("_client", "_server"))}
-    return {"agent_loop": {"file": "clients/agent.py", "lines_changed": 0,
-                           "transport_modules_imported": sorted(transport_mods)},
-            "clients": clients, "sdk": sdk_cost(root), "runtime": dict(runtime) if runtime else None}
+    return {
+        "agent_loop": {
+            "file": "clients/agent.py",
+            "lines_changed": 0,
+            "transport_modules_imported": sorted(transport_mods),
+        },
+        "clients": clients,
+        "sdk": sdk_cost(root),
+        "runtime": dict(runtime) if runtime else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ runtime
@@ -266,12 +307,21 @@ class _DropOnce(ResponsesClient):
         return await self.inner.create(body, recorder=recorder)
 
 
-STRATEGIES = {"store": "reconnect + hydrate from the store (store=true)",
-              "connection": "reconnect + resend the full context (store=false)"}
+STRATEGIES = {
+    "store": "reconnect + hydrate from the store (store=true)",
+    "connection": "reconnect + resend the full context (store=false)",
+}
 
 
-async def measure_recovery(transport: str = "ws", *, profile: str = "fast", rollouts: int = 3, drop_at: int = 10,
-                           tool_calls: int = 20, seed: int = 0) -> dict[str, Any]:
+async def measure_recovery(
+    transport: str = "ws",
+    *,
+    profile: str = "fast",
+    rollouts: int = 3,
+    drop_at: int = 10,
+    tool_calls: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Drop the connection before turn ``drop_at`` of ``tool_calls``-call rollouts and recover, per strategy
     (:data:`STRATEGIES`), interleaved with undisturbed rollouts on one in-process server.
 
@@ -287,8 +337,11 @@ async def measure_recovery(transport: str = "ws", *, profile: str = "fast", roll
     else:
         server = await start_server(transport, settings)
         service = server.service
-        config = ClientConfig(url=server.url, ssl_context=server.tls.client_ssl_context() if server.tls else None,
-                              ca_pem=server.tls.ca_pem_bytes if server.tls else None)
+        config = ClientConfig(
+            url=server.url,
+            ssl_context=server.tls.client_ssl_context() if server.tls else None,
+            ca_pem=server.tls.ca_pem_bytes if server.tls else None,
+        )
     toolbox = Toolbox(seed=seed)
     meta = {"tool_calls": str(tool_calls), "seed": str(seed), "answer_tokens": "16"}
     rows: list[dict[str, Any]] = []
@@ -297,20 +350,45 @@ async def measure_recovery(transport: str = "ws", *, profile: str = "fast", roll
             for state in STRATEGIES:
                 for dropped in (False, True):
                     async with _DropOnce(make_client(transport, config), drop_at if dropped else -1) as client:
-                        r = await run_rollout(client, state=state, toolbox=toolbox, metadata=meta, rollout_id=i,
-                                              transport=transport, task=f"[{state}:{dropped:d}:{i}] {TASK}")
-                    resumed = r.turns[drop_at + 1] if dropped and len(r.turns) > drop_at + 1 else (
-                        r.turns[drop_at] if len(r.turns) > drop_at else None)
-                    rows.append({"state": state, "dropped": dropped, "success": r.success, "rollout_ms": r.rollout_ms,
-                                 "recovery_ms": r.recovery_ms, "recoveries": r.recoveries,
-                                 "resumed_turn_ms": resumed.turn_ms if resumed else None,
-                                 "resumed_bytes_up": resumed.bytes_up if resumed else None})
+                        r = await run_rollout(
+                            client,
+                            state=state,
+                            toolbox=toolbox,
+                            metadata=meta,
+                            rollout_id=i,
+                            transport=transport,
+                            task=f"[{state}:{dropped:d}:{i}] {TASK}",
+                        )
+                    resumed = (
+                        r.turns[drop_at + 1]
+                        if dropped and len(r.turns) > drop_at + 1
+                        else (r.turns[drop_at] if len(r.turns) > drop_at else None)
+                    )
+                    rows.append(
+                        {
+                            "state": state,
+                            "dropped": dropped,
+                            "success": r.success,
+                            "rollout_ms": r.rollout_ms,
+                            "recovery_ms": r.recovery_ms,
+                            "recoveries": r.recoveries,
+                            "resumed_turn_ms": resumed.turn_ms if resumed else None,
+                            "resumed_bytes_up": resumed.bytes_up if resumed else None,
+                        }
+                    )
     finally:
         if server is not None:
             await server.stop()
         service.close()
-    return {"transport": transport, "profile": profile, "drop_at": drop_at, "tool_calls": tool_calls,
-            "rollouts": rollouts, "strategies": _recovery_summary(rows), "samples": rows}
+    return {
+        "transport": transport,
+        "profile": profile,
+        "drop_at": drop_at,
+        "tool_calls": tool_calls,
+        "rollouts": rollouts,
+        "strategies": _recovery_summary(rows),
+        "samples": rows,
+    }
 
 
 def _med(df: pd.DataFrame, col: str) -> float:
@@ -324,11 +402,22 @@ def _recovery_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         on = df[(df["state"] == state) & df["success"]]
         base, hit = on[~on["dropped"]], on[on["dropped"]]
         ratio, lo, hi = ratio_ci(hit["rollout_ms"], base["rollout_ms"])
-        out.append({"strategy": text, "ok": f"{len(hit)}/{int((df['state'] == state).sum() // 2)}",
-                    "extra_rollout_ms": _med(hit, "rollout_ms") - _med(base, "rollout_ms"), "ratio": ratio,
-                    "ratio_lo": lo, "ratio_hi": hi, "recovery_ms": _med(hit, "recovery_ms"),
-                    **{f"{k} {w}": _med(d, k) for k in ("resumed_turn_ms", "resumed_bytes_up")
-                       for w, d in (("dropped", hit), ("undisturbed", base))}})
+        out.append(
+            {
+                "strategy": text,
+                "ok": f"{len(hit)}/{int((df['state'] == state).sum() // 2)}",
+                "extra_rollout_ms": _med(hit, "rollout_ms") - _med(base, "rollout_ms"),
+                "ratio": ratio,
+                "ratio_lo": lo,
+                "ratio_hi": hi,
+                "recovery_ms": _med(hit, "recovery_ms"),
+                **{
+                    f"{k} {w}": _med(d, k)
+                    for k in ("resumed_turn_ms", "resumed_bytes_up")
+                    for w, d in (("dropped", hit), ("undisturbed", base))
+                },
+            }
+        )
     return out
 
 

@@ -26,8 +26,17 @@ from loadtests.monitor import MonitorReport
 from loadtests.scenarios import Scenario, states_for
 from turnbench.transports import TRANSPORTS, get_transport
 
-__all__ = ["Cell", "ChunkStat", "Collected", "RunConfig", "Sample", "ToolboxFactory", "default_toolbox",
-           "plan_cells", "settings_text"]
+__all__ = [
+    "Cell",
+    "ChunkStat",
+    "Collected",
+    "RunConfig",
+    "Sample",
+    "ToolboxFactory",
+    "default_toolbox",
+    "plan_cells",
+    "settings_text",
+]
 
 ToolboxFactory = Callable[[Scenario, int], Toolbox]
 """The tools of rollout ``index`` of a scenario (tests swap it for one that misbehaves)."""
@@ -35,8 +44,12 @@ ToolboxFactory = Callable[[Scenario, int], Toolbox]
 
 def default_toolbox(scenario: Scenario, index: int) -> Toolbox:
     """The scenario's tools for rollout ``index``: same index, same output sizes on every transport."""
-    return Toolbox(output_bytes=scenario.tool_output_bytes, output_sigma=scenario.tool_output_sigma,
-                   latency_ms=scenario.tool_latency_ms, seed=scenario.seed * 100_003 + index)
+    return Toolbox(
+        output_bytes=scenario.tool_output_bytes,
+        output_sigma=scenario.tool_output_sigma,
+        latency_ms=scenario.tool_latency_ms,
+        seed=scenario.seed * 100_003 + index,
+    )
 
 
 def _setting_text(value: Any) -> str:
@@ -91,17 +104,35 @@ class Cell:
 
     def labels(self) -> dict[str, Any]:
         """The columns every sample row of this cell carries (beside ``round`` and ``warmup``)."""
-        return {"scenario": self.scenario.name, "profile": self.profile, "concurrency": self.concurrency,
-                "arrival_rate_rps": self.arrival_rate_rps, "mode": self.mode, "cell": self.cell,
-                "variant": self.variant, "tls": self.tls}
+        return {
+            "scenario": self.scenario.name,
+            "profile": self.profile,
+            "concurrency": self.concurrency,
+            "arrival_rate_rps": self.arrival_rate_rps,
+            "mode": self.mode,
+            "cell": self.cell,
+            "variant": self.variant,
+            "tls": self.tls,
+        }
 
     def record(self) -> dict[str, Any]:
         """The cell as ``run.json`` lists it (the report and the gate read cells from there)."""
-        return {"cell": self.cell, "transport": self.transport, "server": self.server, "state": self.state,
-                "scenario": self.scenario.name, "profile": self.profile, "concurrency": self.concurrency,
-                "arrival_rate_rps": self.arrival_rate_rps, "mode": self.mode, "variant": self.variant,
-                "tls": self.tls, "number": self.number, "endpoint": self.endpoint_key,
-                "settings": dict(self.server_settings)}
+        return {
+            "cell": self.cell,
+            "transport": self.transport,
+            "server": self.server,
+            "state": self.state,
+            "scenario": self.scenario.name,
+            "profile": self.profile,
+            "concurrency": self.concurrency,
+            "arrival_rate_rps": self.arrival_rate_rps,
+            "mode": self.mode,
+            "variant": self.variant,
+            "tls": self.tls,
+            "number": self.number,
+            "endpoint": self.endpoint_key,
+            "settings": dict(self.server_settings),
+        }
 
 
 @dataclass(kw_only=True)
@@ -171,11 +202,21 @@ def plan_cells(config: RunConfig, *, first_number: int = 0) -> list[Cell]:
                     if config.states is not None:
                         states = tuple(s for s in config.states if s in states)
                     for state in states:
-                        cells.append(Cell(
-                            cell=_cell_id(sc.name, t, state, profile, load, config.variant), scenario=sc,
-                            transport=t, state=state, profile=profile, concurrency=conc, arrival_rate_rps=rate,
-                            variant=config.variant, tls=sc.tls and row.server is not None,
-                            server_settings=settings, number=first_number + len(cells)))
+                        cells.append(
+                            Cell(
+                                cell=_cell_id(sc.name, t, state, profile, load, config.variant),
+                                scenario=sc,
+                                transport=t,
+                                state=state,
+                                profile=profile,
+                                concurrency=conc,
+                                arrival_rate_rps=rate,
+                                variant=config.variant,
+                                tls=sc.tls and row.server is not None,
+                                server_settings=settings,
+                                number=first_number + len(cells),
+                            )
+                        )
     if not cells:
         raise ValueError("no cells to run: check --transports and --states")
     return cells

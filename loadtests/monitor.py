@@ -51,8 +51,7 @@ class MonitorReport(msgspec.Struct, kw_only=True):
     lag_p99_threshold_ms: float = 5.0
 
 
-def saturation(cpu_util: float, lag_p99_ms: float, *, cpu_threshold: float, lag_p99_threshold_ms: float
-               ) -> str | None:
+def saturation(cpu_util: float, lag_p99_ms: float, *, cpu_threshold: float, lag_p99_threshold_ms: float) -> str | None:
     """Why a load generator counts as saturated (CPU as a fraction of one core, lag p99 in ms), or None."""
     reasons: list[str] = []
     if cpu_util > cpu_threshold:
@@ -182,8 +181,9 @@ class LoadMonitor:
             lag_max = float(lags.max())
         else:
             p50 = p99 = lag_max = math.nan
-        reason = saturation(cpu_util, p99, cpu_threshold=self.cpu_threshold,
-                            lag_p99_threshold_ms=self.lag_p99_threshold_ms)
+        reason = saturation(
+            cpu_util, p99, cpu_threshold=self.cpu_threshold, lag_p99_threshold_ms=self.lag_p99_threshold_ms
+        )
         user = system = None
         if self._times0 is not None and times1 is not None:
             user, system = times1[0] - self._times0[0], times1[1] - self._times0[1]

@@ -37,8 +37,12 @@ def _main(df: pd.DataFrame) -> pd.DataFrame:
     the in-process reference): the cells the headline compares."""
     if df.empty:
         return df
-    d = df[(df["variant"] == "default") & (df["scenario"] != "calibration") & (df["transport"] != "inproc")
-           & (df["mode"] == "closed")]
+    d = df[
+        (df["variant"] == "default")
+        & (df["scenario"] != "calibration")
+        & (df["transport"] != "inproc")
+        & (df["mode"] == "closed")
+    ]
     return d[d["concurrency"] == d["concurrency"].min()] if not d.empty else d
 
 
@@ -49,7 +53,7 @@ def _panels(d: pd.DataFrame, ncols: int = 3) -> tuple[Figure, list[tuple[Axes, s
     rows = -(-len(pairs) // cols)
     fig = Figure(figsize=(5.2 * cols + 0.4, 3.7 * rows + 0.9), dpi=_DPI, layout="constrained")
     axes = np.ravel(fig.subplots(rows, cols, squeeze=False))
-    for ax in axes[len(pairs):]:
+    for ax in axes[len(pairs) :]:
         ax.set_visible(False)
     return fig, [(axes[i], s, p) for i, (s, p) in enumerate(pairs)]
 
@@ -89,8 +93,13 @@ def _legend(fig: Figure, axes: Any) -> None:
                 handles[lab] = hnd
                 labels.append(lab)
     if handles:
-        fig.legend([handles[k] for k in labels], labels, loc="outside lower center", ncols=min(6, len(labels)),
-                   title="transport/state")
+        fig.legend(
+            [handles[k] for k in labels],
+            labels,
+            loc="outside lower center",
+            ncols=min(6, len(labels)),
+            title="transport/state",
+        )
 
 
 def ttft_by_turn(turns: pd.DataFrame, path: Path) -> Path | None:
@@ -183,8 +192,13 @@ def bytes_per_turn(turns: pd.DataFrame, path: Path) -> Path | None:
 
 def throughput(rollouts: pd.DataFrame, path: Path) -> Path | None:
     """Rollouts per second against concurrency (closed loop: concurrency ÷ mean rollout time)."""
-    d = rollouts[(rollouts["variant"] == "default") & rollouts["success"] & (rollouts["scenario"] != "calibration")
-                 & (rollouts["transport"] != "inproc") & (rollouts["mode"] == "closed")]
+    d = rollouts[
+        (rollouts["variant"] == "default")
+        & rollouts["success"]
+        & (rollouts["scenario"] != "calibration")
+        & (rollouts["transport"] != "inproc")
+        & (rollouts["mode"] == "closed")
+    ]
     s = _scenario(d)
     if s is None or d["concurrency"].nunique() < 2:
         return None
@@ -218,8 +232,10 @@ def ablation_bars(abl: pd.DataFrame, path: Path) -> Path | None:
     bars = ax.barh(names, a["change_pct"], xerr=err, color=colors, capsize=3, height=0.6)
     ax.bar_label(bars, fmt="%+.0f%%", padding=4, fontsize=8)
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set(xlabel="change in median rollout time vs all switches on (%)",
-           title="Ablations: rollout time with one mechanism off (bars: 95% CI)")
+    ax.set(
+        xlabel="change in median rollout time vs all switches on (%)",
+        title="Ablations: rollout time with one mechanism off (bars: 95% CI)",
+    )
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -37,8 +37,16 @@ from turnbench.settings import Settings
 from turnbench.tls import load_ca
 from turnbench.transports import SERVER_PROTOCOLS
 
-__all__ = ["Endpoint", "ServerError", "ServerProcess", "settings_flags", "start_endpoints", "start_server_process",
-           "stop_endpoints", "target_endpoint"]
+__all__ = [
+    "Endpoint",
+    "ServerError",
+    "ServerProcess",
+    "settings_flags",
+    "start_endpoints",
+    "start_server_process",
+    "stop_endpoints",
+    "target_endpoint",
+]
 
 
 class ServerError(RuntimeError):
@@ -90,8 +98,9 @@ class Endpoint:
             if self._ssl is None:
                 self._ssl = (load_ca(self.ca_path), Path(self.ca_path).read_bytes())
             ctx, ca = self._ssl
-        return ClientConfig(url=self.url, api_key=self.api_key, ssl_context=ctx, ca_pem=ca,
-                            options={**self.options, **options})
+        return ClientConfig(
+            url=self.url, api_key=self.api_key, ssl_context=ctx, ca_pem=ca, options={**self.options, **options}
+        )
 
     @property
     def kind(self) -> str:
@@ -117,10 +126,18 @@ class Endpoint:
         serving = proc.cpu_s() - proc.cpu_at_ready_s if proc is not None else None
         # what it ran with: defaults, then TURNBENCH_* variables (inherited), then the runner's flags
         settings = Settings.from_env(**self.settings).as_dict() if self.kind != "target" else {}
-        return {"server": self.server, "kind": self.kind, "transports": list(transports), "url": self.url or None,
-                "argv": proc.argv if proc is not None else None, "pid": proc.pid if proc is not None else None,
-                "cpu_s": serving, "cpu_startup_s": proc.cpu_at_ready_s if proc is not None else None,
-                "exit_code": exit_code, "settings": settings}
+        return {
+            "server": self.server,
+            "kind": self.kind,
+            "transports": list(transports),
+            "url": self.url or None,
+            "argv": proc.argv if proc is not None else None,
+            "pid": proc.pid if proc is not None else None,
+            "cpu_s": serving,
+            "cpu_startup_s": proc.cpu_at_ready_s if proc is not None else None,
+            "exit_code": exit_code,
+            "settings": settings,
+        }
 
 
 class ServerProcess:
@@ -160,8 +177,9 @@ class ServerProcess:
                     self.port = int(line.partition("=")[2])
                     return self.port
             if self.popen.poll() is not None:
-                raise ServerError(f"{self.server} server exited with {self.popen.returncode} before "
-                                  f"listening:\n{self.log_tail()}")
+                raise ServerError(
+                    f"{self.server} server exited with {self.popen.returncode} before listening:\n{self.log_tail()}"
+                )
             time.sleep(0.02)
         raise ServerError(f"{self.server} server printed no PORT= line in {timeout_s:g} s:\n{self.log_tail()}")
 
@@ -234,9 +252,21 @@ def start_server_process(
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{server}-{profile}"
     ca_path = workdir / f"ca-{tag}.pem"
-    argv = [sys.executable, "-m", "servers", server, "--host", host, "--port", "0",
-            "--tls" if tls else "--no-tls", "--profile", profile,
-            "--usage-db", str(workdir / f"usage-{tag}.db")]
+    argv = [
+        sys.executable,
+        "-m",
+        "servers",
+        server,
+        "--host",
+        host,
+        "--port",
+        "0",
+        "--tls" if tls else "--no-tls",
+        "--profile",
+        profile,
+        "--usage-db",
+        str(workdir / f"usage-{tag}.db"),
+    ]
     if tls:
         argv += ["--ca-out", str(ca_path)]
     if api_key:
@@ -245,8 +275,14 @@ def start_server_process(
     log_path = workdir / f"server-{tag}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
-        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 cwd=Path(__file__).resolve().parent.parent)
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     proc = ServerProcess(server, argv, popen, log_path)
     try:
         port = proc.wait_port(timeout_s)
@@ -255,9 +291,15 @@ def start_server_process(
         proc.stop(5.0)
         raise
     proc.cpu_at_ready_s = proc.cpu_s()
-    return Endpoint(server=server, url=SERVER_PROTOCOLS[server].url(host, port, tls), tls=tls,
-                    ca_path=str(ca_path) if tls else None, api_key=api_key, process=proc,
-                    settings={"profile": profile, "tls": tls, **(settings or {})})
+    return Endpoint(
+        server=server,
+        url=SERVER_PROTOCOLS[server].url(host, port, tls),
+        tls=tls,
+        ca_path=str(ca_path) if tls else None,
+        api_key=api_key,
+        process=proc,
+        settings={"profile": profile, "tls": tls, **(settings or {})},
+    )
 
 
 def target_endpoint(server: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:
@@ -283,9 +325,15 @@ def _inproc_endpoint(cell: Cell, workdir: Path) -> Endpoint:
     return Endpoint(server="inproc", url="", tls=False, options={"service": service}, settings=settings)
 
 
-def start_endpoints(cells: Sequence[Cell], workdir: Path, *, targets: Mapping[str, str] | None = None,
-                    ca_path: str | None = None, api_key: str | None = None, timeout_s: float = 30.0
-                    ) -> dict[str, Endpoint]:
+def start_endpoints(
+    cells: Sequence[Cell],
+    workdir: Path,
+    *,
+    targets: Mapping[str, str] | None = None,
+    ca_path: str | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Endpoint]:
     """One endpoint per ``Cell.endpoint_key``: a server process started with the cell's profile, TLS and
     server settings, a ``--target`` (``targets``: transport or server protocol → URL), or, for ``inproc``,
     a service in this process. Processes start in parallel, each with its own folder under ``workdir``; if
@@ -303,10 +351,19 @@ def start_endpoints(cells: Sequence[Cell], workdir: Path, *, targets: Mapping[st
         else:
             to_start[key] = c
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(to_start)))) as pool:
-        futures = {key: pool.submit(
-            start_server_process, c.server, workdir=workdir / f"{i:02d}-{c.server}-{c.profile}", profile=c.profile,
-            tls=c.tls, settings=c.server_settings, api_key=api_key, timeout_s=timeout_s)
-            for i, (key, c) in enumerate(to_start.items())}
+        futures = {
+            key: pool.submit(
+                start_server_process,
+                c.server,
+                workdir=workdir / f"{i:02d}-{c.server}-{c.profile}",
+                profile=c.profile,
+                tls=c.tls,
+                settings=c.server_settings,
+                api_key=api_key,
+                timeout_s=timeout_s,
+            )
+            for i, (key, c) in enumerate(to_start.items())
+        }
         errors: list[BaseException] = []
         for key, fut in futures.items():
             try:

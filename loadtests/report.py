@@ -46,20 +46,27 @@ def headline_sentences(h: pd.DataFrame, cells: tuple[str, ...] = SENTENCE_CELLS)
         for row in g.sort_values("vs").itertuples(index=False):
             if math.isfinite(row.ratio):
                 verb = "less" if row.reduction_pct >= 0 else "more"
-                parts.append(f"{row.ratio:.2f}× the time of `{row.vs}` ({abs(row.reduction_pct):.1f}% {verb}; "
-                             f"95% CI of the reduction {row.reduction_lo:.1f}% to {row.reduction_hi:.1f}%)")
+                parts.append(
+                    f"{row.ratio:.2f}× the time of `{row.vs}` ({abs(row.reduction_pct):.1f}% {verb}; "
+                    f"95% CI of the reduction {row.reduction_lo:.1f}% to {row.reduction_hi:.1f}%)"
+                )
         first = g.iloc[0]
         if parts:
-            out.append(f"On `{scen}` ({first['tool_calls']} tool calls) at {_profile_text(str(prof))}, concurrency "
-                       f"{first['concurrency']}, `{cell}` rollouts ({first['p50_ms']:,.0f} ms median) took "
-                       + " and ".join(parts) + ".")
+            out.append(
+                f"On `{scen}` ({first['tool_calls']} tool calls) at {_profile_text(str(prof))}, concurrency "
+                f"{first['concurrency']}, `{cell}` rollouts ({first['p50_ms']:,.0f} ms median) took "
+                + " and ".join(parts)
+                + "."
+            )
     return out
 
 
 def _claim_text(h: pd.DataFrame) -> str:
     """The seed's claim next to what this run measured for ``ws/connection`` against ``https/full``."""
-    claim = ("OpenAI's claim under test: WebSocket mode gives *up to ~40% lower end-to-end latency* for rollouts "
-             "of 20+ tool calls.")
+    claim = (
+        "OpenAI's claim under test: WebSocket mode gives *up to ~40% lower end-to-end latency* for rollouts "
+        "of 20+ tool calls."
+    )
     sel = h[(h["cell"] == "ws/connection") & (h["vs"] == "https/full")] if not h.empty else h
     if sel.empty:
         return claim + " This run has no `ws/connection` and `https/full` pair to test it."
@@ -77,11 +84,20 @@ def _headline_view(h: pd.DataFrame) -> pd.DataFrame:
         return h
     rows: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in h.itertuples(index=False):
-        row = rows.setdefault((r.scenario, r.profile, r.cell), {
-            "scenario": r.scenario, "profile": r.profile, "tool calls": r.tool_calls, "cell": r.cell,
-            "median ms": f"{r.p50_ms:,.0f}", "n": str(r.n)})
-        row[f"vs {r.vs}: ratio [95% CI]"] = (f"{_fmt_ci(r.ratio, r.lo, r.hi)} ({-r.reduction_pct:+.1f}%)"
-                                              if math.isfinite(r.ratio) else "n/a")
+        row = rows.setdefault(
+            (r.scenario, r.profile, r.cell),
+            {
+                "scenario": r.scenario,
+                "profile": r.profile,
+                "tool calls": r.tool_calls,
+                "cell": r.cell,
+                "median ms": f"{r.p50_ms:,.0f}",
+                "n": str(r.n),
+            },
+        )
+        row[f"vs {r.vs}: ratio [95% CI]"] = (
+            f"{_fmt_ci(r.ratio, r.lo, r.hi)} ({-r.reduction_pct:+.1f}%)" if math.isfinite(r.ratio) else "n/a"
+        )
         row[f"{r.vs} ms"] = f"{r.base_p50_ms:,.0f}"
     cols = ["scenario", "profile", "tool calls", "cell", "median ms", "n"]
     for base_t, base_s in stats.BASELINES:
@@ -92,12 +108,20 @@ def _headline_view(h: pd.DataFrame) -> pd.DataFrame:
 def _ablation_view(a: pd.DataFrame) -> pd.DataFrame:
     if a.empty:
         return a
-    return pd.DataFrame({
-        "cell": a["cell"], "profile": a["profile"], "switched off / changed": a["setting"],
-        "median ms on → off": [f"{x:,.0f} → {y:,.0f}" for x, y in zip(a["on_p50_ms"], a["off_p50_ms"], strict=True)],
-        "change % [95% CI]": [_fmt_ci(*v, fmt="{:+.1f}") for v in
-                              zip(a["change_pct"], a["change_lo"], a["change_hi"], strict=True)],
-        "share of gap to https/full": a["share_pct"].map(lambda v: f"{v:.0f}%" if math.isfinite(v) else "n/a")})
+    return pd.DataFrame(
+        {
+            "cell": a["cell"],
+            "profile": a["profile"],
+            "switched off / changed": a["setting"],
+            "median ms on → off": [
+                f"{x:,.0f} → {y:,.0f}" for x, y in zip(a["on_p50_ms"], a["off_p50_ms"], strict=True)
+            ],
+            "change % [95% CI]": [
+                _fmt_ci(*v, fmt="{:+.1f}") for v in zip(a["change_pct"], a["change_lo"], a["change_hi"], strict=True)
+            ],
+            "share of gap to https/full": a["share_pct"].map(lambda v: f"{v:.0f}%" if math.isfinite(v) else "n/a"),
+        }
+    )
 
 
 def _injected_text(meta: Mapping[str, Any]) -> str:
@@ -114,23 +138,30 @@ def _saturation_text(meta: Mapping[str, Any]) -> str:
     state = f"**SATURATED** ({mon.get('reason')})" if mon["saturated"] else "not saturated"
     cells: Mapping[str, Any] = mon["cells"] if isinstance(mon.get("cells"), Mapping) else {}
     hot = sum(bool(isinstance(m, Mapping) and m.get("saturated")) for m in cells.values())
-    return (f"Load generator: {state} over the run (CPU {float(mon.get('cpu_util', math.nan)):.0%} of a core, "
-            f"event-loop lag p99 {float(mon.get('loop_lag_p99_ms', math.nan)):.1f} ms)"
-            + (f"; {hot} of {len(cells)} cells saturated it at times (`run.json` monitor.cells)." if cells else "."))
+    return (
+        f"Load generator: {state} over the run (CPU {float(mon.get('cpu_util', math.nan)):.0%} of a core, "
+        f"event-loop lag p99 {float(mon.get('loop_lag_p99_ms', math.nan)):.1f} ms)"
+        + (f"; {hot} of {len(cells)} cells saturated it at times (`run.json` monitor.cells)." if cells else ".")
+    )
 
 
 def _calibration_section(d: Doc, calibration: Any) -> None:
     d.h2("Calibration: the harness measuring itself")
-    d.p("The `calibration` profile has known model timings (prefill 20 ms flat, 5 ms per token); measured "
-        "minus known (the residual) is what the transport and the harness add, per transport.")
+    d.p(
+        "The `calibration` profile has known model timings (prefill 20 ms flat, 5 ms per token); measured "
+        "minus known (the residual) is what the transport and the harness add, per transport."
+    )
     by = calibration.get("by_transport") if isinstance(calibration, Mapping) else None
     if isinstance(by, Mapping) and by:
         known = {k: v for k, v in calibration.items() if not isinstance(v, Mapping | list)}
         d.p("Known: " + ", ".join(f"`{k}` = {v}" for k, v in known.items()) + ".")
         table = pd.DataFrame([{"transport": k, **v} for k, v in by.items()])
         for col in [c for c in table.columns if c.endswith("_ci")]:
-            table[col] = table[col].map(lambda v: f"[{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, list) and
-                                        len(v) == 2 and None not in v else "n/a")
+            table[col] = table[col].map(
+                lambda v: (
+                    f"[{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, list) and len(v) == 2 and None not in v else "n/a"
+                )
+            )
         d.table(round_frame(table))
     elif calibration:
         d.pre(json.dumps(calibration, indent=2, default=str))
@@ -148,20 +179,32 @@ def _environment_section(d: Doc, meta: Mapping[str, Any]) -> None:
     if meta.get("versions"):
         d.p("Versions:")
         d.pre(json.dumps(meta["versions"], indent=1, sort_keys=True))
-    settings: list[Mapping[str, Any]] = [c["server_settings"] for c in meta.get("cells", [])
-                                         if isinstance(c, Mapping) and c.get("server_settings")]
+    settings: list[Mapping[str, Any]] = [
+        c["server_settings"] for c in meta.get("cells", []) if isinstance(c, Mapping) and c.get("server_settings")
+    ]
     if settings:
         defaults = Settings().as_dict()
-        common = {k: v for k, v in settings[0].items()
-                  if all(s.get(k) == v for s in settings) and defaults.get(k) != v}
+        common = {k: v for k, v in settings[0].items() if all(s.get(k) == v for s in settings) and defaults.get(k) != v}
         d.p("Server settings shared by every cell, beyond the defaults (each cell's own are in `run.json` cells):")
         d.pre(json.dumps(common, indent=1, sort_keys=True, default=str))
     servers = meta.get("servers")
     if isinstance(servers, Mapping) and servers:
         d.p("Servers (how each was started, the transports it served, its CPU time while serving):")
-        d.table(pd.DataFrame([{"server": k, "transports": ", ".join(v.get("transports") or []), "pid": v.get("pid"),
-                               "cpu_s": v.get("cpu_s"), "exit": v.get("exit_code"),
-                               "argv": " ".join(map(str, (v.get("argv") or [])[2:]))} for k, v in servers.items()]))
+        d.table(
+            pd.DataFrame(
+                [
+                    {
+                        "server": k,
+                        "transports": ", ".join(v.get("transports") or []),
+                        "pid": v.get("pid"),
+                        "cpu_s": v.get("cpu_s"),
+                        "exit": v.get("exit_code"),
+                        "argv": " ".join(map(str, (v.get("argv") or [])[2:])),
+                    }
+                    for k, v in servers.items()
+                ]
+            )
+        )
 
 
 def _yn(v: Any) -> str:
@@ -173,21 +216,33 @@ def add_migration_section(d: Doc, data: Mapping[str, Any] | None) -> None:
     (``migration.json`` in a run directory); ``None``: this run has none, and the section says so."""
     d.h2("Migration cost (computed from the code)")
     if data is None:
-        d.p("*This run directory has no `migration.json` (`turnbench bench` measures it; "
-            "`turnbench migration --runtime --json DIR/migration.json` adds it to a run).*")
+        d.p(
+            "*This run directory has no `migration.json` (`turnbench bench` measures it; "
+            "`turnbench migration --runtime --json DIR/migration.json` adds it to a run).*"
+        )
         return
-    d.p("Lines are normalized source lines (no comments, docstrings, blank lines). *written* = lines of the "
+    d.p(
+        "Lines are normalized source lines (no comments, docstrings, blank lines). *written* = lines of the "
         "new client not found in `clients/https_client.py` (added or changed); the agent loop "
-        f"(`{data['agent_loop']['file']}`) is shared by every transport and changes by 0 lines.")
+        f"(`{data['agent_loop']['file']}`) is shared by every transport and changes by 0 lines."
+    )
     rows = []
     for c in data["clients"]:
         body = c.get("body", {})
-        rows.append({"transport": c["transport"], "client lines written": c["written"], "deleted": c["deleted"],
-                     "kept": c["kept"], "+ support modules": c.get("support_lines", 0),
-                     "codegen step": _yn(c["codegen"]), "proto lines": c["proto_lines"],
-                     "generated lines": c["generated_lines"],
-                     "new dependencies": ", ".join(c["new_dependencies"]) or "none",
-                     "body byte-identical": f"{_yn(body.get('identical'))} ({body.get('note', '')})"})
+        rows.append(
+            {
+                "transport": c["transport"],
+                "client lines written": c["written"],
+                "deleted": c["deleted"],
+                "kept": c["kept"],
+                "+ support modules": c.get("support_lines", 0),
+                "codegen step": _yn(c["codegen"]),
+                "proto lines": c["proto_lines"],
+                "generated lines": c["generated_lines"],
+                "new dependencies": ", ".join(c["new_dependencies"]) or "none",
+                "body byte-identical": f"{_yn(body.get('identical'))} ({body.get('note', '')})",
+            }
+        )
     d.table(pd.DataFrame(rows).astype(object).fillna(""))
     support: dict[str, list[str]] = {}  # one paragraph per distinct module list (grpc and grpc-json share)
     for c in data["clients"]:
@@ -195,11 +250,15 @@ def add_migration_section(d: Doc, data: Mapping[str, Any] | None) -> None:
             mods = ", ".join(f"`{k}` ({v})" for k, v in c["support_modules"].items())
             support.setdefault(mods, []).append(f"`{c['transport']}`")
     for mods, names in support.items():
-        d.p(f"{' and '.join(names)} also import hand-written modules the HTTPS client does not: {mods} "
-            "normalized lines.")
+        d.p(
+            f"{' and '.join(names)} also import hand-written modules the HTTPS client does not: {mods} "
+            "normalized lines."
+        )
     sdk = data["sdk"]
-    d.p(f"Official SDK user (`{sdk['files'][0]}` → `{sdk['files'][1]}`): **{sdk['written']} lines written, "
-        f"{sdk['deleted']} deleted**, {sdk['kept']} kept of {sdk['old']}.")
+    d.p(
+        f"Official SDK user (`{sdk['files'][0]}` → `{sdk['files'][1]}`): **{sdk['written']} lines written, "
+        f"{sdk['deleted']} deleted**, {sdk['kept']} kept of {sdk['old']}."
+    )
     _runtime_section(d, data.get("runtime"))
 
 
@@ -208,15 +267,20 @@ def _runtime_section(d: Doc, runtime: Mapping[str, Any] | None) -> None:
     if not runtime:
         d.p("*Not measured in this run (`turnbench migration --runtime` measures it).*")
         return
-    d.p(f"`{runtime['transport']}` at `{runtime['profile']}`, {runtime['tool_calls']}-tool-call rollouts, connection "
+    d.p(
+        f"`{runtime['transport']}` at `{runtime['profile']}`, {runtime['tool_calls']}-tool-call rollouts, connection "
         f"dropped before turn {runtime['drop_at']}, {runtime['rollouts']} rollouts per strategy, each interleaved "
-        "with an undisturbed one. *recovery* = reconnect + the failed turn; the resumed turn pays the rest.")
+        "with an undisturbed one. *recovery* = reconnect + the failed turn; the resumed turn pays the rest."
+    )
     table = pd.DataFrame(runtime["strategies"])
+
     def num(v: Any) -> float:
         return math.nan if v is None else float(v)
 
-    table["ratio [95% CI]"] = [_fmt_ci(num(r), num(lo), num(hi)) for r, lo, hi in
-                               zip(table.pop("ratio"), table.pop("ratio_lo"), table.pop("ratio_hi"), strict=True)]
+    table["ratio [95% CI]"] = [
+        _fmt_ci(num(r), num(lo), num(hi))
+        for r, lo, hi in zip(table.pop("ratio"), table.pop("ratio_lo"), table.pop("ratio_hi"), strict=True)
+    ]
     d.table(round_frame(table))
 
 
@@ -235,21 +299,24 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     h, a = summary.headline, summary.ablations
     figures = plots.all_figures(run.turns, run.rollouts, a, out / "plots")
     d = Doc("turnbench report")
-    d.p(f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
-        f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}.")
+    d.p(
+        f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
+        f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}."
+    )
     d.h2("Headline: end-to-end rollout time against HTTPS")
     d.p(_injected_text(run.meta) + " " + _saturation_text(run.meta))
     conc = f"concurrency {int(h['concurrency'].iloc[0])}" if not h.empty else "the lowest concurrency"
-    d.p("Ratio = median rollout time of the cell ÷ median of the HTTPS baseline in the same run (in brackets "
+    d.p(
+        "Ratio = median rollout time of the cell ÷ median of the HTTPS baseline in the same run (in brackets "
         "its bootstrap 95% confidence interval; in parentheses the change in %, negative = faster). Rollout "
-        f"time is first request → final answer, tool time included; {conc}.")
+        f"time is first request → final answer, tool time included; {conc}."
+    )
     d.table(_headline_view(h), empty="No cell had an HTTPS baseline to compare with.")
     d.p(_claim_text(h))
     d.bullets(headline_sentences(h))
     plots.add_sections(d, figures, [n for n in plots.FIGURES if n != "ablations"])
     d.h2("Ablations: which mechanism buys what")
-    d.p("Each row changes one server setting of DESIGN §2 (a switch off, or the framing) on one cell, all else "
-        "equal.")
+    d.p("Each row changes one server setting of DESIGN §2 (a switch off, or the framing) on one cell, all else equal.")
     d.table(_ablation_view(a), empty="This run has no ablation variants.")
     if "ablations" in figures:
         d.figure(figures["ablations"], plots.FIGURES["ablations"][1])

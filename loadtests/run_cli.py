@@ -17,8 +17,15 @@ if TYPE_CHECKING:
     from loadtests.model import RunConfig
     from loadtests.rundir import RunDir
 
-__all__ = ["DESCRIPTION", "EPILOG", "add_run_arguments", "cmd_run", "config_from_args", "format_table",
-           "print_warnings"]
+__all__ = [
+    "DESCRIPTION",
+    "EPILOG",
+    "add_run_arguments",
+    "cmd_run",
+    "config_from_args",
+    "format_table",
+    "print_warnings",
+]
 
 DESCRIPTION = """\
 Run agent rollouts (model → tool call → tool result → …) over transports and state strategies and print a
@@ -47,8 +54,7 @@ def _csv(kind: type) -> Any:
         try:
             return tuple(kind(x.strip()) for x in raw.split(",") if x.strip())
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {raw!r}") \
-                from exc
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {raw!r}") from exc
 
     parse.__name__ = f"list of {kind.__name__}"
     return parse
@@ -57,66 +63,141 @@ def _csv(kind: type) -> Any:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Every ``turnbench run`` flag, each with its meaning and default."""
     w = p.add_argument_group("workload")
-    w.add_argument("--scenario", action="append", metavar="NAME[,NAME…]",
-                   help="scenario name(s) or .toml path(s); repeatable (default: agent-20). Shipped: "
-                   + ", ".join(available_scenarios()))
+    w.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME[,NAME…]",
+        help="scenario name(s) or .toml path(s); repeatable (default: agent-20). Shipped: "
+        + ", ".join(available_scenarios()),
+    )
     w.add_argument("--list-scenarios", action="store_true", help="print the shipped scenarios and exit")
-    w.add_argument("--transports", type=_csv(str), metavar="LIST",
-                   help="client transports, comma-separated, from the transport table: https, https-h2, ws, "
-                   f"grpc, inproc, sdk-…, grpc-json … (default: {','.join(DEFAULT_TRANSPORTS)}; 'calibration' "
-                   "adds inproc). Each gets a server started with the settings its row needs (https-h2: http2)")
-    w.add_argument("--states", type=_csv(str), metavar="LIST",
-                   help="state strategies to keep, from full, store, connection (default: per transport — "
-                   "https: full,store; ws/grpc: connection,store,full)")
-    w.add_argument("--profile", type=_csv(str), metavar="LIST",
-                   help="sim profile(s) overriding the scenario's: instant, frontier (~65 tok/s), fast "
-                   "(~1000 tok/s), h200-8b, calibration; several multiply the cells")
-    w.add_argument("--concurrency", type=_csv(int), metavar="LIST",
-                   help="closed loop: rollouts in flight, overriding the scenario; several multiply the cells")
-    w.add_argument("--rate", type=_csv(float), metavar="LIST",
-                   help="open loop: Poisson arrivals in rollouts/s (wins over --concurrency); the clock of a "
-                   "rollout starts at its scheduled arrival, so queueing is counted")
+    w.add_argument(
+        "--transports",
+        type=_csv(str),
+        metavar="LIST",
+        help="client transports, comma-separated, from the transport table: https, https-h2, ws, "
+        f"grpc, inproc, sdk-…, grpc-json … (default: {','.join(DEFAULT_TRANSPORTS)}; 'calibration' "
+        "adds inproc). Each gets a server started with the settings its row needs (https-h2: http2)",
+    )
+    w.add_argument(
+        "--states",
+        type=_csv(str),
+        metavar="LIST",
+        help="state strategies to keep, from full, store, connection (default: per transport — "
+        "https: full,store; ws/grpc: connection,store,full)",
+    )
+    w.add_argument(
+        "--profile",
+        type=_csv(str),
+        metavar="LIST",
+        help="sim profile(s) overriding the scenario's: instant, frontier (~65 tok/s), fast "
+        "(~1000 tok/s), h200-8b, calibration; several multiply the cells",
+    )
+    w.add_argument(
+        "--concurrency",
+        type=_csv(int),
+        metavar="LIST",
+        help="closed loop: rollouts in flight, overriding the scenario; several multiply the cells",
+    )
+    w.add_argument(
+        "--rate",
+        type=_csv(float),
+        metavar="LIST",
+        help="open loop: Poisson arrivals in rollouts/s (wins over --concurrency); the clock of a "
+        "rollout starts at its scheduled arrival, so queueing is counted",
+    )
     w.add_argument("--rollouts", type=int, metavar="N", help="measured rollouts per cell (default: scenario's)")
     w.add_argument("--warmup", type=int, metavar="N", help="warm-up rollouts per cell, excluded from summaries")
     w.add_argument("--rounds", type=int, metavar="N", help="interleaving rounds (A B C A B C …)")
     w.add_argument("--seed", type=int, metavar="N", help="seed of the scripted model, tools and arrivals")
-    w.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
-                   help="TLS on the servers the runner starts (default: the scenario's, normally on)")
+    w.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TLS on the servers the runner starts (default: the scenario's, normally on)",
+    )
     s = p.add_argument_group("servers")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="a server Settings field for every server started (and inproc), e.g. "
-                   "tokens_per_chunk=4, overlap_post=false, inject_ms=safety=5 (listed in run.json)")
-    s.add_argument("--variant", default="default", metavar="LABEL",
-                   help="label for this configuration (ablation), stored in every sample row")
-    s.add_argument("--target", action="append", default=[], metavar="TRANSPORT=URL",
-                   help="use an already-running server instead of starting one, e.g. "
-                   "https=https://127.0.0.1:8443/v1, ws=wss://…/v1, grpc=127.0.0.1:50051 (a server protocol "
-                   "serves every transport of it; a transport name, e.g. https-h2=…, only that one); repeatable")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="a server Settings field for every server started (and inproc), e.g. "
+        "tokens_per_chunk=4, overlap_post=false, inject_ms=safety=5 (listed in run.json)",
+    )
+    s.add_argument(
+        "--variant",
+        default="default",
+        metavar="LABEL",
+        help="label for this configuration (ablation), stored in every sample row",
+    )
+    s.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="TRANSPORT=URL",
+        help="use an already-running server instead of starting one, e.g. "
+        "https=https://127.0.0.1:8443/v1, ws=wss://…/v1, grpc=127.0.0.1:50051 (a server protocol "
+        "serves every transport of it; a transport name, e.g. https-h2=…, only that one); repeatable",
+    )
     s.add_argument("--ca", metavar="PATH", help="CA certificate (PEM) of --target servers that use TLS")
     s.add_argument("--api-key", metavar="KEY", help="bearer key for --target servers (and servers started)")
-    s.add_argument("--server-timeout-s", type=float, default=30.0, metavar="S",
-                   help="how long a started server may take to listen and pass its health check (default 30)")
+    s.add_argument(
+        "--server-timeout-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long a started server may take to listen and pass its health check (default 30)",
+    )
     o = p.add_argument_group("output and load generator")
-    o.add_argument("--out", type=Path, metavar="DIR",
-                   help="run directory (default: reports/runs/<UTC timestamp>-<scenario>)")
+    o.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory (default: reports/runs/<UTC timestamp>-<scenario>)"
+    )
     o.add_argument("--quiet", action="store_true", help="no progress bar or server lines (table still printed)")
-    o.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                   help="client event loop (default uvloop; recorded in run.json)")
-    o.add_argument("--gc", choices=("between-chunks", "auto"), default="between-chunks",
-                   help="Python's garbage collector in the client: 'between-chunks' (default) collects between "
-                   "cells and pauses it while one runs (a full collection stalls the loop 20-50 ms); 'auto' "
-                   "leaves it on")
-    o.add_argument("--cpu-threshold", type=float, default=0.9, metavar="F",
-                   help="warn when the load generator uses more than F of a core (default 0.9)")
-    o.add_argument("--lag-threshold-ms", type=float, default=5.0, metavar="MS",
-                   help="warn when its event-loop lag p99 exceeds MS (default 5)")
+    o.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="client event loop (default uvloop; recorded in run.json)",
+    )
+    o.add_argument(
+        "--gc",
+        choices=("between-chunks", "auto"),
+        default="between-chunks",
+        help="Python's garbage collector in the client: 'between-chunks' (default) collects between "
+        "cells and pauses it while one runs (a full collection stalls the loop 20-50 ms); 'auto' "
+        "leaves it on",
+    )
+    o.add_argument(
+        "--cpu-threshold",
+        type=float,
+        default=0.9,
+        metavar="F",
+        help="warn when the load generator uses more than F of a core (default 0.9)",
+    )
+    o.add_argument(
+        "--lag-threshold-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="warn when its event-loop lag p99 exceeds MS (default 5)",
+    )
 
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
     names = [n.strip() for raw in (args.scenario or ["agent-20"]) for n in raw.split(",") if n.strip()]
-    overrides = {k: v for k, v in (("rollouts", args.rollouts), ("warmup", args.warmup),
-                                   ("rounds", args.rounds), ("seed", args.seed), ("tls", args.tls))
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("rollouts", args.rollouts),
+            ("warmup", args.warmup),
+            ("rounds", args.rounds),
+            ("seed", args.seed),
+            ("tls", args.tls),
+        )
+        if v is not None
+    }
     out: list[Scenario] = []
     for name in dict.fromkeys(names):
         sc = load_scenario(name)
@@ -168,12 +249,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if s not in STATES:
             raise ValueError(f"--states: unknown state strategy {s!r}")
     return RunConfig(
-        scenarios=_scenarios(args), transports=transports, states=args.states, profiles=args.profile,
-        concurrency=args.concurrency, rates_rps=args.rate, variant=args.variant,
-        server_settings=_settings(args.settings), targets=targets, ca_path=args.ca, api_key=args.api_key,
-        out_dir=args.out, quiet=args.quiet, loop=args.loop, gc=args.gc, cpu_threshold=args.cpu_threshold,
-        lag_p99_threshold_ms=args.lag_threshold_ms, server_timeout_s=args.server_timeout_s,
-        argv=["turnbench", *sys.argv[1:]])
+        scenarios=_scenarios(args),
+        transports=transports,
+        states=args.states,
+        profiles=args.profile,
+        concurrency=args.concurrency,
+        rates_rps=args.rate,
+        variant=args.variant,
+        server_settings=_settings(args.settings),
+        targets=targets,
+        ca_path=args.ca,
+        api_key=args.api_key,
+        out_dir=args.out,
+        quiet=args.quiet,
+        loop=args.loop,
+        gc=args.gc,
+        cpu_threshold=args.cpu_threshold,
+        lag_p99_threshold_ms=args.lag_threshold_ms,
+        server_timeout_s=args.server_timeout_s,
+        argv=["turnbench", *sys.argv[1:]],
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -213,41 +308,59 @@ def format_table(run: RunDir) -> str:
     blocks: dict[str, list[dict[str, Any]]] = {}
     for cid, c in cells.items():
         load = f"rate {c['arrival_rate_rps']:g}/s" if c["mode"] == "open" else f"concurrency {c['concurrency']}"
-        head = f"{c['scenario']} · profile {c['profile']} · {load}" + \
-            (f" · variant {c['variant']}" if c["variant"] != "default" else "")
+        head = f"{c['scenario']} · profile {c['profile']} · {load}" + (
+            f" · variant {c['variant']}" if c["variant"] != "default" else ""
+        )
         blocks.setdefault(head, []).append({"cell": cid, **c})
-    header = ["transport", "state", "rollouts", "rollout_ms p50/p99",
-              *(f"ttft t{k} p50/p99" for k in TABLE_TURNS), "up B/turn", "down B/turn", "srv cpu ms/turn",
-              "connect_ms"]
+    header = [
+        "transport",
+        "state",
+        "rollouts",
+        "rollout_ms p50/p99",
+        *(f"ttft t{k} p50/p99" for k in TABLE_TURNS),
+        "up B/turn",
+        "down B/turn",
+        "srv cpu ms/turn",
+        "connect_ms",
+    ]
     lines = ["(ms; p50/p99 from raw samples; turn k = k-th request of a rollout; warm-up excluded)"]
     for head, rows in blocks.items():
         table = [header]
         for c in rows:
             by_turn = c.get("ttft_by_turn", {})
-            table.append([
-                c["transport"], c["state"], f"{c['n_rollouts']}" + (f" ({c['failed_rollouts']} failed)"
-                                                                    if c["failed_rollouts"] else ""),
-                _pair(c["metrics"].get("rollout_ms")),
-                *(_pair(by_turn.get(str(k))) for k in TABLE_TURNS),
-                _f((c["metrics"].get("bytes_up") or {}).get("mean"), 0),
-                _f((c["metrics"].get("bytes_down") or {}).get("mean"), 0),
-                _f(c.get("server_cpu_ms_per_turn"), 2),
-                _f((c["metrics"].get("connect_ms") or {}).get("p50"), 2),
-            ])
+            table.append(
+                [
+                    c["transport"],
+                    c["state"],
+                    f"{c['n_rollouts']}" + (f" ({c['failed_rollouts']} failed)" if c["failed_rollouts"] else ""),
+                    _pair(c["metrics"].get("rollout_ms")),
+                    *(_pair(by_turn.get(str(k))) for k in TABLE_TURNS),
+                    _f((c["metrics"].get("bytes_up") or {}).get("mean"), 0),
+                    _f((c["metrics"].get("bytes_down") or {}).get("mean"), 0),
+                    _f(c.get("server_cpu_ms_per_turn"), 2),
+                    _f((c["metrics"].get("connect_ms") or {}).get("p50"), 2),
+                ]
+            )
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]
         lines += ["", head]
-        lines += ["  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths,
-                                                                                            strict=True)))
-                  for r in table]
+        lines += [
+            "  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+            for r in table
+        ]
     calib = run.summary.get("calibration")
     if calib:
-        lines += ["", f"calibration: known TTFT {calib['known_ttft_ms']:g} ms, ITL {calib['known_itl_ms']:g} ms; "
-                  "residual = measured - known (median)"]
+        lines += [
+            "",
+            f"calibration: known TTFT {calib['known_ttft_ms']:g} ms, ITL {calib['known_itl_ms']:g} ms; "
+            "residual = measured - known (median)",
+        ]
         for t, r in calib["by_transport"].items():
-            lines.append(f"  {t:<12} ttft residual {_f(r['ttft_residual_ms'], 2):>7} ms  "
-                         f"itl residual {_f(r['itl_residual_ms'], 3):>7} ms  "
-                         f"minus inproc {_f(r.get('ttft_minus_inproc_ms'), 2):>7} ms  "
-                         f"(server pre-prefill stages {_f(r['server_pre_ms'], 2)} ms)")
+            lines.append(
+                f"  {t:<12} ttft residual {_f(r['ttft_residual_ms'], 2):>7} ms  "
+                f"itl residual {_f(r['itl_residual_ms'], 3):>7} ms  "
+                f"minus inproc {_f(r.get('ttft_minus_inproc_ms'), 2):>7} ms  "
+                f"(server pre-prefill stages {_f(r['server_pre_ms'], 2)} ms)"
+            )
     return "\n".join(lines)
 
 
@@ -256,16 +369,21 @@ def print_warnings(run: RunDir, file: IO[str]) -> int:
     status = 0
     mon = run.meta["monitor"]
     if mon.get("saturated"):
-        print(f"WARNING: the load generator saturated ({mon.get('reason')}): its own delays are in the "
-              "latencies, which then blame the transport for the client. Lower the load or use more cores.",
-              file=file)
+        print(
+            f"WARNING: the load generator saturated ({mon.get('reason')}): its own delays are in the "
+            "latencies, which then blame the transport for the client. Lower the load or use more cores.",
+            file=file,
+        )
         system = mon.get("system") or {}
         busy, util = system.get("cpu_busy"), mon.get("cpu_util")
         if busy is not None and util is not None and util < 0.5:
-            print(f"  the client itself used only {util:.0%} of a core; the machine was {busy:.0%} busy on "
-                  f"{system.get('cores')} cores (load average {system.get('loadavg_1m_end'):.1f}): the stalls "
-                  "come from CPU contention (the servers, other processes), which delays the client all "
-                  "the same", file=file)
+            print(
+                f"  the client itself used only {util:.0%} of a core; the machine was {busy:.0%} busy on "
+                f"{system.get('cores')} cores (load average {system.get('loadavg_1m_end'):.1f}): the stalls "
+                "come from CPU contention (the servers, other processes), which delays the client all "
+                "the same",
+                file=file,
+            )
     for cid, m in mon.get("cells", {}).items():
         if m.get("saturated"):
             note = " (inproc runs the service in this process)" if ":inproc:" in cid else ""
@@ -273,8 +391,11 @@ def print_warnings(run: RunDir, file: IO[str]) -> int:
     cells = run.summary.get("cells", {})
     for cid, c in cells.items():
         if c["failed_rollouts"]:
-            print(f"WARNING: {c['failed_rollouts']} of {c['n_rollouts'] + c['failed_rollouts']} rollouts "
-                  f"failed in {cid}: {c.get('first_error')}", file=file)
+            print(
+                f"WARNING: {c['failed_rollouts']} of {c['n_rollouts'] + c['failed_rollouts']} rollouts "
+                f"failed in {cid}: {c.get('first_error')}",
+                file=file,
+            )
     if cells and all(c["n_rollouts"] == 0 for c in cells.values()):
         status = 1
     for key, s in run.meta["servers"].items():

@@ -49,14 +49,41 @@ from loadtests import stats
 from loadtests.model import Cell, Collected, RunConfig
 from loadtests.scenarios import Scenario
 
-__all__ = ["LABELS", "RunDir", "RunDirError", "default_out_dir", "environment", "jsonable", "read_samples",
-           "rollouts_frame", "turns_frame", "write_json", "write_samples"]
+__all__ = [
+    "LABELS",
+    "RunDir",
+    "RunDirError",
+    "default_out_dir",
+    "environment",
+    "jsonable",
+    "read_samples",
+    "rollouts_frame",
+    "turns_frame",
+    "write_json",
+    "write_samples",
+]
 
-LABELS = ("scenario", "profile", "concurrency", "arrival_rate_rps", "mode", "cell", "round", "warmup",
-          "variant", "tls")
-VERSIONS = ("turnbench", "websockets", "grpcio", "protobuf", "httpx", "httpcore", "starlette", "uvicorn",
-            "hypercorn", "openai", "msgspec", "orjson", "uvloop", "tokenizers", "numpy", "pandas", "pyarrow",
-            "locust")
+LABELS = ("scenario", "profile", "concurrency", "arrival_rate_rps", "mode", "cell", "round", "warmup", "variant", "tls")
+VERSIONS = (
+    "turnbench",
+    "websockets",
+    "grpcio",
+    "protobuf",
+    "httpx",
+    "httpcore",
+    "starlette",
+    "uvicorn",
+    "hypercorn",
+    "openai",
+    "msgspec",
+    "orjson",
+    "uvloop",
+    "tokenizers",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "locust",
+)
 _STAGE_FIELDS = ("items", "tokens", "chars")
 Kind = Literal["turns", "rollouts"]
 
@@ -90,7 +117,8 @@ def turns_frame(results: Iterable[TurnResult]) -> pd.DataFrame:
     rows = [_turn_row(t) for t in results]
     if not rows:
         return pd.DataFrame(columns=[*TurnResult.__struct_fields__, "itl_p50_ms", "itl_p99_ms"]).drop(
-            columns=["server_stages"])
+            columns=["server_stages"]
+        )
     return pd.DataFrame.from_records(rows)
 
 
@@ -202,8 +230,14 @@ def write_json(path: Path, data: Any) -> Path:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent.parent, check=True)
+        out = subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -230,12 +264,20 @@ def environment() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     status = _git("status", "--porcelain")
-    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-            "python": sys.version.split()[0], "python_full": sys.version, "platform": platform.platform(),
-            "cpu": {"model": _cpu_model(), "count": os.cpu_count(),
-                    "physical": psutil.cpu_count(logical=False), "affinity": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity") else None},
-            "versions": versions}
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": sys.version.split()[0],
+        "python_full": sys.version,
+        "platform": platform.platform(),
+        "cpu": {
+            "model": _cpu_model(),
+            "count": os.cpu_count(),
+            "physical": psutil.cpu_count(logical=False),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
+        "versions": versions,
+    }
 
 
 def default_out_dir(scenarios: Sequence[Scenario]) -> Path:
@@ -251,8 +293,11 @@ def _injected(servers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if rec.get("kind") == "target":
             out[key] = "unknown: external target (its own settings apply)"
             continue
-        knobs = {name: nz for name in ("inject_ms", "burn_us")
-                 if (nz := {k: v for k, v in dict(rec["settings"].get(name) or {}).items() if v})}
+        knobs = {
+            name: nz
+            for name in ("inject_ms", "burn_us")
+            if (nz := {k: v for k, v in dict(rec["settings"].get(name) or {}).items() if v})
+        }
         if knobs:
             out[key] = knobs
     return out
@@ -271,15 +316,30 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
         "scenarios": {c.scenario.name: c.scenario.as_dict() for c in cells},
         "cells": [{**c.record(), "server_settings": servers[c.endpoint_key]["settings"]} for c in cells],
         "servers": servers,
-        "monitor": {**stats.windowed_monitor(collected.monitor, collected.chunks, cpu_threshold=config.cpu_threshold,
-                                             lag_p99_threshold_ms=config.lag_p99_threshold_ms),
-                    "system": collected.system},
+        "monitor": {
+            **stats.windowed_monitor(
+                collected.monitor,
+                collected.chunks,
+                cpu_threshold=config.cpu_threshold,
+                lag_p99_threshold_ms=config.lag_p99_threshold_ms,
+            ),
+            "system": collected.system,
+        },
         "injected": _injected(servers),
-        "chunks": [{"cell": ch.cell, "round": ch.round, "warmup": ch.warmup, "rollouts": ch.rollouts,
-                    "turns": ch.turns, "wall_s": ch.wall_s, "client_cpu_s": ch.client_cpu_s,
-                    "server_cpu_s": ch.server_cpu_s,
-                    "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None}
-                   for ch in collected.chunks],
+        "chunks": [
+            {
+                "cell": ch.cell,
+                "round": ch.round,
+                "warmup": ch.warmup,
+                "rollouts": ch.rollouts,
+                "turns": ch.turns,
+                "wall_s": ch.wall_s,
+                "client_cpu_s": ch.client_cpu_s,
+                "server_cpu_s": ch.server_cpu_s,
+                "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None,
+            }
+            for ch in collected.chunks
+        ],
     }
 
 
@@ -304,8 +364,14 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     @classmethod
-    def write(cls, path: Path, config: RunConfig, cells: Sequence[Cell], collected: Collected,
-              meta: Mapping[str, Any] | None = None) -> RunDir:
+    def write(
+        cls,
+        path: Path,
+        config: RunConfig,
+        cells: Sequence[Cell],
+        collected: Collected,
+        meta: Mapping[str, Any] | None = None,
+    ) -> RunDir:
         """Write the whole directory: samples, run.json (with ``meta`` added: the maker's own entries),
         then summary.json computed from what was written. Returns: the directory, opened."""
         path.mkdir(parents=True, exist_ok=True)

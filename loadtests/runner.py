@@ -46,13 +46,27 @@ TASK = "Investigate the repository and summarize what you find."
 
 
 def _failed(cell: Cell, index: int, error: str) -> RolloutResult:
-    return RolloutResult(transport=cell.transport, state=cell.state, rollout_id=index, success=False,
-                         error=error, turns=[], rollout_ms=0.0)
+    return RolloutResult(
+        transport=cell.transport,
+        state=cell.state,
+        rollout_id=index,
+        success=False,
+        error=error,
+        turns=[],
+        rollout_ms=0.0,
+    )
 
 
-async def cell_rollout(client: ResponsesClient, cell: Cell, index: int, *,
-                       toolbox_factory: ToolboxFactory = default_toolbox, scheduled_ns: int | None = None,
-                       task_tag: str = "", connect_ms: float | None = None) -> RolloutResult:
+async def cell_rollout(
+    client: ResponsesClient,
+    cell: Cell,
+    index: int,
+    *,
+    toolbox_factory: ToolboxFactory = default_toolbox,
+    scheduled_ns: int | None = None,
+    task_tag: str = "",
+    connect_ms: float | None = None,
+) -> RolloutResult:
     """Rollout ``index`` of ``cell`` on a connected ``client``: the cell's scenario, state, tools and seed.
 
     The task text starts with ``[<task_tag> <cell number>.<index>]``: the same length everywhere, but a
@@ -61,15 +75,28 @@ async def cell_rollout(client: ResponsesClient, cell: Cell, index: int, *,
     system prompt is. The scripted model's tool calls and answer depend on the seed only.
     """
     sc = cell.scenario
-    return await run_rollout(client, state=cell.state, toolbox=toolbox_factory(sc, index),
-                             metadata={**sc.metadata(), "seed": str(sc.seed + index)}, rollout_id=index,
-                             scheduled_ns=scheduled_ns, transport=cell.transport, connect_ms=connect_ms,
-                             task=f"[{task_tag} {cell.number:03d}.{index:05d}] {TASK}")
+    return await run_rollout(
+        client,
+        state=cell.state,
+        toolbox=toolbox_factory(sc, index),
+        metadata={**sc.metadata(), "seed": str(sc.seed + index)},
+        rollout_id=index,
+        scheduled_ns=scheduled_ns,
+        transport=cell.transport,
+        connect_ms=connect_ms,
+        task=f"[{task_tag} {cell.number:03d}.{index:05d}] {TASK}",
+    )
 
 
-async def one_rollout(cell: Cell, index: int, endpoint: Endpoint, *,
-                      toolbox_factory: ToolboxFactory = default_toolbox, scheduled_ns: int | None = None,
-                      task_tag: str = "") -> RolloutResult:
+async def one_rollout(
+    cell: Cell,
+    index: int,
+    endpoint: Endpoint,
+    *,
+    toolbox_factory: ToolboxFactory = default_toolbox,
+    scheduled_ns: int | None = None,
+    task_tag: str = "",
+) -> RolloutResult:
     """A fresh client, its connection (timed apart), :func:`cell_rollout`, close. Never raises (but
     cancellation): a connection that fails is a failed rollout whose error starts with ``connect:``."""
     try:
@@ -78,21 +105,40 @@ async def one_rollout(cell: Cell, index: int, endpoint: Endpoint, *,
     except Exception as exc:
         return _failed(cell, index, f"connect: {type(exc).__name__}: {exc}")
     try:
-        return await cell_rollout(client, cell, index, toolbox_factory=toolbox_factory, scheduled_ns=scheduled_ns,
-                                  task_tag=task_tag, connect_ms=connect_ms)
+        return await cell_rollout(
+            client,
+            cell,
+            index,
+            toolbox_factory=toolbox_factory,
+            scheduled_ns=scheduled_ns,
+            task_tag=task_tag,
+            connect_ms=connect_ms,
+        )
     finally:
         with contextlib.suppress(Exception):
             await client.close()
 
 
-async def run_chunk(config: RunConfig, cell: Cell, rnd: int, indices: Sequence[int], endpoint: Endpoint,
-                    on_done: Callable[[], object] = lambda: None) -> list[RolloutResult]:
+async def run_chunk(
+    config: RunConfig,
+    cell: Cell,
+    rnd: int,
+    indices: Sequence[int],
+    endpoint: Endpoint,
+    on_done: Callable[[], object] = lambda: None,
+) -> list[RolloutResult]:
     """One cell's share of one round: closed loop (``concurrency`` in flight) or open loop (Poisson
     arrivals, each rollout stamped with its scheduled time). ``on_done`` is called after each rollout."""
 
     async def job(i: int, scheduled_ns: int | None = None) -> RolloutResult:
-        result = await one_rollout(cell, i, endpoint, toolbox_factory=config.toolbox_factory,
-                                   scheduled_ns=scheduled_ns, task_tag=config.task_tag)
+        result = await one_rollout(
+            cell,
+            i,
+            endpoint,
+            toolbox_factory=config.toolbox_factory,
+            scheduled_ns=scheduled_ns,
+            task_tag=config.task_tag,
+        )
         on_done()
         return result
 
@@ -102,14 +148,20 @@ async def run_chunk(config: RunConfig, cell: Cell, rnd: int, indices: Sequence[i
     return await closed_loop([functools.partial(job, i) for i in indices], cell.concurrency or 1)
 
 
-async def execute(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint],
-                  *, loop_name: str = "asyncio") -> Collected:
+async def execute(
+    config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint], *, loop_name: str = "asyncio"
+) -> Collected:
     """Run every chunk of :func:`chunk_plan` in order under one :class:`LoadMonitor`."""
     plan = chunk_plan(cells)
     samples: list[Sample] = []
     chunks: list[ChunkStat] = []
-    bar = tqdm(total=sum(len(ch[2]) for ch in plan), unit="rollout", dynamic_ncols=True, leave=False,
-               disable=config.quiet or not sys.stderr.isatty())
+    bar = tqdm(
+        total=sum(len(ch[2]) for ch in plan),
+        unit="rollout",
+        dynamic_ncols=True,
+        leave=False,
+        disable=config.quiet or not sys.stderr.isatty(),
+    )
     monitor = LoadMonitor(cpu_threshold=config.cpu_threshold, lag_p99_threshold_ms=config.lag_p99_threshold_ms)
     sys0, load0 = psutil.cpu_times(), os.getloadavg()
     async with monitor:
@@ -126,12 +178,19 @@ async def execute(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[s
             finally:
                 gc.enable()
             srv1 = ep.cpu_s()
-            chunks.append(ChunkStat(
-                cell=cell.cell, round=rnd, warmup=warmup, rollouts=len(results),
-                turns=sum(len(r.turns) for r in results), wall_s=time.perf_counter() - t0,
-                client_cpu_s=time.process_time() - cpu0,
-                server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
-                lag_ms=list(monitor.lag_ms[lag0:])))
+            chunks.append(
+                ChunkStat(
+                    cell=cell.cell,
+                    round=rnd,
+                    warmup=warmup,
+                    rollouts=len(results),
+                    turns=sum(len(r.turns) for r in results),
+                    wall_s=time.perf_counter() - t0,
+                    client_cpu_s=time.process_time() - cpu0,
+                    server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
+                    lag_ms=list(monitor.lag_ms[lag0:]),
+                )
+            )
             samples += [Sample(r, cell, rnd, warmup) for r in results]
         for ep in endpoints.values():
             if ep.service is not None:
@@ -139,13 +198,16 @@ async def execute(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[s
     bar.close()
     sys1 = psutil.cpu_times()
     total = sum(sys1) - sum(sys0)
-    system = {"cpu_busy": 1.0 - (sys1.idle - sys0.idle) / total if total > 0 else None,
-              "cores": psutil.cpu_count(), "loadavg_1m_start": load0[0], "loadavg_1m_end": os.getloadavg()[0]}
+    system = {
+        "cpu_busy": 1.0 - (sys1.idle - sys0.idle) / total if total > 0 else None,
+        "cores": psutil.cpu_count(),
+        "loadavg_1m_start": load0[0],
+        "loadavg_1m_end": os.getloadavg()[0],
+    }
     return Collected(samples=samples, chunks=chunks, monitor=monitor.report(), loop=loop_name, system=system)
 
 
-def _execute_in_a_fresh_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint]
-                             ) -> Collected:
+def _execute_in_a_fresh_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint]) -> Collected:
     """:func:`execute` on a fresh event loop: uvloop unless ``config.loop == "asyncio"`` (or it is missing)."""
     if config.loop == "uvloop":
         try:
@@ -170,8 +232,14 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique in a run: {sorted({i for i in ids if ids.count(i) > 1})}")
     with tempfile.TemporaryDirectory(prefix="turnbench-run-") as tmp:
-        endpoints = start_endpoints(cells, Path(tmp), targets=config.targets, ca_path=config.ca_path,
-                                    api_key=config.api_key, timeout_s=config.server_timeout_s)
+        endpoints = start_endpoints(
+            cells,
+            Path(tmp),
+            targets=config.targets,
+            ca_path=config.ca_path,
+            api_key=config.api_key,
+            timeout_s=config.server_timeout_s,
+        )
         try:
             if not config.quiet:
                 for key, ep in endpoints.items():
@@ -180,8 +248,10 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
             collected = _execute_in_a_fresh_loop(config, cells, endpoints)
         finally:
             codes = stop_endpoints(endpoints)
-    collected.servers = {key: ep.record(codes[key], sorted({c.transport for c in cells if c.endpoint_key == key}))
-                         for key, ep in endpoints.items()}
+    collected.servers = {
+        key: ep.record(codes[key], sorted({c.transport for c in cells if c.endpoint_key == key}))
+        for key, ep in endpoints.items()
+    }
     return collected
 
 

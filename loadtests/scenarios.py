@@ -86,8 +86,7 @@ class Scenario:
 
     def metadata(self) -> dict[str, str]:
         """What the scripted model reads from request metadata: tool calls, seed and answer length."""
-        return {"tool_calls": str(self.tool_calls), "seed": str(self.seed),
-                "answer_tokens": str(self.answer_tokens)}
+        return {"tool_calls": str(self.tool_calls), "seed": str(self.seed), "answer_tokens": str(self.answer_tokens)}
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able full spec, for ``run.json``."""
@@ -104,8 +103,16 @@ def states_for(scenario: Scenario, transport: str) -> tuple[str, ...]:
     return get_transport(transport).states
 
 
-_INT_FIELDS = {"tool_calls": 0, "tool_output_bytes": 0, "rollouts": 1, "concurrency": 1, "warmup": 0,
-               "rounds": 1, "seed": 0, "answer_tokens": 1}  # field -> minimum
+_INT_FIELDS = {
+    "tool_calls": 0,
+    "tool_output_bytes": 0,
+    "rollouts": 1,
+    "concurrency": 1,
+    "warmup": 0,
+    "rounds": 1,
+    "seed": 0,
+    "answer_tokens": 1,
+}  # field -> minimum
 _FLOAT_FIELDS = {"tool_output_sigma": 0.0, "tool_latency_ms": 0.0}
 
 
@@ -133,17 +140,20 @@ def validate(s: Scenario, *, source: str) -> Scenario:
     if not isinstance(s.tls, bool):
         raise _fail(source, f"'tls' must be true or false; got {s.tls!r}")
     if s.rollouts < s.rounds:
-        raise _fail(source, f"'rollouts' ({s.rollouts}) must be >= 'rounds' ({s.rounds}): each round runs "
-                    "at least one rollout per cell")
+        raise _fail(
+            source,
+            f"'rollouts' ({s.rollouts}) must be >= 'rounds' ({s.rounds}): each round runs "
+            "at least one rollout per cell",
+        )
     for transport, states in s.states.items():
         bad = [x for x in states if x not in STATES]
         if not states or bad:
-            raise _fail(source, f"'states.{transport}' must be a non-empty list of {', '.join(STATES)}; "
-                        f"got {list(states)!r}")
+            raise _fail(
+                source, f"'states.{transport}' must be a non-empty list of {', '.join(STATES)}; got {list(states)!r}"
+            )
         row = TRANSPORTS.get(transport)
         if row is not None and "connection" in states and not row.supports_connection_state:
-            raise _fail(source, f"'states.{transport}' cannot hold 'connection': {transport} has no connection "
-                        "state")
+            raise _fail(source, f"'states.{transport}' cannot hold 'connection': {transport} has no connection state")
     return s
 
 
@@ -187,8 +197,9 @@ def load_scenario(name_or_path: str | Path, directory: Path = SCENARIO_DIR) -> S
     if p.suffix != ".toml":
         p = directory / f"{name_or_path}.toml"
     if not p.is_file():
-        raise ScenarioError(f"no scenario {str(name_or_path)!r}; available: "
-                            f"{', '.join(available_scenarios(directory)) or '(none)'}")
+        raise ScenarioError(
+            f"no scenario {str(name_or_path)!r}; available: {', '.join(available_scenarios(directory)) or '(none)'}"
+        )
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

@@ -27,9 +27,24 @@ import pandas as pd
 from loadtests.model import ChunkStat
 from loadtests.monitor import MonitorReport, saturation
 
-__all__ = ["BASELINES", "DEFAULT_QS", "RunSummary", "ablations", "bootstrap_ci", "calibration", "cell_monitor",
-           "cell_summaries", "cell_table", "headline", "label", "percentiles", "ratio_ci", "summarize",
-           "summarize_run", "windowed_monitor"]
+__all__ = [
+    "BASELINES",
+    "DEFAULT_QS",
+    "RunSummary",
+    "ablations",
+    "bootstrap_ci",
+    "calibration",
+    "cell_monitor",
+    "cell_summaries",
+    "cell_table",
+    "headline",
+    "label",
+    "percentiles",
+    "ratio_ci",
+    "summarize",
+    "summarize_run",
+    "windowed_monitor",
+]
 
 FloatArray = npt.NDArray[np.float64]
 Values: TypeAlias = Iterable[float | None] | npt.NDArray[Any] | pd.Series
@@ -103,8 +118,9 @@ def _interval(boot: FloatArray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_ci(values: Values, stat: Stat = np.median, n_boot: int = 2000, ci: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Values, stat: Stat = np.median, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Percentile-bootstrap interval of ``stat`` over the finite values.
 
     Returns: ``(estimate, lo, hi)`` in the values' unit; NaNs if there are no values.
@@ -119,8 +135,9 @@ def bootstrap_ci(values: Values, stat: Stat = np.median, n_boot: int = 2000, ci:
     return est, lo, hi
 
 
-def ratio_ci(a: Values, b: Values, stat: Stat = np.median, n_boot: int = 2000, ci: float = 0.95,
-             seed: int = 0) -> tuple[float, float, float]:
+def ratio_ci(
+    a: Values, b: Values, stat: Stat = np.median, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Bootstrap interval of ``stat(a) / stat(b)``, resampling ``a`` and ``b`` independently.
 
     Meant for two samples from one run (e.g. WS rollout_ms / HTTPS rollout_ms), so drift cancels.
@@ -137,9 +154,16 @@ def ratio_ci(a: Values, b: Values, stat: Stat = np.median, n_boot: int = 2000, c
     return est, lo, hi
 
 
-def summarize(df: pd.DataFrame, by: Sequence[str] = ("transport", "state"),
-              metrics: Sequence[str] = ("ttft_ms", "turn_ms", "latency_ms"), *, qs: Sequence[float] = DEFAULT_QS,
-              n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("transport", "state"),
+    metrics: Sequence[str] = ("ttft_ms", "turn_ms", "latency_ms"),
+    *,
+    qs: Sequence[float] = DEFAULT_QS,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per group and metric: ``n`` (finite values), percentiles, ``mean`` and the bootstrap CI of the
     median (``p50_lo``, ``p50_hi``). Long format: ``by + [metric, n, p50, ..., mean, p50_lo, p50_hi]``.
 
@@ -215,8 +239,9 @@ def _reference(cell: Record, cells: Sequence[Record]) -> Record | None:
     return next((o for o in matches if o["variant"] == "default"), None)
 
 
-def cell_summaries(turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record],
-                   chunks: Sequence[Record]) -> dict[str, dict[str, Any]]:
+def cell_summaries(
+    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
+) -> dict[str, dict[str, Any]]:
     """``summary.json["cells"]``: per cell, n, percentiles + CI of the turn and rollout metrics, TTFT per
     turn number, CPU per turn (server and client, in ms), recoveries, closed-loop throughput (concurrency ÷
     mean rollout time, rollouts/s), and the ratios of median TTFT, turn and rollout time vs ``https/full``.
@@ -224,13 +249,14 @@ def cell_summaries(turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[
     ``turns``/``rollouts``: the measured rows; ``cells``/``chunks``: the records of ``run.json``.
     """
     t_ok, r_ok = _ok(turns), _ok(rollouts)
-    t_stats = _stats_by_metric(summarize(t_ok, by=["cell"], metrics=TURN_METRICS, n_boot=N_BOOT_CELL)) \
-        if len(t_ok) else {}
-    r_stats = _stats_by_metric(summarize(r_ok, by=["cell"], metrics=ROLLOUT_METRICS, n_boot=N_BOOT_CELL)) \
-        if len(r_ok) else {}
+    t_stats = (
+        _stats_by_metric(summarize(t_ok, by=["cell"], metrics=TURN_METRICS, n_boot=N_BOOT_CELL)) if len(t_ok) else {}
+    )
+    r_stats = (
+        _stats_by_metric(summarize(r_ok, by=["cell"], metrics=ROLLOUT_METRICS, n_boot=N_BOOT_CELL)) if len(r_ok) else {}
+    )
     itl = _itl(t_ok)
-    i_stats = _stats_by_metric(summarize(itl, by=["cell"], metrics=["itl_ms"], n_boot=N_BOOT_CELL)) \
-        if len(itl) else {}
+    i_stats = _stats_by_metric(summarize(itl, by=["cell"], metrics=["itl_ms"], n_boot=N_BOOT_CELL)) if len(itl) else {}
     out: dict[str, dict[str, Any]] = {}
     for c in cells:
         cid = c["cell"]
@@ -238,12 +264,20 @@ def cell_summaries(turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[
         failed = cr_all[~cr_all["success"].astype(bool)] if len(cr_all) else cr_all
         by_turn: dict[str, Any] = {}
         for k in BY_TURN:
-            vals = pd.to_numeric(ct.loc[ct["turn_index"] == k - 1, "ttft_ms"], errors="coerce").dropna() \
-                if len(ct) else pd.Series(dtype=float)
+            vals = (
+                pd.to_numeric(ct.loc[ct["turn_index"] == k - 1, "ttft_ms"], errors="coerce").dropna()
+                if len(ct)
+                else pd.Series(dtype=float)
+            )
             if len(vals):
                 est, lo, hi = bootstrap_ci(vals, n_boot=N_BOOT_CELL)
-                by_turn[str(k)] = {"n": len(vals), "p50": est, "p50_lo": lo, "p50_hi": hi,
-                                   "p99": float(np.percentile(vals.to_numpy(dtype=float), 99))}
+                by_turn[str(k)] = {
+                    "n": len(vals),
+                    "p50": est,
+                    "p50_lo": lo,
+                    "p50_hi": hi,
+                    "p99": float(np.percentile(vals.to_numpy(dtype=float), 99)),
+                }
         mine = [ch for ch in chunks if ch["cell"] == cid and not ch["warmup"]]
         n_turns = sum(int(ch["turns"]) for ch in mine)
         srv = [ch["server_cpu_s"] for ch in mine]
@@ -251,15 +285,32 @@ def cell_summaries(turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[
         ref = _reference(c, cells)
         if ref is not None and ref["cell"] != cid and len(t_ok) and len(r_ok):
             rt, rr = _rows(t_ok, ref["cell"]), _rows(r_ok, ref["cell"])
-            ratios = {"vs": ref["cell"],
-                      "rollout_ms": ratio_ci(cr["rollout_ms"], rr["rollout_ms"], n_boot=N_BOOT_CELL),
-                      "ttft_ms": ratio_ci(ct["ttft_ms"], rt["ttft_ms"], n_boot=N_BOOT_CELL),
-                      "turn_ms": ratio_ci(ct["turn_ms"], rt["turn_ms"], n_boot=N_BOOT_CELL)}
+            ratios = {
+                "vs": ref["cell"],
+                "rollout_ms": ratio_ci(cr["rollout_ms"], rr["rollout_ms"], n_boot=N_BOOT_CELL),
+                "ttft_ms": ratio_ci(ct["ttft_ms"], rt["ttft_ms"], n_boot=N_BOOT_CELL),
+                "turn_ms": ratio_ci(ct["turn_ms"], rt["turn_ms"], n_boot=N_BOOT_CELL),
+            }
         mean_ms = float(cr["rollout_ms"].mean()) if len(cr) else math.nan
         out[cid] = {
-            **{k: c[k] for k in ("transport", "server", "state", "scenario", "profile", "concurrency",
-                                 "arrival_rate_rps", "mode", "variant", "tls", "endpoint")},
-            "n_rollouts": len(cr_all) - len(failed), "failed_rollouts": len(failed),
+            **{
+                k: c[k]
+                for k in (
+                    "transport",
+                    "server",
+                    "state",
+                    "scenario",
+                    "profile",
+                    "concurrency",
+                    "arrival_rate_rps",
+                    "mode",
+                    "variant",
+                    "tls",
+                    "endpoint",
+                )
+            },
+            "n_rollouts": len(cr_all) - len(failed),
+            "failed_rollouts": len(failed),
             "first_error": str(failed["error"].iloc[0]) if len(failed) else None,
             "n_turns": len(ct),
             "metrics": {**t_stats.get(cid, {}), **r_stats.get(cid, {}), **i_stats.get(cid, {})},
@@ -277,9 +328,18 @@ def cell_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """The per-cell summaries as one table row per cell (the report's "All cells"): rollouts ok/failed,
     median rollout_ms with its CI, p90, median TTFT and turn_ms, mean bytes up/down per turn, recoveries,
     closed-loop throughput (rollouts/s). Sorted by scenario, profile, load, variant, transport, state."""
+
     def order(c: Mapping[str, Any]) -> tuple[Any, ...]:
-        return (c["scenario"], c["profile"], c["mode"], c["concurrency"] or 0, c["arrival_rate_rps"] or 0.0,
-                c["variant"], c["transport"], c["state"])
+        return (
+            c["scenario"],
+            c["profile"],
+            c["mode"],
+            c["concurrency"] or 0,
+            c["arrival_rate_rps"] or 0.0,
+            c["variant"],
+            c["transport"],
+            c["state"],
+        )
 
     def metric(c: Mapping[str, Any], name: str, key: str) -> float:
         value = (c["metrics"].get(name) or {}).get(key)
@@ -288,15 +348,28 @@ def cell_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     rows = []
     for c in sorted(summaries.values(), key=order):
         load = {"concurrency": c["concurrency"]} if c["mode"] == "closed" else {"rate_rps": c["arrival_rate_rps"]}
-        rows.append({"scenario": c["scenario"], "profile": c["profile"], **load, "variant": c["variant"],
-                     "transport": c["transport"], "state": c["state"], "rollouts": c["n_rollouts"],
-                     "failed": c["failed_rollouts"], "rollout_p50_ms": metric(c, "rollout_ms", "p50"),
-                     "rollout_lo_ms": metric(c, "rollout_ms", "p50_lo"),
-                     "rollout_hi_ms": metric(c, "rollout_ms", "p50_hi"),
-                     "rollout_p90_ms": metric(c, "rollout_ms", "p90"), "ttft_p50_ms": metric(c, "ttft_ms", "p50"),
-                     "turn_p50_ms": metric(c, "turn_ms", "p50"), "bytes_up": metric(c, "bytes_up", "mean"),
-                     "bytes_down": metric(c, "bytes_down", "mean"), "recoveries": c["recoveries"],
-                     "rollouts_per_s": math.nan if c["rollouts_per_s"] is None else float(c["rollouts_per_s"])})
+        rows.append(
+            {
+                "scenario": c["scenario"],
+                "profile": c["profile"],
+                **load,
+                "variant": c["variant"],
+                "transport": c["transport"],
+                "state": c["state"],
+                "rollouts": c["n_rollouts"],
+                "failed": c["failed_rollouts"],
+                "rollout_p50_ms": metric(c, "rollout_ms", "p50"),
+                "rollout_lo_ms": metric(c, "rollout_ms", "p50_lo"),
+                "rollout_hi_ms": metric(c, "rollout_ms", "p50_hi"),
+                "rollout_p90_ms": metric(c, "rollout_ms", "p90"),
+                "ttft_p50_ms": metric(c, "ttft_ms", "p50"),
+                "turn_p50_ms": metric(c, "turn_ms", "p50"),
+                "bytes_up": metric(c, "bytes_up", "mean"),
+                "bytes_down": metric(c, "bytes_down", "mean"),
+                "recoveries": c["recoveries"],
+                "rollouts_per_s": math.nan if c["rollouts_per_s"] is None else float(c["rollouts_per_s"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -305,8 +378,14 @@ def cell_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 def _ratio_row(num: pd.Series, den: pd.Series, n_boot: int, seed: int) -> dict[str, float]:
     ratio, lo, hi = ratio_ci(num, den, n_boot=n_boot, seed=seed)
-    return {"ratio": ratio, "lo": lo, "hi": hi, "change_pct": (ratio - 1) * 100,
-            "change_lo": (lo - 1) * 100, "change_hi": (hi - 1) * 100}
+    return {
+        "ratio": ratio,
+        "lo": lo,
+        "hi": hi,
+        "change_pct": (ratio - 1) * 100,
+        "change_lo": (lo - 1) * 100,
+        "change_hi": (hi - 1) * 100,
+    }
 
 
 def _tool_calls(rollouts: pd.DataFrame) -> int:
@@ -315,8 +394,14 @@ def _tool_calls(rollouts: pd.DataFrame) -> int:
     return max(0, int(rollouts["n_turns"].median()) - 1) if "n_turns" in rollouts.columns else 0
 
 
-def headline(rollouts: pd.DataFrame, cells: Sequence[Record], *, concurrency: int | None = None,
-             n_boot: int = N_BOOT_RATIO, seed: int = 0) -> pd.DataFrame:
+def headline(
+    rollouts: pd.DataFrame,
+    cells: Sequence[Record],
+    *,
+    concurrency: int | None = None,
+    n_boot: int = N_BOOT_RATIO,
+    seed: int = 0,
+) -> pd.DataFrame:
     """End-to-end rollout time of every cell against HTTPS ``full`` and HTTPS ``store``.
 
     Per scenario and profile, closed-loop cells at ``concurrency`` (default: the lowest measured), default
@@ -325,8 +410,14 @@ def headline(rollouts: pd.DataFrame, cells: Sequence[Record], *, concurrency: in
     rollout_ms of the cell ÷ that of the baseline, its bootstrap 95% CI (``lo``, ``hi``), ``reduction_pct``
     = (1 − ratio)·100 with ``reduction_lo/hi``, the medians in ms, sample counts and failed rollouts.
     """
-    main = [c for c in cells if c["variant"] == "default" and c["scenario"] != "calibration"
-            and c["transport"] != "inproc" and c["mode"] == "closed"]
+    main = [
+        c
+        for c in cells
+        if c["variant"] == "default"
+        and c["scenario"] != "calibration"
+        and c["transport"] != "inproc"
+        and c["mode"] == "closed"
+    ]
     if not main or rollouts.empty:
         return pd.DataFrame()
     conc = concurrency if concurrency is not None else min(int(c["concurrency"]) for c in main)
@@ -342,17 +433,33 @@ def headline(rollouts: pd.DataFrame, cells: Sequence[Record], *, concurrency: in
                 continue
             for cell in group:
                 lab, rows_of_cell = _label(cell), _rows(rollouts, cell["cell"])
-                if rows_of_cell.empty or (cell["transport"] == "https" and (cell["state"] == base_s
-                                                                            or base_s == "store")):
+                if rows_of_cell.empty or (
+                    cell["transport"] == "https" and (cell["state"] == base_s or base_s == "store")
+                ):
                     continue
                 ok, base_ok = _ok(rows_of_cell)["rollout_ms"], _ok(base)["rollout_ms"]
                 rr = _ratio_row(ok, base_ok, n_boot, seed)
-                rows.append({"scenario": scenario, "profile": profile, "concurrency": conc, "tool_calls": tools,
-                             "cell": lab, "vs": f"{base_t}/{base_s}", "ratio": rr["ratio"], "lo": rr["lo"],
-                             "hi": rr["hi"], "reduction_pct": -rr["change_pct"], "reduction_lo": -rr["change_hi"],
-                             "reduction_hi": -rr["change_lo"], "p50_ms": float(ok.median()),
-                             "base_p50_ms": float(base_ok.median()), "n": len(ok), "n_base": len(base_ok),
-                             "failed": len(rows_of_cell) - len(ok) + len(base) - len(base_ok)})
+                rows.append(
+                    {
+                        "scenario": scenario,
+                        "profile": profile,
+                        "concurrency": conc,
+                        "tool_calls": tools,
+                        "cell": lab,
+                        "vs": f"{base_t}/{base_s}",
+                        "ratio": rr["ratio"],
+                        "lo": rr["lo"],
+                        "hi": rr["hi"],
+                        "reduction_pct": -rr["change_pct"],
+                        "reduction_lo": -rr["change_hi"],
+                        "reduction_hi": -rr["change_lo"],
+                        "p50_ms": float(ok.median()),
+                        "base_p50_ms": float(base_ok.median()),
+                        "n": len(ok),
+                        "n_base": len(base_ok),
+                        "failed": len(rows_of_cell) - len(ok) + len(base) - len(base_ok),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -363,13 +470,15 @@ def _setting_change(name: str, value: Any) -> str:
     return f"{name} = {value}"
 
 
-def ablations(rollouts: pd.DataFrame, cells: Sequence[Record], *, n_boot: int = N_BOOT_RATIO,
-              seed: int = 0) -> pd.DataFrame:
+def ablations(
+    rollouts: pd.DataFrame, cells: Sequence[Record], *, n_boot: int = N_BOOT_RATIO, seed: int = 0
+) -> pd.DataFrame:
     """Each variant cell against the default cell of the same scenario, profile, load, transport and
     state: ``setting`` = the server settings in which they differ; ``change_pct`` = (median rollout_ms
     off ÷ on − 1)·100 with its 95% CI; ``share_pct``: that slowdown as a share of the default cell's gap
     to HTTPS ``full`` in the same run (how much of the transport's advantage the mechanism explains;
     shares need not add up to 100%)."""
+
     def key(c: Record) -> tuple[Any, ...]:
         return (c["scenario"], c["profile"], c["concurrency"] or 0, c["transport"], c["state"], c["variant"])
 
@@ -382,16 +491,25 @@ def ablations(rollouts: pd.DataFrame, cells: Sequence[Record], *, n_boot: int = 
             continue
         off, on = _ok(_rows(rollouts, c["cell"]))["rollout_ms"], _ok(_rows(rollouts, on_cell["cell"]))["rollout_ms"]
         changed = {k: v for k, v in c["settings"].items() if on_cell["settings"].get(k) != v}
-        row: dict[str, Any] = {"scenario": c["scenario"], "profile": c["profile"], "concurrency": c["concurrency"],
-                               "transport": c["transport"], "state": c["state"], "variant": c["variant"],
-                               "setting": ", ".join(_setting_change(k, v) for k, v in sorted(changed.items()))
-                               or "(same server settings)", "cell": _label(c)}
+        row: dict[str, Any] = {
+            "scenario": c["scenario"],
+            "profile": c["profile"],
+            "concurrency": c["concurrency"],
+            "transport": c["transport"],
+            "state": c["state"],
+            "variant": c["variant"],
+            "setting": ", ".join(_setting_change(k, v) for k, v in sorted(changed.items())) or "(same server settings)",
+            "cell": _label(c),
+        }
         row.update(_ratio_row(off, on, n_boot, seed))
         on_ms, off_ms = float(on.median()), float(off.median())
         base = _ok(_rows(rollouts, https["cell"]))["rollout_ms"] if https is not None else pd.Series(dtype=float)
         gap = float(base.median()) - on_ms if len(base) else math.nan
-        row.update(on_p50_ms=on_ms, off_p50_ms=off_ms,
-                   share_pct=(off_ms - on_ms) / gap * 100 if math.isfinite(gap) and gap > 0 else math.nan)
+        row.update(
+            on_p50_ms=on_ms,
+            off_p50_ms=off_ms,
+            share_pct=(off_ms - on_ms) / gap * 100 if math.isfinite(gap) and gap > 0 else math.nan,
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -414,8 +532,9 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
     t = turns[turns["success"].astype(bool) & turns["cell"].isin([c["cell"] for c in cal])].copy()
     if not len(t):
         return None
-    step_of = {c["cell"]: CALIBRATION_TOKEN_MS * max(1, int(c["server_settings"].get("tokens_per_chunk", 1)))
-               for c in cal}
+    step_of = {
+        c["cell"]: CALIBRATION_TOKEN_MS * max(1, int(c["server_settings"].get("tokens_per_chunk", 1))) for c in cal
+    }
     t["known_itl_ms"] = t["cell"].map(step_of)
     prefilled = t["stage_prefill_tokens"].fillna(1) > 0 if "stage_prefill_tokens" in t else True
     t["known_ttft_ms"] = np.where(prefilled, CALIBRATION_PREFILL_MS, 0.0) + t["known_itl_ms"]
@@ -427,16 +546,26 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
 
     def block(sel: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, Any]:
         est, lo, hi = bootstrap_ci(sel["ttft_residual_ms"], n_boot=N_BOOT_CELL)
-        return {"n_turns": len(sel), "ttft_ms": float(sel["ttft_ms"].median()), "ttft_residual_ms": est,
-                "ttft_residual_ci": [lo, hi],
-                "itl_ms": float(np.median(gaps["itl_ms"])) if len(gaps) else math.nan,
-                "itl_residual_ms": float(np.median(gaps["itl_residual_ms"])) if len(gaps) else math.nan,
-                "server_pre_ms": float(sel["server_pre_ms"].median()),
-                "ttft_residual_net_ms": est - float(sel["server_pre_ms"].median())}
+        return {
+            "n_turns": len(sel),
+            "ttft_ms": float(sel["ttft_ms"].median()),
+            "ttft_residual_ms": est,
+            "ttft_residual_ci": [lo, hi],
+            "itl_ms": float(np.median(gaps["itl_ms"])) if len(gaps) else math.nan,
+            "itl_residual_ms": float(np.median(gaps["itl_residual_ms"])) if len(gaps) else math.nan,
+            "server_pre_ms": float(sel["server_pre_ms"].median()),
+            "ttft_residual_net_ms": est - float(sel["server_pre_ms"].median()),
+        }
 
-    per_cell = {c["cell"]: {"transport": c["transport"], "state": c["state"],
-                            **block(t[t["cell"] == c["cell"]], itl[itl["cell"] == c["cell"]])}
-                for c in cal if (t["cell"] == c["cell"]).any()}
+    per_cell = {
+        c["cell"]: {
+            "transport": c["transport"],
+            "state": c["state"],
+            **block(t[t["cell"] == c["cell"]], itl[itl["cell"] == c["cell"]]),
+        }
+        for c in cal
+        if (t["cell"] == c["cell"]).any()
+    }
     by_transport: dict[str, Any] = {}
     for tr in dict.fromkeys(c["transport"] for c in cal):
         ids = [c["cell"] for c in cal if c["transport"] == tr]
@@ -447,9 +576,14 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
     for r in by_transport.values():
         r["ttft_minus_inproc_ms"] = r["ttft_residual_ms"] - base["ttft_residual_ms"] if base else None
     step = step_of[cal[0]["cell"]]
-    return {"known_ttft_ms": CALIBRATION_PREFILL_MS + step, "known_itl_ms": step,
-            "tokens_per_chunk": int(step / CALIBRATION_TOKEN_MS), "cells": per_cell, "by_transport": by_transport,
-            "harness_residual": base}
+    return {
+        "known_ttft_ms": CALIBRATION_PREFILL_MS + step,
+        "known_itl_ms": step,
+        "tokens_per_chunk": int(step / CALIBRATION_TOKEN_MS),
+        "cells": per_cell,
+        "by_transport": by_transport,
+        "harness_residual": base,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ run: all
@@ -468,22 +602,30 @@ class RunSummary:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return [{str(k): v for k, v in r.items()} for r in df.to_dict("records")]
 
-        return {"cells": self.cells, "headline": records(self.headline), "ablations": records(self.ablations),
-                "calibration": self.calibration}
+        return {
+            "cells": self.cells,
+            "headline": records(self.headline),
+            "ablations": records(self.ablations),
+            "calibration": self.calibration,
+        }
 
 
-def summarize_run(turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record],
-                  chunks: Sequence[Record]) -> RunSummary:
+def summarize_run(
+    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
+) -> RunSummary:
     """Per-cell summaries, headline, ablations and calibration from the measured rows and the records."""
-    return RunSummary(cells=cell_summaries(turns, rollouts, cells, chunks), headline=headline(rollouts, cells),
-                      ablations=ablations(rollouts, cells), calibration=calibration(turns, cells))
+    return RunSummary(
+        cells=cell_summaries(turns, rollouts, cells, chunks),
+        headline=headline(rollouts, cells),
+        ablations=ablations(rollouts, cells),
+        calibration=calibration(turns, cells),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ load generator
 
 
-def cell_monitor(chunks: Sequence[ChunkStat], *, cpu_threshold: float, lag_p99_threshold_ms: float
-                 ) -> dict[str, Any]:
+def cell_monitor(chunks: Sequence[ChunkStat], *, cpu_threshold: float, lag_p99_threshold_ms: float) -> dict[str, Any]:
     """The load generator over ``chunks``: CPU as a fraction of one core, loop-lag p99 (ms), the verdict."""
     wall = sum(c.wall_s for c in chunks)
     cpu = sum(c.client_cpu_s for c in chunks)
@@ -491,12 +633,18 @@ def cell_monitor(chunks: Sequence[ChunkStat], *, cpu_threshold: float, lag_p99_t
     util = cpu / wall if wall else float("nan")
     p99 = float(np.percentile(lags, 99)) if lags else float("nan")
     reason = saturation(util, p99, cpu_threshold=cpu_threshold, lag_p99_threshold_ms=lag_p99_threshold_ms)
-    return {"cpu_util": util, "loop_lag_p99_ms": p99, "lag_samples": len(lags), "saturated": reason is not None,
-            "reason": reason}
+    return {
+        "cpu_util": util,
+        "loop_lag_p99_ms": p99,
+        "lag_samples": len(lags),
+        "saturated": reason is not None,
+        "reason": reason,
+    }
 
 
-def windowed_monitor(raw: MonitorReport, chunks: Sequence[ChunkStat], *, cpu_threshold: float,
-                     lag_p99_threshold_ms: float) -> dict[str, Any]:
+def windowed_monitor(
+    raw: MonitorReport, chunks: Sequence[ChunkStat], *, cpu_threshold: float, lag_p99_threshold_ms: float
+) -> dict[str, Any]:
     """``run.json["monitor"]``: the load generator over the windows in which measured rollouts ran, and
     per cell (``cells``).
 
@@ -512,9 +660,15 @@ def windowed_monitor(raw: MonitorReport, chunks: Sequence[ChunkStat], *, cpu_thr
     for c in chunks:
         if not c.warmup:
             by_cell.setdefault(c.cell, []).append(c)
-    return {**whole, "cpu_util": win["cpu_util"], "loop_lag_p99_ms": win["loop_lag_p99_ms"],
-            "lag_samples": win["lag_samples"],
-            "loop_lag_p50_ms": float(np.median(lags)) if lags.size else float("nan"),
-            "loop_lag_max_ms": float(lags.max()) if lags.size else float("nan"),
-            "saturated": win["saturated"], "reason": win["reason"], "whole_run": whole,
-            "cells": {cell: cell_monitor(mine, **limits) for cell, mine in by_cell.items()}}
+    return {
+        **whole,
+        "cpu_util": win["cpu_util"],
+        "loop_lag_p99_ms": win["loop_lag_p99_ms"],
+        "lag_samples": win["lag_samples"],
+        "loop_lag_p50_ms": float(np.median(lags)) if lags.size else float("nan"),
+        "loop_lag_max_ms": float(lags.max()) if lags.size else float("nan"),
+        "saturated": win["saturated"],
+        "reason": win["reason"],
+        "whole_run": whole,
+        "cells": {cell: cell_monitor(mine, **limits) for cell, mine in by_cell.items()},
+    }

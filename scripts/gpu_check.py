@@ -47,8 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--config", default=None, choices=sorted(CONFIGS), help="default: the device's")
-    p.add_argument("--contexts", default=None,
-                   help="comma-separated context lengths in tokens (default 1024,8192,32768; quick 512,2048)")
+    p.add_argument(
+        "--contexts",
+        default=None,
+        help="comma-separated context lengths in tokens (default 1024,8192,32768; quick 512,2048)",
+    )
     p.add_argument("--new", type=int, default=256, help="tokens appended by an incremental prefill")
     p.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded for tok/s")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
@@ -65,12 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def env_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda_available": torch.cuda.is_available(), "device": device}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": device,
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info |= {"gpu": torch.cuda.get_device_name(0), "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                 "sms": props.multi_processor_count, "cuda": torch.version.cuda}
+        info |= {
+            "gpu": torch.cuda.get_device_name(0),
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "sms": props.multi_processor_count,
+            "cuda": torch.version.cuda,
+        }
     return info
 
 
@@ -129,15 +140,21 @@ async def bench_context(e: TorchEngine, n: int, new: int, decode_tokens: int, re
     check_decode = cosine(kv.payload.logits, full_again.kv.payload.logits)
     del kv, full_again
     gc.collect()
-    row = dict(model=e.name, params_b=round(e.params / 1e9, 3), context=n, new=new,
-               full_prefill_ms=round(statistics.median(full_ms[1:]), 2),
-               incremental_prefill_ms=round(statistics.median(inc_ms), 2),
-               prefix_cache_prefill_ms=round(statistics.median(pc_ms), 2),
-               incremental_computed_tokens=sorted(computed),
-               prefix_cache_cached_tokens=pc_cached,
-               incremental_logits_cosine=round(check, 6), decode_logits_cosine=round(check_decode, 6),
-               decode_tok_s=round(decode_tokens / wall_s, 1),
-               decode_compute_tok_s=round(decode_tokens / compute_s, 1))
+    row = dict(
+        model=e.name,
+        params_b=round(e.params / 1e9, 3),
+        context=n,
+        new=new,
+        full_prefill_ms=round(statistics.median(full_ms[1:]), 2),
+        incremental_prefill_ms=round(statistics.median(inc_ms), 2),
+        prefix_cache_prefill_ms=round(statistics.median(pc_ms), 2),
+        incremental_computed_tokens=sorted(computed),
+        prefix_cache_cached_tokens=pc_cached,
+        incremental_logits_cosine=round(check, 6),
+        decode_logits_cosine=round(check_decode, 6),
+        decode_tok_s=round(decode_tokens / wall_s, 1),
+        decode_compute_tok_s=round(decode_tokens / compute_s, 1),
+    )
     if torch.cuda.is_available() and e.device.type == "cuda":
         row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return row
@@ -174,19 +191,25 @@ async def e2e(a: argparse.Namespace, device: str) -> list[dict[str, Any]]:
         service = ResponsesService(settings(device, a.config, prefix_cache=prefix_cache))
         client = InProcClient(ClientConfig(url="inproc", options={"service": service}))
         try:
-            r = await run_rollout(client, state=state, toolbox=Toolbox(),
-                                  metadata={"tool_calls": str(a.tool_calls)})
+            r = await run_rollout(client, state=state, toolbox=Toolbox(), metadata={"tool_calls": str(a.tool_calls)})
             x = service.engine.stats.extra
-            row = dict(state=state, prefix_cache=prefix_cache, success=r.success, error=r.error,
-                       turns=len(r.turns), tool_calls=len(r.tool_calls),
-                       rollout_ms=round(r.rollout_ms, 1), tool_ms=round(r.tool_ms, 1),
-                       final_context_tokens=r.turns[-1].input_tokens if r.turns else 0,
-                       prefill_tokens=service.engine.stats.prefill_tokens,
-                       cached_tokens=service.engine.stats.cached_tokens,
-                       engine_prefill_ms=round(x.get("prefill_ms", 0.0), 1),
-                       engine_decode_ms=round(x.get("decode_ms", 0.0), 1),
-                       decoded_tokens=service.engine.stats.decoded_tokens,
-                       final_output=(r.final_output or "")[:60])
+            row = dict(
+                state=state,
+                prefix_cache=prefix_cache,
+                success=r.success,
+                error=r.error,
+                turns=len(r.turns),
+                tool_calls=len(r.tool_calls),
+                rollout_ms=round(r.rollout_ms, 1),
+                tool_ms=round(r.tool_ms, 1),
+                final_context_tokens=r.turns[-1].input_tokens if r.turns else 0,
+                prefill_tokens=service.engine.stats.prefill_tokens,
+                cached_tokens=service.engine.stats.cached_tokens,
+                engine_prefill_ms=round(x.get("prefill_ms", 0.0), 1),
+                engine_decode_ms=round(x.get("decode_ms", 0.0), 1),
+                decoded_tokens=service.engine.stats.decoded_tokens,
+                final_output=(r.final_output or "")[:60],
+            )
         except Exception as exc:
             row = dict(state=state, prefix_cache=prefix_cache, error=f"{type(exc).__name__}: {exc}")
             traceback.print_exc()
@@ -234,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.json).write_text(text + "\n")
     failed = "error" in summary or any(
         (isinstance(v, dict) and "error" in v) or (isinstance(v, list) and any(r.get("error") for r in v))
-        for v in summary.values())
+        for v in summary.values()
+    )
     return 1 if failed else 0
 
 

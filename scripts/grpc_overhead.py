@@ -85,10 +85,14 @@ def summarize(s: Samples) -> dict[str, float]:
     n = len(s.turn_ms)
     return {
         "turns": n,
-        "turn_ms_p50": float(np.median(s.turn_ms)), "turn_ms_p99": float(np.percentile(s.turn_ms, 99)),
-        "ttft_ms_p50": float(np.median(s.ttft_ms)), "ttft_ms_p99": float(np.percentile(s.ttft_ms, 99)),
-        "bytes_up_p50": float(np.median(s.bytes_up)), "bytes_down_p50": float(np.median(s.bytes_down)),
-        "server_cpu_ms_per_turn": 1000 * s.server_cpu_s / n, "client_cpu_ms_per_turn": 1000 * s.client_cpu_s / n,
+        "turn_ms_p50": float(np.median(s.turn_ms)),
+        "turn_ms_p99": float(np.percentile(s.turn_ms, 99)),
+        "ttft_ms_p50": float(np.median(s.ttft_ms)),
+        "ttft_ms_p99": float(np.percentile(s.ttft_ms, 99)),
+        "bytes_up_p50": float(np.median(s.bytes_up)),
+        "bytes_down_p50": float(np.median(s.bytes_down)),
+        "server_cpu_ms_per_turn": 1000 * s.server_cpu_s / n,
+        "client_cpu_ms_per_turn": 1000 * s.client_cpu_s / n,
     }
 
 
@@ -105,8 +109,21 @@ async def run(args: argparse.Namespace, servers: dict[str, Endpoint]) -> dict[st
     configs = [("grpc", "connection"), ("grpc-json", "connection"), ("ws", "connection")]
     if args.create:
         configs.append(("grpc-create", "full"))
-    cells = [Cell(cell=f"{t}/{st}", scenario=sc, transport=t, state=st, profile=args.profile, concurrency=1,
-                  arrival_rate_rps=None, variant="default", tls=True, number=i) for i, (t, st) in enumerate(configs)]
+    cells = [
+        Cell(
+            cell=f"{t}/{st}",
+            scenario=sc,
+            transport=t,
+            state=st,
+            profile=args.profile,
+            concurrency=1,
+            arrival_rate_rps=None,
+            variant="default",
+            tls=True,
+            number=i,
+        )
+        for i, (t, st) in enumerate(configs)
+    ]
     samples = {c.cell: Samples() for c in cells}
     for r in range(args.rounds + 1):
         for c in cells:
@@ -125,8 +142,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="grpc-overhead-") as tmp:
         try:
             for server in ("grpc", "ws"):
-                servers[server] = start_server_process(server, workdir=Path(tmp) / server, profile=args.profile,
-                                                       tls=True)
+                servers[server] = start_server_process(
+                    server, workdir=Path(tmp) / server, profile=args.profile, tls=True
+                )
             try:
                 import uvloop
 
@@ -138,12 +156,17 @@ def main() -> int:
             for endpoint in servers.values():
                 if endpoint.process is not None:
                     endpoint.process.stop(30.0)
-    print(f"profile={args.profile} rounds={args.rounds} (+1 warm-up), 20 tool calls + answer per rollout, "
-          f"TLS, python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs")
+    print(
+        f"profile={args.profile} rounds={args.rounds} (+1 warm-up), 20 tool calls + answer per rollout, "
+        f"TLS, python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs"
+    )
     print_table(table)
     if args.out:
-        args.out.write_bytes(orjson.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "table": table},
-                                          option=orjson.OPT_INDENT_2))
+        args.out.write_bytes(
+            orjson.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "table": table}, option=orjson.OPT_INDENT_2
+            )
+        )
     return 0
 
 

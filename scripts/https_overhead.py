@@ -50,8 +50,9 @@ HYPERCORN = ("httpx-h2", "httpx-hc")  # clients of the hypercorn (http2=true) se
 
 def start_server(tls: bool, tmp: Path, http2: bool = False) -> Endpoint:
     """The ``https`` server (``http2``: on hypercorn) in a child process, healthy."""
-    return start_server_process("https", workdir=tmp / f"https-tls{tls:d}-h2{http2:d}", profile="instant", tls=tls,
-                                settings={"http2": http2})
+    return start_server_process(
+        "https", workdir=tmp / f"https-tls{tls:d}-h2{http2:d}", profile="instant", tls=tls, settings={"http2": http2}
+    )
 
 
 @dataclass
@@ -70,12 +71,18 @@ Call = Callable[[], Awaitable[bool]]
 
 def body(workload: str, answer_tokens: int) -> dict[str, Any]:
     words = answer_tokens if workload == "stream" else 8
-    return {"model": "m", "input": "Say something short.", "store": False, "stream": workload == "stream",
-            "metadata": {"tool_calls": "0", "answer_tokens": str(words)}}
+    return {
+        "model": "m",
+        "input": "Say something short.",
+        "store": False,
+        "stream": workload == "stream",
+        "metadata": {"tool_calls": "0", "answer_tokens": str(words)},
+    }
 
 
-async def make_call(name: str, server: Endpoint, new_conn: bool, workload: str, answer_tokens: int
-                    ) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def make_call(
+    name: str, server: Endpoint, new_conn: bool, workload: str, answer_tokens: int
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """A zero-argument request function for ``name`` and its close function."""
     payload = body(workload, answer_tokens)
     if name == "aiohttp":
@@ -89,8 +96,7 @@ async def make_call(name: str, server: Endpoint, new_conn: bool, workload: str, 
     else:
         cls = RawHttpClient if name == "raw" else HttpsClient
         backend = "anyio" if name == "httpx-stock" else "asyncio"
-        client = cls(server.client_config(new_connection=new_conn, network_backend=backend,
-                                          http2=name == "httpx-h2"))
+        client = cls(server.client_config(new_connection=new_conn, network_backend=backend, http2=name == "httpx-h2"))
     await client.connect()
     if name == "httpx-h2" and client.http_version != "HTTP/2":
         raise RuntimeError(f"httpx-h2: the server answered {client.http_version}")
@@ -114,8 +120,9 @@ async def make_call(name: str, server: Endpoint, new_conn: bool, workload: str, 
     return create, client.close
 
 
-async def _aiohttp_call(server: Endpoint, ctx: Any, new_conn: bool, workload: str, payload: dict[str, Any]
-                        ) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def _aiohttp_call(
+    server: Endpoint, ctx: Any, new_conn: bool, workload: str, payload: dict[str, Any]
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     """aiohttp for comparison only (the same requests; SSE read with ``iter_any`` and split by hand)."""
     import aiohttp
 
@@ -166,8 +173,10 @@ async def bench(args: argparse.Namespace, servers: dict[tuple[bool, bool], Endpo
             for workload in args.workloads:
                 names = [c for c in args.clients if not (c == "sdk" and workload != "stream")]
                 group = [Cell(c, tls, conn, workload) for c in names]
-                calls = [await make_call(c, servers[tls, c in HYPERCORN], conn == "new", workload,
-                                         args.answer_tokens) for c in names]
+                calls = [
+                    await make_call(c, servers[tls, c in HYPERCORN], conn == "new", workload, args.answer_tokens)
+                    for c in names
+                ]
                 for call, _ in calls:
                     for _ in range(args.warmup):
                         await call()
@@ -189,12 +198,17 @@ def pct(values: list[int], q: float) -> float:
 
 def print_row(c: Cell, *, header: bool) -> None:
     if header:
-        print(f"{'client':11} {'tls':4} {'conn':9} {'workload':8} {'n':>6} {'median_us':>10} {'p99_us':>9} "
-              f"{'cpu_us/req':>10} {'fail':>5}")
+        print(
+            f"{'client':11} {'tls':4} {'conn':9} {'workload':8} {'n':>6} {'median_us':>10} {'p99_us':>9} "
+            f"{'cpu_us/req':>10} {'fail':>5}"
+        )
     n = len(c.wall_ns)
-    print(f"{c.client:11} {'on' if c.tls else 'off':4} {c.conn:9} {c.workload:8} {n:6d} "
-          f"{statistics.median(c.wall_ns) / 1e3:10.0f} {pct(c.wall_ns, 0.99):9.0f} "
-          f"{c.cpu_ns / n / 1e3:10.0f} {c.failures:5d}", flush=True)
+    print(
+        f"{c.client:11} {'on' if c.tls else 'off':4} {c.conn:9} {c.workload:8} {n:6d} "
+        f"{statistics.median(c.wall_ns) / 1e3:10.0f} {pct(c.wall_ns, 0.99):9.0f} "
+        f"{c.cpu_ns / n / 1e3:10.0f} {c.failures:5d}",
+        flush=True,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,10 +216,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-n", "--requests", type=int, default=2000, help="requests per cell (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests per client first")
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds per cell (default 4)")
-    p.add_argument("--clients", default="raw,httpx,httpx-stock,aiohttp",
-                   help=f"comma list of {', '.join(CLIENTS)} (httpx: turnbench's HttpsClient; "
-                   "httpx-stock: the same on httpx's own anyio network backend; httpx-h2 / httpx-hc: HTTP/2 / "
-                   "HTTP/1.1 against the hypercorn server)")
+    p.add_argument(
+        "--clients",
+        default="raw,httpx,httpx-stock,aiohttp",
+        help=f"comma list of {', '.join(CLIENTS)} (httpx: turnbench's HttpsClient; "
+        "httpx-stock: the same on httpx's own anyio network backend; httpx-h2 / httpx-hc: HTTP/2 / "
+        "HTTP/1.1 against the hypercorn server)",
+    )
     p.add_argument("--tls", default="off,on", help="comma list of on, off")
     p.add_argument("--conn", default="keepalive,new", help="comma list of keepalive, new")
     p.add_argument("--workloads", default="ping,small,stream", help="comma list of ping, small, stream")
@@ -233,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 for h2 in kinds:
                     servers[tls, h2] = start_server(tls, Path(tmp), h2)
             pids = [s.process.pid for s in servers.values() if s.process is not None]
-            print(f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvloop client, server pids "
-                  f"{pids}; wall per request (µs), client CPU per request")
+            print(
+                f"# python {sys.version.split()[0]}, {os.cpu_count()} CPUs, uvloop client, server pids "
+                f"{pids}; wall per request (µs), client CPU per request"
+            )
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 cells = runner.run(bench(args, servers))
         finally:

@@ -47,15 +47,24 @@ from loadtests.scenarios import load_scenario  # noqa: E402
 
 STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "post")
 TURNS = (1, 10, 20)
-SCENARIO = load_scenario("agent-20").replace(tool_output_bytes=4096, tool_output_sigma=0.0, seed=7,
-                                             profile="instant")
+SCENARIO = load_scenario("agent-20").replace(tool_output_bytes=4096, tool_output_sigma=0.0, seed=7, profile="instant")
 """20 tool calls, 4 KB tool outputs, no model time."""
 
 
 def cell(transport: str, state: str, number: int) -> Cell:
     """One configuration as a runner cell (its number makes its prompts its own)."""
-    return Cell(cell=f"{transport}/{state}", scenario=SCENARIO, transport=transport, state=state, profile="instant",
-                concurrency=1, arrival_rate_rps=None, variant="default", tls=True, number=number)
+    return Cell(
+        cell=f"{transport}/{state}",
+        scenario=SCENARIO,
+        transport=transport,
+        state=state,
+        profile="instant",
+        concurrency=1,
+        arrival_rate_rps=None,
+        variant="default",
+        tls=True,
+        number=number,
+    )
 
 
 def start(server: str, workdir: Path, **settings: Any) -> Endpoint:
@@ -96,8 +105,12 @@ async def rollout_rows(c: Cell, endpoint: Endpoint, index: int) -> list[dict[str
     rows = []
     for t in result.turns:
         row = {s: t.server_stages[s].wall_ns / 1e6 if s in t.server_stages else 0.0 for s in STAGES}
-        row.update(api=sum(row[s] for s in STAGES), turn_ms=t.turn_ms or 0.0, bytes_up=float(t.bytes_up),
-                   prefill=t.server_stages["prefill"].wall_ns / 1e6 if "prefill" in t.server_stages else 0.0)
+        row.update(
+            api=sum(row[s] for s in STAGES),
+            turn_ms=t.turn_ms or 0.0,
+            bytes_up=float(t.bytes_up),
+            prefill=t.server_stages["prefill"].wall_ns / 1e6 if "prefill" in t.server_stages else 0.0,
+        )
         rows.append(row)
     return rows
 
@@ -111,8 +124,7 @@ async def overhead(configs: list[tuple[Cell, Endpoint]], rounds: int) -> dict[st
                 samples[c.cell].append(rows)
     table: dict[str, list[dict[str, float]]] = {}
     for key, runs in samples.items():
-        table[key] = [{col: statistics.median(run[k - 1][col] for run in runs) for col in runs[0][0]}
-                      for k in TURNS]
+        table[key] = [{col: statistics.median(run[k - 1][col] for run in runs) for col in runs[0][0]} for k in TURNS]
     return table
 
 
@@ -129,8 +141,7 @@ def print_overhead(table: dict[str, list[dict[str, float]]]) -> None:
 async def routes(ws: Endpoint, https: Endpoint, n: int, rounds: int, words: int) -> dict[str, dict[str, float]]:
     """Standalone websockets vs the Starlette/uvicorn route: turn round trip (an answer of ``words`` words),
     server CPU per turn, connect time, 20-turn rollout time."""
-    body = {"model": "m", "input": "hi", "store": False,
-            "metadata": {"tool_calls": "0", "answer_tokens": str(words)}}
+    body = {"model": "m", "input": "hi", "store": False, "metadata": {"tool_calls": "0", "answer_tokens": str(words)}}
     targets = {"websockets": ws, "starlette": https}
     rtt: dict[str, list[float]] = {k: [] for k in targets}
     connect: dict[str, list[float]] = {k: [] for k in targets}
@@ -160,10 +171,14 @@ async def routes(ws: Endpoint, https: Endpoint, n: int, rounds: int, words: int)
     out = {}
     for name in targets:
         q = statistics.quantiles(rtt[name], n=10)
-        out[name] = {"rtt_median_us": statistics.median(rtt[name]), "rtt_p90_us": q[-1],
-                     "server_cpu_us": statistics.median(cpu[name]),
-                     "connect_ms": statistics.median(connect[name]), "rollout_ms": statistics.median(rollout[name]),
-                     "turns": float(len(rtt[name]))}
+        out[name] = {
+            "rtt_median_us": statistics.median(rtt[name]),
+            "rtt_p90_us": q[-1],
+            "server_cpu_us": statistics.median(cpu[name]),
+            "connect_ms": statistics.median(connect[name]),
+            "rollout_ms": statistics.median(rollout[name]),
+            "turns": float(len(rtt[name])),
+        }
     return out
 
 
@@ -171,9 +186,11 @@ def print_routes(out: dict[str, dict[str, float]]) -> None:
     print("| route | turn RTT median µs | p90 µs | server CPU µs/turn | connect ms | 20-turn rollout ms | turns |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, v in out.items():
-        print(f"| {name} | {v['rtt_median_us']:.0f} | {v['rtt_p90_us']:.0f} | {v['server_cpu_us']:.0f} | "
-              f"{v['connect_ms']:.2f} | "
-              f"{v['rollout_ms']:.1f} | {v['turns']:.0f} |")
+        print(
+            f"| {name} | {v['rtt_median_us']:.0f} | {v['rtt_p90_us']:.0f} | {v['server_cpu_us']:.0f} | "
+            f"{v['connect_ms']:.2f} | "
+            f"{v['rollout_ms']:.1f} | {v['turns']:.0f} |"
+        )
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -181,13 +198,20 @@ async def main(args: argparse.Namespace) -> int:
         tmp = Path(tmp_name)
         servers: list[Endpoint] = []
         try:
-            for name, server, settings in (("ws", "ws", {}), ("ws-nocache", "ws", {"connection_cache": False}),
-                                           ("https", "https", {})):
+            for name, server, settings in (
+                ("ws", "ws", {}),
+                ("ws-nocache", "ws", {"connection_cache": False}),
+                ("https", "https", {}),
+            ):
                 servers.append(await asyncio.to_thread(start, server, tmp / name, **settings))
             ws, ws_nocache, https = servers
-            configs = [(cell("ws", "connection", 0), ws), (cell("ws", "full", 1), ws),
-                       (cell("ws", "store", 2), ws_nocache), (cell("https", "full", 3), https),
-                       (cell("https", "store", 4), https)]
+            configs = [
+                (cell("ws", "connection", 0), ws),
+                (cell("ws", "full", 1), ws),
+                (cell("ws", "store", 2), ws_nocache),
+                (cell("https", "full", 3), https),
+                (cell("https", "store", 4), https),
+            ]
             result: dict[str, Any] = {"rounds": args.rounds}
             if not args.routes_only:
                 table = result["overhead"] = await overhead(configs, args.rounds)
@@ -195,8 +219,10 @@ async def main(args: argparse.Namespace) -> int:
                 print_overhead(table)
             if args.routes or args.routes_only:
                 out = await routes(ws, https, args.turns, args.rounds, args.answer_words)
-                print(f"\n## WebSocket route: standalone websockets vs Starlette/uvicorn ({args.rounds} rounds, "
-                      f"{args.answer_words}-word answers)\n")
+                print(
+                    f"\n## WebSocket route: standalone websockets vs Starlette/uvicorn ({args.rounds} rounds, "
+                    f"{args.answer_words}-word answers)\n"
+                )
                 print_routes(out)
                 result["routes"] = out
             if args.out:

@@ -49,11 +49,11 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, f.name)
         help_text = HELP.get(f.name, f"(default {default!r})")
         if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name in ("inject_ms", "burn_us"):
-            parser.add_argument(flag, dest=f.name, type=parse_stage_map, default=None, metavar="STAGE=N,...",
-                                help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, type=parse_stage_map, default=None, metavar="STAGE=N,...", help=help_text
+            )
         else:
             kind: Callable[[str], Any] = type(default) if isinstance(default, int | float) else str
             if f.name in ("ping_interval_s", "ping_timeout_s"):
@@ -67,8 +67,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("transport", choices=SERVE_CHOICES,
-                        help="the server to run (https-h2: the https server with --http2)")
+    parser.add_argument(
+        "transport", choices=SERVE_CHOICES, help="the server to run (https-h2: the https server with --http2)"
+    )
     add_settings_flags(parser)
 
 

@@ -110,8 +110,9 @@ class ResponsesServicer:
             return self._json(event.json, len(raw), decode_ns, connection=connection)
         if kind == "create":
             return self._typed(event.create, len(raw), decode_ns)
-        return Submission.refused(InvalidRequestError(
-            "The ClientEvent carries no request (set 'create' or 'json').", "event"), encode_typed)
+        return Submission.refused(
+            InvalidRequestError("The ClientEvent carries no request (set 'create' or 'json').", "event"), encode_typed
+        )
 
     def create_submission(self, raw: bytes) -> Submission:
         """A ``Create`` call's ``CreateRequest``."""
@@ -253,7 +254,12 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await server.stop(grace=settings.grace_s)
 
     return RunningServer(
-        transport="grpc", host=settings.host, port=port, url=GRPC.url(settings.host, port, tls is not None),
-        service=service, tls=tls,
-        _stop=stop, extra={"servicer": servicer, "health": health_servicer},
+        transport="grpc",
+        host=settings.host,
+        port=port,
+        url=GRPC.url(settings.host, port, tls is not None),
+        service=service,
+        tls=tls,
+        _stop=stop,
+        extra={"servicer": servicer, "health": health_servicer},
     )

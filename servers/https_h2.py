@@ -47,8 +47,15 @@ class _Config(Config):
         return self.ssl_context
 
 
-async def start_hypercorn(app: Starlette, settings: Settings, service: ResponsesService,
-                          tls: TLSMaterial | None, *, keep_alive_s: float, connections: ConnectionSet) -> RunningServer:
+async def start_hypercorn(
+    app: Starlette,
+    settings: Settings,
+    service: ResponsesService,
+    tls: TLSMaterial | None,
+    *,
+    keep_alive_s: float,
+    connections: ConnectionSet,
+) -> RunningServer:
     """Serve ``app`` with hypercorn in the running loop; returns once it accepts (port 0: the bound port)."""
     config = _Config()
     if tls is not None:
@@ -88,6 +95,12 @@ async def start_hypercorn(app: Starlette, settings: Settings, service: Responses
         await task
 
     return RunningServer(
-        transport="https", host=settings.host, port=port,
-        url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
-        extra={"server": "hypercorn", "http": "2", "connections": connections})
+        transport="https",
+        host=settings.host,
+        port=port,
+        url=HTTPS.url(settings.host, port, tls is not None),
+        service=service,
+        tls=tls,
+        _stop=stop,
+        extra={"server": "hypercorn", "http": "2", "connections": connections},
+    )

@@ -138,9 +138,15 @@ class ResponsesEndpoint:
             guard.task.uncancel()  # the client is gone: nothing to answer
         except TimeoutError as exc:  # the upload's deadline, or a bug's own TimeoutError (a server_error)
             late = upload is not None and upload.expired()
-            await self._fail(send, stream, errors.RequestTimeoutError(
-                f"The request did not finish within {timeout_s:g} s (the body was still arriving).")
-                if late else exc)
+            await self._fail(
+                send,
+                stream,
+                errors.RequestTimeoutError(
+                    f"The request did not finish within {timeout_s:g} s (the body was still arriving)."
+                )
+                if late
+                else exc,
+            )
         except Exception as exc:  # TurnbenchError before the stream, or a bug mid-stream
             await self._fail(send, stream, exc)
         finally:
@@ -157,10 +163,10 @@ class ResponsesEndpoint:
         response = getattr(last[0], "response", None) if last else None
         if response is None or isinstance(last[0], ResponseFailed):
             err = (response.error if response is not None else None) or {}
-            kind = errors.RequestTimeoutError if err.get("code") == errors.RequestTimeoutError.code else \
-                errors.ServerError  # nothing was sent yet: the failure becomes the status
-            await send_bytes(send, *error_reply(kind(err.get("message", "The response failed."),
-                                                     code=err.get("code"))))
+            kind = (
+                errors.RequestTimeoutError if err.get("code") == errors.RequestTimeoutError.code else errors.ServerError
+            )  # nothing was sent yet: the failure becomes the status
+            await send_bytes(send, *error_reply(kind(err.get("message", "The response failed."), code=err.get("code"))))
         else:
             await send_bytes(send, 200, encode(response))
 
@@ -174,8 +180,9 @@ class ResponsesEndpoint:
             await send_bytes(send, status, body, close=status == 413)
             return
         err = errors.as_turnbench_error(exc)
-        await stream.emit(ErrorEvent(sequence_number=stream.seq + 1, code=err.code, message=err.message,
-                                     param=err.param))
+        await stream.emit(
+            ErrorEvent(sequence_number=stream.seq + 1, code=err.code, message=err.message, param=err.param)
+        )
         await stream.end()
 
 
@@ -223,7 +230,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             if not more or size > limit + LINGER_BYTES:
                 raise errors.PayloadTooLargeError(
                     f"Request body too large: {max(size, declared)} bytes{' (at least)' if more else ''} "
-                    f"exceeds the server limit of {limit} bytes (max_body_bytes).")
+                    f"exceeds the server limit of {limit} bytes (max_body_bytes)."
+                )
         elif chunk:
             chunks.append(chunk)
         if not more:
@@ -257,16 +265,30 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
 
     async def no_route(request: Request, exc: Exception) -> HttpResponse:
         status = getattr(exc, "status_code", 404)
-        return HttpResponse(orjson.dumps({"error": {
-            "message": f"Invalid URL ({request.method} {request.url.path})", "type": "invalid_request_error",
-            "param": None, "code": None}}), status, media_type="application/json")
+        return HttpResponse(
+            orjson.dumps(
+                {
+                    "error": {
+                        "message": f"Invalid URL ({request.method} {request.url.path})",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            ),
+            status,
+            media_type="application/json",
+        )
 
-    return Starlette(exception_handlers={404: no_route, 405: no_route}, routes=[
-        Route("/v1/responses", endpoint, methods=["POST"]),
-        Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        WebSocketRoute("/v1/responses", websocket_mode),
-    ])
+    return Starlette(
+        exception_handlers={404: no_route, 405: no_route},
+        routes=[
+            Route("/v1/responses", endpoint, methods=["POST"]),
+            Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            WebSocketRoute("/v1/responses", websocket_mode),
+        ],
+    )
 
 
 class _Server(uvicorn.Server):
@@ -288,17 +310,27 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
     if settings.http2:
         from servers.https_h2 import start_hypercorn  # hypercorn is imported only for the variant
 
-        return await start_hypercorn(app, settings, service, tls, keep_alive_s=KEEP_ALIVE_S,
-                                     connections=connections)
+        return await start_hypercorn(app, settings, service, tls, keep_alive_s=KEEP_ALIVE_S, connections=connections)
     server_ctx = tls.server_ssl_context() if tls is not None else None
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="none",
-        http="httptools", ws="websockets-sansio", lifespan="off", log_level="warning", log_config=None,
-        access_log=False, ssl_context_factory=(lambda cfg, default: server_ctx) if server_ctx else None,
-        timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=max(1, math.ceil(settings.grace_s)),
-        ws_max_size=settings.max_message_bytes, ws_ping_interval=settings.ping_interval_s,
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        ws="websockets-sansio",
+        lifespan="off",
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        ssl_context_factory=(lambda cfg, default: server_ctx) if server_ctx else None,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.grace_s)),
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.ping_interval_s,
         ws_ping_timeout=settings.ping_timeout_s,
-        ws_per_message_deflate=False)  # as the official SDK negotiates: small frames, no compression
+        ws_per_message_deflate=False,
+    )  # as the official SDK negotiates: small frames, no compression
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.create_server((settings.host, settings.port), family=family, backlog=config.backlog)
     server = _Server(config)
@@ -316,6 +348,12 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await task
 
     return RunningServer(
-        transport="https", host=settings.host, port=port,
-        url=HTTPS.url(settings.host, port, tls is not None), service=service, tls=tls, _stop=stop,
-        extra={"uvicorn": server, "server": "uvicorn", "http": "1.1", "connections": connections})
+        transport="https",
+        host=settings.host,
+        port=port,
+        url=HTTPS.url(settings.host, port, tls is not None),
+        service=service,
+        tls=tls,
+        _stop=stop,
+        extra={"uvicorn": server, "server": "uvicorn", "http": "1.1", "connections": connections},
+    )

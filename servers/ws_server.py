@@ -71,9 +71,14 @@ class FrameIO(Protocol):
 def submission(frame: str | bytes, service: ResponsesService) -> Submission:
     """One frame as the connection takes it: a parsed ``response.create``, or the error it earned."""
     if isinstance(frame, bytes):
-        return Submission.refused(InvalidRequestError(
-            "Binary frames are not supported: send each event as one JSON text frame.", None,
-            code="invalid_frame_type"), encode)
+        return Submission.refused(
+            InvalidRequestError(
+                "Binary frames are not supported: send each event as one JSON text frame.",
+                None,
+                code="invalid_frame_type",
+            ),
+            encode,
+        )
     try:
         return Submission.of(service.parse_event(frame), encode)
     except TurnbenchError as err:
@@ -125,8 +130,9 @@ class _WebsocketsIO:
 def _json_response(status: int, body: dict[str, Any]) -> Response:
     """A plain HTTP answer to an upgrade request (health check, 404, 401), JSON body."""
     payload = orjson.dumps(body)
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-                       ("Connection", "close")])
+    headers = Headers(
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload))), ("Connection", "close")]
+    )
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="turnbench"'
     return Response(status, HTTPStatus(status).phrase, headers, payload)
@@ -145,8 +151,9 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         if path == HEALTH_PATH:
             return _json_response(200, {"status": "ok", "transport": "ws"})
         if path != PATH:
-            return _json_response(404, errors.NotFoundError(
-                f"Unknown path {path!r}: WebSocket mode lives at {PATH}.", None).to_body())
+            return _json_response(
+                404, errors.NotFoundError(f"Unknown path {path!r}: WebSocket mode lives at {PATH}.", None).to_body()
+            )
         try:
             check_api_key(request.headers.get("Authorization"), settings.api_key)
         except errors.AuthenticationError as denied:
@@ -157,12 +164,15 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await serve_websocket(_WebsocketsIO(ws), service, connections)
 
     server: Server = await serve(
-        handler, settings.host, settings.port,
+        handler,
+        settings.host,
+        settings.port,
         ssl=tls.server_ssl_context() if tls is not None else None,
         process_request=process_request,
         compression=None,  # deliberate: DESIGN §9, and what the official SDK negotiates
         max_size=settings.max_message_bytes,
-        ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s,
+        ping_interval=settings.ping_interval_s,
+        ping_timeout=settings.ping_timeout_s,
         server_header="turnbench-ws",
     )
     port = next(iter(server.sockets)).getsockname()[1]
@@ -172,8 +182,16 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         await connections.drain()
         await server.wait_closed()
 
-    return RunningServer("ws", settings.host, port, WS.url(settings.host, port, tls is not None), service, tls,
-                         stop, extra={"connections": connections, "server": server, "compression": None})
+    return RunningServer(
+        "ws",
+        settings.host,
+        port,
+        WS.url(settings.host, port, tls is not None),
+        service,
+        tls,
+        stop,
+        extra={"connections": connections, "server": server, "compression": None},
+    )
 
 
 # ---------------------------------------------------------------------------------------------- starlette
@@ -197,8 +215,11 @@ class _StarletteIO:
         if frame is None:
             frame = message.get("bytes")
         # a str of n characters is at most 4n UTF-8 bytes: encode only when that could pass the limit
-        if frame is not None and 4 * len(frame) > self.max_bytes and len(
-                frame.encode() if isinstance(frame, str) else frame) > self.max_bytes:
+        if (
+            frame is not None
+            and 4 * len(frame) > self.max_bytes
+            and len(frame.encode() if isinstance(frame, str) else frame) > self.max_bytes
+        ):
             await self.close(1009, f"message exceeds the {self.max_bytes}-byte limit")
             return None
         return frame
@@ -215,8 +236,9 @@ class _StarletteIO:
                 await self.ws.close(code, reason)
 
 
-async def handle_starlette_websocket(websocket: WebSocket, service: ResponsesService,
-                                     connections: ConnectionSet) -> None:
+async def handle_starlette_websocket(
+    websocket: WebSocket, service: ResponsesService, connections: ConnectionSet
+) -> None:
     """WebSocket mode on a Starlette route (the HTTPS server's ``/v1/responses``): same protocol, same limits.
 
     A wrong or missing key is denied before the upgrade: HTTP 401 with the error body where the ASGI server
@@ -226,8 +248,11 @@ async def handle_starlette_websocket(websocket: WebSocket, service: ResponsesSer
         check_api_key(websocket.headers.get("authorization"), service.settings.api_key)
     except errors.AuthenticationError as denied:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(JSONResponse(
-                denied.to_body(), status_code=401, headers={"WWW-Authenticate": 'Bearer realm="turnbench"'}))
+            await websocket.send_denial_response(
+                JSONResponse(
+                    denied.to_body(), status_code=401, headers={"WWW-Authenticate": 'Bearer realm="turnbench"'}
+                )
+            )
         else:
             await websocket.close(1008, "invalid_api_key")
         return

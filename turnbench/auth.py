@@ -12,8 +12,10 @@ from turnbench.errors import AuthenticationError
 
 __all__ = ["check_api_key"]
 
-MISSING = ("You didn't provide an API key. You need to provide your API key in an Authorization header using "
-           "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+MISSING = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
 INCORRECT = "Incorrect API key provided."
 
 

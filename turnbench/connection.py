@@ -304,8 +304,7 @@ class ConnectionSet:
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._open))
 
-    async def serve(self, conn: Connection, incoming: AsyncIterator[Submission], *,
-                    half_close: bool = False) -> Ending:
+    async def serve(self, conn: Connection, incoming: AsyncIterator[Submission], *, half_close: bool = False) -> Ending:
         """:meth:`Connection.serve`, with ``conn`` counted as open meanwhile."""
         self._open.add(conn)
         if self.closing:

@@ -121,8 +121,7 @@ class ConnectionLimitError(TurnbenchError):
     def __init__(self, minutes: float) -> None:
         shown = f"{minutes:g} minutes"
         super().__init__(
-            f"Responses websocket connection limit reached ({shown}). "
-            "Create a new websocket connection to continue."
+            f"Responses websocket connection limit reached ({shown}). Create a new websocket connection to continue."
         )
 
 
@@ -154,8 +153,9 @@ def unknown_event_type(kind: str | None) -> InvalidRequestError:
     """The error for a connection event that is not ``response.create`` (or names no ``type`` at all)."""
     if kind is None:
         return InvalidRequestError("Missing required parameter: 'type' ('response.create').", "type")
-    return InvalidRequestError(f"Unsupported event type {kind!r}: this server accepts 'response.create'.",
-                               "type", code="unknown_event_type")
+    return InvalidRequestError(
+        f"Unsupported event type {kind!r}: this server accepts 'response.create'.", "type", code="unknown_event_type"
+    )
 
 
 def as_turnbench_error(exc: BaseException) -> TurnbenchError:

@@ -78,8 +78,10 @@ class StageTimer:
         st.tokens += tokens
 
     def snapshot(self) -> dict[str, StageStat]:
-        return {k: StageStat(wall_ns=v.wall_ns, cpu_ns=v.cpu_ns, items=v.items, tokens=v.tokens, chars=v.chars)
-                for k, v in self.stats.items()}
+        return {
+            k: StageStat(wall_ns=v.wall_ns, cpu_ns=v.cpu_ns, items=v.items, tokens=v.tokens, chars=v.chars)
+            for k, v in self.stats.items()
+        }
 
 
 def spin_us(us: float) -> None:
@@ -158,8 +160,6 @@ class Route:
 
 def route(model: str, engine: str, tools: Sequence[FunctionTool], st: StageStat) -> Route:
     """``route``: pick the engine and compile each tool's parameter names for constrained decoding."""
-    compiled = tuple(
-        (t.name, tuple(sorted((t.parameters or {}).get("properties", {})))) for t in tools
-    )
+    compiled = tuple((t.name, tuple(sorted((t.parameters or {}).get("properties", {})))) for t in tools)
     st.items += len(tools)
     return Route(model=model, engine=engine, tool_params=compiled)

@@ -61,8 +61,15 @@ class PostWriter:
         burn = self.burn_us.get("post")
         if burn:
             spin_us(burn)
-        log.debug("response %s %s %s in=%d cached=%d out=%d", row.response_id, row.transport, row.state,
-                  row.input_tokens, row.cached_tokens, row.output_tokens)
+        log.debug(
+            "response %s %s %s in=%d cached=%d out=%d",
+            row.response_id,
+            row.transport,
+            row.state,
+            row.input_tokens,
+            row.cached_tokens,
+            row.output_tokens,
+        )
 
     async def wait_for(self, response_id: str) -> None:
         """Return once ``response_id``'s store write (if one is in flight) has finished."""

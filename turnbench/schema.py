@@ -155,9 +155,7 @@ def convert_item(raw: dict[str, Any], index: int) -> InputItem:
     try:
         item: InputItem = msgspec.convert(raw, cls, strict=True)
     except msgspec.ValidationError as exc:
-        raise InvalidRequestError(
-            f"Invalid 'input[{index}]': {exc}", _param(f"input[{index}]", exc)
-        ) from exc
+        raise InvalidRequestError(f"Invalid 'input[{index}]': {exc}", _param(f"input[{index}]", exc)) from exc
     return item
 
 
@@ -367,8 +365,11 @@ class WsErrorEvent(msgspec.Struct, kw_only=True, tag_field="type", tag="error", 
 
 def ws_error_event(err: TurnbenchError, stream_id: str | None = None) -> WsErrorEvent:
     """The WebSocket/gRPC-Connect ``error`` frame for ``err`` (spec a.3), on ``stream_id``'s lane."""
-    return WsErrorEvent(status=err.http_status, stream_id=stream_id, error=WsErrorDetail(
-        type=err.type, code=err.code, message=err.message, param=err.param))
+    return WsErrorEvent(
+        status=err.http_status,
+        stream_id=stream_id,
+        error=WsErrorDetail(type=err.type, code=err.code, message=err.message, param=err.param),
+    )
 
 
 Event: TypeAlias = (

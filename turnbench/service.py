@@ -194,8 +194,9 @@ class ResponsesService:
         if req.previous_response_id and session.cache is not None:
             session.cache.evict_on_lane(req.previous_response_id, req.stream_id)
 
-    async def respond(self, parsed: ParsedRequest, session: Session, emit: Emit, *,
-                      timeout_s: float | None = None) -> None:
+    async def respond(
+        self, parsed: ParsedRequest, session: Session, emit: Emit, *, timeout_s: float | None = None
+    ) -> None:
         """Prepare, then stream every event through ``emit``, under ``timeout_s`` (None: no limit).
 
         Raises: the :class:`TurnbenchError` of a request refused before ``response.created``, including
@@ -219,13 +220,19 @@ class ResponsesService:
                 raise
             err = RequestTimeoutError(
                 f"The request did not finish within its time limit (request_timeout_s = "
-                f"{self.settings.request_timeout_s:g} s).")
+                f"{self.settings.request_timeout_s:g} s)."
+            )
             if created is None or last is None:
                 raise err from exc
-            await emit(ResponseFailed(
-                sequence_number=last.sequence_number + 1, stream_id=parsed.request.stream_id,
-                response=msgspec.structs.replace(created, status="failed",
-                                                 error={"code": err.code, "message": err.message})))
+            await emit(
+                ResponseFailed(
+                    sequence_number=last.sequence_number + 1,
+                    stream_id=parsed.request.stream_id,
+                    response=msgspec.structs.replace(
+                        created, status="failed", error={"code": err.code, "message": err.message}
+                    ),
+                )
+            )
 
     async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> Prepared:
         s = self.settings
@@ -278,13 +285,13 @@ class ResponsesService:
 
         await timer.inject("route")
         with timer.stage("route") as st:
-            if state == "connection" and parent is not None and parent.route is not None \
-                    and parent.tools_key == key:
+            if state == "connection" and parent is not None and parent.route is not None and parent.tools_key == key:
                 route = parent.route
             else:
                 route = pipeline.route(req.model, self.engine.name, tools, st)
-        return Prepared(req, timer, session, parent, state, new_items, items, tools, metadata, tokens, key, route,
-                        new_bytes)
+        return Prepared(
+            req, timer, session, parent, state, new_items, items, tools, metadata, tokens, key, route, new_bytes
+        )
 
     async def _hydrate(self, response_id: str, timer: StageTimer) -> ConversationRecord | None:
         await self.post.wait_for(response_id)  # its post may still be writing it: wait, never miss
@@ -295,7 +302,9 @@ class ResponsesService:
                 return None
             st.items += len(stored.items)
         return ConversationRecord(
-            response=stored.response, items=list(stored.items), tools=stored.tools,
+            response=stored.response,
+            items=list(stored.items),
+            tools=stored.tools,
             instructions=stored.instructions,
         )
 
@@ -310,10 +319,18 @@ class ResponsesService:
         req, timer, session = p.request, p.timer, p.session
         seq = 0
         resp = Response(
-            id=new_id("resp"), created_at=int(time.time()), status="in_progress", model=req.model,
-            tools=p.tools, tool_choice=req.tool_choice, previous_response_id=req.previous_response_id,
-            store=req.store, instructions=req.instructions, metadata=p.metadata,
-            max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls,
+            id=new_id("resp"),
+            created_at=int(time.time()),
+            status="in_progress",
+            model=req.model,
+            tools=p.tools,
+            tool_choice=req.tool_choice,
+            previous_response_id=req.previous_response_id,
+            store=req.store,
+            instructions=req.instructions,
+            metadata=p.metadata,
+            max_output_tokens=req.max_output_tokens,
+            parallel_tool_calls=req.parallel_tool_calls,
         )
         sid = req.stream_id
 
@@ -336,17 +353,30 @@ class ResponsesService:
             if req.generate:
                 await timer.inject("decode")
                 c0 = time.thread_time_ns()
-                plan = plan_output(p.items, p.tools, p.metadata, seed=s.seed,
-                                   default_tool_calls=self._profile_int("tool_calls", 20),
-                                   default_answer_tokens=self._profile_int("answer_tokens", 64))
+                plan = plan_output(
+                    p.items,
+                    p.tools,
+                    p.metadata,
+                    seed=s.seed,
+                    default_tool_calls=self._profile_int("tool_calls", 20),
+                    default_answer_tokens=self._profile_int("answer_tokens", 64),
+                )
                 pieces = split_pieces(self.tokenizer, plan.content)
                 limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
                 if len(pieces) > limit:
                     pieces, status = pieces[:limit], "incomplete"
                 timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
                 w0 = time.perf_counter_ns()
-                async for ev in stream_item(self.engine, plan, pieces, pre.kv, seq=seq, stream_id=sid,
-                                            outputs=outputs, tokens_per_chunk=s.tokens_per_chunk):
+                async for ev in stream_item(
+                    self.engine,
+                    plan,
+                    pieces,
+                    pre.kv,
+                    seq=seq,
+                    stream_id=sid,
+                    outputs=outputs,
+                    tokens_per_chunk=s.tokens_per_chunk,
+                ):
                     seq = ev.sequence_number + 1
                     yield ev
                 output_tokens = len(pieces)
@@ -358,9 +388,11 @@ class ResponsesService:
             err = as_turnbench_error(exc)
             log.exception("response %s failed", resp.id)
             self._evict_parent(req, session)
-            yield ResponseFailed(sequence_number=seq, stream_id=sid, response=snap(
-                status="failed", output=outputs,
-                error={"code": err.code, "message": err.message}))
+            yield ResponseFailed(
+                sequence_number=seq,
+                stream_id=sid,
+                response=snap(status="failed", output=outputs, error={"code": err.code, "message": err.message}),
+            )
             return
 
         usage = Usage(
@@ -376,10 +408,14 @@ class ResponsesService:
                 session.cache.put(record)
             st.items += 1
         session.responses += 1
-        stored = StoredResponse(response=record.response, items=record.items, tools=p.tools,
-                                instructions=req.instructions) if req.store else None
-        row = UsageRow(resp.id, req.model, session.transport, p.state, len(p.tokens), pre.cached_tokens,
-                       output_tokens, status)
+        stored = (
+            StoredResponse(response=record.response, items=record.items, tools=p.tools, instructions=req.instructions)
+            if req.store
+            else None
+        )
+        row = UsageRow(
+            resp.id, req.model, session.transport, p.state, len(p.tokens), pre.cached_tokens, output_tokens, status
+        )
         # post overlaps the next request only where connection state lets the next request start without
         # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
         # its response ends, as the seed article describes. A store=true chain still waits for the write.
@@ -387,9 +423,14 @@ class ResponsesService:
             self.post.spawn(stored, row, timer)
         else:
             await self.post.run(stored, row, timer)
-        final = snap(status=status, output=outputs, usage=usage, turnbench=TurnbenchExt(
-            stages=timer.snapshot(), state=p.state, engine=self.engine.name,
-            prefill_tokens=pre.computed_tokens))
+        final = snap(
+            status=status,
+            output=outputs,
+            usage=usage,
+            turnbench=TurnbenchExt(
+                stages=timer.snapshot(), state=p.state, engine=self.engine.name, prefill_tokens=pre.computed_tokens
+            ),
+        )
         if status == "incomplete":
             final.incomplete_details = {"reason": "max_output_tokens"}
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
@@ -403,16 +444,27 @@ class ResponsesService:
     def _record(self, req: ResponseCreate, p: Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
         out_items: list[InputItem] = [output_as_input(o) for o in response.output]
         items = [*p.items, *out_items]
-        base = p.parent.nbytes if (p.state == "connection" and p.parent is not None) else \
-            sum(len(msgspec.json.encode(i)) for i in p.items[: len(p.items) - len(p.new_items)])
+        base = (
+            p.parent.nbytes
+            if (p.state == "connection" and p.parent is not None)
+            else sum(len(msgspec.json.encode(i)) for i in p.items[: len(p.items) - len(p.new_items)])
+        )
         nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in out_items)
         tokens: list[int] | None = None
         if self.settings.token_cache:
             tokens = [*p.tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
             nbytes += 8 * len(tokens)
         return ConversationRecord(
-            response=response, items=items, tools=p.tools, instructions=req.instructions, tokens=tokens,
-            tools_key=p.tools_key, route=p.route, kv=kv, lane=req.stream_id, nbytes=nbytes,
+            response=response,
+            items=items,
+            tools=p.tools,
+            instructions=req.instructions,
+            tokens=tokens,
+            tools_key=p.tools_key,
+            route=p.route,
+            kv=kv,
+            lane=req.stream_id,
+            nbytes=nbytes,
         )
 
     # ------------------------------------------------------------------------------------------ misc

@@ -140,8 +140,7 @@ def valid_lane(stream_id: object) -> str | None:
 def check_stream_id(stream_id: str | None) -> None:
     """Raise :class:`InvalidStreamIdError` unless ``stream_id`` is None or 1-256 of ``[A-Za-z0-9_.-]``."""
     if stream_id is not None and not STREAM_ID.match(stream_id):
-        raise InvalidStreamIdError("Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].",
-                                   "stream_id")
+        raise InvalidStreamIdError("Invalid 'stream_id': expected 1-256 characters of [A-Za-z0-9_.-].", "stream_id")
 
 
 @dataclass(eq=False)
@@ -161,8 +160,9 @@ class Session:
             named = sum(1 for k in self.lanes if k is not None)
             if stream_id is not None and named >= max_lanes:
                 raise StreamLimitError(
-                    f"This connection already has {max_lanes} named streams; reuse one or open a new "
-                    "connection.", "stream_id")
+                    f"This connection already has {max_lanes} named streams; reuse one or open a new connection.",
+                    "stream_id",
+                )
             lock = self.lanes[stream_id] = asyncio.Lock()
         return lock
 
@@ -240,8 +240,7 @@ class _SQLite:
         if conn is None:
             if not self.uri:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False,
-                                   uri=self.uri)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False, uri=self.uri)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.executescript(self._schema)
@@ -314,8 +313,15 @@ class UsageLog(_SQLite):
         self._conn().execute(
             "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                row.response_id, row.created_at, row.model, row.transport, row.state,
-                row.input_tokens, row.cached_tokens, row.output_tokens, row.status,
+                row.response_id,
+                row.created_at,
+                row.model,
+                row.transport,
+                row.state,
+                row.input_tokens,
+                row.cached_tokens,
+                row.output_tokens,
+                row.status,
             ),
         )
 

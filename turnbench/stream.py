@@ -40,45 +40,68 @@ def split_pieces(tokenizer: Tokenizer, content: str) -> list[tuple[int, str]]:
 
 
 async def stream_item(
-    engine: ModelEngine, plan: OutputPlan, pieces: list[tuple[int, str]], kv: KVHandle, *, seq: int,
-    stream_id: str | None, outputs: list[OutputItem], tokens_per_chunk: int,
+    engine: ModelEngine,
+    plan: OutputPlan,
+    pieces: list[tuple[int, str]],
+    kv: KVHandle,
+    *,
+    seq: int,
+    stream_id: str | None,
+    outputs: list[OutputItem],
+    tokens_per_chunk: int,
 ) -> AsyncIterator[Event]:
     """Yield one output item's events from ``seq`` on; append the finished item to ``outputs``."""
     sid, tpc = stream_id, tokens_per_chunk
     if plan.kind == "function_call":
         fid = new_id("fc")
-        item: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name, arguments="",
-                                              status="in_progress")
+        item: OutputItem = OutputFunctionCall(
+            id=fid, call_id=plan.call_id, name=plan.name, arguments="", status="in_progress"
+        )
         yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0, item=item)
         seq += 1
         async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc):
-            yield FunctionCallArgumentsDelta(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0,
-                                             delta=chunk.text)
+            yield FunctionCallArgumentsDelta(
+                sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, delta=chunk.text
+            )
             seq += 1
         args = "".join(t for _, t in pieces)
-        yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0,
-                                        arguments=args)
+        yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, arguments=args)
         seq += 1
-        done: OutputItem = OutputFunctionCall(id=fid, call_id=plan.call_id, name=plan.name, arguments=args,
-                                              status="completed")
+        done: OutputItem = OutputFunctionCall(
+            id=fid, call_id=plan.call_id, name=plan.name, arguments=args, status="completed"
+        )
     else:
         mid = new_id("msg")
-        yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0,
-                              item=OutputMessage(id=mid, status="in_progress", content=[]))
+        yield OutputItemAdded(
+            sequence_number=seq,
+            stream_id=sid,
+            output_index=0,
+            item=OutputMessage(id=mid, status="in_progress", content=[]),
+        )
         seq += 1
-        yield ContentPartAdded(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0,
-                               part=OutputText(text=""))
+        yield ContentPartAdded(
+            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text="")
+        )
         seq += 1
         async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc):
-            yield OutputTextDelta(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0,
-                                  content_index=0, delta=chunk.text, logprobs=[])
+            yield OutputTextDelta(
+                sequence_number=seq,
+                stream_id=sid,
+                item_id=mid,
+                output_index=0,
+                content_index=0,
+                delta=chunk.text,
+                logprobs=[],
+            )
             seq += 1
         text = "".join(t for _, t in pieces)
-        yield OutputTextDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0,
-                             text=text, logprobs=[])
+        yield OutputTextDone(
+            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, text=text, logprobs=[]
+        )
         seq += 1
-        yield ContentPartDone(sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0,
-                              part=OutputText(text=text))
+        yield ContentPartDone(
+            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text=text)
+        )
         seq += 1
         done = OutputMessage(id=mid, status="completed", content=[OutputText(text=text)])
     outputs.append(done)

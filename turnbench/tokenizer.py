@@ -157,12 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Train a byte-level BPE tokenizer (min_frequency 2, full byte alphabet, no special "
         "tokens) deterministically on every file under --corpus, and write it as compact JSON.",
     )
-    p_train.add_argument(
-        "--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)"
-    )
-    p_train.add_argument(
-        "--out", type=Path, default=DEFAULT_PATH, help="output JSON path (default: %(default)s)"
-    )
+    p_train.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder (default: %(default)s)")
+    p_train.add_argument("--out", type=Path, default=DEFAULT_PATH, help="output JSON path (default: %(default)s)")
     p_train.add_argument(
         "--vocab-size",
         type=int,
@@ -173,10 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         tokenizer = train(args.corpus, vocab_size=args.vocab_size)
         digest = save(tokenizer, args.out)
-        print(
-            f"wrote {args.out} ({args.out.stat().st_size} bytes, vocab {tokenizer.vocab_size}, "
-            f"sha256 {digest})"
-        )
+        print(f"wrote {args.out} ({args.out.stat().st_size} bytes, vocab {tokenizer.vocab_size}, sha256 {digest})")
     return 0
 
 

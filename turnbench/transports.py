@@ -115,29 +115,89 @@ class Transport:
 _CONNECTION = ("connection", "store", "full")
 _STATELESS = ("full", "store")
 
-TRANSPORTS: Mapping[str, Transport] = MappingProxyType({t.name: t for t in (
-    Transport("https", HTTPS, "clients.https_client:HttpsClient", _STATELESS, default=True,
-              summary="HTTPS+SSE with httpx (HTTP/1.1 keep-alive), as most Responses clients are built"),
-    Transport("https-raw", HTTPS, "clients.raw_http_client:RawHttpClient", _STATELESS,
-              summary="HTTPS+SSE with a minimal HTTP/1.1 client: what HTTPS costs without a client library"),
-    Transport("https-h2", HTTPS, "clients.https_client:HttpsH2Client", _STATELESS,
-              server_settings=_frozen({"http2": True}),
-              summary="HTTPS+SSE over HTTP/2 (httpx + h2) against the same app served by hypercorn"),
-    Transport("ws", WS, "clients.ws_client:WsClient", _CONNECTION, default=True,
-              summary="WebSocket mode (websockets), one persistent connection, connection-local cache"),
-    Transport("grpc", GRPC, "clients.grpc_client:GrpcClient", _CONNECTION, default=True,
-              summary="gRPC bidi Connect stream (grpc.aio), typed protobuf messages"),
-    Transport("grpc-json", GRPC, "clients.grpc_client:GrpcJsonClient", _CONNECTION,
-              summary="gRPC Connect stream carrying the WebSocket JSON objects (serialization vs transport)"),
-    Transport("grpc-create", GRPC, "clients.grpc_client:GrpcCreateClient", _STATELESS,
-              summary="one gRPC Create call per request (stateless, like HTTPS)"),
-    Transport("sdk-https", HTTPS, "clients.sdk_client:SdkHttpsClient", _STATELESS, raw=False,
-              summary="the official openai SDK: client.responses.create(stream=True)"),
-    Transport("sdk-ws", WS, "clients.sdk_client:SdkWsClient", ("connection", "store"), raw=False,
-              summary="the official openai SDK: client.responses.connect() (WebSocket mode)"),
-    Transport("inproc", None, "clients.inproc_client:InProcClient", _CONNECTION,
-              summary="the service called in-process, JSON-encoded but no socket: the zero-transport reference"),
-)})
+TRANSPORTS: Mapping[str, Transport] = MappingProxyType(
+    {
+        t.name: t
+        for t in (
+            Transport(
+                "https",
+                HTTPS,
+                "clients.https_client:HttpsClient",
+                _STATELESS,
+                default=True,
+                summary="HTTPS+SSE with httpx (HTTP/1.1 keep-alive), as most Responses clients are built",
+            ),
+            Transport(
+                "https-raw",
+                HTTPS,
+                "clients.raw_http_client:RawHttpClient",
+                _STATELESS,
+                summary="HTTPS+SSE with a minimal HTTP/1.1 client: what HTTPS costs without a client library",
+            ),
+            Transport(
+                "https-h2",
+                HTTPS,
+                "clients.https_client:HttpsH2Client",
+                _STATELESS,
+                server_settings=_frozen({"http2": True}),
+                summary="HTTPS+SSE over HTTP/2 (httpx + h2) against the same app served by hypercorn",
+            ),
+            Transport(
+                "ws",
+                WS,
+                "clients.ws_client:WsClient",
+                _CONNECTION,
+                default=True,
+                summary="WebSocket mode (websockets), one persistent connection, connection-local cache",
+            ),
+            Transport(
+                "grpc",
+                GRPC,
+                "clients.grpc_client:GrpcClient",
+                _CONNECTION,
+                default=True,
+                summary="gRPC bidi Connect stream (grpc.aio), typed protobuf messages",
+            ),
+            Transport(
+                "grpc-json",
+                GRPC,
+                "clients.grpc_client:GrpcJsonClient",
+                _CONNECTION,
+                summary="gRPC Connect stream carrying the WebSocket JSON objects (serialization vs transport)",
+            ),
+            Transport(
+                "grpc-create",
+                GRPC,
+                "clients.grpc_client:GrpcCreateClient",
+                _STATELESS,
+                summary="one gRPC Create call per request (stateless, like HTTPS)",
+            ),
+            Transport(
+                "sdk-https",
+                HTTPS,
+                "clients.sdk_client:SdkHttpsClient",
+                _STATELESS,
+                raw=False,
+                summary="the official openai SDK: client.responses.create(stream=True)",
+            ),
+            Transport(
+                "sdk-ws",
+                WS,
+                "clients.sdk_client:SdkWsClient",
+                ("connection", "store"),
+                raw=False,
+                summary="the official openai SDK: client.responses.connect() (WebSocket mode)",
+            ),
+            Transport(
+                "inproc",
+                None,
+                "clients.inproc_client:InProcClient",
+                _CONNECTION,
+                summary="the service called in-process, JSON-encoded but no socket: the zero-transport reference",
+            ),
+        )
+    }
+)
 """Every transport, by name (the one vocabulary of CLI flags, report columns and Locust request types)."""
 
 DEFAULT_TRANSPORTS: tuple[str, ...] = tuple(t.name for t in TRANSPORTS.values() if t.default)

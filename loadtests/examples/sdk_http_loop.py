@@ -11,9 +11,14 @@ from typing import Any
 
 from openai import OpenAI
 
-TOOLS: list[Any] = [{"type": "function", "name": "word_count", "description": "Count the words of a text.",
-                     "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
-                                    "required": ["text"]}}]
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "word_count",
+        "description": "Count the words of a text.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    }
+]
 
 
 def run_tool(name: str, arguments: str) -> str:
@@ -29,8 +34,9 @@ def agent(base_url: str, api_key: str = "sk-test", model: str = "turnbench-sim")
     previous: str | None = None
     while True:
         response = None
-        stream = client.responses.create(model=model, input=items, tools=TOOLS, store=True,
-                                         previous_response_id=previous, stream=True)
+        stream = client.responses.create(
+            model=model, input=items, tools=TOOLS, store=True, previous_response_id=previous, stream=True
+        )
         for event in stream:
             if event.type == "response.completed":
                 response = event.response
@@ -42,5 +48,7 @@ def agent(base_url: str, api_key: str = "sk-test", model: str = "turnbench-sim")
         if not calls:
             return response.output_text
         previous = response.id
-        items = [{"type": "function_call_output", "call_id": c.call_id, "output": run_tool(c.name, c.arguments)}
-                 for c in calls]
+        items = [
+            {"type": "function_call_output", "call_id": c.call_id, "output": run_tool(c.name, c.arguments)}
+            for c in calls
+        ]

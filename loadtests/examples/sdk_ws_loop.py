@@ -11,9 +11,14 @@ from typing import Any
 
 from openai import OpenAI
 
-TOOLS: list[Any] = [{"type": "function", "name": "word_count", "description": "Count the words of a text.",
-                     "parameters": {"type": "object", "properties": {"text": {"type": "string"}},
-                                    "required": ["text"]}}]
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "name": "word_count",
+        "description": "Count the words of a text.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    }
+]
 
 
 def run_tool(name: str, arguments: str) -> str:
@@ -30,8 +35,7 @@ def agent(base_url: str, api_key: str = "sk-test", model: str = "turnbench-sim")
     with client.responses.connect() as conn:
         while True:
             response = None
-            conn.response.create(model=model, input=items, tools=TOOLS, store=False,
-                                 previous_response_id=previous)
+            conn.response.create(model=model, input=items, tools=TOOLS, store=False, previous_response_id=previous)
             for event in conn:
                 if event.type == "response.completed":
                     response = event.response
@@ -44,5 +48,7 @@ def agent(base_url: str, api_key: str = "sk-test", model: str = "turnbench-sim")
             if not calls:
                 return response.output_text
             previous = response.id
-            items = [{"type": "function_call_output", "call_id": c.call_id, "output": run_tool(c.name, c.arguments)}
-                     for c in calls]
+            items = [
+                {"type": "function_call_output", "call_id": c.call_id, "output": run_tool(c.name, c.arguments)}
+                for c in calls
+            ]

@@ -50,18 +50,21 @@ def conversation(tool_calls: int, output_bytes: int = 4096) -> list[dict[str, An
     items: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": "Investigate the repository."}]
     for i in range(tool_calls):
         path = tb.files[i % len(tb.files)]
-        name, args = ("read_file", {"path": path}) if i % 2 == 0 else \
-            ("search_text", {"query": SEARCH_TERMS[i % len(SEARCH_TERMS)], "path": path})
+        name, args = (
+            ("read_file", {"path": path})
+            if i % 2 == 0
+            else ("search_text", {"query": SEARCH_TERMS[i % len(SEARCH_TERMS)], "path": path})
+        )
         arguments = json.dumps(args, separators=(",", ":"))
         items.append({"type": "function_call", "call_id": f"call_{i}", "name": name, "arguments": arguments})
-        items.append({"type": "function_call_output", "call_id": f"call_{i}",
-                      "output": tb.execute(name, arguments, i)})
+        items.append({"type": "function_call_output", "call_id": f"call_{i}", "output": tb.execute(name, arguments, i)})
     return items
 
 
 def body(items: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"model": "turnbench-sim", "input": items, "tools": Toolbox().definitions(),
-                         "store": False, "stream": True})
+    return orjson.dumps(
+        {"model": "turnbench-sim", "input": items, "tools": Toolbox().definitions(), "store": False, "stream": True}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +99,9 @@ def test_decode_request(benchmark: Benchmark, n_items: int) -> None:
 
 
 def test_encode_text_delta(benchmark: Benchmark) -> None:
-    ev = OutputTextDelta(sequence_number=7, item_id="msg_1", output_index=0, content_index=0, delta=" token",
-                         logprobs=[])
+    ev = OutputTextDelta(
+        sequence_number=7, item_id="msg_1", output_index=0, content_index=0, delta=" token", logprobs=[]
+    )
     assert b'"response.output_text.delta"' in benchmark(encode, ev)
 
 
@@ -139,8 +143,17 @@ def test_stage_render(benchmark: Benchmark, service: ResponsesService, strategy:
 
 def test_state_cache_put_get(benchmark: Benchmark, response: Response) -> None:
     items = _typed("full")
-    records = [ConversationRecord(response=msgspec.structs.replace(response, id=f"resp_{i}"), items=items,
-                                  tools=[], instructions=None, lane=None, nbytes=100_000) for i in range(512)]
+    records = [
+        ConversationRecord(
+            response=msgspec.structs.replace(response, id=f"resp_{i}"),
+            items=items,
+            tools=[],
+            instructions=None,
+            lane=None,
+            nbytes=100_000,
+        )
+        for i in range(512)
+    ]
     cache = StateCache(max_entries=256)
 
     def put_get() -> int:

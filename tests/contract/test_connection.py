@@ -39,8 +39,14 @@ def tokens(n: int) -> dict[str, str]:
 
 
 def create(stream_id: str | None = None, answer_tokens: int = 2, **body: Any) -> dict[str, Any]:
-    event = {"type": "response.create", "model": "m", "input": "hi", "store": False,
-             "metadata": tokens(answer_tokens), **body}
+    event = {
+        "type": "response.create",
+        "model": "m",
+        "input": "hi",
+        "store": False,
+        "metadata": tokens(answer_tokens),
+        **body,
+    }
     if stream_id is not None:
         event["stream_id"] = stream_id
     return event
@@ -126,8 +132,13 @@ async def open_ws(server: RunningServer, api_key: str | None) -> AsyncIterator[D
     assert server.tls is not None
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        async with ws_connect(server.url + "/responses", ssl=server.tls.client_ssl_context(), compression=None,
-                              max_size=None, additional_headers=headers) as ws:
+        async with ws_connect(
+            server.url + "/responses",
+            ssl=server.tls.client_ssl_context(),
+            compression=None,
+            max_size=None,
+            additional_headers=headers,
+        ) as ws:
             yield WsDriver(ws)
     except InvalidStatus as exc:  # refused before the upgrade: the Responses error body says why
         refused = Driver()
@@ -221,8 +232,7 @@ async def test_unknown_event_type_is_refused_on_its_lane_and_the_connection_goes
     name, open_conn = transport
     server = await serve(name)
     async with open_conn(server, None) as conn:
-        await conn.send({"type": "response.steer", "stream_id": "x", "previous_response_id": "resp_1",
-                         "input": []})
+        await conn.send({"type": "response.steer", "stream_id": "x", "previous_response_id": "resp_1", "input": []})
         (err,) = await conn.response()
         assert err["error"]["code"] == "unknown_event_type" and err["error"]["param"] == "type"
         assert err["stream_id"] == "x" and err["status"] == 400

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 # every row of the transport table with a server: (client transport, the server it starts, its states). The
 # server is started by the transport's name, so one that needs its own settings (https-h2) gets them.
 CASES: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
-    (name, name, row.states, {}) for name, row in TRANSPORTS.items() if row.server is not None]
+    (name, name, row.states, {}) for name, row in TRANSPORTS.items() if row.server is not None
+]
 ROLLOUT_CASES = [pytest.param(c, s, st, o, id=f"{c}-{st}") for c, s, sts, o in CASES for st in sts]
 # the official SDK cannot send malformed bytes: it joins the rollout contract only
 TRANSPORT_CASES = [pytest.param(c, s, o, id=c) for c, s, _, o in CASES if TRANSPORTS[c].raw]
@@ -74,8 +75,11 @@ async def test_rollout_matches_reference(serve, connect, reference, client_t, se
     assert all(t.ttft_ms is not None and t.ttft_ms > 0 for t in result.turns)
     # a continuation resolves from the connection cache when the transport has one (even with store=true:
     # the cache answers first, the store is the fallback), else from the store
-    expected = {"full": "full", "connection": "connection",
-                "store": "connection" if get_transport(client_t).supports_connection_state else "store"}[state]
+    expected = {
+        "full": "full",
+        "connection": "connection",
+        "store": "connection" if get_transport(client_t).supports_connection_state else "store",
+    }[state]
     states = [row["state"] for row in await usage_rows(server)]
     assert set(states) == ({"full"} | {expected})
     assert states[-1] == expected
@@ -95,22 +99,31 @@ TOOLS = Toolbox().definitions()
 async def test_event_order(serve, connect, client_t, server_t, options):
     server = await serve(server_t)
     client = await connect(client_t, server, **options)
-    rec, resp = await _one_turn(client, {"model": "m", "input": "go", "tools": TOOLS, "store": False,
-                                         "metadata": {"tool_calls": "1"}})
+    rec, resp = await _one_turn(
+        client, {"model": "m", "input": "go", "tools": TOOLS, "store": False, "metadata": {"tool_calls": "1"}}
+    )
     t = rec.types
     assert t[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert t[3:-3] and set(t[3:-3]) == {"response.function_call_arguments.delta"}
-    assert t[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
-                      "response.completed"]
+    assert t[-3:] == ["response.function_call_arguments.done", "response.output_item.done", "response.completed"]
     assert resp["output"][0]["type"] == "function_call"
-    rec, resp = await _one_turn(client, {"model": "m", "input": "go", "store": False,
-                                         "metadata": {"tool_calls": "0", "answer_tokens": "12"}})
+    rec, resp = await _one_turn(
+        client, {"model": "m", "input": "go", "store": False, "metadata": {"tool_calls": "0", "answer_tokens": "12"}}
+    )
     t = rec.types
-    assert t[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.content_part.added"]
+    assert t[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
     assert set(t[4:-4]) == {"response.output_text.delta"}
-    assert t[-4:] == ["response.output_text.done", "response.content_part.done",
-                      "response.output_item.done", "response.completed"]
+    assert t[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     result = rec.result()
     assert result.chunks == len(t) - 8
     assert result.output_tokens == result.chunks  # one token per delta by default
@@ -122,10 +135,16 @@ BAD_INPUTS = [
     pytest.param(b'{"model": 5, "input": "x"}', "invalid_request_error", id="wrong-type"),
     pytest.param(b'{"input": "x"}', "invalid_request_error", id="missing-model"),
     pytest.param(b'{"model": "m", "input": "x", "frobnicate": 1}', "unknown_parameter", id="unknown-field"),
-    pytest.param(b'{"model": "m", "input": [{"type": "function_call_output", "call_id": 3, "output": "x"}]}',
-                 "invalid_request_error", id="bad-item"),
-    pytest.param(b'{"model": "m", "input": "x", "previous_response_id": "resp_nope", "store": false}',
-                 "previous_response_not_found", id="unknown-previous"),
+    pytest.param(
+        b'{"model": "m", "input": [{"type": "function_call_output", "call_id": 3, "output": "x"}]}',
+        "invalid_request_error",
+        id="bad-item",
+    ),
+    pytest.param(
+        b'{"model": "m", "input": "x", "previous_response_id": "resp_nope", "store": false}',
+        "previous_response_not_found",
+        id="unknown-previous",
+    ),
 ]
 
 
@@ -144,22 +163,19 @@ async def test_bad_input_gets_typed_error_and_server_keeps_serving(
     assert result.error_code == code, result.error
     assert result.error
     # the same client (same connection where there is one) keeps working
-    rec2, resp = await _one_turn(client, {"model": "m", "input": "hi", "store": False,
-                                          "metadata": {"tool_calls": "0"}})
+    rec2, resp = await _one_turn(client, {"model": "m", "input": "hi", "store": False, "metadata": {"tool_calls": "0"}})
     assert rec2.result().success, rec2.result().error
     assert resp["status"] == "completed"
 
 
 @pytest.mark.parametrize(("client_t", "server_t", "options"), TRANSPORT_CASES)
-async def test_oversized_request_is_refused_and_server_keeps_serving(serve, connect, client_t, server_t,
-                                                                      options):
+async def test_oversized_request_is_refused_and_server_keeps_serving(serve, connect, client_t, server_t, options):
     server = await serve(server_t, max_body_bytes=256 * 1024, max_message_bytes=256 * 1024)
     client = await connect(client_t, server, **options)
     rec, _ = await _one_turn(client, {"model": "m", "input": "x" * (600 * 1024), "store": False})
     assert rec.result().error_code == "payload_too_large", rec.result().error
     fresh = await connect(client_t, server, **options)
-    rec2, _ = await _one_turn(fresh, {"model": "m", "input": "hi", "store": False,
-                                         "metadata": {"tool_calls": "0"}})
+    rec2, _ = await _one_turn(fresh, {"model": "m", "input": "hi", "store": False, "metadata": {"tool_calls": "0"}})
     assert rec2.result().success, rec2.result().error
 
 

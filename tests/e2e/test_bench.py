@@ -31,14 +31,27 @@ BURN = {"render": 5000.0}
 
 
 def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "loadtests.cli", "bench", "--quick", "--quiet", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=600 * TIMEOUT_FACTOR)
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtests.cli", "bench", "--quick", "--quiet", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600 * TIMEOUT_FACTOR,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     latest = tmp_path / "latest"
     md, page = (latest / "report.md").read_text(), (latest / "report.html").read_text()
-    for heading in ("Headline", "TTFT by turn", "Rollout latency distribution", "Server time per turn by stage",
-                    "Bytes per turn", "Throughput vs concurrency", "Ablations", "Calibration", "Migration cost",
-                    "Environment"):
+    for heading in (
+        "Headline",
+        "TTFT by turn",
+        "Rollout latency distribution",
+        "Server time per turn by stage",
+        "Bytes per turn",
+        "Throughput vs concurrency",
+        "Ablations",
+        "Calibration",
+        "Migration cost",
+        "Environment",
+    ):
         assert f"## {heading}" in md and f"<h2>{heading}" in page, heading
     for png in (latest / "plots").glob("*.png"):
         assert png.read_bytes().startswith(PNG_MAGIC)
@@ -79,8 +92,9 @@ def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> 
     assert "cpu ms/turn render ws/connection" in regressed, gate.format_judgement(table)
 
 
-def test_gate_command_burn_flag_fails(gate_run: tuple[Any, float], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_gate_command_burn_flag_fails(
+    gate_run: tuple[Any, float], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, ref = gate_run
     baseline = tmp_path / "baseline.json"
     gate.write_baseline(baseline, gate.gate_metrics(run, cpu_ref_ms=ref), run, ref)

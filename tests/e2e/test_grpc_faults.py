@@ -39,11 +39,9 @@ async def start() -> AsyncIterator[StartServer]:
         server.service.close()
 
 
-
 def client_for(server: RunningServer, api_key: str | None = None, **options: Any) -> GrpcClient:
     assert server.tls is not None
-    return GrpcClient(ClientConfig(url=server.url, ca_pem=server.tls.ca_pem_bytes, api_key=api_key,
-                                   options=options))
+    return GrpcClient(ClientConfig(url=server.url, ca_pem=server.tls.ca_pem_bytes, api_key=api_key, options=options))
 
 
 async def turn(client: GrpcClient, body: dict[str, Any]) -> tuple[dict[str, Any], TurnResult]:
@@ -53,18 +51,20 @@ async def turn(client: GrpcClient, body: dict[str, Any]) -> tuple[dict[str, Any]
 
 
 def connect_call(server: RunningServer, channel: grpc.aio.Channel) -> Any:
-    return channel.stream_stream("/turnbench.v1.Responses/Connect",
-                                 response_deserializer=pb.ServerEvent.FromString)()
+    return channel.stream_stream("/turnbench.v1.Responses/Connect", response_deserializer=pb.ServerEvent.FromString)()
 
 
 @pytest.mark.parametrize("options", [{}, {"codec": "json"}, {"method": "create"}], ids=["typed", "json", "create"])
 async def test_unknown_previous_response_id_is_in_stream_and_the_stream_goes_on(
-        start: StartServer, options: dict[str, Any]) -> None:
+    start: StartServer, options: dict[str, Any]
+) -> None:
     server = await start()
     async with client_for(server, record_events=True, **options) as client:
         call = client._call
-        resp, result = await turn(client, {"model": "m", "input": [], "previous_response_id": "resp_nope",
-                                           "store": False, "stream_id": "main"})
+        resp, result = await turn(
+            client,
+            {"model": "m", "input": [], "previous_response_id": "resp_nope", "store": False, "stream_id": "main"},
+        )
         assert resp == {} and not result.success
         assert result.error_code == "previous_response_not_found"
         assert "resp_nope" in (result.error or "")
@@ -77,14 +77,18 @@ async def test_unknown_previous_response_id_is_in_stream_and_the_stream_goes_on(
 
 
 @pytest.mark.parametrize("codec", ["typed", "json"])
-@pytest.mark.parametrize(("body", "code", "param"), [
-    ({"model": "m", "input": "hi", "store": "yes"}, "invalid_request_error", "store"),
-    ({"model": "m", "input": "hi", "bogus": 1}, "unknown_parameter", "bogus"),
-    ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "invalid_request_error", "input[0].role"),
-    ({"model": "m", "input": "hi", "stream_id": "bad lane!"}, "invalid_stream_id", "stream_id"),
-])
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"model": "m", "input": "hi", "store": "yes"}, "invalid_request_error", "store"),
+        ({"model": "m", "input": "hi", "bogus": 1}, "unknown_parameter", "bogus"),
+        ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "invalid_request_error", "input[0].role"),
+        ({"model": "m", "input": "hi", "stream_id": "bad lane!"}, "invalid_stream_id", "stream_id"),
+    ],
+)
 async def test_bad_requests_are_in_stream_errors_with_code(
-        start: StartServer, codec: str, body: dict[str, Any], code: str, param: str) -> None:
+    start: StartServer, codec: str, body: dict[str, Any], code: str, param: str
+) -> None:
     server = await start()
     async with client_for(server, codec=codec, record_events=True) as client:
         _, result = await turn(client, body)
@@ -102,15 +106,22 @@ async def test_messages_the_core_refuses_are_in_stream_garbage_included(start: S
         await call.write(pb.ClientEvent().SerializeToString())  # no request in it
         ev = await call.read()
         assert ev.ws_error.error.param == "event" and ev.ws_error.status == 400
-        await call.write(pb.ClientEvent(create=pb.CreateRequest(model="m", items=pb.InputItems(items=[
-            pb.InputItem(function_call_output=pb.FunctionCallOutput(call_id="c"))]))).SerializeToString())
+        await call.write(
+            pb.ClientEvent(
+                create=pb.CreateRequest(
+                    model="m",
+                    items=pb.InputItems(items=[pb.InputItem(function_call_output=pb.FunctionCallOutput(call_id="c"))]),
+                )
+            ).SerializeToString()
+        )
         ev = await call.read()
         assert ev.WhichOneof("event") == "ws_error" and "input[0]" in ev.ws_error.error.param
         await call.write(b"\xff\xff\xff")  # not a protobuf message: refused like malformed JSON on WebSocket
         ev = await call.read()
         assert ev.ws_error.status == 400 and "Undecodable message" in ev.ws_error.error.message
-        await call.write(pb.ClientEvent(create=pb.CreateRequest(model="m", text="hi", metadata=QUICK))
-                         .SerializeToString())  # and the stream goes on
+        await call.write(
+            pb.ClientEvent(create=pb.CreateRequest(model="m", text="hi", metadata=QUICK)).SerializeToString()
+        )  # and the stream goes on
         kinds = []
         while (ev := await call.read()).WhichOneof("event") != "completed":
             kinds.append(ev.WhichOneof("event"))
@@ -155,8 +166,9 @@ async def test_request_timeout_fails_the_response_and_the_stream_goes_on(start: 
     server = await start(profile="frontier", request_timeout_s=0.2)
     async with client_for(server, method=method) as client:
         call = client._call
-        resp, result = await turn(client, {"model": "m", "input": "hi",
-                                           "metadata": {"tool_calls": "0", "answer_tokens": "500"}})
+        resp, result = await turn(
+            client, {"model": "m", "input": "hi", "metadata": {"tool_calls": "0", "answer_tokens": "500"}}
+        )
         assert (result.success, result.error_code) == (False, "request_timeout")
         assert resp["status"] == "failed" and result.chunks > 0  # it was streaming when the deadline hit
         resp, result = await turn(client, {"model": "m", "input": "hi", "metadata": QUICK})
@@ -168,14 +180,18 @@ async def test_cancelled_call_frees_its_state(start: StartServer) -> None:
     servicer: ResponsesServicer = server.extra["servicer"]
     stats = server.service.engine.stats  # type: ignore[attr-defined]
     async with client_for(server) as client:
-        _, warm = await turn(client, {"model": "m", "input": "hi", "metadata": {"tool_calls": "0",
-                                                                                "answer_tokens": "2"}})
+        _, warm = await turn(
+            client, {"model": "m", "input": "hi", "metadata": {"tool_calls": "0", "answer_tokens": "2"}}
+        )
         assert warm.success
         (conn,) = servicer.connections
         assert conn.session.cache is not None and len(conn.session.cache) == 1
         rec = StreamingRecorder("grpc", "connection")
-        task = asyncio.create_task(client.create({"model": "m", "input": "go", "metadata": {
-            "tool_calls": "0", "answer_tokens": "500"}}, recorder=rec))
+        task = asyncio.create_task(
+            client.create(
+                {"model": "m", "input": "go", "metadata": {"tool_calls": "0", "answer_tokens": "500"}}, recorder=rec
+            )
+        )
         await rec.streaming.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -188,8 +204,9 @@ async def test_cancelled_call_frees_its_state(start: StartServer) -> None:
         decoded = stats.decoded_tokens
         await asyncio.sleep(0.1)  # ~6 tokens' time at 65 tok/s: the engine would have moved on
         assert stats.decoded_tokens == decoded < 500
-        _, result = await turn(client, {"model": "m", "input": "again", "metadata": {
-            "tool_calls": "0", "answer_tokens": "2"}})  # the client opens a new stream; the server serves it
+        _, result = await turn(
+            client, {"model": "m", "input": "again", "metadata": {"tool_calls": "0", "answer_tokens": "2"}}
+        )  # the client opens a new stream; the server serves it
         assert result.success
 
 

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CLIENT = r'''
+CLIENT = r"""
 import json, queue, sys
 sys.path.insert(0, sys.argv[1])
 import grpc
@@ -52,13 +52,17 @@ for ev in stub.Connect(iter(requests.get, None)):
         requests.put(None)
 out["connect"] = turns
 print(json.dumps(out))
-'''
+"""
 
 
 @pytest.fixture
 def server_port() -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, "-m", "servers", "grpc", "--no-tls", "--port", "0",
-                             "--profile", "instant"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servers", "grpc", "--no-tls", "--port", "0", "--profile", "instant"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -83,13 +87,31 @@ def server_port() -> Iterator[int]:
 def test_client_generated_from_the_proto_alone_calls_the_server(tmp_path: Path, server_port: int) -> None:
     shutil.copytree(ROOT / "protos", tmp_path / "protos")
     gen = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", "protos", "--python_out=.", "--grpc_python_out=.",
-         "protos/turnbench/v1/responses.proto"], cwd=tmp_path, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "protos",
+            "--python_out=.",
+            "--grpc_python_out=.",
+            "protos/turnbench/v1/responses.proto",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert gen.returncode == 0, gen.stderr
     assert (tmp_path / "turnbench/v1/responses_pb2_grpc.py").exists()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    run = subprocess.run([sys.executable, "-I", "-c", CLIENT, str(tmp_path), f"127.0.0.1:{server_port}"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-I", "-c", CLIENT, str(tmp_path), f"127.0.0.1:{server_port}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
     assert out["module"].startswith(str(tmp_path))

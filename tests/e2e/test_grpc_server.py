@@ -22,8 +22,14 @@ from tests.helpers import StreamingRecorder
 from turnbench.settings import Settings
 from turnbench.v1 import responses_pb2 as pb
 
-TOOLS = [{"type": "function", "name": "lookup", "description": "look a thing up",
-          "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": "look a thing up",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    }
+]
 META = {"tool_calls": "20", "answer_tokens": "24", "seed": "7"}
 StartServer = Callable[..., Awaitable[RunningServer]]
 
@@ -42,7 +48,6 @@ async def start() -> AsyncIterator[StartServer]:
     for server in servers:
         await server.stop()
         server.service.close()
-
 
 
 def client_for(server: RunningServer, **options: Any) -> GrpcClient:
@@ -64,8 +69,7 @@ async def turn(client: GrpcClient, body: dict[str, Any]) -> tuple[dict[str, Any]
 async def rollout(client: GrpcClient, *, chained: bool) -> tuple[list[tuple[str, str]], str, list[str]]:
     """Run the scripted agent to its answer. Returns: (tool calls, final answer, server state per turn)."""
     history: list[dict[str, Any]] = [{"role": "user", "content": "find the answer"}]
-    body: dict[str, Any] = {"model": "m", "input": list(history), "tools": TOOLS, "store": False,
-                            "metadata": META}
+    body: dict[str, Any] = {"model": "m", "input": list(history), "tools": TOOLS, "store": False, "metadata": META}
     calls: list[tuple[str, str]] = []
     states: list[str] = []
     for _ in range(25):
@@ -78,8 +82,10 @@ async def rollout(client: GrpcClient, *, chained: bool) -> tuple[list[tuple[str,
             return calls, out["content"][0]["text"], states
         calls.append((out["name"], out["arguments"]))
         result_item = {"type": "function_call_output", "call_id": out["call_id"], "output": f"result {len(calls)}"}
-        history += [{"type": "function_call", "call_id": out["call_id"], "name": out["name"],
-                     "arguments": out["arguments"]}, result_item]
+        history += [
+            {"type": "function_call", "call_id": out["call_id"], "name": out["name"], "arguments": out["arguments"]},
+            result_item,
+        ]
         if chained:
             body = {**body, "previous_response_id": resp["id"], "input": [result_item]}
         else:
@@ -90,9 +96,12 @@ async def rollout(client: GrpcClient, *, chained: bool) -> tuple[list[tuple[str,
 async def test_20_turn_rollout_chained_equals_full_resend_and_create(start: StartServer) -> None:
     server = await start()
     results = {}
-    for name, opts, chained in (("chained", {}, True), ("resend", {}, False),
-                                ("create", {"method": "create"}, False),
-                                ("json-chained", {"codec": "json"}, True)):
+    for name, opts, chained in (
+        ("chained", {}, True),
+        ("resend", {}, False),
+        ("create", {"method": "create"}, False),
+        ("json-chained", {"codec": "json"}, True),
+    ):
         async with client_for(server, **opts) as client:
             results[name] = await rollout(client, chained=chained)
     calls, answer, states = results["chained"]
@@ -105,16 +114,21 @@ async def test_20_turn_rollout_chained_equals_full_resend_and_create(start: Star
 
 def normalized(events: list[dict[str, Any]]) -> list[Any]:
     """Events without what differs run to run: ids, timestamps, timings."""
+
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
-            out = {k: strip(x) for k, x in v.items()
-                   if k not in ("id", "item_id", "created_at", "previous_response_id", "call_id")}
+            out = {
+                k: strip(x)
+                for k, x in v.items()
+                if k not in ("id", "item_id", "created_at", "previous_response_id", "call_id")
+            }
             if isinstance(out.get("stages"), dict):
                 out["stages"] = sorted(out["stages"])
             return out
         if isinstance(v, list):
             return [strip(x) for x in v]
         return v
+
     return [strip(e) for e in events]
 
 
@@ -123,17 +137,28 @@ async def test_typed_and_json_codecs_give_identical_events(start: StartServer) -
     for codec in ("typed", "json"):
         server = await start()  # a fresh server each, so caches start equal
         async with client_for(server, codec=codec, record_events=True) as client:
-            body = {"model": "m", "input": "go", "tools": TOOLS, "store": False,
-                    "metadata": {"tool_calls": "1", "answer_tokens": "6"}}
+            body = {
+                "model": "m",
+                "input": "go",
+                "tools": TOOLS,
+                "store": False,
+                "metadata": {"tool_calls": "1", "answer_tokens": "6"},
+            }
             first, _ = await turn(client, body)
             events = list(client.last_events)
             call = first["output"][-1]
-            follow = {**body, "previous_response_id": first["id"], "input": [
-                {"type": "function_call_output", "call_id": call["call_id"], "output": "42"}]}
+            follow = {
+                **body,
+                "previous_response_id": first["id"],
+                "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "42"}],
+            }
             await turn(client, follow)
             seqs[codec] = normalized(events + client.last_events)
     assert [e["type"] for e in seqs["typed"]][:3] == [
-        "response.created", "response.in_progress", "response.output_item.added"]
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+    ]
     assert "response.output_text.delta" in {e["type"] for e in seqs["typed"]}
     assert seqs["typed"] == seqs["json"]
 
@@ -150,12 +175,19 @@ async def test_create_method_answers_like_connect_with_no_connection_state(start
 async def test_lanes_run_fifo_within_a_lane_and_interleave_across(start: StartServer) -> None:
     server = await start(profile="calibration")  # 5 ms per token: responses overlap in time
     async with channel_for(server) as channel:
-        call = channel.stream_stream("/turnbench.v1.Responses/Connect",
-                                     request_serializer=pb.ClientEvent.SerializeToString,
-                                     response_deserializer=pb.ServerEvent.FromString)()
+        call = channel.stream_stream(
+            "/turnbench.v1.Responses/Connect",
+            request_serializer=pb.ClientEvent.SerializeToString,
+            response_deserializer=pb.ServerEvent.FromString,
+        )()
         for lane, n in (("a", "4"), ("a", "3"), ("b", "4")):
-            await call.write(pb.ClientEvent(create=pb.CreateRequest(
-                model="m", text="hi", stream_id=lane, metadata={"answer_tokens": n, "tool_calls": "0"})))
+            await call.write(
+                pb.ClientEvent(
+                    create=pb.CreateRequest(
+                        model="m", text="hi", stream_id=lane, metadata={"answer_tokens": n, "tool_calls": "0"}
+                    )
+                )
+            )
         order: list[tuple[str, str]] = []  # (lane, response id) per event, in arrival order
         done = 0
         while done < 3:
@@ -205,8 +237,11 @@ async def test_graceful_stop_lets_a_response_in_flight_finish(start: StartServer
     server = await start(profile="calibration", grace_s=10.0)  # 20 ms prefill, 5 ms per token
     async with client_for(server, method="create") as client:
         rec = StreamingRecorder("grpc", "full")
-        task = asyncio.create_task(client.create({"model": "m", "input": "hi", "metadata": {
-            "answer_tokens": "30", "tool_calls": "0"}}, recorder=rec))
+        task = asyncio.create_task(
+            client.create(
+                {"model": "m", "input": "hi", "metadata": {"answer_tokens": "30", "tool_calls": "0"}}, recorder=rec
+            )
+        )
         await rec.streaming.wait()
         await server.stop()
         resp, result = await task, rec.result()

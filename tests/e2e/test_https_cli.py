@@ -19,10 +19,8 @@ pytestmark = pytest.mark.timeout(90 * TIMEOUT_FACTOR)
 BIN = Path(sys.executable).parent / "turnbench"
 
 
-
 async def _serve(cmd: list[str]) -> tuple[asyncio.subprocess.Process, int, list[str]]:
-    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert proc.stdout is not None
     lines: list[str] = []
     async with asyncio.timeout(30 * TIMEOUT_FACTOR):

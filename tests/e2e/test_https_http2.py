@@ -134,8 +134,9 @@ async def test_client_disconnect_stops_generation(serve, connect):
     stats = server.service.engine.stats
     warm = await connect("https-h2", server)
     rec = TurnRecorder("https-h2", "full")
-    await warm.create({"model": "m", "input": "warm", "metadata": {"answer_tokens": "2", "tool_calls": "0"}},
-                      recorder=rec)
+    await warm.create(
+        {"model": "m", "input": "warm", "metadata": {"answer_tokens": "2", "tool_calls": "0"}}, recorder=rec
+    )
     assert rec.result().success
     before = stats.decoded_tokens
     body = {"model": "m", "input": "long", "stream": True, "metadata": {"answer_tokens": "500", "tool_calls": "0"}}
@@ -153,8 +154,9 @@ async def test_client_disconnect_stops_generation(serve, connect):
         assert asyncio.get_running_loop().time() < deadline, "generation kept running after the disconnect"
     assert decoded - before < 60  # ~1 s of decoding; the whole answer is ~600 tokens
     rec = TurnRecorder("https-h2", "full")  # and the server keeps serving
-    await warm.create({"model": "m", "input": "again", "metadata": {"answer_tokens": "2", "tool_calls": "0"}},
-                      recorder=rec)
+    await warm.create(
+        {"model": "m", "input": "again", "metadata": {"answer_tokens": "2", "tool_calls": "0"}}, recorder=rec
+    )
     assert rec.result().success
 
 

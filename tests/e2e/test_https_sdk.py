@@ -36,8 +36,14 @@ async def test_async_sdk_function_calling_loop_and_retrieve(serve):
         prev, new_input, deltas, calls = None, "Why does the index test fail?", 0, []
         for _ in range(TURNS):
             stream = await client.responses.create(
-                model="m", input=new_input, tools=TOOLS, metadata=META, store=True, stream=True,
-                **({"previous_response_id": prev} if prev else {}))
+                model="m",
+                input=new_input,
+                tools=TOOLS,
+                metadata=META,
+                store=True,
+                stream=True,
+                **({"previous_response_id": prev} if prev else {}),
+            )
             final = None
             async for event in stream:
                 if isinstance(event, ResponseFunctionCallArgumentsDeltaEvent | ResponseTextDeltaEvent):
@@ -60,22 +66,27 @@ async def test_async_sdk_function_calling_loop_and_retrieve(serve):
         with pytest.raises(openai.BadRequestError) as err:
             await client.responses.create(model="m", input="x", previous_response_id="resp_gone", stream=True)
         assert err.value.code == "previous_response_not_found"
-    async with openai.AsyncOpenAI(api_key="sk-bad", base_url=server.url, max_retries=0,
-                                  http_client=openai.DefaultAsyncHttpxClient(
-                                      verify=server.tls.client_ssl_context())) as bad:
+    async with openai.AsyncOpenAI(
+        api_key="sk-bad",
+        base_url=server.url,
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(verify=server.tls.client_ssl_context()),
+    ) as bad:
         with pytest.raises(openai.AuthenticationError):
             await bad.responses.create(model="m", input="x", stream=True)
 
 
 def _sync_loop(url: str, ctx: ssl.SSLContext) -> tuple[str, str, str]:
     """The sync SDK, full history each turn (store=false), then one stored answer retrieved."""
-    with openai.OpenAI(api_key="sk-none", base_url=url, max_retries=0,
-                       http_client=openai.DefaultHttpxClient(verify=ctx)) as client:
+    with openai.OpenAI(
+        api_key="sk-none", base_url=url, max_retries=0, http_client=openai.DefaultHttpxClient(verify=ctx)
+    ) as client:
         history: list[Any] = [{"role": "user", "content": "Why does the index test fail?"}]
         for _ in range(TURNS):
             final = None
-            with client.responses.create(model="m", input=history, tools=TOOLS, metadata=META, store=False,
-                                         stream=True) as stream:
+            with client.responses.create(
+                model="m", input=history, tools=TOOLS, metadata=META, store=False, stream=True
+            ) as stream:
                 for event in stream:
                     if event.type == "response.completed":
                         final = event.response
@@ -83,8 +94,10 @@ def _sync_loop(url: str, ctx: ssl.SSLContext) -> tuple[str, str, str]:
             item = final.output[-1]
             if item.type == "message":
                 break
-            history += [{"type": "function_call", "call_id": item.call_id, "name": item.name,
-                         "arguments": item.arguments}, _tool_output(item)]
+            history += [
+                {"type": "function_call", "call_id": item.call_id, "name": item.name, "arguments": item.arguments},
+                _tool_output(item),
+            ]
         answer = final.output_text
         stored = client.responses.create(model="m", input="hello", store=True, metadata={"tool_calls": "0"})
         return answer, stored.output_text, client.responses.retrieve(stored.id).output_text

@@ -19,12 +19,21 @@ from tests.helpers import usage_rows
 
 pytestmark = pytest.mark.timeout(120 * TIMEOUT_FACTOR)
 
-TOOLS: list[dict[str, Any]] = [{
-    "type": "function", "name": "lookup", "description": "Look a topic up in the project notes.",
-    "parameters": {"type": "object", "required": ["topic", "depth"], "properties": {
-        "topic": {"type": "string", "enum": ["cache", "parser", "index"]},
-        "depth": {"type": "integer", "minimum": 1, "maximum": 3}}},
-}]
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": "Look a topic up in the project notes.",
+        "parameters": {
+            "type": "object",
+            "required": ["topic", "depth"],
+            "properties": {
+                "topic": {"type": "string", "enum": ["cache", "parser", "index"]},
+                "depth": {"type": "integer", "minimum": 1, "maximum": 3},
+            },
+        },
+    }
+]
 CLIENTS = [
     pytest.param("https", {}, id="httpx"),
     pytest.param("https", {"network_backend": "anyio"}, id="httpx-anyio"),
@@ -34,7 +43,8 @@ SPEC_ORDER = re.compile(  # spec b.2, one output item per response (the scripted
     r"created in_progress output_item\.added "
     r"(content_part\.added (output_text\.delta )*output_text\.done content_part\.done "
     r"|(function_call_arguments\.delta )*function_call_arguments\.done )"
-    r"output_item\.done (completed|incomplete|failed)")
+    r"output_item\.done (completed|incomplete|failed)"
+)
 
 
 def run_tool(call: dict[str, Any]) -> str:
@@ -43,8 +53,9 @@ def run_tool(call: dict[str, Any]) -> str:
     return f"{call['name']}({args['topic']}, depth={args['depth']}): 3 notes found"
 
 
-async def rollout(client: ResponsesClient, state: str, turns: int = 20, *, seed: int = 11,
-                  answer_words: int = 24) -> tuple[str, list[Any], list[Any]]:
+async def rollout(
+    client: ResponsesClient, state: str, turns: int = 20, *, seed: int = 11, answer_words: int = 24
+) -> tuple[str, list[Any], list[Any]]:
     """An agent loop of ``turns`` turns (turns-1 tool calls, then the answer), state ``full`` or ``store``.
 
     Returns: (final answer text, the tool calls made, the per-turn results).
@@ -93,12 +104,14 @@ async def test_rollout_full_and_store_agree(serve, connect, transport, options):
         assert r.chunks > 0 and r.bytes_down > 0 and "render" in r.server_stages
 
 
-async def _post(server: RunningServer, content: Any, headers: dict[str, str] | None = None
-                ) -> tuple[int, dict[str, Any], httpx.Headers]:
+async def _post(
+    server: RunningServer, content: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], httpx.Headers]:
     ssl = server.tls.client_ssl_context() if server.tls else False
     async with httpx.AsyncClient(verify=ssl) as http:
-        r = await http.post(server.url + "/responses", content=content,
-                            headers={"content-type": "application/json", **(headers or {})})
+        r = await http.post(
+            server.url + "/responses", content=content, headers={"content-type": "application/json", **(headers or {})}
+        )
         return r.status_code, r.json(), r.headers
 
 
@@ -106,16 +119,29 @@ def _body(**fields: Any) -> bytes:
     return orjson.dumps({"model": "m", "input": "hi", **fields})
 
 
-@pytest.mark.parametrize(("payload", "status", "code", "param"), [
-    pytest.param(b'{"model": "m", "input": ', 400, "invalid_json", None, id="bad-json"),
-    pytest.param(b'{"model": 5, "input": "hi"}', 400, "invalid_request_error", "model", id="wrong-type"),
-    pytest.param(_body(input=[{"type": "function_call_output", "call_id": 7, "output": "x"}]), 400,
-                 "invalid_request_error", "input[0].call_id", id="wrong-item-type"),
-    pytest.param(_body(temperature_k=1), 400, "unknown_parameter", "temperature_k", id="unknown-field"),
-    pytest.param(_body(previous_response_id="resp_nope"), 400, "previous_response_not_found",
-                 "previous_response_id", id="unknown-previous"),
-    pytest.param(b'{"input": "hi"}', 400, "invalid_request_error", "model", id="missing-model"),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "code", "param"),
+    [
+        pytest.param(b'{"model": "m", "input": ', 400, "invalid_json", None, id="bad-json"),
+        pytest.param(b'{"model": 5, "input": "hi"}', 400, "invalid_request_error", "model", id="wrong-type"),
+        pytest.param(
+            _body(input=[{"type": "function_call_output", "call_id": 7, "output": "x"}]),
+            400,
+            "invalid_request_error",
+            "input[0].call_id",
+            id="wrong-item-type",
+        ),
+        pytest.param(_body(temperature_k=1), 400, "unknown_parameter", "temperature_k", id="unknown-field"),
+        pytest.param(
+            _body(previous_response_id="resp_nope"),
+            400,
+            "previous_response_not_found",
+            "previous_response_id",
+            id="unknown-previous",
+        ),
+        pytest.param(b'{"input": "hi"}', 400, "invalid_request_error", "model", id="missing-model"),
+    ],
+)
 async def test_bad_requests_get_openai_errors(serve, payload, status, code, param):
     server = await serve("https")
     got, body, _ = await _post(server, payload)
@@ -221,8 +247,16 @@ async def _sse(server: RunningServer, body: dict[str, Any]) -> tuple[httpx.Heade
 @pytest.mark.parametrize("tool_calls", ["1", "0"], ids=["function-call", "message"])
 async def test_sse_framing_and_event_order(serve, tool_calls):
     server = await serve("https")
-    headers, raw = await _sse(server, {"model": "m", "input": "go", "tools": TOOLS, "stream": True,
-                                       "metadata": {"tool_calls": tool_calls, "answer_tokens": "6"}})
+    headers, raw = await _sse(
+        server,
+        {
+            "model": "m",
+            "input": "go",
+            "tools": TOOLS,
+            "stream": True,
+            "metadata": {"tool_calls": tool_calls, "answer_tokens": "6"},
+        },
+    )
     assert headers["content-type"] == "text/event-stream" and headers["cache-control"] == "no-cache"
     assert raw.endswith(b"\n\n") and b"[DONE]" not in raw and b"\r" not in raw
     names, seqs = [], []
@@ -244,13 +278,13 @@ async def test_client_disconnect_stops_generation(serve, connect):
     stats = server.service.engine.stats
     warm = await connect("https", server)
     rec = TurnRecorder("https", "full")
-    await warm.create({"model": "m", "input": "warm", "metadata": {"answer_tokens": "2", "tool_calls": "0"}},
-                      recorder=rec)
+    await warm.create(
+        {"model": "m", "input": "warm", "metadata": {"answer_tokens": "2", "tool_calls": "0"}}, recorder=rec
+    )
     assert rec.result().success
     await asyncio.sleep(0.05)
     baseline, before = len(asyncio.all_tasks()), stats.decoded_tokens
-    body = {"model": "m", "input": "long", "stream": True,
-            "metadata": {"answer_tokens": "500", "tool_calls": "0"}}
+    body = {"model": "m", "input": "long", "stream": True, "metadata": {"answer_tokens": "500", "tool_calls": "0"}}
     response_id = None
     async with httpx.AsyncClient(verify=server.tls.client_ssl_context()) as http:
         async with http.stream("POST", server.url + "/responses", json=body) as r:
@@ -269,8 +303,9 @@ async def test_client_disconnect_stops_generation(serve, connect):
     assert stats.decoded_tokens == decoded and decoded - before < 300  # the whole answer is ~600 tokens
     assert response_id is not None and all(row["response_id"] != response_id for row in await usage_rows(server))
     rec = TurnRecorder("https", "full")  # and the server keeps serving
-    await warm.create({"model": "m", "input": "again", "metadata": {"answer_tokens": "2", "tool_calls": "0"}},
-                      recorder=rec)
+    await warm.create(
+        {"model": "m", "input": "again", "metadata": {"answer_tokens": "2", "tool_calls": "0"}}, recorder=rec
+    )
     assert rec.result().success
 
 
@@ -306,8 +341,7 @@ async def test_concurrent_requests_on_one_client(serve, connect):
     server = await serve("https")
     clients = [await connect("https", server), await connect("https-raw", server)]
     recs = [TurnRecorder(c.transport, "full") for c in clients for _ in range(6)]
-    body = {"model": "m", "input": "x", "store": False,
-            "metadata": {"tool_calls": "0", "answer_tokens": "16"}}
+    body = {"model": "m", "input": "x", "store": False, "metadata": {"tool_calls": "0", "answer_tokens": "16"}}
     await asyncio.gather(*(clients[i // 6].create(body, recorder=r) for i, r in enumerate(recs)))
     results = [r.result() for r in recs]
     assert all(r.success for r in results) and len({r.chunks for r in results}) == 1 and results[0].chunks > 0

@@ -25,16 +25,42 @@ TURNBENCH = [sys.executable, "-m", "loadtests.cli"]
 
 def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
-    return subprocess.run([*TURNBENCH, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout_s * TIMEOUT_FACTOR, check=False)
+    return subprocess.run(
+        [*TURNBENCH, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout_s * TIMEOUT_FACTOR,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(150)
 def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
     transports = ["inproc", *DEFAULT_TRANSPORTS]
     out = tmp_path / "run"
-    proc = _run(["run", "--scenario", "agent-5", "--transports", ",".join(transports), "--profile", "instant",
-                 "--rollouts", "2", "--warmup", "1", "--rounds", "1", "--quiet", "--out", str(out)], 120)
+    proc = _run(
+        [
+            "run",
+            "--scenario",
+            "agent-5",
+            "--transports",
+            ",".join(transports),
+            "--profile",
+            "instant",
+            "--rollouts",
+            "2",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        120,
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("turns.parquet", "turns.jsonl", "rollouts.parquet", "rollouts.jsonl", "run.json", "summary.json"):
         assert (out / name).is_file(), name
@@ -60,8 +86,29 @@ def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_run_starts_a_server_of_its_own_for_https_h2(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _run(["run", "--scenario", "chat-1", "--transports", "https-h2,https", "--states", "full", "--profile",
-                 "instant", "--rollouts", "2", "--warmup", "0", "--rounds", "1", "--quiet", "--out", str(out)], 120)
+    proc = _run(
+        [
+            "run",
+            "--scenario",
+            "chat-1",
+            "--transports",
+            "https-h2,https",
+            "--states",
+            "full",
+            "--profile",
+            "instant",
+            "--rollouts",
+            "2",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        120,
+    )
     assert proc.returncode == 0, proc.stderr
     data = RunDir(out)
     assert data.rollouts["success"].all() and set(data.rollouts["transport"]) == {"https", "https-h2"}
@@ -91,11 +138,13 @@ def test_run_help_explains_every_flag() -> None:
 
 
 def test_bad_arguments_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for args, message in ((["--scenario", "nope"], "no scenario 'nope'"),
-                          (["--transports", "carrier-pigeon"], "unknown transport"),
-                          (["--set", "port=5"], "the runner sets this itself"),
-                          (["--profile", "warp"], "unknown profile"),
-                          (["--target", "ws"], "expected TRANSPORT=URL")):
+    for args, message in (
+        (["--scenario", "nope"], "no scenario 'nope'"),
+        (["--transports", "carrier-pigeon"], "unknown transport"),
+        (["--set", "port=5"], "the runner sets this itself"),
+        (["--profile", "warp"], "unknown profile"),
+        (["--target", "ws"], "expected TRANSPORT=URL"),
+    ):
         assert main(["run", *args, "--quiet", "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
@@ -117,11 +166,39 @@ def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
     try:
         samples = tmp_path / "turns"
         proc = subprocess.run(
-            [locust, "-f", "loadtests/locustfile.py", "--headless", "-u", "2", "-r", "2", "--run-time", "3s",
-             "--tb-https", h1.url, "--tb-https-h2", h2.url, "--tb-ca", str(h1.ca_path), "--tb-scenario", "chat-1",
-             "--tb-samples", str(samples), "--only-summary", "--exit-code-on-error", "1", "HttpsUser",
-             "HttpsH2User"],
-            capture_output=True, text=True, cwd=ROOT, timeout=60 * TIMEOUT_FACTOR, check=False)
+            [
+                locust,
+                "-f",
+                "loadtests/locustfile.py",
+                "--headless",
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "--run-time",
+                "3s",
+                "--tb-https",
+                h1.url,
+                "--tb-https-h2",
+                h2.url,
+                "--tb-ca",
+                str(h1.ca_path),
+                "--tb-scenario",
+                "chat-1",
+                "--tb-samples",
+                str(samples),
+                "--only-summary",
+                "--exit-code-on-error",
+                "1",
+                "HttpsUser",
+                "HttpsH2User",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60 * TIMEOUT_FACTOR,
+            check=False,
+        )
     finally:
         assert h1.process is not None and h1.process.stop() == 0
         assert h2.process is not None and h2.process.stop() == 0

@@ -103,8 +103,13 @@ async def test_https_server_upgrade_route_speaks_the_same_protocol(serve, connec
         first, second, (err,) = await read_turn(ws), await read_turn(ws), await read_turn(ws)
         assert first[-1]["response"]["usage"]["output_tokens"] > second[-1]["response"]["usage"]["output_tokens"]
         assert err["error"]["param"] == "model"
-        await ws.send(create(previous_response_id=second[-1]["response"]["id"], input="more", **{
-            "metadata": {"tool_calls": "0", "answer_tokens": "2"}}))
+        await ws.send(
+            create(
+                previous_response_id=second[-1]["response"]["id"],
+                input="more",
+                **{"metadata": {"tool_calls": "0", "answer_tokens": "2"}},
+            )
+        )
         last = await read_turn(ws)
         assert last[-1]["response"]["turnbench"]["state"] == "connection"
         await ws.send(create(input="x" * (100 * 1024)))

@@ -31,10 +31,22 @@ def _next(prev: str | None, calls: list[Any]) -> dict[str, Any]:
     """The next ``response.create`` of the loop: only the new items after the first turn."""
     if prev is None:
         return {"model": "m", "input": "Find out.", "tools": TOOLS, "store": False, "metadata": META}
-    outputs = [{"type": "function_call_output", "call_id": c.call_id,
-                "output": tool_output({"name": c.name, "arguments": c.arguments})} for c in calls]
-    return {"model": "m", "previous_response_id": prev, "input": outputs, "tools": TOOLS, "store": False,
-            "metadata": META}
+    outputs = [
+        {
+            "type": "function_call_output",
+            "call_id": c.call_id,
+            "output": tool_output({"name": c.name, "arguments": c.arguments}),
+        }
+        for c in calls
+    ]
+    return {
+        "model": "m",
+        "previous_response_id": prev,
+        "input": outputs,
+        "tools": TOOLS,
+        "store": False,
+        "metadata": META,
+    }
 
 
 async def sdk_loop(client: AsyncOpenAI, server: RunningServer) -> tuple[str, list[str], list[str]]:
@@ -96,9 +108,25 @@ async def test_sdk_connect_on_the_https_server_upgrade_route(serve, connect):
 def test_sync_sdk_against_the_cli_server():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "servers", "ws", "--no-tls", "--port", "0", "--profile", "instant",
-         "--usage-db", ":memory:"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "servers",
+            "ws",
+            "--no-tls",
+            "--port",
+            "0",
+            "--profile",
+            "instant",
+            "--usage-db",
+            ":memory:",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         port = None
@@ -110,16 +138,24 @@ def test_sync_sdk_against_the_cli_server():
         client = OpenAI(api_key="sk-none", base_url=f"http://127.0.0.1:{port}/v1")  # → ws://…/v1/responses
         try:
             with client.responses.connect() as conn:
-                conn.response.create(model="m", input="go", tools=cast(Any, TOOLS), store=False,
-                                     metadata={"tool_calls": "1", "seed": "2"})
+                conn.response.create(
+                    model="m",
+                    input="go",
+                    tools=cast(Any, TOOLS),
+                    store=False,
+                    metadata={"tool_calls": "1", "seed": "2"},
+                )
                 events = [conn.recv()]
                 while events[-1].type not in TERMINAL:
                     events.append(conn.recv())
                 first = cast(Any, events[-1]).response
                 (call,) = [o for o in first.output if o.type == "function_call"]
-                conn.response.create(model="m", previous_response_id=first.id, store=False,
-                                     input=[{"type": "function_call_output", "call_id": call.call_id,
-                                             "output": "done"}])
+                conn.response.create(
+                    model="m",
+                    previous_response_id=first.id,
+                    store=False,
+                    input=[{"type": "function_call_output", "call_id": call.call_id, "output": "done"}],
+                )
                 event = conn.recv()
                 while event.type not in TERMINAL:
                     event = conn.recv()
@@ -144,10 +180,7 @@ async def test_sdk_ws_client_rollout_matches_the_ws_client(serve, connect):
     assert [r["turnbench"]["state"] for _, r in turns] == ["full"] + ["connection"] * 4
     assert all(t.bytes_up > 0 and t.bytes_down > 0 and t.ttft_ms is not None for t, _ in turns)
     assert answer(turns[-1][1]) == answer(await _reference(serve, connect))
-    rec, _ = await turn(sdk, {"model": "m", "input": "x", "previous_response_id": "resp_gone",
-                                   "store": False})
+    rec, _ = await turn(sdk, {"model": "m", "input": "x", "previous_response_id": "resp_gone", "store": False})
     assert rec.error_code == "previous_response_not_found"
-    rec, _ = await turn(sdk, {"model": "m", "input": "hi", "store": False,
-                                   "metadata": {"tool_calls": "0"}})
+    rec, _ = await turn(sdk, {"model": "m", "input": "hi", "store": False, "metadata": {"tool_calls": "0"}})
     assert rec.success, rec.error
-

@@ -25,11 +25,22 @@ from turnbench.schema import TERMINAL_TYPES
 pytestmark = pytest.mark.timeout(60)
 
 TOOLS: list[dict[str, Any]] = [
-    {"type": "function", "name": "lookup", "description": "Look a word up.",
-     "parameters": {"type": "object", "properties": {"q": {"type": "string", "enum": ["alpha", "beta", "gamma"]}},
-                    "required": ["q"]}},
-    {"type": "function", "name": "count", "description": "Count to n.",
-     "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9}}}},
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": "Look a word up.",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string", "enum": ["alpha", "beta", "gamma"]}},
+            "required": ["q"],
+        },
+    },
+    {
+        "type": "function",
+        "name": "count",
+        "description": "Count to n.",
+        "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9}}},
+    },
 ]
 
 
@@ -46,15 +57,17 @@ async def turn(client: ResponsesClient, body: dict[str, Any]) -> tuple[TurnResul
     return rec.result(), response
 
 
-async def rollout(client: ResponsesClient, mode: str, meta: dict[str, str],
-                  size: int = 300) -> list[tuple[TurnResult, dict[str, Any]]]:
+async def rollout(
+    client: ResponsesClient, mode: str, meta: dict[str, str], size: int = 300
+) -> list[tuple[TurnResult, dict[str, Any]]]:
     """Tool loop to the final answer: ``connection`` sends the parent id + new items, ``full`` everything."""
     history: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": "Find out."}]
     new, prev, turns = list(history), None, []
     for _ in range(60):
         body: dict[str, Any] = {"model": "m", "tools": TOOLS, "store": False, "metadata": meta}
-        body.update({"input": history} if mode == "full" or prev is None else
-                    {"input": new, "previous_response_id": prev})
+        body.update(
+            {"input": history} if mode == "full" or prev is None else {"input": new, "previous_response_id": prev}
+        )
         result, response = await turn(client, body)
         assert result.success, (result.error_code, result.error)
         turns.append((result, response))
@@ -64,8 +77,10 @@ async def rollout(client: ResponsesClient, mode: str, meta: dict[str, str],
         prev, new = response["id"], []
         for c in calls:
             fco = {"type": "function_call_output", "call_id": c["call_id"], "output": tool_output(c, size)}
-            history += [{"type": "function_call", "call_id": c["call_id"], "name": c["name"],
-                         "arguments": c["arguments"]}, fco]
+            history += [
+                {"type": "function_call", "call_id": c["call_id"], "name": c["name"], "arguments": c["arguments"]},
+                fco,
+            ]
             new.append(fco)
     raise AssertionError("no final answer")
 
@@ -78,8 +93,7 @@ def answer(response: dict[str, Any]) -> str:
 async def raw(server: RunningServer, path: str = "/responses", **kw: Any) -> AsyncIterator[ClientConnection]:
     assert server.tls is not None
     url = server.url.replace("https://", "wss://", 1)  # the HTTPS server's own upgrade route
-    async with connect(url + path, ssl=server.tls.client_ssl_context(), compression=None,
-                       max_size=None, **kw) as ws:
+    async with connect(url + path, ssl=server.tls.client_ssl_context(), compression=None, max_size=None, **kw) as ws:
         yield ws
 
 
@@ -116,11 +130,17 @@ async def test_twenty_turn_rollout_on_one_connection_equals_full_resend(serve, c
 async def test_store_false_chain_is_local_to_its_connection(serve, connect):
     server = await serve("ws")
     first = await connect("ws", server)
-    _, r1 = await turn(first, {"model": "m", "input": "go", "tools": TOOLS, "store": False,
-                               "metadata": {"tool_calls": "2"}})
+    _, r1 = await turn(
+        first, {"model": "m", "input": "go", "tools": TOOLS, "store": False, "metadata": {"tool_calls": "2"}}
+    )
     call = r1["output"][0]
-    cont = {"model": "m", "previous_response_id": r1["id"], "store": False, "tools": TOOLS,
-            "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "42"}]}
+    cont = {
+        "model": "m",
+        "previous_response_id": r1["id"],
+        "store": False,
+        "tools": TOOLS,
+        "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "42"}],
+    }
     async with raw(server) as ws:
         await ws.send(create(**{k: v for k, v in cont.items() if k != "model"}))
         (err,) = await read_turn(ws)
@@ -135,13 +155,21 @@ async def test_store_false_chain_is_local_to_its_connection(serve, connect):
 
 async def test_store_true_chain_hydrates_on_a_new_connection(serve, connect):
     server = await serve("ws")
-    _, r1 = await turn(await connect("ws", server), {"model": "m", "input": "go", "tools": TOOLS,
-                                                     "store": True, "metadata": {"tool_calls": "2"}})
+    _, r1 = await turn(
+        await connect("ws", server),
+        {"model": "m", "input": "go", "tools": TOOLS, "store": True, "metadata": {"tool_calls": "2"}},
+    )
     other = await connect("ws", server)
     call = r1["output"][0]
-    result, r2 = await turn(other, {"model": "m", "previous_response_id": r1["id"], "store": True,
-                                    "input": [{"type": "function_call_output", "call_id": call["call_id"],
-                                               "output": "42"}]})
+    result, r2 = await turn(
+        other,
+        {
+            "model": "m",
+            "previous_response_id": r1["id"],
+            "store": True,
+            "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "42"}],
+        },
+    )
     assert result.success, result.error
     assert (await usage_rows(server))[-1]["state"] == "store" == r2["turnbench"]["state"]
     assert r2["previous_response_id"] == r1["id"]
@@ -150,14 +178,18 @@ async def test_store_true_chain_hydrates_on_a_new_connection(serve, connect):
 async def test_failed_continuation_evicts_its_parent(serve, connect):
     server = await serve("ws")
     client = await connect("ws", server)
-    _, r1 = await turn(client, {"model": "m", "input": "go", "tools": TOOLS, "store": False,
-                                "metadata": {"tool_calls": "2"}})
-    bad = {"model": "m", "previous_response_id": r1["id"], "store": False,
-           "input": [{"type": "function_call_output", "call_id": 7, "output": "x"}]}
+    _, r1 = await turn(
+        client, {"model": "m", "input": "go", "tools": TOOLS, "store": False, "metadata": {"tool_calls": "2"}}
+    )
+    bad = {
+        "model": "m",
+        "previous_response_id": r1["id"],
+        "store": False,
+        "input": [{"type": "function_call_output", "call_id": 7, "output": "x"}],
+    }
     result, _ = await turn(client, bad)
     assert result.error_code == "invalid_request_error" and "call_id" in (result.error or "")
-    good = {**bad, "input": [{"type": "function_call_output", "call_id": r1["output"][0]["call_id"],
-                              "output": "x"}]}
+    good = {**bad, "input": [{"type": "function_call_output", "call_id": r1["output"][0]["call_id"], "output": "x"}]}
     result, _ = await turn(client, good)
     assert result.error_code == "previous_response_not_found"
     result, _ = await turn(client, {"model": "m", **HI, "store": False})
@@ -167,12 +199,21 @@ async def test_failed_continuation_evicts_its_parent(serve, connect):
 async def test_generate_false_returns_a_usable_previous_response_id(serve, connect):
     server = await serve("ws")
     client = await connect("ws", server)
-    result, warm = await turn(client, {"model": "m", "input": "context", "tools": TOOLS, "store": False,
-                                       "generate": False})
+    result, warm = await turn(
+        client, {"model": "m", "input": "context", "tools": TOOLS, "store": False, "generate": False}
+    )
     assert result.success and warm["status"] == "completed" and warm["output"] == []
     assert result.chunks == 0
-    result, r2 = await turn(client, {"model": "m", "previous_response_id": warm["id"], "input": "go on",
-                                     "store": False, "metadata": {"tool_calls": "0", "answer_tokens": "3"}})
+    result, r2 = await turn(
+        client,
+        {
+            "model": "m",
+            "previous_response_id": warm["id"],
+            "input": "go on",
+            "store": False,
+            "metadata": {"tool_calls": "0", "answer_tokens": "3"},
+        },
+    )
     assert result.success and r2["turnbench"]["state"] == "connection" and answer(r2)
 
 
@@ -308,14 +349,21 @@ async def test_post_stage_is_off_the_critical_path_with_overlap(serve, connect, 
         gate.set()
     client = await connect("ws", server)
     try:
-        r1, resp1 = await turn(client, {"model": "m", "input": "go", "tools": TOOLS, "store": False,
-                                        "metadata": {"tool_calls": "1"}})
+        r1, resp1 = await turn(
+            client, {"model": "m", "input": "go", "tools": TOOLS, "store": False, "metadata": {"tool_calls": "1"}}
+        )
         post1 = resp1["turnbench"]["stages"]["post"]["wall_ns"]
         written_after_1 = usage.count()
         call = resp1["output"][0]
-        r2, resp2 = await turn(client, {"model": "m", "previous_response_id": resp1["id"], "store": False,
-                                        "input": [{"type": "function_call_output", "call_id": call["call_id"],
-                                                   "output": "x"}]})
+        r2, resp2 = await turn(
+            client,
+            {
+                "model": "m",
+                "previous_response_id": resp1["id"],
+                "store": False,
+                "input": [{"type": "function_call_output", "call_id": call["call_id"], "output": "x"}],
+            },
+        )
         written_after_2 = usage.count()
     finally:
         gate.set()

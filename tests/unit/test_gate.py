@@ -19,8 +19,16 @@ REF_MS = 10.0
 
 def gate_run(path: Path, medians: dict[tuple[str, str], float] | None = None, **kw: Any) -> Path:
     """A synthetic gate run: one scenario, the instant profile, concurrency 1, the reference CPU recorded."""
-    return make_run(path, medians=medians or MEDIANS, profiles=("instant",), concurrencies=(1,), ablations={},
-                    n_rollouts=12, meta={"gate": {"cpu_reference_ms": [REF_MS, REF_MS]}}, **kw)
+    return make_run(
+        path,
+        medians=medians or MEDIANS,
+        profiles=("instant",),
+        concurrencies=(1,),
+        ablations={},
+        n_rollouts=12,
+        meta={"gate": {"cpu_reference_ms": [REF_MS, REF_MS]}},
+        **kw,
+    )
 
 
 def metrics_of(path: Path, **kw: Any) -> dict[str, gate.Metric]:
@@ -51,8 +59,7 @@ def test_identical_data_passes(base: dict[str, gate.Metric]) -> None:
 
 def test_noise_within_tolerance_passes(base: dict[str, gate.Metric], tmp_path: Path) -> None:
     noisy = {**MEDIANS, ("ws", "connection"): 660.0, ("grpc", "connection"): 600.0}  # ±10%
-    current = metrics_of(gate_run(tmp_path / "noisy", noisy, seed=7,
-                                  cpu_factor={("ws", "connection"): 1.2}))
+    current = metrics_of(gate_run(tmp_path / "noisy", noisy, seed=7, cpu_factor={("ws", "connection"): 1.2}))
     table, passed = gate.judge(current, base)
     assert passed, gate.format_judgement(table)
 

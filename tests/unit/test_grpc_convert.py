@@ -43,79 +43,136 @@ JSON = st.recursive(
 )
 JSON_OBJECT = st.dictionaries(TEXT, JSON, max_size=3)
 
-OUTPUT_TEXT = st.builds(s.OutputText, text=TEXT, annotations=st.lists(JSON, max_size=2),
-                        logprobs=st.lists(JSON, max_size=2))
-TOOL = st.builds(s.FunctionTool, name=TEXT, description=OPT_TEXT, parameters=st.none() | JSON_OBJECT,
-                 strict=st.none() | st.booleans())
+OUTPUT_TEXT = st.builds(
+    s.OutputText, text=TEXT, annotations=st.lists(JSON, max_size=2), logprobs=st.lists(JSON, max_size=2)
+)
+TOOL = st.builds(
+    s.FunctionTool,
+    name=TEXT,
+    description=OPT_TEXT,
+    parameters=st.none() | JSON_OBJECT,
+    strict=st.none() | st.booleans(),
+)
 TOOL_CHOICE = TEXT | JSON_OBJECT
 
 INPUT_ITEMS: dict[type, st.SearchStrategy[Any]] = {
     s.MessageItem: st.builds(
-        s.MessageItem, role=st.sampled_from(["user", "assistant", "system", "developer"]),
+        s.MessageItem,
+        role=st.sampled_from(["user", "assistant", "system", "developer"]),
         content=TEXT | st.lists(st.builds(s.InputText, text=TEXT) | OUTPUT_TEXT, max_size=3),
-        id=OPT_TEXT, status=OPT_TEXT),
-    s.FunctionCallItem: st.builds(s.FunctionCallItem, call_id=TEXT, name=TEXT, arguments=TEXT, id=OPT_TEXT,
-                                  status=OPT_TEXT),
-    s.FunctionCallOutputItem: st.builds(s.FunctionCallOutputItem, call_id=TEXT,
-                                        output=TEXT | st.lists(JSON_OBJECT, max_size=2), id=OPT_TEXT,
-                                        status=OPT_TEXT),
+        id=OPT_TEXT,
+        status=OPT_TEXT,
+    ),
+    s.FunctionCallItem: st.builds(
+        s.FunctionCallItem, call_id=TEXT, name=TEXT, arguments=TEXT, id=OPT_TEXT, status=OPT_TEXT
+    ),
+    s.FunctionCallOutputItem: st.builds(
+        s.FunctionCallOutputItem,
+        call_id=TEXT,
+        output=TEXT | st.lists(JSON_OBJECT, max_size=2),
+        id=OPT_TEXT,
+        status=OPT_TEXT,
+    ),
 }
 OUTPUT_ITEMS: dict[type, st.SearchStrategy[Any]] = {
     s.OutputMessage: st.builds(s.OutputMessage, id=TEXT, status=TEXT, content=st.lists(OUTPUT_TEXT, max_size=2)),
-    s.OutputFunctionCall: st.builds(s.OutputFunctionCall, id=TEXT, call_id=TEXT, name=TEXT, arguments=TEXT,
-                                    status=TEXT),
+    s.OutputFunctionCall: st.builds(
+        s.OutputFunctionCall, id=TEXT, call_id=TEXT, name=TEXT, arguments=TEXT, status=TEXT
+    ),
 }
 OUTPUT_ITEM = st.one_of(*OUTPUT_ITEMS.values())
 
 RESPONSE = st.builds(
-    s.Response, id=TEXT, created_at=INT64,
-    status=st.sampled_from(["in_progress", "completed", "failed", "incomplete", "queued"]), model=TEXT,
-    output=st.lists(OUTPUT_ITEM, max_size=2), parallel_tool_calls=st.booleans(), tool_choice=TOOL_CHOICE,
-    tools=st.lists(TOOL, max_size=2), previous_response_id=OPT_TEXT, store=st.booleans(),
-    instructions=OPT_TEXT, metadata=st.dictionaries(TEXT, TEXT, max_size=3),
+    s.Response,
+    id=TEXT,
+    created_at=INT64,
+    status=st.sampled_from(["in_progress", "completed", "failed", "incomplete", "queued"]),
+    model=TEXT,
+    output=st.lists(OUTPUT_ITEM, max_size=2),
+    parallel_tool_calls=st.booleans(),
+    tool_choice=TOOL_CHOICE,
+    tools=st.lists(TOOL, max_size=2),
+    previous_response_id=OPT_TEXT,
+    store=st.booleans(),
+    instructions=OPT_TEXT,
+    metadata=st.dictionaries(TEXT, TEXT, max_size=3),
     max_output_tokens=st.none() | INT64,
-    usage=st.none() | st.builds(
-        s.Usage, input_tokens=INT64, output_tokens=INT64, total_tokens=INT64,
+    usage=st.none()
+    | st.builds(
+        s.Usage,
+        input_tokens=INT64,
+        output_tokens=INT64,
+        total_tokens=INT64,
         input_tokens_details=st.builds(s.InputTokensDetails, cached_tokens=INT64, cache_write_tokens=INT64),
-        output_tokens_details=st.builds(s.OutputTokensDetails, reasoning_tokens=INT64)),
+        output_tokens_details=st.builds(s.OutputTokensDetails, reasoning_tokens=INT64),
+    ),
     error=st.none() | st.fixed_dictionaries({"code": TEXT, "message": TEXT}),
     incomplete_details=st.none() | st.fixed_dictionaries({"reason": TEXT}),
-    turnbench=st.none() | st.builds(
-        s.TurnbenchExt, state=TEXT, engine=TEXT, prefill_tokens=INT64,
-        stages=st.dictionaries(TEXT, st.builds(s.StageStat, wall_ns=INT64, cpu_ns=INT64, items=INT64,
-                                                tokens=INT64, chars=INT64), max_size=3)),
+    turnbench=st.none()
+    | st.builds(
+        s.TurnbenchExt,
+        state=TEXT,
+        engine=TEXT,
+        prefill_tokens=INT64,
+        stages=st.dictionaries(
+            TEXT,
+            st.builds(s.StageStat, wall_ns=INT64, cpu_ns=INT64, items=INT64, tokens=INT64, chars=INT64),
+            max_size=3,
+        ),
+    ),
 )
 
 HEAD: dict[str, Any] = {"sequence_number": INT64, "stream_id": OPT_TEXT}
 PART_HEAD: dict[str, Any] = {**HEAD, "item_id": TEXT, "output_index": INT64, "content_index": INT64}
 EVENTS: dict[type, st.SearchStrategy[Any]] = {
-    **{cls: st.builds(cls, response=RESPONSE, **HEAD)
-       for cls in (s.ResponseCreated, s.ResponseInProgress, s.ResponseCompleted, s.ResponseFailed,
-                   s.ResponseIncomplete)},
-    **{cls: st.builds(cls, output_index=INT64, item=OUTPUT_ITEM, **HEAD)
-       for cls in (s.OutputItemAdded, s.OutputItemDone)},
+    **{
+        cls: st.builds(cls, response=RESPONSE, **HEAD)
+        for cls in (
+            s.ResponseCreated,
+            s.ResponseInProgress,
+            s.ResponseCompleted,
+            s.ResponseFailed,
+            s.ResponseIncomplete,
+        )
+    },
+    **{
+        cls: st.builds(cls, output_index=INT64, item=OUTPUT_ITEM, **HEAD)
+        for cls in (s.OutputItemAdded, s.OutputItemDone)
+    },
     **{cls: st.builds(cls, part=OUTPUT_TEXT, **PART_HEAD) for cls in (s.ContentPartAdded, s.ContentPartDone)},
-    s.OutputTextDelta: st.builds(s.OutputTextDelta, delta=TEXT, logprobs=st.lists(JSON, max_size=2),
-                                 **PART_HEAD),
+    s.OutputTextDelta: st.builds(s.OutputTextDelta, delta=TEXT, logprobs=st.lists(JSON, max_size=2), **PART_HEAD),
     s.OutputTextDone: st.builds(s.OutputTextDone, text=TEXT, logprobs=st.lists(JSON, max_size=2), **PART_HEAD),
-    s.FunctionCallArgumentsDelta: st.builds(s.FunctionCallArgumentsDelta, item_id=TEXT, output_index=INT64,
-                                            delta=TEXT, **HEAD),
-    s.FunctionCallArgumentsDone: st.builds(s.FunctionCallArgumentsDone, item_id=TEXT, output_index=INT64,
-                                           arguments=TEXT, **HEAD),
+    s.FunctionCallArgumentsDelta: st.builds(
+        s.FunctionCallArgumentsDelta, item_id=TEXT, output_index=INT64, delta=TEXT, **HEAD
+    ),
+    s.FunctionCallArgumentsDone: st.builds(
+        s.FunctionCallArgumentsDone, item_id=TEXT, output_index=INT64, arguments=TEXT, **HEAD
+    ),
     s.ErrorEvent: st.builds(s.ErrorEvent, code=OPT_TEXT, message=TEXT, param=OPT_TEXT, **HEAD),
     s.WsErrorEvent: st.builds(
-        s.WsErrorEvent, status=st.integers(-(2**31), 2**31 - 1), stream_id=OPT_TEXT,
+        s.WsErrorEvent,
+        status=st.integers(-(2**31), 2**31 - 1),
+        stream_id=OPT_TEXT,
         sequence_number=st.none() | INT64,
-        error=st.builds(s.WsErrorDetail, type=TEXT, code=OPT_TEXT, message=TEXT, param=OPT_TEXT)),
+        error=st.builds(s.WsErrorDetail, type=TEXT, code=OPT_TEXT, message=TEXT, param=OPT_TEXT),
+    ),
 }
 
 REQUEST = st.builds(
-    s.ResponseCreate, model=TEXT,
+    s.ResponseCreate,
+    model=TEXT,
     input=TEXT | st.lists(st.one_of(*INPUT_ITEMS.values()).map(to_builtins), max_size=3),
-    instructions=OPT_TEXT, tools=st.lists(TOOL, max_size=2), tool_choice=TOOL_CHOICE,
-    previous_response_id=OPT_TEXT, store=st.booleans(), stream=st.booleans(),
-    metadata=st.dictionaries(TEXT, TEXT, max_size=3), max_output_tokens=st.none() | INT64,
-    parallel_tool_calls=st.booleans(), stream_id=OPT_TEXT, generate=st.booleans(),
+    instructions=OPT_TEXT,
+    tools=st.lists(TOOL, max_size=2),
+    tool_choice=TOOL_CHOICE,
+    previous_response_id=OPT_TEXT,
+    store=st.booleans(),
+    stream=st.booleans(),
+    metadata=st.dictionaries(TEXT, TEXT, max_size=3),
+    max_output_tokens=st.none() | INT64,
+    parallel_tool_calls=st.booleans(),
+    stream_id=OPT_TEXT,
+    generate=st.booleans(),
     type=st.none() | st.just("response.create"),
 )
 
@@ -193,8 +250,9 @@ def test_request_round_trip_is_lossless(req: s.ResponseCreate) -> None:
     back = msgspec.convert(obj, s.ResponseCreate, strict=True)
     if isinstance(req.input, list):
         assert isinstance(back.input, list)
-        assert [convert_item(i, n) for n, i in enumerate(back.input)] == \
-            [convert_item(i, n) for n, i in enumerate(req.input)]
+        assert [convert_item(i, n) for n, i in enumerate(back.input)] == [
+            convert_item(i, n) for n, i in enumerate(req.input)
+        ]
         back = msgspec.structs.replace(back, input=req.input)
     assert back == msgspec.structs.replace(req, type=None)  # the envelope tag is implied by the message
 
@@ -208,22 +266,25 @@ def test_unset_fields_are_left_to_the_core_defaults() -> None:
     assert obj == {"model": "m", "store": False, "input": []}
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "m", "bogus": 1},                                   # unknown parameter
-    {"model": "m", "temperature": 0.5},                           # accepted-and-ignored: no typed field
-    {"model": 5},                                                 # wrong type
-    {"model": "m", "store": 1},                                   # int is not a bool
-    {"model": "m", "max_output_tokens": True},                    # bool is not an int
-    {"model": "m", "max_output_tokens": 2**64},                   # out of int64
-    {"model": "m", "metadata": {"k": 1}},                         # metadata values are strings
-    {"model": "m", "input": 3},
-    {"model": "m", "input": [{"type": "reasoning", "summary": []}]},  # an item kind the proto lacks
-    {"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]},  # missing output
-    {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-    {"model": "m", "tools": [{"type": "web_search"}]},
-    {"model": "m", "tool_choice": None},
-    {"input": "hi"},                                              # missing model
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "bogus": 1},  # unknown parameter
+        {"model": "m", "temperature": 0.5},  # accepted-and-ignored: no typed field
+        {"model": 5},  # wrong type
+        {"model": "m", "store": 1},  # int is not a bool
+        {"model": "m", "max_output_tokens": True},  # bool is not an int
+        {"model": "m", "max_output_tokens": 2**64},  # out of int64
+        {"model": "m", "metadata": {"k": 1}},  # metadata values are strings
+        {"model": "m", "input": 3},
+        {"model": "m", "input": [{"type": "reasoning", "summary": []}]},  # an item kind the proto lacks
+        {"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]},  # missing output
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        {"model": "m", "tools": [{"type": "web_search"}]},
+        {"model": "m", "tool_choice": None},
+        {"input": "hi"},  # missing model
+    ],
+)
 def test_bodies_the_typed_schema_cannot_carry_are_refused(body: dict[str, Any]) -> None:
     with pytest.raises(Unrepresentable):
         body_to_proto(body)

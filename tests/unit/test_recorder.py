@@ -287,10 +287,23 @@ def test_interpret_a_whole_turn(clock: ScriptedClock) -> None:
     assert r.server_stages == {"decode": StageStat(wall_ns=7_000, cpu_ns=6_000, tokens=2)}
 
 
-@pytest.mark.parametrize("lifecycle", sorted(
-    {"response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-     "response.output_text.done", "response.function_call_arguments.done", "response.content_part.done",
-     "response.output_item.done", "response.some_future_event", ""}))
+@pytest.mark.parametrize(
+    "lifecycle",
+    sorted(
+        {
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.done",
+            "response.function_call_arguments.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.some_future_event",
+            "",
+        }
+    ),
+)
 def test_only_content_deltas_stamp_ttft(clock: ScriptedClock, lifecycle: str) -> None:
     rec = _sent(clock)
     clock.advance_ms(2.0)
@@ -303,21 +316,53 @@ def test_only_content_deltas_stamp_ttft(clock: ScriptedClock, lifecycle: str) ->
     assert r.ttfb_ms == pytest.approx(2.0) and r.ttft_ms == pytest.approx(5.0) and r.chunks == 1
 
 
-@pytest.mark.parametrize(("event", "code", "message"), [
-    pytest.param({"type": "error", "status": 400, "error": {
-        "type": "invalid_request_error", "code": "previous_response_not_found", "param": "previous_response_id",
-        "message": "Previous response with id 'resp_x' not found."}},
-        "previous_response_not_found", "Previous response with id 'resp_x' not found.", id="ws"),
-    pytest.param({"type": "error", "error": {"type": "invalid_request_error", "code": None, "message": "bad"}},
-                 "invalid_request_error", "bad", id="ws-without-code"),
-    pytest.param({"type": "error", "error": {"type": "invalid_request_error",
-                                             "code": "websocket_connection_limit_reached", "message": "60 min"}},
-                 "websocket_connection_limit_reached", "60 min", id="ws-limit"),
-    pytest.param({"type": "error", "code": "server_error", "message": "boom", "param": None, "sequence_number": 3},
-                 "server_error", "boom", id="sse"),
-    pytest.param({"type": "error", "code": None, "message": "odd"}, "error", "odd", id="sse-without-code"),
-    pytest.param({"type": "error"}, "error", "error event", id="bare"),
-])
+@pytest.mark.parametrize(
+    ("event", "code", "message"),
+    [
+        pytest.param(
+            {
+                "type": "error",
+                "status": 400,
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "previous_response_not_found",
+                    "param": "previous_response_id",
+                    "message": "Previous response with id 'resp_x' not found.",
+                },
+            },
+            "previous_response_not_found",
+            "Previous response with id 'resp_x' not found.",
+            id="ws",
+        ),
+        pytest.param(
+            {"type": "error", "error": {"type": "invalid_request_error", "code": None, "message": "bad"}},
+            "invalid_request_error",
+            "bad",
+            id="ws-without-code",
+        ),
+        pytest.param(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "websocket_connection_limit_reached",
+                    "message": "60 min",
+                },
+            },
+            "websocket_connection_limit_reached",
+            "60 min",
+            id="ws-limit",
+        ),
+        pytest.param(
+            {"type": "error", "code": "server_error", "message": "boom", "param": None, "sequence_number": 3},
+            "server_error",
+            "boom",
+            id="sse",
+        ),
+        pytest.param({"type": "error", "code": None, "message": "odd"}, "error", "odd", id="sse-without-code"),
+        pytest.param({"type": "error"}, "error", "error event", id="bare"),
+    ],
+)
 def test_error_event_in_either_shape(clock: ScriptedClock, event: dict[str, Any], code: str, message: str) -> None:
     rec = _sent(clock)
     clock.advance_ms(3.0)
@@ -328,12 +373,18 @@ def test_error_event_in_either_shape(clock: ScriptedClock, event: dict[str, Any]
     assert (r.events, r.bytes_down) == (1, 40)
 
 
-@pytest.mark.parametrize(("response", "code", "message"), [
-    ({"id": "resp_f", "status": "failed", "error": {"code": "engine_error", "message": "engine fell over"}},
-     "engine_error", "engine fell over"),
-    ({"id": "resp_f", "status": "failed", "error": None}, "response_failed", "response failed"),
-    ({"id": "resp_f", "status": "in_progress"}, "response.failed", "response.failed"),  # the event type says it
-])
+@pytest.mark.parametrize(
+    ("response", "code", "message"),
+    [
+        (
+            {"id": "resp_f", "status": "failed", "error": {"code": "engine_error", "message": "engine fell over"}},
+            "engine_error",
+            "engine fell over",
+        ),
+        ({"id": "resp_f", "status": "failed", "error": None}, "response_failed", "response failed"),
+        ({"id": "resp_f", "status": "in_progress"}, "response.failed", "response.failed"),  # the event type says it
+    ],
+)
 def test_failed_response(clock: ScriptedClock, response: dict[str, Any], code: str, message: str) -> None:
     rec = _sent(clock)
     assert rec.interpret({"type": "response.failed", "response": response}, 5) is response
@@ -349,12 +400,15 @@ def test_incomplete_response_is_a_successful_turn(clock: ScriptedClock) -> None:
     assert r.success and r.turn_ms is not None and r.output_tokens == 2
 
 
-@pytest.mark.parametrize("event", [
-    {"type": "response.completed"},
-    {"type": "response.completed", "response": None},
-    {"type": "response.incomplete", "response": ["not", "an", "object"]},
-    {"type": "response.failed", "response": "resp_1"},
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "response.completed"},
+        {"type": "response.completed", "response": None},
+        {"type": "response.incomplete", "response": ["not", "an", "object"]},
+        {"type": "response.failed", "response": "resp_1"},
+    ],
+)
 def test_terminal_event_without_a_response_object(clock: ScriptedClock, event: dict[str, Any]) -> None:
     rec = _sent(clock)
     clock.advance_ms(4.0)
@@ -435,10 +489,12 @@ def test_a_recorder_that_watches_on_event_sees_every_interpreted_event(clock: Sc
 def test_sse_reply_goes_through_the_interpreter_event_by_event(clock: ScriptedClock) -> None:
     completed = orjson.dumps({"type": "response.completed", "response": RESPONSE})
     done = b"data: [DONE]\n\n"
-    stream = (b'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_9"}}\n\n'
-              b": a comment block has no data\n\n"
-              b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi"}\n\n'
-              b"event: response.completed\ndata: " + completed + b"\n\n" + done)
+    stream = (
+        b'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_9"}}\n\n'
+        b": a comment block has no data\n\n"
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"hi"}\n\n'
+        b"event: response.completed\ndata: " + completed + b"\n\n" + done
+    )
     rec = _sent(clock, "https")
     decoder, result = SSEDecoder(), None
     for i in range(0, len(stream), 7):  # any slicing of the stream
@@ -541,8 +597,12 @@ class _Connection(ResponsesClient):
             recorder.fail("dropped", self.code)
             return {}
         answer = {"type": "message", "content": [{"type": "output_text", "text": "done"}]}
-        return recorder.interpret({"type": "response.completed",
-                                   "response": {"id": "resp_1", "status": "completed", "output": [answer]}}) or {}
+        return (
+            recorder.interpret(
+                {"type": "response.completed", "response": {"id": "resp_1", "status": "completed", "output": [answer]}}
+            )
+            or {}
+        )
 
 
 async def test_reconnect_is_close_then_connect() -> None:
@@ -551,11 +611,14 @@ async def test_reconnect_is_close_then_connect() -> None:
     assert client.log == ["close", "connect"]
 
 
-@pytest.mark.parametrize(("code", "log"), [
-    ("connection_closed", ["create", "close", "connect", "create"]),
-    ("websocket_connection_limit_reached", ["create", "close", "connect", "create"]),
-    ("previous_response_not_found", ["create", "create"]),  # the connection is fine: resend, no reconnect
-])
+@pytest.mark.parametrize(
+    ("code", "log"),
+    [
+        ("connection_closed", ["create", "close", "connect", "create"]),
+        ("websocket_connection_limit_reached", ["create", "close", "connect", "create"]),
+        ("previous_response_not_found", ["create", "create"]),  # the connection is fine: resend, no reconnect
+    ],
+)
 async def test_the_agent_loop_reconnects_after_a_lost_connection(code: str, log: list[str]) -> None:
     client = _Connection(drops=1, code=code)
     result = await run_rollout(client, state="connection", toolbox=Toolbox())

@@ -18,12 +18,25 @@ from loadtests.rundir import RunDir, read_samples, write_json, write_samples
 from tests.unit.test_report_synth import make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MIGRATION = {"agent_loop": {"file": "clients/agent.py"}, "clients": [
-    {"transport": "ws", "written": 10, "deleted": 20, "kept": 5, "codegen": False, "proto_lines": 0,
-     "generated_lines": 0, "new_dependencies": ["websockets"], "support_lines": 0,
-     "body": {"identical": True, "note": "same JSON"}}],
+MIGRATION = {
+    "agent_loop": {"file": "clients/agent.py"},
+    "clients": [
+        {
+            "transport": "ws",
+            "written": 10,
+            "deleted": 20,
+            "kept": 5,
+            "codegen": False,
+            "proto_lines": 0,
+            "generated_lines": 0,
+            "new_dependencies": ["websockets"],
+            "support_lines": 0,
+            "body": {"identical": True, "note": "same JSON"},
+        }
+    ],
     "sdk": {"files": ["a.py", "b.py"], "written": 7, "deleted": 5, "kept": 26, "old": 31},
-    "runtime": None}
+    "runtime": None,
+}
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +95,13 @@ def test_ablations_change_and_share(run_dir: Path) -> None:
 
 def test_cell_table_throughput_is_littles_law(run_dir: Path) -> None:
     cells = stats.cell_table(RunDir(run_dir).statistics().cells)
-    row = cells[(cells["transport"] == "https") & (cells["state"] == "full") & (cells["profile"] == "fast")
-                & (cells["concurrency"] == 4) & (cells["variant"] == "default")].iloc[0]
+    row = cells[
+        (cells["transport"] == "https")
+        & (cells["state"] == "full")
+        & (cells["profile"] == "fast")
+        & (cells["concurrency"] == 4)
+        & (cells["variant"] == "default")
+    ].iloc[0]
     assert row["rollouts_per_s"] == pytest.approx(4 * 1000 / 1600.0)  # 1000 ms x 1.6 at c=4
     assert row["rollout_p50_ms"] == pytest.approx(1600.0) and row["rollouts"] == 9 and row["failed"] == 0
 
@@ -120,14 +138,29 @@ def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path
     finally:
         (run_dir / "migration.json").unlink()
     md, page = paths["md"].read_text(), paths["html"].read_text()
-    for heading in ("Headline", "TTFT by turn", "Rollout latency distribution", "Server time per turn by stage",
-                    "Bytes per turn", "Throughput vs concurrency", "Ablations", "Calibration", "Migration cost",
-                    "Environment"):
+    for heading in (
+        "Headline",
+        "TTFT by turn",
+        "Rollout latency distribution",
+        "Server time per turn by stage",
+        "Bytes per turn",
+        "Throughput vs concurrency",
+        "Ablations",
+        "Calibration",
+        "Migration cost",
+        "Environment",
+    ):
         assert f"## {heading}" in md, heading
         assert f"<h2>{heading}" in page, heading
     pngs = sorted((out / "plots").glob("*.png"))
-    assert {p.stem for p in pngs} == {"ttft_by_turn", "rollout_ecdf", "stage_stack", "bytes_per_turn",
-                                      "throughput", "ablations"}
+    assert {p.stem for p in pngs} == {
+        "ttft_by_turn",
+        "rollout_ecdf",
+        "stage_stack",
+        "bytes_per_turn",
+        "throughput",
+        "ablations",
+    }
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == len(pngs)
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
@@ -143,16 +176,22 @@ def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path
 
 
 def test_report_lists_injected_latency_and_says_what_is_missing(tmp_path: Path) -> None:
-    d = make_run(tmp_path / "run", concurrencies=(1,), profiles=("fast",), ablations={},
-                 server_settings={"inject_ms": {"safety": 5.0}})
+    d = make_run(
+        tmp_path / "run",
+        concurrencies=(1,),
+        profiles=("fast",),
+        ablations={},
+        server_settings={"inject_ms": {"safety": 5.0}},
+    )
     md = report.write_report(d)["md"].read_text()
     assert '"safety": 5.0' in md
     assert "This run has no ablation variants" in md
     assert "has no `migration.json`" in md  # the report renders migration cost, it never measures it
 
 
-def test_report_cli_rebuilds_and_reports_missing_dir(run_dir: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_cli_rebuilds_and_reports_missing_dir(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
     assert main(["report", str(tmp_path / "nope")]) == 2

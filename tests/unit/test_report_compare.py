@@ -14,8 +14,13 @@ from tests.unit.test_report_synth import MEDIANS, make_run
 
 def test_compare_per_cell_change(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a", concurrencies=(1,), profiles=("fast",), ablations={})
-    b = make_run(tmp_path / "b", concurrencies=(1,), profiles=("fast",), ablations={},
-                 medians={**MEDIANS, ("ws", "connection"): 750.0})
+    b = make_run(
+        tmp_path / "b",
+        concurrencies=(1,),
+        profiles=("fast",),
+        ablations={},
+        medians={**MEDIANS, ("ws", "connection"): 750.0},
+    )
     df = gate.compare_runs(RunDir(a), RunDir(b), n_boot=300).set_index(["transport", "state"])
     assert df.loc[("ws", "connection"), "rollout_ms change %"] == pytest.approx(25.0)
     lo, hi = df.loc[("ws", "connection"), "rollout_ms CI"]

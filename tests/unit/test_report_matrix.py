@@ -44,8 +44,16 @@ def test_quick_matrix_is_a_small_subset() -> None:
 
 
 def test_every_variant_and_https_h2_get_their_own_server() -> None:
-    groups = [*bench.quick_matrix(), bench.Group(scenario="agent-20", profile="fast", concurrency=1,
-                                                 states={"https-h2": ("full",)}, sizing={"rollouts": 3, "rounds": 3})]
+    groups = [
+        *bench.quick_matrix(),
+        bench.Group(
+            scenario="agent-20",
+            profile="fast",
+            concurrency=1,
+            states={"https-h2": ("full",)},
+            sizing={"rollouts": 3, "rounds": 3},
+        ),
+    ]
     config = bench.matrix_config(Path("unused"), server_settings={"burn_us": {"render": 5.0}})
     cells = bench.matrix_cells(groups, config)
     assert [c.number for c in cells] == list(range(len(cells)))  # one series: every cell's prompts its own
@@ -63,8 +71,13 @@ def test_every_variant_and_https_h2_get_their_own_server() -> None:
 
 
 def test_a_matrix_that_makes_one_cell_twice_is_refused() -> None:
-    group = bench.Group(scenario="agent-20", profile="instant", concurrency=1, states={"ws": ("connection",)},
-                        sizing={"rollouts": 3, "rounds": 3})
+    group = bench.Group(
+        scenario="agent-20",
+        profile="instant",
+        concurrency=1,
+        states={"ws": ("connection",)},
+        sizing={"rollouts": 3, "rounds": 3},
+    )
     with pytest.raises(ValueError, match="same cells"):
         bench.matrix_cells([group, group], bench.matrix_config(Path("unused")))
     with pytest.raises(ValueError, match="unknown transport"):

@@ -38,8 +38,17 @@ ABLATIONS: dict[str, tuple[dict[str, Any], float]] = {
     "no-incremental_checks": ({"incremental_checks": False}, 1.1),
     "tokens_per_chunk-8": ({"tokens_per_chunk": 8}, 0.95),
 }
-STAGE_CPU_MS = {"parse": 0.2, "validate": 0.3, "resolve": 0.05, "safety": 0.8, "render": 1.0, "route": 0.02,
-                "prefill": 0.1, "decode": 0.5, "post": 0.3}
+STAGE_CPU_MS = {
+    "parse": 0.2,
+    "validate": 0.3,
+    "resolve": 0.05,
+    "safety": 0.8,
+    "render": 1.0,
+    "route": 0.02,
+    "prefill": 0.1,
+    "decode": 0.5,
+    "post": 0.3,
+}
 
 
 def _spread(n: int, spread: float) -> np.ndarray:
@@ -47,20 +56,40 @@ def _spread(n: int, spread: float) -> np.ndarray:
     return 1.0 + spread * k
 
 
-def _cells(scenario: str, profile: str, conc: int, medians: Mapping[tuple[str, str], float], variant: str,
-           settings: Mapping[str, Any], number: int) -> list[Cell]:
+def _cells(
+    scenario: str,
+    profile: str,
+    conc: int,
+    medians: Mapping[tuple[str, str], float],
+    variant: str,
+    settings: Mapping[str, Any],
+    number: int,
+) -> list[Cell]:
     states: dict[str, list[str]] = {}
     for transport, state in medians:
         if variant == "default" or (transport, state) == ("ws", "connection"):
             states.setdefault(transport, []).append(state)
     sc = load_scenario(scenario).replace(states={t: tuple(s) for t, s in states.items()}, rollouts=3, rounds=1)
-    config = RunConfig(scenarios=[sc], transports=list(states), profiles=(profile,), concurrency=(conc,),
-                       variant=variant, server_settings=dict(settings))
+    config = RunConfig(
+        scenarios=[sc],
+        transports=list(states),
+        profiles=(profile,),
+        concurrency=(conc,),
+        variant=variant,
+        server_settings=dict(settings),
+    )
     return plan_cells(config, first_number=number)
 
 
-def _rollout(cell: Cell, rid: int, rollout_ms: float, n_turns: int, stage_cpu_ms: Mapping[str, float],
-             cpu_factor: float, rng: np.random.Generator) -> RolloutResult:
+def _rollout(
+    cell: Cell,
+    rid: int,
+    rollout_ms: float,
+    n_turns: int,
+    stage_cpu_ms: Mapping[str, float],
+    cpu_factor: float,
+    rng: np.random.Generator,
+) -> RolloutResult:
     turns = []
     for t in range(n_turns):
         turn_ms = rollout_ms / n_turns
@@ -68,15 +97,40 @@ def _rollout(cell: Cell, rid: int, rollout_ms: float, n_turns: int, stage_cpu_ms
         for stage in STAGES:
             cpu = stage_cpu_ms.get(stage, 0.1) * cpu_factor * float(rng.uniform(0.9, 1.1))
             stages[stage] = StageStat(wall_ns=round(cpu * 1.3e6), cpu_ns=round(cpu * 1e6), items=1, tokens=10)
-        turns.append(TurnResult(
-            transport=cell.transport, state=cell.state, rollout_id=rid, turn_index=t, ttft_ms=turn_ms * 0.4 + t * 0.1,
-            ttfb_ms=turn_ms * 0.3, itl_ms=[1.0, 1.1], turn_ms=turn_ms, latency_ms=turn_ms,
-            connect_ms=3.0 if t == 0 else None, chunks=12, events=20, output_tokens=12, input_tokens=100 * (t + 1),
-            cached_tokens=90 * t, tool_ms=0.25, bytes_up=4000 * (t + 1) if cell.state == "full" else 4000,
-            bytes_down=2000, server_stages=stages))
-    return RolloutResult(transport=cell.transport, state=cell.state, rollout_id=rid, success=True, turns=turns,
-                         rollout_ms=rollout_ms, tool_ms=5.0, connect_ms=3.0,
-                         tool_calls=[("word_count", "{}")] * (n_turns - 1))
+        turns.append(
+            TurnResult(
+                transport=cell.transport,
+                state=cell.state,
+                rollout_id=rid,
+                turn_index=t,
+                ttft_ms=turn_ms * 0.4 + t * 0.1,
+                ttfb_ms=turn_ms * 0.3,
+                itl_ms=[1.0, 1.1],
+                turn_ms=turn_ms,
+                latency_ms=turn_ms,
+                connect_ms=3.0 if t == 0 else None,
+                chunks=12,
+                events=20,
+                output_tokens=12,
+                input_tokens=100 * (t + 1),
+                cached_tokens=90 * t,
+                tool_ms=0.25,
+                bytes_up=4000 * (t + 1) if cell.state == "full" else 4000,
+                bytes_down=2000,
+                server_stages=stages,
+            )
+        )
+    return RolloutResult(
+        transport=cell.transport,
+        state=cell.state,
+        rollout_id=rid,
+        success=True,
+        turns=turns,
+        rollout_ms=rollout_ms,
+        tool_ms=5.0,
+        connect_ms=3.0,
+        tool_calls=[("word_count", "{}")] * (n_turns - 1),
+    )
 
 
 def make_run(
@@ -111,8 +165,9 @@ def make_run(
             if profile == "fast" and conc == min(concurrencies):
                 variants.update(ablations)
             for variant, (settings, factor) in variants.items():
-                group = _cells(scenario, profile, conc, medians, variant, {**(server_settings or {}), **settings},
-                               len(cells))
+                group = _cells(
+                    scenario, profile, conc, medians, variant, {**(server_settings or {}), **settings}, len(cells)
+                )
                 cells += group
                 for cell in group:
                     median = medians[(cell.transport, cell.state)]
@@ -124,18 +179,40 @@ def make_run(
                         rollout = _rollout(cell, rid, float(rollout_ms), n_turns, stage_cpu_ms, cpu_f, rng)
                         samples.append(Sample(rollout, cell, 1 + i % 3, False))
                         rid += 1
-                    chunks += [ChunkStat(cell=cell.cell, round=r, warmup=False, rollouts=n_rollouts // 3,
-                                         turns=n_turns * n_rollouts // 3, wall_s=1.0, client_cpu_s=0.1,
-                                         server_cpu_s=0.05, lag_ms=[0.5, 0.8]) for r in (1, 2, 3)]
-    servers = {c.endpoint_key: {"server": c.server, "kind": "process", "transports": [c.transport], "pid": 1,
-                                "exit_code": 0, "cpu_s": 1.0, "argv": ["python", "-m", "servers", c.server],
-                                "settings": Settings(profile=c.profile, tls=c.tls, **c.server_settings).as_dict()}
-               for c in cells}
-    monitor = MonitorReport(cpu_util=0.4, loop_lag_p50_ms=0.5, loop_lag_p99_ms=0.8, loop_lag_max_ms=0.9,
-                            saturated=False)
+                    chunks += [
+                        ChunkStat(
+                            cell=cell.cell,
+                            round=r,
+                            warmup=False,
+                            rollouts=n_rollouts // 3,
+                            turns=n_turns * n_rollouts // 3,
+                            wall_s=1.0,
+                            client_cpu_s=0.1,
+                            server_cpu_s=0.05,
+                            lag_ms=[0.5, 0.8],
+                        )
+                        for r in (1, 2, 3)
+                    ]
+    servers = {
+        c.endpoint_key: {
+            "server": c.server,
+            "kind": "process",
+            "transports": [c.transport],
+            "pid": 1,
+            "exit_code": 0,
+            "cpu_s": 1.0,
+            "argv": ["python", "-m", "servers", c.server],
+            "settings": Settings(profile=c.profile, tls=c.tls, **c.server_settings).as_dict(),
+        }
+        for c in cells
+    }
+    monitor = MonitorReport(
+        cpu_util=0.4, loop_lag_p50_ms=0.5, loop_lag_p99_ms=0.8, loop_lag_max_ms=0.9, saturated=False
+    )
     collected = Collected(samples=samples, chunks=chunks, monitor=monitor, loop="synthetic", servers=servers)
-    config = RunConfig(scenarios=[], transports=[], argv=["turnbench", "bench"],
-                       server_settings=dict(server_settings or {}))
+    config = RunConfig(
+        scenarios=[], transports=[], argv=["turnbench", "bench"], server_settings=dict(server_settings or {})
+    )
     RunDir.write(path, config, cells, collected, meta)
     return path
 

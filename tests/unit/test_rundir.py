@@ -29,24 +29,52 @@ from turnbench.settings import Settings
 
 
 def _cell(transport: str, state: str, scenario: Scenario, profile: str = "fast", **settings: Any) -> Cell:
-    return Cell(cell=f"{scenario.name}:{transport}:{state}", scenario=scenario, transport=transport, state=state,
-                profile=profile, concurrency=1, arrival_rate_rps=None, variant="default",
-                tls=transport != "inproc", server_settings=settings)
+    return Cell(
+        cell=f"{scenario.name}:{transport}:{state}",
+        scenario=scenario,
+        transport=transport,
+        state=state,
+        profile=profile,
+        concurrency=1,
+        arrival_rate_rps=None,
+        variant="default",
+        tls=transport != "inproc",
+        server_settings=settings,
+    )
 
 
 def _turn(cell: Cell, i: int, ttft: float, itl: list[float], prefill_tokens: int = 50) -> TurnResult:
-    return TurnResult(transport=cell.transport, state=cell.state, rollout_id=0, turn_index=i, ttft_ms=ttft,
-                      ttfb_ms=ttft - 1, itl_ms=itl, turn_ms=ttft + sum(itl) + 1, latency_ms=ttft + sum(itl) + 1,
-                      bytes_up=1000, bytes_down=2000, server_stages={
-                          "validate": StageStat(wall_ns=1_000_000, cpu_ns=1_000_000),
-                          "prefill": StageStat(wall_ns=20_000_000, cpu_ns=0, tokens=prefill_tokens)})
+    return TurnResult(
+        transport=cell.transport,
+        state=cell.state,
+        rollout_id=0,
+        turn_index=i,
+        ttft_ms=ttft,
+        ttfb_ms=ttft - 1,
+        itl_ms=itl,
+        turn_ms=ttft + sum(itl) + 1,
+        latency_ms=ttft + sum(itl) + 1,
+        bytes_up=1000,
+        bytes_down=2000,
+        server_stages={
+            "validate": StageStat(wall_ns=1_000_000, cpu_ns=1_000_000),
+            "prefill": StageStat(wall_ns=20_000_000, cpu_ns=0, tokens=prefill_tokens),
+        },
+    )
 
 
 def _rollout(cell: Cell, rid: int, ttft: float, itl: list[float], ok: bool = True) -> RolloutResult:
     turns = [_turn(cell, i, ttft, itl) for i in range(3)]
-    return RolloutResult(transport=cell.transport, state=cell.state, rollout_id=rid, success=ok,
-                         error=None if ok else "boom: it broke", turns=turns,
-                         rollout_ms=sum(t.turn_ms or 0 for t in turns), connect_ms=2.0)
+    return RolloutResult(
+        transport=cell.transport,
+        state=cell.state,
+        rollout_id=rid,
+        success=ok,
+        error=None if ok else "boom: it broke",
+        turns=turns,
+        rollout_ms=sum(t.turn_ms or 0 for t in turns),
+        connect_ms=2.0,
+    )
 
 
 def _collected(cells: list[Cell], ttft: dict[str, float], itl: dict[str, list[float]]) -> Collected:
@@ -56,21 +84,54 @@ def _collected(cells: list[Cell], ttft: dict[str, float], itl: dict[str, list[fl
         for rid in (1, 2):
             samples.append(Sample(_rollout(c, rid, ttft[c.transport], itl[c.transport]), c, 1, False))
         samples.append(Sample(_rollout(c, 3, ttft[c.transport], itl[c.transport], ok=False), c, 1, False))
-        chunks += [ChunkStat(cell=c.cell, round=0, warmup=True, rollouts=1, turns=3, wall_s=0.1, client_cpu_s=0.01,
-                             server_cpu_s=0.5, lag_ms=[50.0]),
-                   ChunkStat(cell=c.cell, round=1, warmup=False, rollouts=3, turns=9, wall_s=1.0,
-                             client_cpu_s=0.1, server_cpu_s=0.09 if c.transport != "inproc" else None,
-                             lag_ms=[0.5, 0.7])]
-    servers = {c.endpoint_key: {"server": c.server, "kind": "process", "pid": 1, "exit_code": 0, "cpu_s": 0.2,
-                                "settings": Settings(profile=c.profile, **c.server_settings).as_dict()}
-               for c in cells}
-    monitor = MonitorReport(cpu_util=0.1, loop_lag_p50_ms=0.1, loop_lag_p99_ms=0.5, loop_lag_max_ms=0.9,
-                            saturated=False)
+        chunks += [
+            ChunkStat(
+                cell=c.cell,
+                round=0,
+                warmup=True,
+                rollouts=1,
+                turns=3,
+                wall_s=0.1,
+                client_cpu_s=0.01,
+                server_cpu_s=0.5,
+                lag_ms=[50.0],
+            ),
+            ChunkStat(
+                cell=c.cell,
+                round=1,
+                warmup=False,
+                rollouts=3,
+                turns=9,
+                wall_s=1.0,
+                client_cpu_s=0.1,
+                server_cpu_s=0.09 if c.transport != "inproc" else None,
+                lag_ms=[0.5, 0.7],
+            ),
+        ]
+    servers = {
+        c.endpoint_key: {
+            "server": c.server,
+            "kind": "process",
+            "pid": 1,
+            "exit_code": 0,
+            "cpu_s": 0.2,
+            "settings": Settings(profile=c.profile, **c.server_settings).as_dict(),
+        }
+        for c in cells
+    }
+    monitor = MonitorReport(
+        cpu_util=0.1, loop_lag_p50_ms=0.1, loop_lag_p99_ms=0.5, loop_lag_max_ms=0.9, saturated=False
+    )
     return Collected(samples=samples, chunks=chunks, monitor=monitor, loop="test", servers=servers)
 
 
-def _write(path: Path, cells: list[Cell], ttft: dict[str, float], itl: dict[str, list[float]],
-           meta: dict[str, Any] | None = None) -> RunDir:
+def _write(
+    path: Path,
+    cells: list[Cell],
+    ttft: dict[str, float],
+    itl: dict[str, list[float]],
+    meta: dict[str, Any] | None = None,
+) -> RunDir:
     config = RunConfig(scenarios=[c.scenario for c in cells], transports=[], argv=["turnbench", "run"])
     return RunDir.write(path, config, cells, _collected(cells, ttft, itl), meta)
 
@@ -113,8 +174,13 @@ def test_no_uncached_tokens_means_no_prefill_in_the_known_ttft(tmp_path: Path) -
 def test_write_and_read_back(tmp_path: Path) -> None:
     sc = load_scenario("agent-5")
     cells = [_cell("https", "full", sc), _cell("ws", "connection", sc)]
-    run = _write(tmp_path / "run", cells, {"https": 20.0, "ws": 10.0}, {"https": [1.0], "ws": [1.0]},
-                 meta={"bench": {"groups": [], "wall_s": 1.5}})
+    run = _write(
+        tmp_path / "run",
+        cells,
+        {"https": 20.0, "ws": 10.0},
+        {"https": [1.0], "ws": [1.0]},
+        meta={"bench": {"groups": [], "wall_s": 1.5}},
+    )
     for name in ("turns.parquet", "turns.jsonl", "rollouts.parquet", "rollouts.jsonl", "run.json", "summary.json"):
         assert (tmp_path / "run" / name).is_file(), name
     back = RunDir(tmp_path / "run")
@@ -126,8 +192,22 @@ def test_write_and_read_back(tmp_path: Path) -> None:
     assert everything["itl_ms"].iloc[0] == [99.0]  # list column survives Parquet
     assert set(back.rollouts["label"]) == {"https/full", "ws/connection"}
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
-    for key in ("created_at", "git_commit", "git_dirty", "python", "platform", "cpu", "versions", "argv",
-                "scenarios", "cells", "servers", "monitor", "injected", "chunks"):
+    for key in (
+        "created_at",
+        "git_commit",
+        "git_dirty",
+        "python",
+        "platform",
+        "cpu",
+        "versions",
+        "argv",
+        "scenarios",
+        "cells",
+        "servers",
+        "monitor",
+        "injected",
+        "chunks",
+    ):
         assert key in meta, key
     assert meta["bench"] == {"groups": [], "wall_s": 1.5}  # the maker's entries, written with the rest
     assert meta["scenarios"]["agent-5"]["tool_calls"] == 5
@@ -170,11 +250,22 @@ def test_a_directory_without_run_json_is_not_a_run(tmp_path: Path) -> None:
 
 
 def _plain_turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
-    return TurnResult(transport=transport, state="connection", rollout_id=i // 3, turn_index=i % 3, success=ok,
-                      error=None if ok else "boom", ttft_ms=ttft, turn_ms=None if ttft is None else ttft + 5.0,
-                      itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [], output_tokens=20, bytes_down=1000 + i,
-                      server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
-                      if i % 2 == 0 else {})
+    return TurnResult(
+        transport=transport,
+        state="connection",
+        rollout_id=i // 3,
+        turn_index=i % 3,
+        success=ok,
+        error=None if ok else "boom",
+        ttft_ms=ttft,
+        turn_ms=None if ttft is None else ttft + 5.0,
+        itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
+        output_tokens=20,
+        bytes_down=1000 + i,
+        server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
+        if i % 2 == 0
+        else {},
+    )
 
 
 def test_turns_frame_flattens() -> None:
@@ -190,8 +281,15 @@ def test_turns_frame_flattens() -> None:
 
 def test_rollouts_frame() -> None:
     turns = [_plain_turn(i) for i in range(3)]
-    r = RolloutResult(transport="ws", state="connection", rollout_id=0, success=True, turns=turns, rollout_ms=50.0,
-                      tool_calls=[("grep", "{}"), ("read", "{}")])
+    r = RolloutResult(
+        transport="ws",
+        state="connection",
+        rollout_id=0,
+        success=True,
+        turns=turns,
+        rollout_ms=50.0,
+        tool_calls=[("grep", "{}"), ("read", "{}")],
+    )
     df = rollouts_frame([r])
     row = df.iloc[0]
     assert row["n_turns"] == 3 and row["n_tool_calls"] == 2 and row["tool_names"] == ["grep", "read"]

@@ -66,8 +66,9 @@ class ScriptedClient(ResponsesClient):
         self.clock.advance_ms(TTFB_MS)
         recorder.on_event("response.created", 50)
         self.clock.advance_ms(TTFT_MS - TTFB_MS)
-        kind = "response.function_call_arguments.delta" if self.calls < self.tool_calls \
-            else "response.output_text.delta"
+        kind = (
+            "response.function_call_arguments.delta" if self.calls < self.tool_calls else "response.output_text.delta"
+        )
         recorder.on_event(kind, 20)
         for gap in GAPS_MS:
             self.clock.advance_ms(gap)
@@ -75,21 +76,30 @@ class ScriptedClient(ResponsesClient):
         self.clock.advance_ms(TAIL_MS)
         recorder.on_event("response.completed", 300)
         if self.calls < self.tool_calls:
-            out: dict[str, Any] = {"type": "function_call", "call_id": f"c{self.calls}", "name": "word_count",
-                                   "arguments": f'{{"path": "{self.path}"}}'}
+            out: dict[str, Any] = {
+                "type": "function_call",
+                "call_id": f"c{self.calls}",
+                "name": "word_count",
+                "arguments": f'{{"path": "{self.path}"}}',
+            }
         else:
             out = {"type": "message", "content": [{"type": "output_text", "text": "done"}]}
         self.calls += 1
-        response = {"id": f"resp_{self.calls}", "status": "completed", "output": [out],
-                    "usage": {"input_tokens": 10, "output_tokens": 4}}
+        response = {
+            "id": f"resp_{self.calls}",
+            "status": "completed",
+            "output": [out],
+            "usage": {"input_tokens": 10, "output_tokens": 4},
+        }
         recorder.on_response(response)
         return response
 
 
 async def test_turn_identity_with_a_scripted_clock() -> None:
     clock = FakeClock()
-    result = await run_rollout(ScriptedClient(clock, tool_calls=3), state="full",
-                               toolbox=Toolbox(output_bytes=256), clock=clock)
+    result = await run_rollout(
+        ScriptedClient(clock, tool_calls=3), state="full", toolbox=Toolbox(output_bytes=256), clock=clock
+    )
     assert result.success and len(result.turns) == 4 and result.final_output == "done"
     for t in result.turns:
         assert t.ttfb_ms == TTFB_MS and t.ttft_ms == TTFT_MS and t.itl_ms == list(GAPS_MS)
@@ -103,9 +113,14 @@ async def test_turn_identity_with_a_scripted_clock() -> None:
 async def test_late_first_send_counts_as_queueing() -> None:
     clock = FakeClock()
     scheduled = clock() - 7 * MS  # the rollout was due 7 ms ago
-    result = await run_rollout(ScriptedClient(clock, tool_calls=1), state="store",
-                               toolbox=Toolbox(output_bytes=64), clock=clock, scheduled_ns=scheduled,
-                               connect_ms=1.25)
+    result = await run_rollout(
+        ScriptedClient(clock, tool_calls=1),
+        state="store",
+        toolbox=Toolbox(output_bytes=64),
+        clock=clock,
+        scheduled_ns=scheduled,
+        connect_ms=1.25,
+    )
     first, second = result.turns
     assert first.turn_ms is not None and first.queue_ms == 7.0
     assert first.latency_ms == first.queue_ms + first.turn_ms
@@ -122,8 +137,13 @@ async def test_open_loop_with_a_late_generator_keeps_scheduled_times() -> None:
 
     async def job(i: int, due: int) -> Any:
         seen.append((i, due, clock()))
-        return await run_rollout(ScriptedClient(clock, tool_calls=1), state="full",
-                                 toolbox=Toolbox(output_bytes=64), clock=clock, scheduled_ns=due)
+        return await run_rollout(
+            ScriptedClient(clock, tool_calls=1),
+            state="full",
+            toolbox=Toolbox(output_bytes=64),
+            clock=clock,
+            scheduled_ns=due,
+        )
 
     results = await open_loop(offsets, job, clock=clock, sleep=clock.sleep)
     assert [i for i, _, _ in seen] == [0, 1, 2, 3]  # nothing skipped or coalesced
@@ -187,11 +207,19 @@ def test_plan_cells_default_states_and_calibration_adds_inproc() -> None:
 
 
 def test_plan_cells_overrides_multiply() -> None:
-    cfg = RunConfig(scenarios=[load_scenario("agent-5")], transports=["https", "ws"], states=("connection",),
-                    profiles=("instant", "frontier"), rates_rps=(2.0,), variant="tpc4")
+    cfg = RunConfig(
+        scenarios=[load_scenario("agent-5")],
+        transports=["https", "ws"],
+        states=("connection",),
+        profiles=("instant", "frontier"),
+        rates_rps=(2.0,),
+        variant="tpc4",
+    )
     cells = plan_cells(cfg)
-    assert [(c.transport, c.state, c.profile) for c in cells] == [("ws", "connection", "instant"),
-                                                                   ("ws", "connection", "frontier")]
+    assert [(c.transport, c.state, c.profile) for c in cells] == [
+        ("ws", "connection", "instant"),
+        ("ws", "connection", "frontier"),
+    ]
     assert all(c.mode == "open" and c.arrival_rate_rps == 2.0 and c.concurrency is None for c in cells)
     assert cells[0].cell == "agent-5:ws:connection:instant:r2:tpc4"
     with pytest.raises(ValueError, match="unknown transport"):
@@ -199,15 +227,28 @@ def test_plan_cells_overrides_multiply() -> None:
 
 
 def test_a_cell_knows_its_server_from_the_table() -> None:
-    cells = plan_cells(RunConfig(scenarios=[load_scenario("agent-5")], states=("full",),
-                                 transports=["sdk-https", "grpc-create", "https-h2", "inproc"]))
-    assert {c.transport: c.server for c in cells} == {"sdk-https": "https", "grpc-create": "grpc",
-                                                      "https-h2": "https", "inproc": "inproc"}
+    cells = plan_cells(
+        RunConfig(
+            scenarios=[load_scenario("agent-5")],
+            states=("full",),
+            transports=["sdk-https", "grpc-create", "https-h2", "inproc"],
+        )
+    )
+    assert {c.transport: c.server for c in cells} == {
+        "sdk-https": "https",
+        "grpc-create": "grpc",
+        "https-h2": "https",
+        "inproc": "inproc",
+    }
 
 
 def test_cells_carry_their_server_settings_and_get_servers_by_them() -> None:
-    cfg = RunConfig(scenarios=[load_scenario("agent-5")], transports=["https", "https-h2", "sdk-https", "inproc"],
-                    states=("full",), server_settings={"tokens_per_chunk": 4})
+    cfg = RunConfig(
+        scenarios=[load_scenario("agent-5")],
+        transports=["https", "https-h2", "sdk-https", "inproc"],
+        states=("full",),
+        server_settings={"tokens_per_chunk": 4},
+    )
     cells = {c.transport: c for c in plan_cells(cfg)}
     assert cells["https"].server_settings == {"tokens_per_chunk": 4}
     assert cells["https-h2"].server_settings == {"tokens_per_chunk": 4, "http2": True}  # the row's setting added
@@ -220,10 +261,34 @@ def test_cells_carry_their_server_settings_and_get_servers_by_them() -> None:
 
 def test_chunk_plan_interleaves_cells_round_by_round() -> None:
     sc = load_scenario("agent-5").replace(rollouts=4, rounds=2, warmup=1)
-    a = Cell(cell="A", scenario=sc, transport="https", state="full", profile="fast",
-             concurrency=1, arrival_rate_rps=None, variant="default", tls=True)
-    b = Cell(cell="B", scenario=sc, transport="ws", state="store", profile="fast",
-             concurrency=1, arrival_rate_rps=None, variant="default", tls=True)
+    a = Cell(
+        cell="A",
+        scenario=sc,
+        transport="https",
+        state="full",
+        profile="fast",
+        concurrency=1,
+        arrival_rate_rps=None,
+        variant="default",
+        tls=True,
+    )
+    b = Cell(
+        cell="B",
+        scenario=sc,
+        transport="ws",
+        state="store",
+        profile="fast",
+        concurrency=1,
+        arrival_rate_rps=None,
+        variant="default",
+        tls=True,
+    )
     plan = [(r, c.cell, idx, w) for r, c, idx, w in chunk_plan([a, b])]
-    assert plan == [(0, "A", [0], True), (0, "B", [0], True), (1, "A", [1, 2], False), (1, "B", [1, 2], False),
-                    (2, "A", [3, 4], False), (2, "B", [3, 4], False)]
+    assert plan == [
+        (0, "A", [0], True),
+        (0, "B", [0], True),
+        (1, "A", [1, 2], False),
+        (1, "B", [1, 2], False),
+        (2, "A", [3, 4], False),
+        (2, "B", [3, 4], False),
+    ]

@@ -28,8 +28,17 @@ SCENARIO = load_scenario("agent-5").replace(tool_calls=4, tool_output_sigma=0.8,
 
 
 def _cell(transport: str, state: str, sc: Scenario = SCENARIO) -> Cell:
-    return Cell(cell=f"{transport}:{state}", scenario=sc, transport=transport, state=state, profile="instant",
-                concurrency=1, arrival_rate_rps=None, variant="default", tls=transport != "inproc")
+    return Cell(
+        cell=f"{transport}:{state}",
+        scenario=sc,
+        transport=transport,
+        state=state,
+        profile="instant",
+        concurrency=1,
+        arrival_rate_rps=None,
+        variant="default",
+        tls=transport != "inproc",
+    )
 
 
 async def _reference() -> RolloutResult:
@@ -85,10 +94,17 @@ class BlockingToolbox(Toolbox):
 
 
 def test_a_saturated_client_is_flagged(tmp_path: Path) -> None:
-    sc = load_scenario("agent-5").replace(tool_calls=2, rollouts=3, rounds=1, warmup=0, profile="instant",
-                                          arrival_rate_rps=20.0, tool_output_bytes=256)
-    config = RunConfig(scenarios=[sc], transports=["inproc"], states=("connection",), out_dir=tmp_path / "run",
-                       quiet=True, toolbox_factory=lambda s, i: BlockingToolbox(output_bytes=256, seed=i))
+    sc = load_scenario("agent-5").replace(
+        tool_calls=2, rollouts=3, rounds=1, warmup=0, profile="instant", arrival_rate_rps=20.0, tool_output_bytes=256
+    )
+    config = RunConfig(
+        scenarios=[sc],
+        transports=["inproc"],
+        states=("connection",),
+        out_dir=tmp_path / "run",
+        quiet=True,
+        toolbox_factory=lambda s, i: BlockingToolbox(output_bytes=256, seed=i),
+    )
     assert [c.mode for c in plan_cells(config)] == ["open"]
     result = run(config)
     assert result.path == tmp_path / "run"
@@ -104,9 +120,15 @@ def test_a_saturated_client_is_flagged(tmp_path: Path) -> None:
 
 def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path) -> None:
     sc = load_scenario("chat-1").replace(rollouts=2, rounds=1, warmup=1, profile="instant", tool_latency_ms=20.0)
-    config = RunConfig(scenarios=[sc], transports=["inproc"], states=("store",), out_dir=tmp_path / "run",
-                       quiet=True, lag_p99_threshold_ms=200.0,
-                       server_settings={"inject_ms": {"safety": 1.0}, "burn_us": {"render": 0.0}})
+    config = RunConfig(
+        scenarios=[sc],
+        transports=["inproc"],
+        states=("store",),
+        out_dir=tmp_path / "run",
+        quiet=True,
+        lag_p99_threshold_ms=200.0,
+        server_settings={"inject_ms": {"safety": 1.0}, "burn_us": {"render": 0.0}},
+    )
     result = run(config)
     meta = result.meta
     key = "inproc/instant/plain/burn_us=render:0,inject_ms=safety:1"
@@ -123,10 +145,12 @@ def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path
 def test_cells_never_share_prompt_prefixes(tmp_path: Path) -> None:
     """Rollout k does the same work in every cell, but the engine's prefix cache must not serve one cell's
     tool outputs from another's: every continuation prefills its own new tokens."""
-    sc = load_scenario("agent-5").replace(tool_calls=3, rollouts=2, rounds=1, warmup=0, profile="instant",
-                                          tool_output_bytes=2048, tool_output_sigma=0.0)
-    config = RunConfig(scenarios=[sc], transports=["inproc"], out_dir=tmp_path / "run", quiet=True,
-                       lag_p99_threshold_ms=1e9)
+    sc = load_scenario("agent-5").replace(
+        tool_calls=3, rollouts=2, rounds=1, warmup=0, profile="instant", tool_output_bytes=2048, tool_output_sigma=0.0
+    )
+    config = RunConfig(
+        scenarios=[sc], transports=["inproc"], out_dir=tmp_path / "run", quiet=True, lag_p99_threshold_ms=1e9
+    )
     turns = run(config).turns
     later = turns[turns["turn_index"] > 0]
     per_cell = later.groupby("cell")["stage_prefill_tokens"].median()

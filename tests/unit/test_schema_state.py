@@ -28,13 +28,16 @@ def test_request_accepts_sdk_fields_and_rejects_unknown_ones() -> None:
     assert info.value.code == "unknown_parameter" and info.value.param == "bogus"
 
 
-@pytest.mark.parametrize(("payload", "param"), [
-    (b'{"model": 1}', "model"),
-    (b'{"input": "x"}', "model"),
-    (b'{"model": "m", "store": "yes"}', "store"),
-    (b'{"model": "m", "tools": [{"type": "function"}]}', "tools[0].name"),
-    (b'{"model": "m", "metadata": {"k": 1}}', "metadata"),
-])
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        (b'{"model": 1}', "model"),
+        (b'{"input": "x"}', "model"),
+        (b'{"model": "m", "store": "yes"}', "store"),
+        (b'{"model": "m", "tools": [{"type": "function"}]}', "tools[0].name"),
+        (b'{"model": "m", "metadata": {"k": 1}}', "metadata"),
+    ],
+)
 def test_wrong_type_or_missing_field_names_the_param(payload: bytes, param: str) -> None:
     with pytest.raises(errors.InvalidRequestError) as info:
         decode_request(payload)
@@ -63,8 +66,7 @@ def test_event_round_trip_and_response_shape() -> None:
     data = encode(ev)
     assert decode_event(data) == ev
     body = msgspec.json.decode(data)
-    for required in ("id", "created_at", "model", "object", "output", "parallel_tool_calls", "tool_choice",
-                     "tools"):
+    for required in ("id", "created_at", "model", "object", "output", "parallel_tool_calls", "tool_choice", "tools"):
         assert required in body["response"]
     assert body["response"]["previous_response_id"] is None  # present, null, as the SDK expects
     assert "stream_id" not in body
@@ -73,8 +75,9 @@ def test_event_round_trip_and_response_shape() -> None:
 def test_error_tree_carries_wire_meaning() -> None:
     e = errors.PayloadTooLargeError("too big")
     assert (e.http_status, e.ws_close, e.grpc_status) == (413, 1009, "RESOURCE_EXHAUSTED")
-    assert e.to_body() == {"error": {"message": "too big", "type": "invalid_request_error", "param": None,
-                                     "code": "payload_too_large"}}
+    assert e.to_body() == {
+        "error": {"message": "too big", "type": "invalid_request_error", "param": None, "code": "payload_too_large"}
+    }
     limit = errors.ConnectionLimitError(60)
     assert limit.code == "websocket_connection_limit_reached"
     assert limit.message.startswith("Responses websocket connection limit reached (60 minutes).")
@@ -104,8 +107,9 @@ def test_state_cache_keeps_latest_per_lane_and_respects_bounds() -> None:
 
 
 def test_settings_from_env_and_stage_maps() -> None:
-    s = Settings.from_env({"TURNBENCH_PROFILE": "frontier", "TURNBENCH_TLS": "off",
-                           "TURNBENCH_INJECT_MS": "safety=5,post=2"}, port=9)
+    s = Settings.from_env(
+        {"TURNBENCH_PROFILE": "frontier", "TURNBENCH_TLS": "off", "TURNBENCH_INJECT_MS": "safety=5,post=2"}, port=9
+    )
     assert (s.profile, s.tls, s.port, dict(s.inject_ms)) == ("frontier", False, 9, {"safety": 5.0, "post": 2.0})
     assert Settings(api_key="k").as_dict()["api_key"] == "***"
     with pytest.raises(ValueError):

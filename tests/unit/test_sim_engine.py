@@ -60,8 +60,9 @@ async def test_kv_handle_and_prefix_cache_reduce_computed_tokens() -> None:
 async def test_decode_paces_chunks_and_keeps_text() -> None:
     eng = SimEngine("calibration")
     pieces = [(i, f"t{i} ") for i in range(10)]
-    chunks = [c async for c in eng.decode((await eng.prefill([1, 2], None, use_cache=True)).kv, pieces,
-                                          tokens_per_chunk=4)]
+    chunks = [
+        c async for c in eng.decode((await eng.prefill([1, 2], None, use_cache=True)).kv, pieces, tokens_per_chunk=4)
+    ]
     assert [len(c.token_ids) for c in chunks] == [4, 4, 2]
     assert "".join(c.text for c in chunks) == "".join(t for _, t in pieces)
     assert eng.stats.decoded_tokens == 10

@@ -61,11 +61,7 @@ def test_corpus_is_shipped() -> None:
 
 
 def test_manifest_lists_every_file_with_its_size() -> None:
-    rows = [
-        line.split()
-        for line in (CORPUS / "MANIFEST.txt").read_text().splitlines()
-        if not line.startswith("#")
-    ]
+    rows = [line.split() for line in (CORPUS / "MANIFEST.txt").read_text().splitlines() if not line.startswith("#")]
     listed = {path: int(size) for size, path in rows}
     actual = {p.relative_to(CORPUS).as_posix(): p.stat().st_size for p in CORPUS_FILES}
     assert listed == actual

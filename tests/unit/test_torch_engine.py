@@ -97,8 +97,7 @@ async def test_decode_teacher_forces_the_planned_pieces_in_chunks(engine: TorchE
     assert res.kv.tokens == 80 and res.kv.payload.ids[-10:] == [t for t, _ in pieces]
     assert engine.stats.decoded_tokens == 10
     # the grown KV is real: it equals a fresh prefill of context + output
-    torch.testing.assert_close(logits(res.kv), await full_logits(engine, res.kv.payload.ids),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits(res.kv), await full_logits(engine, res.kv.payload.ids), atol=1e-4, rtol=1e-4)
 
 
 async def test_grouped_query_attention_paths_match_full_recompute() -> None:
@@ -140,8 +139,9 @@ async def rollout(settings: Settings) -> RolloutResult:
     service = ResponsesService(settings)
     client = InProcClient(ClientConfig(url="inproc", options={"service": service}))
     try:
-        return await run_rollout(client, state="connection", toolbox=Toolbox(output_bytes=1024),
-                                 metadata={"tool_calls": "3"})
+        return await run_rollout(
+            client, state="connection", toolbox=Toolbox(output_bytes=1024), metadata={"tool_calls": "3"}
+        )
     finally:
         await client.close()
         await service.drain()

@@ -30,17 +30,21 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, Any]:
     dy = np.array([1000.0 / r["decode_tok_s"] for r in rows])
     dcoef, *_ = np.linalg.lstsq(dx, dy, rcond=None)
     return {
-        "prefill_base_ms": coef[0], "prefill_ms_per_token": coef[1],
-        "prefill_ms_per_token_kctx": coef[2], "prefill_ms_per_ctx_token": coef[3],
-        "decode_ms_per_token": dcoef[0], "decode_ms_per_token_kctx": dcoef[1],
+        "prefill_base_ms": coef[0],
+        "prefill_ms_per_token": coef[1],
+        "prefill_ms_per_token_kctx": coef[2],
+        "prefill_ms_per_ctx_token": coef[3],
+        "decode_ms_per_token": dcoef[0],
+        "decode_ms_per_token_kctx": dcoef[1],
         "max_abs_residual_pct": float(np.max(np.abs(resid)) * 100),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("anchor", help="JSON list of {model, context, new, full_prefill_ms, incremental_prefill_ms, "
-                    "decode_tok_s}")
+    ap.add_argument(
+        "anchor", help="JSON list of {model, context, new, full_prefill_ms, incremental_prefill_ms, decode_tok_s}"
+    )
     ap.add_argument("--model", default=None, help="fit only this model (default: each model in the file)")
     args = ap.parse_args(argv)
     with open(args.anchor) as fh:

@@ -77,9 +77,17 @@ class TorchEngine:
     On the CPU torch gets ``cpu_threads`` intra-op threads (process-wide; 0 keeps torch's default): with one,
     no OpenMP worker spins on the core the server's event loop needs (2-core machines; see gpu_check)."""
 
-    def __init__(self, settings: Settings | None = None, *, config: TorchConfig | str | None = None,
-                 max_kv_bytes: int | None = None, prefix_cache_bytes: int | None = None,
-                 max_live_bytes: int | None = None, expand_kv: bool | None = None, cpu_threads: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: TorchConfig | str | None = None,
+        max_kv_bytes: int | None = None,
+        prefix_cache_bytes: int | None = None,
+        max_live_bytes: int | None = None,
+        expand_kv: bool | None = None,
+        cpu_threads: int = 1,
+    ) -> None:
         from turnbench.tokenizer import load_tokenizer
 
         s = settings or Settings(engine="torch")
@@ -201,7 +209,9 @@ class TorchEngine:
         if tokens > c.max_ctx or tokens * c.kv_bytes_per_token > self.max_kv_bytes:
             raise ContextLengthError(
                 f"{tokens} tokens do not fit {self.name}: max_ctx {c.max_ctx} tokens, per-conversation KV "
-                f"cap {self.max_kv_bytes} bytes = {self.max_kv_bytes // c.kv_bytes_per_token} tokens", "input")
+                f"cap {self.max_kv_bytes} bytes = {self.max_kv_bytes // c.kv_bytes_per_token} tokens",
+                "input",
+            )
 
     def _reserve(self, state: _KVState, tokens: int) -> None:
         """Grow ``state.kv`` to hold ``tokens`` (capacity doubles, 256-token steps, within the caps)."""

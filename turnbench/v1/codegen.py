@@ -72,8 +72,11 @@ def check() -> list[str]:
             want, have = fresh.read_text(), committed.read_text()
             if want != have:
                 diff = difflib.unified_diff(
-                    have.splitlines(keepends=True), want.splitlines(keepends=True),
-                    fromfile=f"committed/{fresh.name}", tofile=f"generated/{fresh.name}", n=1,
+                    have.splitlines(keepends=True),
+                    want.splitlines(keepends=True),
+                    fromfile=f"committed/{fresh.name}",
+                    tofile=f"generated/{fresh.name}",
+                    n=1,
                 )
                 problems.append("".join(list(diff)[:40]))
     return problems

@@ -104,8 +104,11 @@ def _text_to_proto(t: OutputText, out: pb.OutputText) -> None:
 
 
 def _text_from_proto(p: pb.OutputText) -> OutputText:
-    return OutputText(text=p.text, annotations=[_json_decode(a) for a in p.annotations],
-                      logprobs=[_json_decode(x) for x in p.logprobs])
+    return OutputText(
+        text=p.text,
+        annotations=[_json_decode(a) for a in p.annotations],
+        logprobs=[_json_decode(x) for x in p.logprobs],
+    )
 
 
 def _output_to_proto(o: OutputItem, out: pb.OutputItem) -> None:
@@ -124,8 +127,12 @@ def _output_from_proto(o: pb.OutputItem) -> OutputItem:
         f = o.function_call
         return OutputFunctionCall(id=f.id, call_id=f.call_id, name=f.name, arguments=f.arguments, status=f.status)
     m = o.message
-    return OutputMessage(id=m.id, status=m.status, role=m.role,  # type: ignore[arg-type]
-                         content=[_text_from_proto(p) for p in m.content])
+    return OutputMessage(
+        id=m.id,
+        status=m.status,
+        role=m.role,  # type: ignore[arg-type]
+        content=[_text_from_proto(p) for p in m.content],
+    )
 
 
 def response_to_proto(r: Response, out: pb.Response | None = None) -> pb.Response:
@@ -170,28 +177,52 @@ def response_from_proto(r: pb.Response) -> Response:
     u = r.usage if r.HasField("usage") else None
     x = r.turnbench if r.HasField("turnbench") else None
     return Response(
-        id=r.id, created_at=r.created_at, status=r.status, model=r.model,  # type: ignore[arg-type]
-        output=[_output_from_proto(o) for o in r.output], parallel_tool_calls=r.parallel_tool_calls,
+        id=r.id,
+        created_at=r.created_at,
+        status=r.status,  # type: ignore[arg-type]
+        model=r.model,
+        output=[_output_from_proto(o) for o in r.output],
+        parallel_tool_calls=r.parallel_tool_calls,
         tool_choice=choice_from_proto(r.tool_choice) if r.HasField("tool_choice") else "auto",
-        tools=[FunctionTool(name=t.name, description=_opt(t, "description"), strict=_opt(t, "strict"),
-                            parameters=_json_decode(t.parameters) if t.HasField("parameters") else None)
-               for t in r.tools],
+        tools=[
+            FunctionTool(
+                name=t.name,
+                description=_opt(t, "description"),
+                strict=_opt(t, "strict"),
+                parameters=_json_decode(t.parameters) if t.HasField("parameters") else None,
+            )
+            for t in r.tools
+        ],
         previous_response_id=r.previous_response_id if r.HasField("previous_response_id") else None,
-        store=r.store, instructions=r.instructions if r.HasField("instructions") else None,
+        store=r.store,
+        instructions=r.instructions if r.HasField("instructions") else None,
         metadata=dict(r.metadata),
         max_output_tokens=r.max_output_tokens if r.HasField("max_output_tokens") else None,
-        usage=None if u is None else Usage(
-            input_tokens=u.input_tokens, output_tokens=u.output_tokens, total_tokens=u.total_tokens,
+        usage=None
+        if u is None
+        else Usage(
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            total_tokens=u.total_tokens,
             input_tokens_details=InputTokensDetails(
                 cached_tokens=u.input_tokens_details.cached_tokens,
-                cache_write_tokens=u.input_tokens_details.cache_write_tokens),
-            output_tokens_details=OutputTokensDetails(reasoning_tokens=u.output_tokens_details.reasoning_tokens)),
+                cache_write_tokens=u.input_tokens_details.cache_write_tokens,
+            ),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=u.output_tokens_details.reasoning_tokens),
+        ),
         error={"code": r.error.code, "message": r.error.message} if r.HasField("error") else None,
         incomplete_details={"reason": r.incomplete_details.reason} if r.HasField("incomplete_details") else None,
-        turnbench=None if x is None else TurnbenchExt(
-            stages={k: StageStat(wall_ns=s.wall_ns, cpu_ns=s.cpu_ns, items=s.items, tokens=s.tokens,
-                                 chars=s.chars) for k, s in x.stages.items()},
-            state=x.state, engine=x.engine, prefill_tokens=x.prefill_tokens),
+        turnbench=None
+        if x is None
+        else TurnbenchExt(
+            stages={
+                k: StageStat(wall_ns=s.wall_ns, cpu_ns=s.cpu_ns, items=s.items, tokens=s.tokens, chars=s.chars)
+                for k, s in x.stages.items()
+            },
+            state=x.state,
+            engine=x.engine,
+            prefill_tokens=x.prefill_tokens,
+        ),
     )
 
 
@@ -210,6 +241,7 @@ def _head(ev: Any, out: Any) -> Any:
 def _lifecycle(field: str) -> _ToProto:
     def fill(ev: Any, se: pb.ServerEvent) -> None:
         response_to_proto(ev.response, _head(ev, getattr(se, field)).response)
+
     return fill
 
 
@@ -218,6 +250,7 @@ def _item_event(field: str) -> _ToProto:
         m = _head(ev, getattr(se, field))
         m.output_index = ev.output_index
         _output_to_proto(ev.item, m.item)
+
     return fill
 
 
@@ -226,6 +259,7 @@ def _part_event(field: str) -> _ToProto:
         m = _head(ev, getattr(se, field))
         m.item_id, m.output_index, m.content_index = ev.item_id, ev.output_index, ev.content_index
         _text_to_proto(ev.part, m.part)
+
     return fill
 
 
@@ -276,14 +310,21 @@ def _ws_error(ev: WsErrorEvent, se: pb.ServerEvent) -> None:
 
 
 _TO_PROTO: dict[type, _ToProto] = {
-    ResponseCreated: _lifecycle("created"), ResponseInProgress: _lifecycle("in_progress"),
-    ResponseCompleted: _lifecycle("completed"), ResponseFailed: _lifecycle("failed"),
+    ResponseCreated: _lifecycle("created"),
+    ResponseInProgress: _lifecycle("in_progress"),
+    ResponseCompleted: _lifecycle("completed"),
+    ResponseFailed: _lifecycle("failed"),
     ResponseIncomplete: _lifecycle("incomplete"),
-    OutputItemAdded: _item_event("output_item_added"), OutputItemDone: _item_event("output_item_done"),
-    ContentPartAdded: _part_event("content_part_added"), ContentPartDone: _part_event("content_part_done"),
-    OutputTextDelta: _text_delta, OutputTextDone: _text_done,
-    FunctionCallArgumentsDelta: _args_delta, FunctionCallArgumentsDone: _args_done,
-    ErrorEvent: _stream_error, WsErrorEvent: _ws_error,
+    OutputItemAdded: _item_event("output_item_added"),
+    OutputItemDone: _item_event("output_item_done"),
+    ContentPartAdded: _part_event("content_part_added"),
+    ContentPartDone: _part_event("content_part_done"),
+    OutputTextDelta: _text_delta,
+    OutputTextDone: _text_done,
+    FunctionCallArgumentsDelta: _args_delta,
+    FunctionCallArgumentsDone: _args_done,
+    ErrorEvent: _stream_error,
+    WsErrorEvent: _ws_error,
 }
 
 
@@ -305,8 +346,9 @@ def _common(m: Any) -> dict[str, Any]:
 _FromProto = Callable[[Any], Event | WsErrorEvent]
 
 
-def _lifecycle_from(cls: type[ResponseCreated | ResponseInProgress | ResponseCompleted | ResponseFailed
-                              | ResponseIncomplete]) -> _FromProto:
+def _lifecycle_from(
+    cls: type[ResponseCreated | ResponseInProgress | ResponseCompleted | ResponseFailed | ResponseIncomplete],
+) -> _FromProto:
     return lambda m: cls(**_common(m), response=response_from_proto(m.response))
 
 
@@ -315,32 +357,56 @@ def _item_from(cls: type[OutputItemAdded | OutputItemDone]) -> _FromProto:
 
 
 def _part_from(cls: type[ContentPartAdded | ContentPartDone]) -> _FromProto:
-    return lambda m: cls(**_common(m), item_id=m.item_id, output_index=m.output_index,
-                         content_index=m.content_index, part=_text_from_proto(m.part))
+    return lambda m: cls(
+        **_common(m),
+        item_id=m.item_id,
+        output_index=m.output_index,
+        content_index=m.content_index,
+        part=_text_from_proto(m.part),
+    )
 
 
 _FROM_PROTO: dict[str, _FromProto] = {
-    "created": _lifecycle_from(ResponseCreated), "in_progress": _lifecycle_from(ResponseInProgress),
-    "completed": _lifecycle_from(ResponseCompleted), "failed": _lifecycle_from(ResponseFailed),
+    "created": _lifecycle_from(ResponseCreated),
+    "in_progress": _lifecycle_from(ResponseInProgress),
+    "completed": _lifecycle_from(ResponseCompleted),
+    "failed": _lifecycle_from(ResponseFailed),
     "incomplete": _lifecycle_from(ResponseIncomplete),
-    "output_item_added": _item_from(OutputItemAdded), "output_item_done": _item_from(OutputItemDone),
-    "content_part_added": _part_from(ContentPartAdded), "content_part_done": _part_from(ContentPartDone),
+    "output_item_added": _item_from(OutputItemAdded),
+    "output_item_done": _item_from(OutputItemDone),
+    "content_part_added": _part_from(ContentPartAdded),
+    "content_part_done": _part_from(ContentPartDone),
     "output_text_delta": lambda m: OutputTextDelta(
-        **_common(m), item_id=m.item_id, output_index=m.output_index, content_index=m.content_index,
-        delta=m.delta, logprobs=[_json_decode(x) for x in m.logprobs]),
+        **_common(m),
+        item_id=m.item_id,
+        output_index=m.output_index,
+        content_index=m.content_index,
+        delta=m.delta,
+        logprobs=[_json_decode(x) for x in m.logprobs],
+    ),
     "output_text_done": lambda m: OutputTextDone(
-        **_common(m), item_id=m.item_id, output_index=m.output_index, content_index=m.content_index,
-        text=m.text, logprobs=[_json_decode(x) for x in m.logprobs]),
+        **_common(m),
+        item_id=m.item_id,
+        output_index=m.output_index,
+        content_index=m.content_index,
+        text=m.text,
+        logprobs=[_json_decode(x) for x in m.logprobs],
+    ),
     "function_call_arguments_delta": lambda m: FunctionCallArgumentsDelta(
-        **_common(m), item_id=m.item_id, output_index=m.output_index, delta=m.delta),
+        **_common(m), item_id=m.item_id, output_index=m.output_index, delta=m.delta
+    ),
     "function_call_arguments_done": lambda m: FunctionCallArgumentsDone(
-        **_common(m), item_id=m.item_id, output_index=m.output_index, arguments=m.arguments),
-    "error": lambda m: ErrorEvent(**_common(m), code=_opt(m, "code"), message=m.message,
-                                  param=_opt(m, "param")),
+        **_common(m), item_id=m.item_id, output_index=m.output_index, arguments=m.arguments
+    ),
+    "error": lambda m: ErrorEvent(**_common(m), code=_opt(m, "code"), message=m.message, param=_opt(m, "param")),
     "ws_error": lambda m: WsErrorEvent(
-        status=m.status, stream_id=_opt(m, "stream_id"), sequence_number=_opt(m, "sequence_number"),
-        error=WsErrorDetail(type=m.error.type, code=_opt(m.error, "code"), message=m.error.message,
-                            param=_opt(m.error, "param"))),
+        status=m.status,
+        stream_id=_opt(m, "stream_id"),
+        sequence_number=_opt(m, "sequence_number"),
+        error=WsErrorDetail(
+            type=m.error.type, code=_opt(m.error, "code"), message=m.error.message, param=_opt(m.error, "param")
+        ),
+    ),
 }
 
 

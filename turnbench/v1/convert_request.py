@@ -29,8 +29,11 @@ _INT64 = (-(2**63), 2**63 - 1)
 # parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
 _IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any)
 _BOOLS = ("store", "stream", "parallel_tool_calls", "generate")
-_REQUIRED = {"message": ("role", "content"), "function_call": ("call_id", "name", "arguments"),
-             "function_call_output": ("call_id", "output")}
+_REQUIRED = {
+    "message": ("role", "content"),
+    "function_call": ("call_id", "name", "arguments"),
+    "function_call_output": ("call_id", "output"),
+}
 
 
 class Unrepresentable(ValueError):
@@ -180,8 +183,12 @@ def item_to_proto(d: object, item: pb.InputItem) -> None:
 
 
 def part_from_proto(p: pb.OutputText) -> dict[str, Any]:
-    return {"type": "output_text", "text": p.text, "annotations": [_json_decode(a) for a in p.annotations],
-            "logprobs": [_json_decode(x) for x in p.logprobs]}
+    return {
+        "type": "output_text",
+        "text": p.text,
+        "annotations": [_json_decode(a) for a in p.annotations],
+        "logprobs": [_json_decode(x) for x in p.logprobs],
+    }
 
 
 def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
@@ -196,9 +203,12 @@ def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
         if which == "text":
             d["content"] = msg.text
         elif which == "parts":
-            d["content"] = [{"type": "input_text", "text": p.input_text.text}
-                            if p.WhichOneof("part") == "input_text" else part_from_proto(p.output_text)
-                            for p in msg.parts.parts]
+            d["content"] = [
+                {"type": "input_text", "text": p.input_text.text}
+                if p.WhichOneof("part") == "input_text"
+                else part_from_proto(p.output_text)
+                for p in msg.parts.parts
+            ]
     elif kind == "function_call":
         f = m = item.function_call
         d = {"type": "function_call", "call_id": f.call_id, "name": f.name, "arguments": f.arguments}
