@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clients.base import TurnRecorder
+from clients.base import TurnRecorder, TurnResult
+from turnbench.schema import StageStat
 
 
 class StreamingRecorder(TurnRecorder):
@@ -29,3 +30,23 @@ async def usage_rows(server: Any) -> list[dict[str, Any]]:
     await server.service.drain()
     rows: list[dict[str, Any]] = server.service.usage.rows()
     return rows
+
+
+def synthetic_turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
+    """A made-up turn ``i`` (rollout i // 3): stage figures on even turns, ITL gaps on even turns."""
+    return TurnResult(
+        transport=transport,
+        state="connection",
+        rollout_id=i // 3,
+        turn_index=i % 3,
+        success=ok,
+        error=None if ok else "boom",
+        ttft_ms=ttft,
+        turn_ms=None if ttft is None else ttft + 5.0,
+        itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
+        output_tokens=20,
+        bytes_down=1000 + i,
+        server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
+        if i % 2 == 0
+        else {},
+    )

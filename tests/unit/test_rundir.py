@@ -24,6 +24,7 @@ from loadtests.rundir import (
     write_samples,
 )
 from loadtests.scenarios import Scenario, load_scenario
+from tests.helpers import synthetic_turn
 from turnbench.schema import StageStat
 from turnbench.settings import Settings
 
@@ -249,27 +250,8 @@ def test_a_directory_without_run_json_is_not_a_run(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ rows
 
 
-def _plain_turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
-    return TurnResult(
-        transport=transport,
-        state="connection",
-        rollout_id=i // 3,
-        turn_index=i % 3,
-        success=ok,
-        error=None if ok else "boom",
-        ttft_ms=ttft,
-        turn_ms=None if ttft is None else ttft + 5.0,
-        itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
-        output_tokens=20,
-        bytes_down=1000 + i,
-        server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
-        if i % 2 == 0
-        else {},
-    )
-
-
 def test_turns_frame_flattens() -> None:
-    df = turns_frame([_plain_turn(i) for i in range(6)])
+    df = turns_frame([synthetic_turn(i) for i in range(6)])
     assert len(df) == 6 and "server_stages" not in df.columns
     assert df.loc[0, "itl_ms"] == [1.0, 2.0, 4.0] and df.loc[0, "itl_p50_ms"] == 2.0
     assert math.isnan(df.loc[1, "itl_p50_ms"])
@@ -280,7 +262,7 @@ def test_turns_frame_flattens() -> None:
 
 
 def test_rollouts_frame() -> None:
-    turns = [_plain_turn(i) for i in range(3)]
+    turns = [synthetic_turn(i) for i in range(3)]
     r = RolloutResult(
         transport="ws",
         state="connection",
@@ -298,7 +280,7 @@ def test_rollouts_frame() -> None:
 
 
 def test_samples_round_trip(tmp_path: Path) -> None:
-    df = turns_frame([_plain_turn(i) for i in range(4)] + [_plain_turn(5, ttft=None, ok=False)])
+    df = turns_frame([synthetic_turn(i) for i in range(4)] + [synthetic_turn(5, ttft=None, ok=False)])
     parquet, jsonl = write_samples(df, tmp_path / "out" / "samples")
     assert parquet.name == "samples.parquet" and jsonl.name == "samples.jsonl"
     assert jsonl.read_text().count("\n") == len(df)

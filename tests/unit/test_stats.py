@@ -8,29 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.base import TurnResult
 from loadtests.rundir import turns_frame
 from loadtests.stats import bootstrap_ci, percentiles, ratio_ci, summarize
-from turnbench.schema import StageStat
-
-
-def _turn(i: int, transport: str = "ws", ttft: float | None = 10.0, ok: bool = True) -> TurnResult:
-    return TurnResult(
-        transport=transport,
-        state="connection",
-        rollout_id=i // 3,
-        turn_index=i % 3,
-        success=ok,
-        error=None if ok else "boom",
-        ttft_ms=ttft,
-        turn_ms=None if ttft is None else ttft + 5.0,
-        itl_ms=[1.0, 2.0, 4.0] if i % 2 == 0 else [],
-        output_tokens=20,
-        bytes_down=1000 + i,
-        server_stages={"parse": StageStat(wall_ns=2_000_000, cpu_ns=1_500_000, items=4, chars=10)}
-        if i % 2 == 0
-        else {},
-    )
+from tests.helpers import synthetic_turn
 
 
 @pytest.mark.parametrize(
@@ -84,9 +64,9 @@ def test_ratio_ci() -> None:
 
 
 def test_summarize_groups() -> None:
-    turns = [_turn(i, "ws", ttft=10.0 + i) for i in range(20)]
-    turns += [_turn(i, "https", ttft=20.0 + i) for i in range(20)]
-    turns.append(_turn(99, "https", ttft=None, ok=False))
+    turns = [synthetic_turn(i, "ws", ttft=10.0 + i) for i in range(20)]
+    turns += [synthetic_turn(i, "https", ttft=20.0 + i) for i in range(20)]
+    turns.append(synthetic_turn(99, "https", ttft=None, ok=False))
     s = summarize(turns_frame(turns), by=["transport"], metrics=["ttft_ms", "turn_ms", "missing"], n_boot=200)
     assert list(s.columns) == ["transport", "metric", "n", "p50", "p90", "p99", "mean", "p50_lo", "p50_hi"]
     assert len(s) == 4
