@@ -33,6 +33,8 @@ class Settings:
     seed: int = 0
     tokens_per_chunk: int = 1  # framing knob: tokens per delta event, the same for every transport
     device: str = "auto"  # torch engine: auto | cpu | cuda
+    torch_config: str = "auto"  # torch engine: cpu-tiny | cuda-0.2b | cuda-1b | cuda-8b (auto: by device)
+    torch_compile: str = "auto"  # torch engine decode: none | default | max-autotune (auto: default on CUDA)
 
     # state
     store: str = "memory"  # memory | sqlite:PATH

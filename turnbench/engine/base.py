@@ -36,6 +36,7 @@ class DecodeChunk:
 
     token_ids: list[int]
     text: str
+    device_ms: float = 0.0  # measured device time of the steps that made these tokens (0: a modeled engine)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,10 @@
 """``torch``: a real decoder-only transformer served with a KV cache — the optional ``torch`` extra.
 
 The model (configs, layers; random-init weights from ``torch.manual_seed(settings.seed)``, nothing is
-downloaded; the vocabulary is the project tokenizer's) is :mod:`turnbench.engine.torch_model`. This module
-serves it: one KV tensor per conversation, the shared prefix cache, memory bounds, one worker thread.
+downloaded; ids are the project tokenizer's) is :mod:`turnbench.engine.torch_model`. This module serves it:
+one KV tensor per conversation, the shared prefix cache, memory bounds; the device belongs to one worker
+thread whose scheduler (:mod:`turnbench.engine.torch_sched`) runs every connection's prefills and batches
+their decode steps.
 
 KV reuse, both exact (what is reused is checked token by token, never assumed):
 
@@ -12,32 +14,48 @@ KV reuse, both exact (what is reused is checked token by token, never assumed):
 * a bounded LRU prefix cache of 64-token blocks (sim's block-hash chain, tokens verified on a hit) that any
   request may use; capped in bytes.
 
+Decode, three ways (``decode=``): ``graph`` (CUDA default) and ``static`` (CPU default) copy a conversation
+into a row of static KV slots and step every decoding conversation in one forward pass
+(:mod:`turnbench.engine.torch_decode`; ``graph`` replays a CUDA graph per step, ``compile`` fuses it with
+``torch.compile``); ``dynamic`` runs one forward per token on the conversation's own tensor, the conversations
+in turn (no batching: the reference the static path is checked against).
+
 Bounds (bytes): ``max_kv_bytes`` per handle (past it, or past ``max_ctx`` tokens: :class:`ContextLengthError`),
 ``max_live_bytes`` over all handles (past it the least recently used idle one is evicted; its continuation
-falls back to the prefix cache), ``prefix_cache_bytes``. Forward passes run on one worker thread in
-``torch.inference_mode``, synchronized on CUDA: ``modeled_ms`` is measured time."""
+falls back to the prefix cache), ``prefix_cache_bytes``.
+
+Timing: every figure the engine reports is taken with the device idle or synchronized. A prefill runs on an
+idle device (the scheduler waits for the step in flight) and ends with a synchronize: ``modeled_ms`` is its
+measured time, queueing excluded. A decode step is timed with CUDA events (a clock on the CPU) and its tokens
+are delivered only once the device has finished them; :attr:`DecodeChunk.device_ms` is the device time of the
+steps that made a chunk. Totals go to ``stats.extra``: ``prefill_ms``, ``decode_ms``, ``decode_steps``,
+``decode_rows``, ``max_batch``, memory gauges.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from turnbench.engine.base import DecodeChunk, EngineStats, KVHandle, PrefillResult
 from turnbench.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
+from turnbench.engine.torch_decode import COMPILE_MODES, StaticDecoder, common_prefix
 from turnbench.engine.torch_model import CONFIGS, Model, TorchConfig
+from turnbench.engine.torch_sched import DecodeStream, Scheduler
 from turnbench.errors import EngineError, InvalidRequestError
 from turnbench.settings import Settings
 
-__all__ = ["CONFIGS", "ContextLengthError", "TorchConfig", "TorchEngine"]
+__all__ = ["CONFIGS", "DECODE_MODES", "ContextLengthError", "TorchConfig", "TorchEngine"]
+
+DECODE_MODES = ("graph", "static", "dynamic")
 
 
 class ContextLengthError(InvalidRequestError):
@@ -68,12 +86,25 @@ class _KVState:
         self.kv, self.logits, self.ids, self.hashes = None, None, [], []
 
 
+@dataclass(eq=False, slots=True)
+class _Decoding:
+    """What a :class:`DecodeStream` carries for the backends: the conversation and where its output starts."""
+
+    state: _KVState
+    handle: KVHandle
+    start: int = 0  # len(state.ids) when the stream got its row
+
+
 _Block64 = tuple[tuple[int, ...], Tensor]  # a prefix-cache block: its tokens, its KV [layers, 2, kvh, 64, hd]
 
 
 class TorchEngine:
     """The ``torch`` engine (see the module docstring). Budgets default to the config's (bytes);
     ``expand_kv`` (default: on CUDA) picks the attention path for prefills that the CUDA kernels run fast.
+    ``decode``: one of :data:`DECODE_MODES` (default ``graph`` on CUDA, ``static`` on the CPU); ``compile``:
+    one of :data:`~turnbench.engine.torch_decode.COMPILE_MODES` or ``auto`` (default: ``settings.torch_compile``;
+    auto = ``default`` on CUDA, ``none`` on the CPU); ``batch``: rows of the static decode (conversations
+    stepped together); ``slot_tokens``: initial slot capacity (default: the config's on CUDA, 512 on the CPU).
     On the CPU torch gets ``cpu_threads`` intra-op threads (process-wide; 0 keeps torch's default): with one,
     no OpenMP worker spins on the core the server's event loop needs (2-core machines; see gpu_check)."""
 
@@ -87,23 +118,40 @@ class TorchEngine:
         max_live_bytes: int | None = None,
         expand_kv: bool | None = None,
         cpu_threads: int = 1,
+        decode: str | None = None,
+        compile: str | None = None,
+        batch: int = 4,
+        slot_tokens: int | None = None,
     ) -> None:
         from turnbench.tokenizer import load_tokenizer
 
         s = settings or Settings(engine="torch")
         want = "cuda" if s.device == "auto" and torch.cuda.is_available() else s.device
         self.device = torch.device("cpu" if want == "auto" else want)
+        cuda = self.device.type == "cuda"
         if self.device.type == "cpu" and cpu_threads > 0:
             torch.set_num_threads(cpu_threads)
         if config is None:
-            config = s.profile if s.profile in CONFIGS else ("cuda-1b" if self.device.type == "cuda" else "cpu-tiny")
+            config = s.torch_config
+            if config == "auto":  # the profile may name a config too (the older way)
+                config = s.profile if s.profile in CONFIGS else ("cuda-1b" if cuda else "cpu-tiny")
+        if isinstance(config, str) and config not in CONFIGS:
+            raise ValueError(f"unknown torch config {config!r}; choose from {', '.join(CONFIGS)}")
         self.config = c = CONFIGS[config] if isinstance(config, str) else config
         self.vocab = load_tokenizer().vocab_size
+        self.decode_mode = decode or ("graph" if cuda else "static")
+        if self.decode_mode not in DECODE_MODES or (self.decode_mode == "graph" and not cuda):
+            raise ValueError(f"decode {self.decode_mode!r}: expected graph (CUDA only), static or dynamic")
+        mode = compile or s.torch_compile
+        self.compile_mode = ("default" if cuda else "none") if mode == "auto" else mode
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {mode!r}; choose from auto, {', '.join(COMPILE_MODES)}")
         torch.manual_seed(s.seed)
-        expand = self.device.type == "cuda" if expand_kv is None else expand_kv
+        expand = cuda if expand_kv is None else expand_kv
         with torch.device(self.device):  # initialise on the device (a 1B fp32 init on the CPU takes long)
             self.model = Model(c, self.vocab, expand_kv=expand).to(c.dtype).eval()
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.max_kv_bytes = max_kv_bytes if max_kv_bytes is not None else c.max_ctx * c.kv_bytes_per_token
         self.prefix_cache_bytes = c.prefix_cache_bytes if prefix_cache_bytes is None else prefix_cache_bytes
         self.max_live_bytes = c.max_live_bytes if max_live_bytes is None else max_live_bytes
@@ -112,19 +160,35 @@ class TorchEngine:
         self._blocks: OrderedDict[int, _Block64] = OrderedDict()
         self._block_bytes = self._live_bytes = 0
         self._live: weakref.WeakSet[_KVState] = weakref.WeakSet()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch-engine")
+        self.decoder: StaticDecoder | None = None
+        backend: _Static | _Dynamic
+        if self.decode_mode == "dynamic":
+            backend = _Dynamic(self)
+        else:
+            self.decoder = StaticDecoder(
+                self.model,
+                c,
+                self.device,
+                slots=max(1, batch),
+                graphs=self.decode_mode == "graph",
+                compile=self.compile_mode,
+                capacity=slot_tokens,
+            )
+            backend = _Static(self, self.decoder)
+        self._sched = Scheduler(backend, self.stats.extra)
+
+    # ------------------------------------------------------------------------------------------ prefill
 
     async def prefill(self, context: Sequence[int], kv: KVHandle | None, *, use_cache: bool) -> PrefillResult:
-        loop = asyncio.get_running_loop()
-        res = await loop.run_in_executor(self._pool, self._prefill_sync, list(context), kv, use_cache)
+        res: PrefillResult = await self._sched.run(self._prefill_sync, list(context), kv, use_cache)
         self.stats.prefills += 1
         self.stats.prefill_tokens += res.computed_tokens
         self.stats.cached_tokens += res.cached_tokens
-        self._gauges(prefill_ms=res.modeled_ms)
         return res
 
     @torch.inference_mode()
     def _prefill_sync(self, context: list[int], kv: KVHandle | None, use_cache: bool) -> PrefillResult:
+        self._sync()  # copies queued behind the last decode step are not this prefill's time
         t0 = time.perf_counter()
         n = len(context)
         self._check_fits(n)
@@ -132,7 +196,7 @@ class TorchEngine:
         cached = 0
         if use_cache and kv is not None and isinstance(kv.payload, _KVState) and kv.payload.kv is not None:
             held = kv.payload
-            cached = _common_prefix(held.ids, context)
+            cached = common_prefix(held.ids, context)
             if cached:  # take the parent's KV over: verified token by token, cut back to what matches
                 state, kv.payload = held, None
                 del state.ids[cached:], state.hashes[cached // BLOCK_TOKENS :]
@@ -157,52 +221,70 @@ class TorchEngine:
         if use_cache:
             self._insert(state, hashes, context)
         self._sync()
-        self._live_bytes = sum(st.nbytes for st in list(self._live))
         ms = (time.perf_counter() - t0) * 1e3
+        self._live_bytes = sum(st.nbytes for st in list(self._live))
+        self._gauges(prefill_ms=ms)
         handle = KVHandle(tokens=n, key=hashes[-1] if hashes else 0, payload=state, nbytes=state.nbytes)
         return PrefillResult(handle, cached, n - cached, ms)
+
+    # ------------------------------------------------------------------------------------------- decode
 
     async def decode(
         self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int
     ) -> AsyncIterator[DecodeChunk]:
-        """One real forward step per planned token (teacher-forced: the planned id is fed back), in chunks."""
+        """One real forward step per planned token (teacher-forced: the planned id is fed back), scheduled
+        with the other connections' decodes; chunks of ``tokens_per_chunk`` as the device finishes them."""
         state = kv.payload
         if not isinstance(state, _KVState) or state.kv is None:
             raise EngineError("this KV handle holds no cache (taken over by a continuation, or evicted)")
-        loop = asyncio.get_running_loop()
-        per = max(1, tokens_per_chunk)
+        if not pieces:
+            return
+        stream = DecodeStream(_Decoding(state, kv), [t for t, _ in pieces], tokens_per_chunk)
+        self._sched.open(stream)
+        got = 0
+        try:
+            while got < len(pieces):
+                ids, ms = await stream.get()
+                group = pieces[got : got + len(ids)]
+                got += len(ids)
+                self.stats.decoded_tokens += len(ids)
+                yield DecodeChunk(ids, "".join(text for _, text in group), device_ms=ms)
+        finally:
+            if got < len(pieces):  # the consumer stopped, or the decode failed: free the row
+                self._sched.cancel(stream)
+
+    def _claim(self, d: _Decoding, ids: list[int]) -> None:
+        """Before a stream's first step (worker): the ids are valid, the output fits, the KV has room."""
+        state = d.state
+        if state.kv is None:
+            raise EngineError("the KV cache was freed before decode started (evicted or engine closed)")
+        self._check_ids(ids)
+        self._check_fits(len(state.ids) + len(ids))
         state.pins += 1
         try:
-            for i in range(0, len(pieces), per):
-                group = pieces[i : i + per]
-                ids = [t for t, _ in group]
-                ms = await loop.run_in_executor(self._pool, self._decode_sync, kv, state, ids)
-                self.stats.decoded_tokens += len(ids)
-                self._gauges(decode_ms=ms)
-                yield DecodeChunk(ids, "".join(text for _, text in group))
-        finally:
+            self._reserve(state, len(state.ids) + len(ids))
+        except BaseException:
             state.pins -= 1
+            raise
+        d.start = len(state.ids)
 
-    @torch.inference_mode()
-    def _decode_sync(self, kv: KVHandle, state: _KVState, ids: list[int]) -> float:
-        t0 = time.perf_counter()
-        if state.kv is None:
-            raise EngineError("the KV cache was freed during decode (engine closed)")
-        self._check_fits(len(state.ids) + len(ids))
-        self._reserve(state, len(state.ids) + len(ids))
-        assert state.kv is not None
-        for t in ids:
-            state.logits = self.model(self._ids([t]), state.kv, len(state.ids))
-            state.ids.append(t)
-        self._sync()
-        self._live_bytes = sum(st.nbytes for st in list(self._live))
+    def _release(self, d: _Decoding, ids: list[int]) -> None:
+        """After a stream's last step (worker): ``ids`` were decoded into the conversation's KV."""
+        state, kv = d.state, d.handle
+        state.pins -= 1
         kv.tokens, kv.nbytes, kv.key = len(state.ids), state.nbytes, hash((kv.key, tuple(ids)))
-        return (time.perf_counter() - t0) * 1e3
+        self._live_bytes = sum(st.nbytes for st in list(self._live))
+        self._gauges()
+
+    # ------------------------------------------------------------------------------------------- memory
 
     def _ids(self, ids: list[int]) -> Tensor:
-        if min(ids) < 0 or max(ids) >= self.vocab:  # an embedding lookup out of range kills a CUDA context
-            raise EngineError(f"token id outside the vocabulary 0..{self.vocab - 1}")
+        self._check_ids(ids)
         return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def _check_ids(self, ids: list[int]) -> None:
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab):  # out of range kills a CUDA context
+            raise EngineError(f"token id outside the vocabulary 0..{self.vocab - 1}")
 
     def _check_fits(self, tokens: int) -> None:
         c = self.config
@@ -271,25 +353,108 @@ class TorchEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _gauges(self, *, prefill_ms: float = 0.0, decode_ms: float = 0.0) -> None:
+    def _gauges(self, *, prefill_ms: float = 0.0) -> None:
+        """Worker-side counters (the worker is their only writer)."""
         x = self.stats.extra
         x["prefill_ms"] = x.get("prefill_ms", 0.0) + prefill_ms
-        x["decode_ms"] = x.get("decode_ms", 0.0) + decode_ms
         x["prefix_cache_bytes"] = float(self._block_bytes)
-        x["live_kv_bytes"] = float(self._live_bytes)  # as of the last forward pass
+        x["live_kv_bytes"] = float(self._live_bytes)  # as of the last prefill or decode
+        if self.decoder is not None:
+            x["decode_slot_bytes"] = float(self.decoder.nbytes)
+            x.update({f"decode_{k}": v for k, v in self.decoder.stats.items()})
 
     def close(self) -> None:
-        """Wait for the worker, then free every handle's KV and the prefix cache."""
-        self._pool.shutdown(wait=True)
+        """Stop the worker (after what it is running), then free every handle's KV and the prefix cache."""
+        self._sched.close()
         for st in list(self._live):
             st.free()
         self._blocks.clear()
         self._block_bytes = 0
+        if self.decoder is not None:
+            self.decoder.close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    return n if a[:n] == b[:n] else next(i for i in range(n) if a[i] != b[i])
+class _Static:
+    """Decode backend: batched steps over the static slots (:class:`StaticDecoder`), timed on the device."""
+
+    def __init__(self, engine: TorchEngine, decoder: StaticDecoder) -> None:
+        self.engine, self.decoder, self.rows = engine, decoder, decoder.slots
+
+    @torch.inference_mode()
+    def admit(self, stream: DecodeStream, row: int) -> None:
+        d: _Decoding = stream.payload
+        self.engine._claim(d, stream.ids)
+        assert d.state.kv is not None
+        self.decoder.load(row, d.state.kv, d.state.ids, stream.ids)
+
+    @torch.inference_mode()
+    def launch(self, batch: list[DecodeStream]) -> Callable[[], float]:
+        dec = self.decoder
+        for st in batch:
+            if st.launched and st.launched % dec.window == 0:  # the next window of a long output
+                dec.set_plan(st.row, st.ids[st.launched :])
+        tokens = [st.ids[st.launched] for st in batch]
+        if self.engine.device.type != "cuda":
+            t0 = time.perf_counter()
+            dec.step(tokens)
+            ms = (time.perf_counter() - t0) * 1e3
+            return lambda: ms
+        cuda: Any = torch.cuda  # its Event is untyped
+        start, end = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        start.record()
+        dec.step(tokens)
+        end.record()
+
+        def wait() -> float:
+            end.synchronize()
+            return float(start.elapsed_time(end))
+
+        return wait
+
+    @torch.inference_mode()
+    def leave(self, stream: DecodeStream) -> None:
+        d: _Decoding = stream.payload
+        done = stream.ids[: stream.launched]
+        if done and d.state.kv is not None:
+            self.decoder.store(stream.row, d.state.kv, d.start, d.start + len(done))
+            d.state.ids.extend(done)
+            d.state.logits = self.decoder.logits[stream.row].clone()
+        self.engine._release(d, done)
+
+    @torch.inference_mode()
+    def move(self, stream: DecodeStream, row: int) -> None:
+        self.decoder.move(stream.row, row)
+
+
+class _Dynamic:
+    """Decode backend: a forward per token on each conversation's own KV tensor, the streams in turn."""
+
+    rows = 1 << 20  # every stream is admitted; a step gives each one token
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
+
+    def admit(self, stream: DecodeStream, row: int) -> None:
+        self.engine._claim(stream.payload, stream.ids)
+
+    @torch.inference_mode()
+    def launch(self, batch: list[DecodeStream]) -> Callable[[], float]:
+        e = self.engine
+        t0 = time.perf_counter()
+        for st in batch:
+            state: _KVState = st.payload.state
+            assert state.kv is not None
+            t = st.ids[st.launched]
+            state.logits = e.model(e._ids([t]), state.kv, len(state.ids))
+            state.ids.append(t)
+        e._sync()
+        ms = (time.perf_counter() - t0) * 1e3
+        return lambda: ms
+
+    def leave(self, stream: DecodeStream) -> None:
+        self.engine._release(stream.payload, stream.ids[: stream.launched])
+
+    def move(self, stream: DecodeStream, row: int) -> None:
+        pass

@@ -1,14 +1,29 @@
 """The transformer of the ``torch`` engine: a Llama-style decoder with an explicit KV tensor — the model only.
 
 Random-init weights (nothing is downloaded); RMSNorm, rotary positions, grouped-query attention over an
-explicit KV tensor per conversation (``[layers, 2, kv_heads, capacity, head_dim]``), SwiGLU MLP. Two
-configs: ``cpu-tiny`` (float32, 4 layers, d=256) and ``cuda-1b`` (bf16, the shape of the anchors'
-llama-1.1b). Serving it — KV handles per conversation, the prefix cache, memory bounds, the worker thread —
-is :mod:`turnbench.engine.torch_engine`.
+explicit KV tensor, SwiGLU MLP. Configs: ``cpu-tiny`` (float32, 4 layers, d=256) and, in bf16, the shapes of
+the anchors' models (``anchors/gpu_decode_cudagraph_h200.json``): ``cuda-0.2b``, ``cuda-1b`` (llama-1.1b)
+and ``cuda-8b`` (llama-8b), their vocabularies padded to the reference models' so that the weight bytes, and
+with them the memory-bandwidth limit of batch-1 decode, are the anchors'.
+
+Two forward paths over the same weights:
+
+* :meth:`Model.forward` (prefill, and the ``dynamic`` decode): ``n`` tokens of one conversation at positions
+  ``start..`` against that conversation's KV tensor ``[layers, 2, kv_heads, capacity, head_dim]``.
+* :meth:`Model.decode_step` (the ``static`` decode): one token for each of ``B`` conversations held in the
+  rows ``0..B-1`` of static slot buffers (per layer ``[2, slots, kv_heads, capacity, head_dim]``), at
+  per-row positions given as a device tensor, attending over a fixed key length ``length`` (masked past each
+  row's position). No host value changes between steps, so the whole step can be captured in one CUDA
+  graph; :func:`layer_decode` is a pure function of tensors, so ``torch.compile`` traces it once and every
+  layer reuses it. :mod:`turnbench.engine.torch_decode` drives it.
+
+Serving — KV handles per conversation, the prefix cache, memory bounds, the scheduler — is
+:mod:`turnbench.engine.torch_engine`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
-__all__ = ["CONFIGS", "MiB", "Model", "TorchConfig"]
+__all__ = ["CONFIGS", "MiB", "Model", "TorchConfig", "layer_decode"]
 
 MiB = 1 << 20
 
@@ -36,6 +51,17 @@ class TorchConfig:
     dtype: torch.dtype
     prefix_cache_bytes: int
     max_live_bytes: int
+    vocab: int = 0  # rows of the embedding and the head; 0: the tokenizer's (larger: a reference model's)
+
+    def model_vocab(self, tokenizer_vocab: int) -> int:
+        return max(self.vocab, tokenizer_vocab)
+
+    def params(self, tokenizer_vocab: int) -> int:
+        """Parameters of the model built from this config (norm weights included)."""
+        hd, v = self.head_dim, self.model_vocab(tokenizer_vocab)
+        per_layer = self.d_model * (self.heads + 2 * self.kv_heads) * hd + self.heads * hd * self.d_model
+        per_layer += 3 * self.d_model * self.mlp + 2 * self.d_model
+        return self.layers * per_layer + 2 * v * self.d_model + self.d_model
 
     @property
     def head_dim(self) -> int:
@@ -50,19 +76,28 @@ CONFIGS: dict[str, TorchConfig] = {
     c.name: c
     for c in (
         TorchConfig("cpu-tiny", 4, 256, 4, 4, 512, 8192, torch.float32, 256 * MiB, 1024 * MiB),
-        TorchConfig("cuda-1b", 22, 2048, 32, 4, 5632, 65536, torch.bfloat16, 8192 * MiB, 24576 * MiB),
+        # the anchors' llama-0.2b / llama-1.1b / llama-8b (0.20 / 1.10 / 8.03 B parameters)
+        TorchConfig("cuda-0.2b", 12, 1024, 16, 4, 2816, 65536, torch.bfloat16, 4096 * MiB, 16384 * MiB, 32000),
+        TorchConfig("cuda-1b", 22, 2048, 32, 4, 5632, 65536, torch.bfloat16, 8192 * MiB, 24576 * MiB, 32000),
+        TorchConfig("cuda-8b", 32, 4096, 32, 8, 14336, 65536, torch.bfloat16, 16384 * MiB, 49152 * MiB, 128256),
     )
 }
 
 
+EPS = 1e-6
+
+
+def _rms(x: Tensor, weight: Tensor) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * weight
+
+
 class _RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-6) -> None:
+    def __init__(self, d: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return _rms(x, self.weight)
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -114,14 +149,20 @@ class Model(nn.Module):
 
     def __init__(self, c: TorchConfig, vocab: int, *, expand_kv: bool) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, c.d_model)
+        self.embed = nn.Embedding(c.model_vocab(vocab), c.d_model)
         self.blocks = nn.ModuleList(_Block(c, expand_kv) for _ in range(c.layers))
         self.norm = _RMSNorm(c.d_model)
-        self.head = nn.Linear(c.d_model, vocab, bias=False)
+        self.head = nn.Linear(c.d_model, c.model_vocab(vocab), bias=False)
         # a plain attribute, not a buffer: ``.to(bf16)`` must not round the rotary frequencies
         self.inv_freq = 10000.0 ** -(torch.arange(0, c.head_dim, 2).float() / c.head_dim)
         # no cuDNN attention: it plans a graph per new KV length, i.e. per decode step (ms each)
         self.backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        self.c = c
+        # the static step looks rotary angles up by position (a device tensor); the same float32 products
+        # as forward() computes, so both paths rotate identically
+        ang = torch.outer(torch.arange(c.max_ctx).float(), self.inv_freq)
+        ang = torch.cat((ang, ang), dim=-1)
+        self.rope_cos, self.rope_sin = ang.cos().to(c.dtype), ang.sin().to(c.dtype)
 
     def forward(self, ids: Tensor, kv: Tensor, start: int) -> Tensor:
         """Logits [vocab] (float32) of the last of ``ids`` [n] at positions start..; K/V go into ``kv``."""
@@ -134,3 +175,83 @@ class Model(nn.Module):
                 x = block(x, kv[i], start, cos, sin)
         out: Tensor = self.head(self.norm(x[0, -1])).float()
         return out
+
+    def decode_step(
+        self,
+        tok: Tensor,
+        pos: Tensor,
+        slots: Sequence[Tensor],
+        length: int,
+        layer_fn: Callable[..., Tensor] | None = None,
+    ) -> Tensor:
+        """One token for each of ``B`` conversations: ``tok`` [B] at positions ``pos`` [B] (device tensors),
+        their K/V written into rows ``0..B-1`` of ``slots`` (per layer: [2, slots, kv_heads, capacity,
+        head_dim], each its own allocation, so that a compiled layer sees the same input layout every time),
+        attention over keys ``0..length-1`` masked past each row's position. Returns logits [B, vocab]
+        (float32). ``layer_fn`` (default :func:`layer_decode`) may be its compiled twin."""
+        fn = layer_fn or layer_decode
+        b, c = tok.shape[0], self.c
+        x = F.embedding(tok, self.embed.weight)
+        cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        keys = torch.arange(length, device=tok.device)
+        mask = torch.where(keys[None, :] <= pos[:, None], 0.0, float("-inf"))[:, None, None, :]
+        if fn is not layer_decode:  # compiled: one graph for every key length (the batch size stays static)
+            torch._dynamo.mark_dynamic(mask, 3)
+        rows = torch.arange(b, device=tok.device)
+        blocks: list[_Block] = list(self.blocks)  # type: ignore[arg-type]
+        for i, blk in enumerate(blocks):
+            x = fn(
+                x,
+                blk.attn_norm.weight,
+                blk.wqkv.weight,
+                blk.wo.weight,
+                blk.mlp_norm.weight,
+                blk.w13.weight,
+                blk.w2.weight,
+                slots[i],
+                rows,
+                pos,
+                mask,
+                cos,
+                sin,
+                c.kv_heads,
+            )
+        out: Tensor = F.linear(_rms(x, self.norm.weight), self.head.weight).float()
+        return out
+
+
+def layer_decode(
+    x: Tensor,
+    attn_norm: Tensor,
+    wqkv: Tensor,
+    wo: Tensor,
+    mlp_norm: Tensor,
+    w13: Tensor,
+    w2: Tensor,
+    cache: Tensor,
+    rows: Tensor,
+    pos: Tensor,
+    mask: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    kv_heads: int,
+) -> Tensor:
+    """One layer of the static decode step, a pure function of tensors (``torch.compile`` traces it once for
+    every layer). ``x`` [B, d]; ``cache`` [2, slots, kv_heads, capacity, head_dim], this layer's slots;
+    ``rows`` = arange(B); ``pos`` [B]; ``mask`` [B, 1, 1, L] additive float32 (0 or -inf); ``cos``/``sin``
+    [B, 1, head_dim]. Writes row b's K/V at ``pos[b]`` and attends over keys ``0..L-1`` as matrix products
+    (parallel over the keys, however long), softmax in float32, like the reference eager Llama attention."""
+    b, hd, length = x.shape[0], cache.shape[-1], mask.shape[-1]
+    heads = wo.shape[1] // hd
+    qkv = F.linear(_rms(x, attn_norm), wqkv).view(b, heads + 2 * kv_heads, hd)
+    q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
+    cache[0][rows, :, pos] = _rotate(k, cos, sin)
+    cache[1][rows, :, pos] = v
+    keys, values = cache[0, :b, :, :length], cache[1, :b, :, :length]  # [B, kv_heads, L, hd]: views
+    q = (_rotate(q, cos, sin) * hd**-0.5).view(b, kv_heads, heads // kv_heads, hd)
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() + mask  # [B, kv_heads, rep, L]
+    o = torch.matmul(scores.softmax(-1).to(x.dtype), values).reshape(b, heads * hd)
+    x = x + F.linear(o, wo)
+    gate, up = F.linear(_rms(x, mlp_norm), w13).chunk(2, dim=-1)
+    out: Tensor = x + F.linear(F.silu(gate) * up, w2)
+    return out
