@@ -14,6 +14,7 @@ from typing import Any
 
 from loadtests import run_cli  # light: argparse and the scenario loader only
 from servers import cli as serve_cli
+from turnbench.engine import calibrate  # light: argparse until the command runs
 from turnbench.settings import parse_stage_map
 
 EPILOG = """\
@@ -177,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_cli.add_run_arguments(r)
     r.set_defaults(func=run_cli.cmd_run)
     add_report_commands(sub)
+    k = sub.add_parser(
+        "calibrate",
+        help="measure an engine's prefill and decode, write a sim profile",
+        description=calibrate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    calibrate.add_calibrate_arguments(k)
+    k.set_defaults(func=_lazy("turnbench.engine.calibrate", "cmd_calibrate"))
     return p
 
 

@@ -9,14 +9,18 @@ The model's GPU time is spent as an ``asyncio.sleep`` until an absolute deadline
 host waits; deadlines do not drift). The token-level work around it is real: a block-hashed prefix cache
 (64-token blocks, LRU), KV handles per conversation, token accounting. ``h200-8b`` is fitted to
 ``anchors/gpu_prefill_decode_h200.json`` by :mod:`turnbench.engine.fit` (weighted least squares on the six
-full/incremental points of the 8B model; every point within ±13%).
+full/incremental points of the 8B model; every point within ±13%). ``turnbench calibrate`` measures an engine
+the same way and writes a profile that ``--profile file:PATH.json`` serves (:func:`load_profile`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
 from turnbench.engine.base import DecodeChunk, EngineStats, KVHandle, PrefillResult
 from turnbench.engine.prefix_cache import PrefixCache
@@ -97,10 +101,48 @@ PROFILES: dict[str, SimProfile] = {
 
 
 def get_profile(name: str) -> SimProfile:
+    """A named profile, or ``file:PATH``: one written by ``turnbench calibrate`` (see :func:`load_profile`)."""
+    if name.startswith("file:"):
+        return load_profile(name[len("file:") :])
     try:
         return PROFILES[name]
     except KeyError:
-        raise ValueError(f"unknown sim profile {name!r}; choose from {', '.join(PROFILES)}") from None
+        raise ValueError(
+            f"unknown sim profile {name!r}; choose from {', '.join(PROFILES)} or file:PATH (turnbench calibrate)"
+        ) from None
+
+
+def profile_dict(profile: SimProfile) -> dict[str, Any]:
+    """The profile's fields, JSON-able (what ``turnbench calibrate`` writes under ``"profile"``)."""
+    return {f.name: getattr(profile, f.name) for f in fields(SimProfile)}
+
+
+def load_profile(path: str | Path) -> SimProfile:
+    """A profile from a JSON file: ``turnbench calibrate``'s output (the fields under ``"profile"``) or a bare
+    object of :class:`SimProfile` fields. Unknown fields and negative costs are refused."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read sim profile {path}: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("profile"), dict):
+        data = data["profile"]
+    if not isinstance(data, dict):
+        raise ValueError(f"sim profile {path}: expected a JSON object of SimProfile fields")
+    known = {f.name: f for f in fields(SimProfile)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"sim profile {path}: unknown fields {', '.join(unknown)}")
+    values: dict[str, Any] = {"name": Path(path).stem, "description": f"loaded from {path}"}
+    for key, raw in data.items():
+        if key in ("name", "description"):
+            values[key] = str(raw)
+        elif key in ("tool_calls", "answer_tokens"):
+            values[key] = int(raw)
+        else:
+            values[key] = float(raw)
+            if values[key] < 0:
+                raise ValueError(f"sim profile {path}: {key} is negative ({raw})")
+    return SimProfile(**values)
 
 
 class SimEngine:
