@@ -1,80 +1,361 @@
 #!/usr/bin/env python3
-"""GPU check of the ``torch`` engine: what a real model core costs per agent turn, with and without KV reuse.
+"""The GPU check of the ``torch`` engine (issue #18): one script, run once on a device machine, JSON to ``--out``.
 
-Self-contained (installs nothing). Sections, each recorded even when another fails:
+Parts, in this order, each in its own process (its own process group) with a time limit cut from one budget
+(``--budget-s``), so that a slow compile or an out-of-memory costs that part only; each part's results are
+merged into ``summary.json`` as they arrive, and a part that runs out of time keeps what it measured:
 
-1. ``env``: torch, CUDA, the card.
-2. ``engine``: for each context n (tokens; 1k/8k/32k on CUDA): full prefill of n+new tokens with no cache,
-   incremental prefill of ``new`` tokens onto a conversation's KV handle, the same ``new`` tokens for a new
-   conversation served by the prefix cache, and batch-1 decode tok/s at n+new. Times are the engine's own
-   measured ``modeled_ms`` (synchronized), the median of ``--reps``. The incremental logits are checked
-   against the full recompute (cosine similarity).
-3. ``e2e``: ``ResponsesService(Settings(engine="torch"))`` + the in-process client + the agent loop
-   (``run_rollout``, ``Toolbox()``, metadata tool_calls=N) for state ``connection`` vs ``full`` (prefix cache
-   on) vs ``full`` with the prefix cache off: rollout_ms and the prefill tokens computed.
+1. ``model:cuda-1b`` — **decode at batch 1** (context 1024, 256 tokens): ``served_tok_s`` (through the engine:
+   scheduler, event loop, device-synchronised delivery), ``step_tok_s`` (the same decode step replayed back
+   to back, device time; as ``anchors/gpu_decode_probe.py`` times its CUDA graph) and the memory-bandwidth
+   limit ``4.8 TB/s / weight bytes``; then the **calibration** (full vs incremental prefill at 1k, 8k and 32k
+   context, decode by context; writes ``calibrated-cuda-1b.json``, a sim profile for ``--profile file:…``);
+   then **batching**: 1 vs 4 concurrent decodes, the batched step vs the dynamic path (interleaved).
+2. ``transports`` — ``turnbench run`` starts the https, ws and grpc servers with the torch engine
+   (cuda-1b) and runs ``agent-20`` over them, states full and connection, with cache reuse (prefix cache and
+   the connection's KV on) and without (``prefix_cache=false``: every turn recomputes its whole context);
+   per cell TTFT, turn and rollout time and the server's prefill/decode stage times (``transports-*.json``
+   hold the runs' summaries).
+3. ``model:cuda-8b`` (decode and calibration) and ``model:cuda-0.2b`` (decode).
+4. ``compare:cuda-1b`` — the same decode without ``torch.compile`` (graph of eager kernels) and on the
+   dynamic path (a forward per token: the engine before this issue).
 
-Shape of the output matches anchors/gpu_prefill_decode_h200.json (context, new, full_prefill_ms,
-incremental_prefill_ms, decode_tok_s). A JSON summary is printed last and written to ``--json``.
+Files in ``--out`` (at most 8, as the device tool returns): ``summary.json``, ``log.txt``,
+``calibrated-<config>.json``, ``transports-reuse.json``, ``transports-no-reuse.json``. The last lines printed
+are a short table.
 
-    python scripts/gpu_check.py --json gpu_check.json          # a GPU machine, < 4 minutes
-    python scripts/gpu_check.py --device cpu --quick           # smoke test of the script itself
+    bash scripts/gpu_transport_check.sh                       # on the device machine (wheels installed first)
+    .venv/bin/python scripts/gpu_check.py --device cpu --quick --out /tmp/gpu_check    # CPU dry run, ~3 min
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import platform
+import os
 import random
-import statistics
+import signal
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-import torch
-
-from turnbench.engine.torch_engine import CONFIGS, TorchEngine
-from turnbench.settings import Settings
+HBM_TB_S = 4.8  # H200 datasheet bandwidth: the anchors' limit uses the same figure
+CUDA_PARTS = ("model:cuda-1b", "transports", "model:cuda-8b", "model:cuda-0.2b", "compare:cuda-1b")
+CPU_PARTS = ("model:cpu-tiny", "transports", "compare:cpu-tiny")
+MIN_PART_S = 30  # a part is not started with less time left
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--config", default=None, choices=sorted(CONFIGS), help="default: the device's")
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"), help="default $OUT")
+    p.add_argument("--budget-s", type=float, default=540.0, help="all parts together, seconds (default 540)")
+    p.add_argument("--parts", default=None, help="comma-separated parts to run (default: all, in order)")
     p.add_argument(
-        "--contexts",
-        default=None,
-        help="comma-separated context lengths in tokens (default 1024,8192,32768; quick 512,2048)",
+        "--compile", default="auto", help="torch.compile mode of the decode step (auto|none|default|max-autotune)"
     )
-    p.add_argument("--new", type=int, default=256, help="tokens appended by an incremental prefill")
-    p.add_argument("--decode-tokens", type=int, default=64, help="tokens decoded for tok/s")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
-    p.add_argument("--tool-calls", type=int, default=20, help="tool calls per e2e rollout")
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke test (CPU)")
-    p.add_argument("--skip-e2e", action="store_true")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the summary here")
+    p.add_argument("--scenario", default=None, help="transports: scenario (default agent-20; --quick: agent-5)")
+    p.add_argument("--rollouts", type=int, default=None, help="transports: measured rollouts per cell (default 3)")
+    p.add_argument("--quick", action="store_true", help="small sizes: the CPU dry run")
+    p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # child: run this part here
+    p.add_argument("--part-out", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.quick:
-        a.new, a.decode_tokens, a.reps, a.tool_calls = min(a.new, 128), min(a.decode_tokens, 16), 2, 3
-    default = "512,2048" if a.quick else "1024,8192,32768"
-    a.context_list = [int(x) for x in (a.contexts or default).split(",") if x.strip()]
+    if a.device == "auto":
+        import torch
+
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    a.scenario = a.scenario or ("agent-5" if a.quick else "agent-20")
+    a.rollouts = a.rollouts or (1 if a.quick else 3)
     return a
 
 
-def env_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
+# ------------------------------------------------------------------------------------------ measurements
+
+
+def ids(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(1, vocab) for _ in range(n)]
+
+
+def step_only(e: Any, kv: Any, n: int) -> dict[str, float]:
+    """On the engine's worker: ``n`` decode steps of one conversation back to back, device time (no scheduler,
+    no event loop): the static step (graph replays on CUDA), or the dynamic forward per token."""
+    import torch
+
+    state = kv.payload
+    with torch.inference_mode():
+        if e.decoder is None:
+            e._reserve(state, len(state.ids) + n)
+            tok = torch.ones(1, dtype=torch.long, device=e.device)
+            e.model(tok, state.kv, len(state.ids))  # warm-up
+            e._sync()
+            t0 = time.perf_counter()
+            for i in range(n):
+                e.model(tok, state.kv, len(state.ids) + i)
+        else:
+            dec = e.decoder
+            dec.load(0, state.kv, state.ids, [1] * (n + 3))
+            for _ in range(3):  # warm-up: this length's graph
+                dec.step([1])
+            e._sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                dec.step([1])
+        e._sync()
+    s = time.perf_counter() - t0
+    return {"step_tok_s": round(n / s, 1), "step_ms": round(s / n * 1e3, 4)}
+
+
+async def decode_probe(e: Any, ctx: int, n: int) -> dict[str, Any]:
+    """Batch-1 decode of ``n`` tokens onto a ``ctx``-token conversation: served and step-only, vs the limit."""
+    rng = random.Random(ctx)
+    kv = (await e.prefill(ids(rng, ctx, e.vocab), None, use_cache=False)).kv
+    t0 = time.perf_counter()
+    async for _ in e.decode(kv, [(t, "") for t in ids(rng, 8, e.vocab)], tokens_per_chunk=1):
+        pass  # warm-up: compile and capture at this length
+    first_s = time.perf_counter() - t0
+    pieces = [(t, "") for t in ids(rng, n, e.vocab)]
+    device_ms = 0.0
+    t0 = time.perf_counter()
+    async for chunk in e.decode(kv, pieces, tokens_per_chunk=1):
+        device_ms += chunk.device_ms
+    wall = time.perf_counter() - t0
+    step = await e.on_worker(step_only, e, kv, n)
+    limit = HBM_TB_S * 1e12 / e.weight_bytes
+    return {
+        "context": ctx,
+        "tokens": n,
+        "served_tok_s": round(n / wall, 1),
+        "device_tok_s": round(n / (device_ms / 1e3), 1) if device_ms else None,
+        **step,
+        "bandwidth_limit_tok_s": round(limit, 0),
+        "step_vs_limit": round(step["step_tok_s"] / limit, 3),
+        "served_vs_limit": round(n / wall / limit, 3),
+        "effective_tb_s": round(step["step_tok_s"] * e.weight_bytes / 1e12, 2),
+        "first_decode_s": round(first_s, 2),  # includes compile and graph capture
+        "graph_captures": e.stats.extra.get("decode_graph_captures"),
+        "compile_failed": bool(e.stats.extra.get("decode_compile_failed")),
     }
-    if torch.cuda.is_available():
+
+
+async def batching_probe(e: Any, ctx: int, n: int, concurrency: tuple[int, ...] = (1, 4)) -> list[dict[str, Any]]:
+    """Aggregate and per-request tok/s of ``c`` concurrent decodes (each its own conversation)."""
+    rows = []
+    for c in concurrency:
+        rng = random.Random(1000 + c)
+        kvs = [(await e.prefill(ids(rng, ctx, e.vocab), None, use_cache=False)).kv for _ in range(c)]
+
+        async def one(kv: Any, k: int, rng: random.Random = rng) -> float:
+            t0 = time.perf_counter()
+            async for _ in e.decode(kv, [(t, "") for t in ids(rng, k, e.vocab)], tokens_per_chunk=1):
+                pass
+            return time.perf_counter() - t0
+
+        await asyncio.gather(*(one(kv, 4) for kv in kvs))  # warm-up: graphs of these batch sizes
+        x = e.stats.extra
+        steps0, rows0 = x.get("decode_steps", 0.0), x.get("decode_rows", 0.0)
+        t0 = time.perf_counter()
+        walls = await asyncio.gather(*(one(kv, n) for kv in kvs))
+        wall = time.perf_counter() - t0
+        steps = x["decode_steps"] - steps0
+        rows.append(
+            {
+                "decode": e.decode_mode,
+                "concurrent": c,
+                "tokens_each": n,
+                "aggregate_tok_s": round(c * n / wall, 1),
+                "per_request_tok_s": [round(n / w, 1) for w in walls],
+                "mean_rows_per_step": round((x["decode_rows"] - rows0) / steps, 2) if steps else None,
+            }
+        )
+        del kvs
+    return rows
+
+
+def engine_settings(a: argparse.Namespace, config: str) -> Any:
+    from turnbench.settings import Settings
+
+    return Settings(engine="torch", device=a.device, torch_config=config, torch_compile=a.compile, usage_db=":memory:")
+
+
+class Part:
+    """A part's results, rewritten to ``--part-out`` after every step (a killed part keeps what it got)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        print(f"# {key}: {json.dumps(value)[:2000]}", flush=True)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data, indent=1))
+
+
+async def part_model(a: argparse.Namespace, config: str, out: Part) -> None:
+    """Decode at batch 1; then (1B, 8B, the CPU config) the calibration; then (1B, CPU) batching."""
+    from turnbench.engine.calibrate import document, engine_info, measure
+    from turnbench.engine.torch_engine import TorchEngine
+
+    e = TorchEngine(engine_settings(a, config))
+    try:
+        out.put("engine", engine_info(e) | {"weight_gb": round(e.weight_bytes / 1e9, 3)})
+        out.put("decode", await decode_probe(e, 256 if a.quick else 1024, 32 if a.quick else 256))
+        if config in ("cuda-1b", "cuda-8b", "cpu-tiny"):
+            contexts = [128, 512] if a.quick else ([1024, 8192, 32768] if a.device == "cuda" else [256, 1024, 2048])
+            rows = await measure(
+                e, contexts, [64 if a.quick else 256], 16 if a.quick else 64, 2 if a.quick else 3, vocab=e.vocab
+            )
+            doc = document(rows, engine_info(e), name=f"{'h200' if a.device == 'cuda' else 'cpu'}-{config}")
+            (a.out / f"calibrated-{config}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            out.put("calibration", {"rows": rows, "profile": doc["profile"], "fit": doc["fit"]})
+        if config in ("cuda-1b", "cpu-tiny"):
+            ctx, n = (256, 32) if a.quick else (1024, 128)
+            got = await batching_probe(e, ctx, n)
+            out.put("stats", dict(e.stats.extra))
+            e.close()
+            e = TorchEngine(engine_settings(a, config), decode="dynamic")
+            out.put("batching", got + await batching_probe(e, ctx, n))
+        else:
+            out.put("stats", dict(e.stats.extra))
+    finally:
+        e.close()
+
+
+async def part_compare(a: argparse.Namespace, config: str, out: Part) -> None:
+    """The same batch-1 decode without torch.compile, on the dynamic path, and (CPU, not quick) compiled."""
+    from turnbench.engine.torch_engine import TorchEngine
+
+    ctx, n = (256, 32) if a.quick else (1024, 256)
+    variants: list[tuple[str, str | None, str]] = [("no-compile", None, "none"), ("dynamic", "dynamic", "none")]
+    if a.device == "cpu" and not a.quick:
+        variants.append(("compile-default", None, "default"))
+    for label, decode, mode in variants:
+        e = TorchEngine(engine_settings(a, config), decode=decode, compile=mode)
+        try:
+            out.put(label, {"decode": e.decode_mode, "compile": e.compile_mode} | await decode_probe(e, ctx, n))
+        except Exception as exc:
+            out.put(label, {"error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            e.close()
+
+
+def _p50(values: list[Any]) -> float | None:
+    vals = sorted(v for v in values if isinstance(v, int | float))
+    return round(vals[len(vals) // 2], 2) if vals else None
+
+
+def condense_run(run_dir: Path) -> dict[str, Any]:
+    """Per cell of a ``turnbench run``: TTFT, turn and rollout time, server prefill/decode stage times."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    turns: list[dict[str, Any]] = []
+    path = run_dir / "turns.jsonl"
+    if path.exists():
+        turns = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cells: dict[str, Any] = {}
+    for key, c in summary.get("cells", {}).items():
+        m = c.get("metrics", {})
+        mine = [t for t in turns if t.get("cell") == key and not t.get("warmup")]
+        cells[key] = {
+            "transport": c.get("transport"),
+            "state": c.get("state"),
+            "variant": c.get("variant"),
+            "rollouts": c.get("n_rollouts"),
+            "failed": c.get("failed_rollouts"),
+            "first_error": c.get("first_error"),
+            **{f"{k}_p50": (m.get(k) or {}).get("p50") for k in ("ttft_ms", "turn_ms", "rollout_ms")},
+            "server_prefill_ms_p50": _p50([t.get("stage_prefill_wall_ms") for t in mine]),
+            "server_decode_ms_p50": _p50([t.get("stage_decode_wall_ms") for t in mine]),
+            "cached_tokens_p50": _p50([t.get("cached_tokens") for t in mine]),
+            "input_tokens_p50": _p50([t.get("input_tokens") for t in mine]),
+        }
+    return cells
+
+
+def part_transports(a: argparse.Namespace, out: Part) -> None:
+    """agent-20 over https, ws, grpc against servers running the torch engine, with and without reuse."""
+    config = "cuda-1b" if a.device == "cuda" else "cpu-tiny"
+    runs = Path("/tmp/gpu_check_runs")
+    for variant, reuse in (("reuse", True), ("no-reuse", False)):
+        run_dir = runs / variant
+        cmd = [
+            sys.executable,
+            "-m",
+            "loadtests.cli",
+            "run",
+            "--scenario",
+            a.scenario,
+            "--transports",
+            "https,ws,grpc",
+            "--states",
+            "full,connection",
+            "--concurrency",
+            "1",
+            "--rollouts",
+            str(a.rollouts),
+            "--warmup",
+            "1",
+            "--no-tls",
+            "--quiet",
+            "--server-timeout-s",
+            "300",
+            "--variant",
+            variant,
+            "--out",
+            str(run_dir),
+        ]
+        for kv in (
+            "engine=torch",
+            f"device={a.device}",
+            f"torch_config={config}",
+            f"prefix_cache={str(reuse).lower()}",
+        ):
+            cmd += ["--set", kv]
+        cmd += ["--set", f"torch_compile={a.compile}"]
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        row: dict[str, Any] = {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "argv": cmd[2:]}
+        if (run_dir / "summary.json").exists():
+            (a.out / f"transports-{variant}.json").write_text((run_dir / "summary.json").read_text())
+            row["cells"] = condense_run(run_dir)
+        out.put(variant, row)
+
+
+def run_part(a: argparse.Namespace) -> int:
+    out = Part(a.part_out)
+    kind, _, config = a.part.partition(":")
+    try:
+        if kind == "model":
+            asyncio.run(part_model(a, config, out))
+        elif kind == "compare":
+            asyncio.run(part_compare(a, config, out))
+        elif kind == "transports":
+            part_transports(a, out)
+        else:
+            raise ValueError(f"unknown part {a.part!r}")
+    except Exception as exc:
+        traceback.print_exc()
+        out.put("error", f"{type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- orchestration
+
+
+def env_info(device: str) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "device": device}
+    if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info |= {
             "gpu": torch.cuda.get_device_name(0),
@@ -82,183 +363,121 @@ def env_info(device: str) -> dict[str, Any]:
             "sms": props.multi_processor_count,
             "cuda": torch.version.cuda,
         }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
     return info
 
 
-def settings(device: str, config: str | None, **kw: Any) -> Settings:
-    return Settings(engine="torch", device=device, profile=config or "fast", usage_db=":memory:", **kw)
-
-
-def tokens(rng: random.Random, n: int, vocab: int) -> list[int]:
-    return [rng.randrange(1, vocab) for _ in range(n)]
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.cosine_similarity(a.float(), b.float(), dim=0).item())
-
-
-async def bench_context(e: TorchEngine, n: int, new: int, decode_tokens: int, reps: int) -> dict[str, Any]:
-    """One row: full vs incremental vs prefix-cache prefill at context ``n`` (ms), decode tok/s."""
-    rng = random.Random(n)
-    prefix = tokens(rng, n, e.vocab)
-    suffixes = [tokens(rng, new, e.vocab) for _ in range(2 * reps + 1)]
-    ctx = prefix + suffixes[0]
-    await e.prefill(ctx[: min(len(ctx), 512)], None, use_cache=False)  # warm-up (kernels, allocator)
-    full_ms: list[float] = []
-    for _ in range(reps + 1):  # the first is a warm-up; each result's KV is dropped before the next
-        r = await e.prefill(ctx, None, use_cache=False)
-        full_ms.append(r.modeled_ms)
-        ref = r.kv.payload.logits
-    del r
-    kv = (await e.prefill(prefix, None, use_cache=False)).kv
-    inc_ms: list[float] = []
-    computed: set[int] = set()
-    check = 0.0
-    for i, suffix in enumerate(suffixes[: reps + 1]):  # each suffix replaces the last: exactly `new` tokens
-        r = await e.prefill(prefix + suffix, kv, use_cache=True)
-        kv, computed = r.kv, computed | {r.computed_tokens}
-        if i == 0:
-            check = cosine(r.kv.payload.logits, ref)
-        else:  # the first one also filled the prefix cache (n/64 block copies): a warm-up
-            inc_ms.append(r.modeled_ms)
-    pc_ms, pc_cached = [], 0
-    for suffix in suffixes[reps + 1 :]:  # a new conversation: the prefix from the cache, new tokens computed
-        r = await e.prefill(prefix + suffix, None, use_cache=True)
-        pc_ms.append(r.modeled_ms)
-        pc_cached = r.cached_tokens
-    del r
-    pieces = [(t, "") for t in tokens(rng, decode_tokens, e.vocab)]
-    async for _ in e.decode(kv, pieces[:4], tokens_per_chunk=1):  # warm-up
-        pass
-    d0 = e.stats.extra.get("decode_ms", 0.0)
+def run_child(a: argparse.Namespace, part: str, limit_s: float, log: Any) -> dict[str, Any]:
+    """Run one part in its own process group; kill the group at ``limit_s``; return what it wrote."""
+    part_out = Path(f"/tmp/gpu_check_part_{part.replace(':', '_')}.json")
+    part_out.unlink(missing_ok=True)
+    argv = [sys.executable, __file__, "--part", part, "--part-out", str(part_out), "--device", a.device]
+    argv += ["--out", str(a.out), "--compile", a.compile, "--scenario", a.scenario, "--rollouts", str(a.rollouts)]
+    argv += ["--quick"] if a.quick else []
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     t0 = time.perf_counter()
-    async for _ in e.decode(kv, pieces, tokens_per_chunk=1):
-        pass
-    wall_s = time.perf_counter() - t0
-    compute_s = (e.stats.extra["decode_ms"] - d0) / 1e3
-    full_again = await e.prefill(kv.payload.ids, None, use_cache=False)  # the grown KV equals a recompute
-    check_decode = cosine(kv.payload.logits, full_again.kv.payload.logits)
-    del kv, full_again
-    gc.collect()
-    row = dict(
-        model=e.name,
-        params_b=round(e.params / 1e9, 3),
-        context=n,
-        new=new,
-        full_prefill_ms=round(statistics.median(full_ms[1:]), 2),
-        incremental_prefill_ms=round(statistics.median(inc_ms), 2),
-        prefix_cache_prefill_ms=round(statistics.median(pc_ms), 2),
-        incremental_computed_tokens=sorted(computed),
-        prefix_cache_cached_tokens=pc_cached,
-        incremental_logits_cosine=round(check, 6),
-        decode_logits_cosine=round(check_decode, 6),
-        decode_tok_s=round(decode_tokens / wall_s, 1),
-        decode_compute_tok_s=round(decode_tokens / compute_s, 1),
-    )
-    if torch.cuda.is_available() and e.device.type == "cuda":
-        row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    return row
-
-
-async def bench_engine(a: argparse.Namespace, device: str) -> list[dict[str, Any]]:
-    e = TorchEngine(settings(device, a.config))
-    rows: list[dict[str, Any]] = []
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+    status = "ok"
     try:
-        print(f"# {e.name}: {e.params / 1e9:.3f}B params on {e.device}", flush=True)
-        for n in a.context_list:
-            if n + a.new + a.decode_tokens + 4 > e.config.max_ctx:
-                print(f"# skip context {n}: over max_ctx {e.config.max_ctx}", flush=True)
-                continue
+        rc = proc.wait(timeout=limit_s)
+        status = "ok" if rc == 0 else f"exit {rc}"
+    except subprocess.TimeoutExpired:
+        status = f"timed out after {limit_s:.0f} s"
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                rows.append(await bench_context(e, n, a.new, a.decode_tokens, a.reps))
-            except Exception as exc:  # e.g. out of memory: keep what was measured
-                rows.append({"context": n, "error": f"{type(exc).__name__}: {exc}"})
-            print(json.dumps(rows[-1]), flush=True)
-    finally:
-        e.close()
-    return rows
+                os.killpg(proc.pid, sig)  # the part, and the servers and runs it started
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    result: dict[str, Any] = json.loads(part_out.read_text()) if part_out.exists() else {}
+    return result | {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-async def e2e(a: argparse.Namespace, device: str) -> list[dict[str, Any]]:
-    """The agent loop through the real service, per state strategy."""
-    from clients.agent import Toolbox, run_rollout  # here: an import error leaves the engine section intact
-    from clients.base import ClientConfig
-    from clients.inproc_client import InProcClient
-    from turnbench.service import ResponsesService
+def _r(x: Any) -> Any:
+    return round(x, 1) if isinstance(x, float) else x
 
-    out: list[dict[str, Any]] = []
-    for state, prefix_cache in (("connection", True), ("full", True), ("full", False)):
-        service = ResponsesService(settings(device, a.config, prefix_cache=prefix_cache))
-        client = InProcClient(ClientConfig(url="inproc", options={"service": service}))
-        try:
-            r = await run_rollout(client, state=state, toolbox=Toolbox(), metadata={"tool_calls": str(a.tool_calls)})
-            x = service.engine.stats.extra
-            row = dict(
-                state=state,
-                prefix_cache=prefix_cache,
-                success=r.success,
-                error=r.error,
-                turns=len(r.turns),
-                tool_calls=len(r.tool_calls),
-                rollout_ms=round(r.rollout_ms, 1),
-                tool_ms=round(r.tool_ms, 1),
-                final_context_tokens=r.turns[-1].input_tokens if r.turns else 0,
-                prefill_tokens=service.engine.stats.prefill_tokens,
-                cached_tokens=service.engine.stats.cached_tokens,
-                engine_prefill_ms=round(x.get("prefill_ms", 0.0), 1),
-                engine_decode_ms=round(x.get("decode_ms", 0.0), 1),
-                decoded_tokens=service.engine.stats.decoded_tokens,
-                final_output=(r.final_output or "")[:60],
+
+def table(summary: dict[str, Any]) -> list[str]:
+    lines = [f"device: {summary['env'].get('gpu', summary['env']['device'])}, torch {summary['env']['torch']}"]
+    for name, part in summary["parts"].items():
+        lines.append(f"[{name}] {part.get('status')} in {part.get('seconds')} s")
+        d = part.get("decode")
+        if isinstance(d, dict):
+            lines.append(
+                f"  decode b=1 ctx {d['context']}: served {d['served_tok_s']} tok/s, step {d['step_tok_s']} tok/s, "
+                f"limit {d['bandwidth_limit_tok_s']} ({d['step_vs_limit']:.0%} of it)"
             )
-        except Exception as exc:
-            row = dict(state=state, prefix_cache=prefix_cache, error=f"{type(exc).__name__}: {exc}")
-            traceback.print_exc()
-        finally:
-            await client.close()
-            await service.drain()
-            service.close()
-            del service, client
-            gc.collect()
-        out.append(row)
-        print(json.dumps(row), flush=True)
-    return out
-
-
-async def amain(a: argparse.Namespace) -> dict[str, Any]:
-    device = a.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    t0 = time.perf_counter()
-    summary: dict[str, Any] = {"env": env_info(device)}
-    print(json.dumps(summary["env"]), flush=True)
-    if device == "cuda" and not torch.cuda.is_available():
-        summary["error"] = "CUDA requested but torch.cuda.is_available() is False"
-        return summary
-    for name, fn in (("engine", bench_engine), ("e2e", e2e)):
-        if name == "e2e" and a.skip_e2e:
-            continue
-        s0 = time.perf_counter()
-        try:
-            summary[name] = await fn(a, device)
-        except Exception as exc:
-            summary[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            traceback.print_exc()
-        summary[f"{name}_s"] = round(time.perf_counter() - s0, 1)
-    summary["total_s"] = round(time.perf_counter() - t0, 1)
-    return summary
+        for label in ("no-compile", "dynamic", "compile-default"):
+            v = part.get(label)
+            if isinstance(v, dict) and "step_tok_s" in v:
+                lines.append(f"  {label}: served {v['served_tok_s']} tok/s, step {v['step_tok_s']} tok/s")
+        cal = part.get("calibration")
+        if isinstance(cal, dict):
+            for r in cal["rows"]:
+                if "error" in r:
+                    lines.append(f"  ctx {r['context']}: {r['error']}")
+                else:
+                    lines.append(
+                        f"  prefill ctx {r['context']}+{r['new']}: full {r['full_prefill_ms']} ms, "
+                        f"incremental {r['incremental_prefill_ms']} ms; decode {r['decode_tok_s']} tok/s"
+                    )
+        for r in part.get("batching") or []:
+            lines.append(
+                f"  {r['decode']} x{r['concurrent']}: {r['aggregate_tok_s']} tok/s aggregate, "
+                f"{r['per_request_tok_s']} per request"
+            )
+        for variant in ("reuse", "no-reuse"):
+            v = part.get(variant)
+            if isinstance(v, dict):
+                for c in (v.get("cells") or {}).values():
+                    lines.append(
+                        f"  {variant:8} {c['transport']:5} {c['state']:10} ttft p50 {_r(c['ttft_ms_p50'])} ms, "
+                        f"rollout p50 {_r(c['rollout_ms_p50'])} ms, server prefill p50 "
+                        f"{_r(c['server_prefill_ms_p50'])} ms, cached p50 {c['cached_tokens_p50']}, "
+                        f"failed {c['failed']}"
+                    )
+        if part.get("error"):
+            lines.append(f"  error: {part['error']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    summary = asyncio.run(amain(a))
-    text = json.dumps(summary, indent=1)
-    print(text)
-    if a.json:
-        Path(a.json).write_text(text + "\n")
-    failed = "error" in summary or any(
-        (isinstance(v, dict) and "error" in v) or (isinstance(v, list) and any(r.get("error") for r in v))
-        for v in summary.values()
-    )
+    if a.part:
+        return run_part(a)
+    a.out.mkdir(parents=True, exist_ok=True)
+    deadline = time.perf_counter() + a.budget_s
+    parts = a.parts.split(",") if a.parts else list(CUDA_PARTS if a.device == "cuda" else CPU_PARTS)
+    summary: dict[str, Any] = {"env": env_info(a.device), "argv": sys.argv[1:], "parts": {}}
+    print(json.dumps(summary["env"]), flush=True)
+    with (a.out / "log.txt").open("a") as log:
+        for part in parts:
+            left = deadline - time.perf_counter()
+            if left < MIN_PART_S:
+                summary["parts"][part] = {"status": f"skipped: {left:.0f} s of the budget left"}
+                continue
+            print(f"# {part}: up to {left:.0f} s", flush=True)
+            log.write(f"\n===== {part} =====\n")
+            log.flush()
+            summary["parts"][part] = run_child(a, part, left, log)
+            (a.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary["total_s"] = round(a.budget_s - (deadline - time.perf_counter()), 1)
+    (a.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print("\n".join(table(summary)), flush=True)
+    failed = [p for p, r in summary["parts"].items() if r.get("status") != "ok"]
     return 1 if failed else 0
 
 

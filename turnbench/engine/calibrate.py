@@ -39,7 +39,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from turnbench.engine.base import KVHandle, ModelEngine
 
-__all__ = ["add_calibrate_arguments", "calibrate", "cmd_calibrate", "measure", "measure_context"]
+__all__ = [
+    "add_calibrate_arguments",
+    "calibrate",
+    "cmd_calibrate",
+    "document",
+    "engine_info",
+    "environment",
+    "measure",
+    "measure_context",
+]
 
 DEFAULT_CONTEXTS = {"cuda": (1024, 8192, 32768), "cpu": (256, 1024, 2048), "quick": (128, 512)}
 
@@ -207,7 +216,7 @@ def _first(rows: list[dict[str, Any]], ctx: int) -> dict[str, Any]:
     return next(r for r in rows if r["context"] == ctx)
 
 
-def _env() -> dict[str, Any]:
+def environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine()}
     try:
         import torch
@@ -233,7 +242,12 @@ def make_engine(args: argparse.Namespace) -> tuple[ModelEngine, dict[str, Any], 
 
     s = Settings(engine="torch", device=args.device, torch_config=args.config, torch_compile=args.compile)
     eng = TorchEngine(s)
-    info = {
+    return eng, engine_info(eng), eng.vocab
+
+
+def engine_info(eng: Any) -> dict[str, Any]:
+    """What a measurement records about a torch engine."""
+    return {
         "name": eng.name,
         "device": str(eng.device),
         "params": eng.params,
@@ -241,7 +255,14 @@ def make_engine(args: argparse.Namespace) -> tuple[ModelEngine, dict[str, Any], 
         "decode": eng.decode_mode,
         "compile": eng.compile_mode,
     }
-    return eng, info, eng.vocab
+
+
+def document(rows: list[dict[str, Any]], info: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+    """The JSON ``turnbench calibrate`` writes: the fitted profile, the fit, the rows, engine and env."""
+    label = str(info.get("name", "engine"))
+    desc = f"measured by turnbench calibrate: {label} on {info.get('device', 'the sim engine')}"
+    doc = calibrate(rows, name=name or f"measured-{label.replace(':', '-')}", description=desc)
+    return doc | {"rows": rows, "engine": info, "env": environment()}
 
 
 async def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
@@ -261,15 +282,8 @@ async def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
         extra = dict(engine.stats.extra)
     finally:
         engine.close()
-    name = args.name or f"measured-{engine.name.replace(':', '-')}"
-    desc = f"measured by turnbench calibrate: {engine.name} on {info.get('device', 'the sim engine')}"
-    doc = calibrate(rows, name=name, description=desc)
-    doc |= {
-        "rows": rows,
-        "engine": info | {"stats": extra},
-        "env": _env(),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    doc = document(rows, info | {"stats": extra}, name=args.name)
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -227,6 +227,11 @@ class TorchEngine:
         handle = KVHandle(tokens=n, key=hashes[-1] if hashes else 0, payload=state, nbytes=state.nbytes)
         return PrefillResult(handle, cached, n - cached, ms)
 
+    async def on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the engine's worker thread, between decode steps (a benchmark timing the
+        device without the scheduler uses it; nothing else touches the device meanwhile)."""
+        return await self._sched.run(fn, *args)
+
     # ------------------------------------------------------------------------------------------- decode
 
     async def decode(
