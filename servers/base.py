@@ -23,7 +23,7 @@ from typing import Any
 
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
-from turnbench.tls import TLSMaterial, generate_tls
+from turnbench.tls import TLSMaterial, generate_tls, tls_at
 from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, ServerProtocol
 
 __all__ = ["RunningServer", "ServerFactory", "resolve_server", "start_server"]
@@ -83,17 +83,18 @@ async def start_server(
     """Start ``transport``'s server on ``settings.host:settings.port`` (port 0 picks a free one).
 
     TLS material is generated when ``settings.tls`` and none is given; with ``settings.ca_out`` the CA is
-    written there as PEM for clients in other processes. A service made here is closed by ``stop()``.
+    read from there if one is (``turnbench.tls.tls_at``: servers started with the same path share one CA),
+    else made and written there for clients in other processes. A service made here is closed by ``stop()``.
     """
     protocol, needed = resolve_server(transport)
     settings = settings or Settings()
     if needed:
         settings = settings.replace(**needed)
-    if settings.tls and tls is None:
-        tls = generate_tls()
     if not settings.tls:
         tls = None
-    if tls is not None and settings.ca_out:
+    elif tls is None:
+        tls = tls_at(settings.ca_out) if settings.ca_out else generate_tls()
+    elif settings.ca_out:
         Path(settings.ca_out).write_bytes(tls.ca_pem_bytes)  # noqa: ASYNC240  # once, at start-up
     owns = service is None
     service = service or ResponsesService(settings)

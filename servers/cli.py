@@ -34,6 +34,11 @@ HELP = {
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
     "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), h200-8b, calibration",
     "store": "ResponseStore for store=true: memory or sqlite:PATH",
+    "seed": "seed of the scripted model when a request's metadata.seed does not say (default 0)",
+    "tool_calls": "tool calls the scripted model makes before answering, when a request's metadata.tool_calls "
+    "does not say (default 1: an agent's tool runs once, then it answers)",
+    "answer_tokens": "words in the final answer when metadata.answer_tokens does not say (default 64)",
+    "arg_words": "words per free-text tool argument when metadata.arg_words does not say (default 3)",
     "usage_db": "SQLite file for durable usage records (auto: a temp file)",
     "tokens_per_chunk": "tokens per delta event (framing knob, the same on every transport)",
     "inject_ms": "named injected latency, e.g. safety=5,post=2 (asyncio sleep per stage, ms)",

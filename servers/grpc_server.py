@@ -34,10 +34,9 @@ from servers.base import RunningServer
 from turnbench.auth import check_api_key
 from turnbench.connection import Connection, ConnectionGone, ConnectionSet, Encode, Submission
 from turnbench.errors import InvalidRequestError, TurnbenchError, as_turnbench_error, unknown_event_type
-from turnbench.schema import Event, WsErrorEvent, encode, ws_error_event
+from turnbench.schema import Event, WsErrorEvent, encode
 from turnbench.service import ParsedRequest, ResponsesService
 from turnbench.settings import Settings
-from turnbench.state import valid_lane
 from turnbench.tls import TLSMaterial
 from turnbench.transports import GRPC
 from turnbench.v1 import responses_pb2 as pb
@@ -123,7 +122,7 @@ class ResponsesServicer:
             return Submission.refused(InvalidRequestError(f"Undecodable message: {exc}", None), encode_typed)
         return self._typed(req, len(raw), time.perf_counter_ns() - t0)
 
-    def _json(self, payload: bytes, nbytes: int, decode_ns: int, *, connection: bool) -> Submission:
+    def _json(self, payload: str, nbytes: int, decode_ns: int, *, connection: bool) -> Submission:
         try:
             if connection:
                 parsed = self.service.parse_event(payload)
@@ -174,24 +173,21 @@ class ResponsesServicer:
         await self._one_shot(self.submission(raw, connection=False), context)
 
     async def _one_shot(self, sub: Submission, context: Context) -> None:
-        """One stateless request; a refusal is an in-stream error event, as on ``Connect``."""
+        """One stateless request. Refused before its response starts, the call ends with the error's status
+        (and code trailer), as POST answers with an HTTP status; after it, the events say how it ended."""
         encode_event: Encode = sub.encode
 
         async def emit(event: Event | WsErrorEvent) -> None:
             await context.write(encode_event(event))
 
-        lane = valid_lane(sub.stream_id)
         if sub.request is None:
-            await emit(ws_error_event(sub.error or InvalidRequestError("Empty request.", None), lane))
+            await abort(context, sub.error or InvalidRequestError("Empty request.", None))
             return
         session = self.service.new_session("grpc", connection=False)
         try:
             await self.service.respond(sub.request, session, emit, timeout_s=self.settings.request_timeout_s)
         except Exception as exc:
-            err = _refusal(exc)
-            if not err.request_scoped:
-                await abort(context, err)
-            await emit(ws_error_event(err, lane))
+            await abort(context, _refusal(exc))
 
 
 def _refusal(exc: Exception) -> TurnbenchError:

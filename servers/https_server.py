@@ -3,16 +3,22 @@ With ``Settings.http2`` the same app is served over HTTP/2 by hypercorn (:mod:`s
 
 Routes::
 
-    POST /v1/responses        stream=true: text/event-stream (``event: T\\ndata: JSON\\n\\n``, no [DONE])
-                              stream=false: the final Response JSON (500 + error body if it failed)
-    GET  /v1/responses/{id}   a stored (store=true) response, 404 otherwise
-    GET  /healthz             {"status": "ok", "transport": "https"}
-    WS   /v1/responses        WebSocket mode, served by ``servers.ws_server`` on the same port
+    POST   /v1/responses                     stream=true: text/event-stream (``event: T\ndata: JSON\n\n``, no
+                                             [DONE]); stream=false: the final Response JSON; background=true:
+                                             ``queued`` at once (or streamed), run on after the client leaves
+    GET    /v1/responses/{id}                a stored (store=true) response, 404 otherwise; ?stream=true
+                                             [&starting_after=N] follows a running background response
+    DELETE /v1/responses/{id}                delete a stored response (a running background one is cancelled)
+    POST   /v1/responses/{id}/cancel         cancel a background response
+    GET    /v1/responses/{id}/input_items    its input items, paged (limit, order, after)
+    GET    /v1/models, /v1/models/{id}       the model names it suggests (any name is served)
+    GET    /healthz                          {"status": "ok", "transport": "https"}
+    WS     /v1/responses                     WebSocket mode, served by ``servers.ws_server`` on the same port
 
 The adapter only moves bytes: decode → :class:`ResponsesService` → encode, errors mapped in
-:func:`error_reply`. A client that disconnects, or a request that outlives ``request_timeout_s``, cancels
-the request task (:class:`_Guard`), which closes the service's event generator: generation stops and
-frees its work. uvicorn runs in the caller's event loop; signals stay with the process owner, ``stop()``
+:func:`error_reply`. A client that disconnects cancels the request task (:class:`_DisconnectGuard`), which
+closes the service's event generator: generation stops and frees its work; ``request_timeout_s`` is the
+core's (``service.respond``), with the body upload counted. uvicorn runs in the caller's event loop; signals stay with the process owner, ``stop()``
 drains for ``grace_s``.
 """
 
@@ -23,7 +29,8 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, get_args
 
 import orjson
@@ -31,6 +38,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response as HttpResponse
+from starlette.responses import StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -127,6 +135,9 @@ class ResponsesEndpoint:
             parsed = service.parse(body)
             session = service.new_session("https", connection=False)
             remaining = deadline - asyncio.get_running_loop().time()
+            if parsed.request.background:
+                await self._background(parsed, session, stream, send)
+                return
             if not parsed.request.stream:
                 await self._whole(parsed, session, send, remaining)
                 return
@@ -169,6 +180,17 @@ class ResponsesEndpoint:
             await send_bytes(send, *error_reply(kind(err.get("message", "The response failed."), code=err.get("code"))))
         else:
             await send_bytes(send, 200, encode(response))
+
+    async def _background(self, parsed: ParsedRequest, session: Session, stream: _SseStream, send: Send) -> None:
+        """``background: true``: answered at once (``queued``), or streamed; a client that leaves does not stop
+        it (``turnbench.background``)."""
+        job = await self.service.start_background(parsed, session)
+        if not parsed.request.stream:
+            await send_bytes(send, 200, encode(self.service.background.queued(job)))
+            return
+        async for event in job.follow():
+            await stream.emit(event)
+        await stream.end()
 
     @staticmethod
     async def _fail(send: Send, stream: _SseStream, exc: BaseException) -> None:
@@ -249,13 +271,100 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
     connections are counted in ``connections``, so stopping the server drains them."""
     endpoint = ResponsesEndpoint(service, settings)
 
+    def api(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[HttpResponse]]:
+        """A JSON route: auth checked first, the handler's result encoded, every error in the Responses shape."""
+
+        async def route(request: Request) -> HttpResponse:
+            try:
+                check_api_key(_header(request.scope, b"authorization"), settings.api_key)
+                body, status = encode(await handler(request)), 200
+            except Exception as exc:
+                status, body = error_reply(exc)
+            return HttpResponse(body, status, media_type="application/json")
+
+        return route
+
     async def retrieve(request: Request) -> HttpResponse:
+        """``GET /v1/responses/{id}``; ``?stream=true[&starting_after=N]`` follows a running background one."""
+        query = request.query_params
+        if query.get("stream") not in ("true", "1"):
+            return await api(lambda r: service.retrieve(r.path_params["response_id"]))(request)
         try:
             check_api_key(_header(request.scope, b"authorization"), settings.api_key)
-            body, status = encode(await service.retrieve(request.path_params["response_id"])), 200
-        except Exception as exc:
-            status, body = error_reply(exc)
-        return HttpResponse(body, status, media_type="application/json")
+            job = service.background.running.get(request.path_params["response_id"])
+            if job is None:
+                raise errors.InvalidRequestError(
+                    "Only a background response that is still running can be streamed; retrieve it without "
+                    "stream=true.",
+                    "stream",
+                )
+            after = int(query.get("starting_after", "-1"))
+        except (errors.TurnbenchError, ValueError) as exc:
+            err = (
+                exc
+                if isinstance(exc, errors.TurnbenchError)
+                else errors.InvalidRequestError(f"Invalid 'starting_after': {exc}", "starting_after")
+            )
+            status, body = error_reply(err)
+            return HttpResponse(body, status, media_type="application/json")
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for event in job.follow(after):
+                yield sse_frame(event)
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    async def delete(request: Request) -> dict[str, Any]:
+        response_id = request.path_params["response_id"]
+        await service.delete(response_id)
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
+
+    async def cancel(request: Request) -> Any:
+        return await service.background.cancel(request.path_params["response_id"])
+
+    async def input_items(request: Request) -> dict[str, Any]:
+        """A page of the input items: ``limit`` (1-100, default 20), ``order`` (desc by default, as the
+        Responses API), ``after`` (an item id: the page starts after it)."""
+        query = request.query_params
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise errors.InvalidRequestError("Invalid 'limit': expected an integer from 1 to 100.", "limit")
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise errors.InvalidRequestError("Invalid 'order': expected 'asc' or 'desc'.", "order")
+        items = await service.input_items(request.path_params["response_id"])
+        if order == "desc":
+            items.reverse()
+        after = query.get("after")
+        if after is not None:
+            ids = [i["id"] for i in items]
+            if after not in ids:
+                raise errors.InvalidRequestError(f"Invalid 'after': no input item {after!r}.", "after")
+            items = items[ids.index(after) + 1 :]
+        page = items[:limit]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+
+    started = int(time.time())
+
+    def model_card(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": started, "owned_by": "turnbench"}
+
+    async def models(request: Request) -> dict[str, Any]:
+        """Any model name is served (the scripted model answers for each); these are the names it suggests."""
+        names = ["turnbench", f"turnbench-{settings.engine}-{settings.profile}"]
+        return {"object": "list", "data": [model_card(n) for n in names]}
+
+    async def model(request: Request) -> dict[str, Any]:
+        return model_card(request.path_params["model"])
 
     async def healthz(request: Request) -> HttpResponse:
         return HttpResponse(b'{"status":"ok","transport":"https"}', media_type="application/json")
@@ -285,6 +394,11 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
         routes=[
             Route("/v1/responses", endpoint, methods=["POST"]),
             Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
+            Route("/v1/responses/{response_id}", api(delete), methods=["DELETE"]),
+            Route("/v1/responses/{response_id}/cancel", api(cancel), methods=["POST"]),
+            Route("/v1/responses/{response_id}/input_items", api(input_items), methods=["GET"]),
+            Route("/v1/models", api(models), methods=["GET"]),
+            Route("/v1/models/{model:path}", api(model), methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             WebSocketRoute("/v1/responses", websocket_mode),
         ],

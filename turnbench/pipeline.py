@@ -23,9 +23,18 @@ from typing import Any
 
 import msgspec
 
-from turnbench.errors import ContentFlaggedError
+from turnbench.errors import ContentFlaggedError, InvalidRequestError
 from turnbench.safety import SafetyClassifier
-from turnbench.schema import FunctionTool, InputItem, StageStat, convert_item, item_text, to_builtins
+from turnbench.schema import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    InputItem,
+    StageStat,
+    convert_item,
+    item_text,
+    to_builtins,
+)
 from turnbench.tokenizer import Tokenizer
 
 _now = time.perf_counter_ns
@@ -108,6 +117,25 @@ def revalidate(items: Sequence[InputItem], st: StageStat) -> None:
     for i, item in enumerate(items):
         convert_item(to_builtins(item), i)
     st.items += len(items)
+
+
+def call_ids_of(items: Sequence[InputItem]) -> frozenset[str]:
+    """The ``call_id`` of every function call among ``items``."""
+    return frozenset(i.call_id for i in items if isinstance(i, FunctionCallItem))
+
+
+def check_call_ids(new_items: Sequence[InputItem], known: frozenset[str]) -> frozenset[str]:
+    """Every ``function_call_output`` of ``new_items`` must answer a function call of the conversation
+    (``known``, or one of ``new_items``), as the Responses API requires. Returns: the calls known after them.
+    Raises: :class:`InvalidRequestError` naming the output's ``call_id``."""
+    calls = known | call_ids_of(new_items)
+    for n, item in enumerate(new_items):
+        if isinstance(item, FunctionCallOutputItem) and item.call_id not in calls:
+            raise InvalidRequestError(
+                f"No tool call found for function call output with call_id {item.call_id}.",
+                f"input[{n}].call_id",
+            )
+    return calls
 
 
 def safety_check(classifier: SafetyClassifier, texts: Sequence[str], st: StageStat) -> None:

@@ -63,15 +63,21 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     type: str | None = None
     stream_id: str | None = None
     generate: bool = True
-    # accepted and ignored: real Responses parameters the SDKs may send
-    background: Any = None
+    # accepted and ignored: real Responses parameters the SDKs may send (background and text are acted on; a
+    # test reads the installed SDK's responses.create signature, so a new parameter fails a test, not a user)
+    access_programs: Any = None
+    background: bool | None = None
+    background_options: Any = None
     context_management: Any = None
     conversation: Any = None
+    image: Any = None
     include: Any = None
     max_tool_calls: Any = None
+    moderation: Any = None
     prompt: Any = None
     prompt_cache_key: Any = None
     prompt_cache_options: Any = None
+    prompt_cache_retention: Any = None
     reasoning: Any = None
     safety_identifier: Any = None
     service_tier: Any = None
@@ -241,7 +247,7 @@ class Response(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["in_progress", "completed", "failed", "incomplete", "queued"]
+    status: Literal["in_progress", "completed", "failed", "incomplete", "queued", "cancelled"]
     model: str
     output: list[OutputItem] = []
     parallel_tool_calls: bool = True
@@ -255,6 +261,8 @@ class Response(msgspec.Struct, kw_only=True):
     usage: Usage | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
+    background: bool = False
+    text: dict[str, Any] | None = None
     turnbench: TurnbenchExt | None = None
 
 
@@ -437,6 +445,18 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def input_item_view(item: Any, fallback_id: str) -> dict[str, Any]:
+    """An input item as ``GET /v1/responses/{id}/input_items`` lists it: with an ``id`` and a ``status``, and a
+    message's text content as a list of parts (``input_text``, or ``output_text`` for the assistant)."""
+    view: dict[str, Any] = to_builtins(item)
+    view["id"] = view.get("id") or fallback_id
+    view.setdefault("status", "completed")
+    if view.get("type") == "message" and isinstance(view.get("content"), str):
+        kind = "output_text" if view.get("role") == "assistant" else "input_text"
+        view["content"] = [{"type": kind, "text": view["content"]}]
+    return view
 
 
 def peek_envelope(payload: bytes | str) -> tuple[Any, Any]:

@@ -34,9 +34,10 @@ from typing import Any
 import msgspec
 
 from turnbench import pipeline
+from turnbench.background import BackgroundJob, BackgroundJobs
 from turnbench.engine import make_engine
 from turnbench.engine.base import KVHandle, ModelEngine
-from turnbench.engine.policy import plan_output
+from turnbench.engine.policy import Knobs, TextFormat, ToolChoice, plan_output
 from turnbench.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -51,6 +52,8 @@ from turnbench.post import PostWriter
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
     Event,
+    FunctionCallItem,
+    FunctionTool,
     InputItem,
     InputTokensDetails,
     OutputItem,
@@ -66,6 +69,7 @@ from turnbench.schema import (
     TurnbenchExt,
     Usage,
     decode_request,
+    input_item_view,
     item_text,
     output_as_input,
     peek_envelope,
@@ -87,6 +91,7 @@ from turnbench.stream import new_id, split_pieces, stream_item
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
+MIN_OUTPUT_TOKENS = 16  # the Responses API's minimum for max_output_tokens
 Emit = Callable[[Event], Awaitable[None]]
 
 
@@ -120,6 +125,10 @@ class ResponsesService:
         self.tokenizer = tokenizer or load_tokenizer()
         self.safety = safety or default_classifier()
         self.post = PostWriter(self.store, self.usage, s.burn_us)
+        self.background = BackgroundJobs(self)
+        self.knob_defaults = Knobs(
+            tool_calls=s.tool_calls, answer_tokens=s.answer_tokens, arg_words=s.arg_words, seed=s.seed
+        )
         self._closed = False
 
     # ------------------------------------------------------------------------------------------ sessions
@@ -127,7 +136,7 @@ class ResponsesService:
     def new_session(self, transport: str, *, connection: bool) -> Session:
         s = self.settings
         cache = StateCache(s.cache_entries, s.cache_bytes) if connection and s.connection_cache else None
-        return Session(transport=transport, cache=cache)
+        return Session(transport=transport, cache=cache, connection=connection)
 
     # ------------------------------------------------------------------------------------------ parse
 
@@ -197,42 +206,60 @@ class ResponsesService:
     async def respond(
         self, parsed: ParsedRequest, session: Session, emit: Emit, *, timeout_s: float | None = None
     ) -> None:
-        """Prepare, then stream every event through ``emit``, under ``timeout_s`` (None: no limit).
+        """Prepare, then :meth:`stream` every event through ``emit``, all under ``timeout_s`` (None: no limit).
 
         Raises: the :class:`TurnbenchError` of a request refused before ``response.created``, including
-        :class:`RequestTimeoutError` when the time ran out there. Once ``response.created`` is out, a timeout
-        ends the stream with ``response.failed`` (code ``request_timeout``) instead. A cancelled caller (a
-        peer gone) closes the event generator: the engine stops and the parent is evicted.
+        :class:`RequestTimeoutError` when the time ran out there.
         """
-        created: Response | None = None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                prepared = await self.prepare(parsed, session)
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
+        await self.stream(prepared, emit, timeout_s=None if deadline is None else deadline - loop.time())
+
+    async def stream(self, prepared: Prepared, emit: Emit, *, timeout_s: float | None = None) -> None:
+        """:meth:`generate` every event through ``emit``; past ``timeout_s`` the stream ends with
+        ``response.failed`` (code ``request_timeout``). A cancelled caller (a peer gone) closes the event
+        generator: the engine stops and the parent is evicted."""
         last: Event | None = None
         try:
             async with asyncio.timeout(timeout_s) as scope:
-                prepared = await self.prepare(parsed, session)
                 async with contextlib.aclosing(self.generate(prepared)) as events:
                     async for event in events:
-                        if created is None and isinstance(event, ResponseCreated):
-                            created = event.response
                         last = event
                         await emit(event)
-        except TimeoutError as exc:
+        except TimeoutError:
             if not scope.expired():
                 raise
-            err = RequestTimeoutError(
-                f"The request did not finish within its time limit (request_timeout_s = "
-                f"{self.settings.request_timeout_s:g} s)."
-            )
-            if created is None or last is None:
-                raise err from exc
+            err = self._timeout_error()
             await emit(
                 ResponseFailed(
-                    sequence_number=last.sequence_number + 1,
-                    stream_id=parsed.request.stream_id,
+                    sequence_number=0 if last is None else last.sequence_number + 1,
+                    stream_id=prepared.request.stream_id,
                     response=msgspec.structs.replace(
-                        created, status="failed", error={"code": err.code, "message": err.message}
+                        prepared.response, status="failed", error={"code": err.code, "message": err.message}
                     ),
                 )
             )
+
+    async def start_background(self, parsed: ParsedRequest, session: Session) -> BackgroundJob:
+        """A ``background: true`` request: prepared now (a refusal raises here), run in a task of its own.
+        Returns: the job; :meth:`BackgroundJobs.queued` is the answer to send."""
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                prepared = await self.prepare(parsed, session)
+        except TimeoutError as exc:
+            raise self._timeout_error() from exc
+        return self.background.start(prepared, timeout_s=self.settings.request_timeout_s)
+
+    def _timeout_error(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"The request did not finish within its time limit (request_timeout_s = "
+            f"{self.settings.request_timeout_s:g} s)."
+        )
 
     async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> Prepared:
         s = self.settings
@@ -257,6 +284,9 @@ class ResponsesService:
         items = [*history, *new_items]
         tools = req.tools or (parent.tools if parent is not None else [])
         metadata = req.metadata or (parent.response.metadata if parent is not None else {})
+        with timer.stage("validate"):
+            options = self._options(req, session, tools, metadata)
+            call_ids = pipeline.check_call_ids(new_items, parent.call_ids if parent is not None else frozenset())
         incremental = parent is not None and s.incremental_checks
         if parent is not None and not s.incremental_checks:
             with timer.stage("validate") as st:
@@ -289,8 +319,68 @@ class ResponsesService:
                 route = parent.route
             else:
                 route = pipeline.route(req.model, self.engine.name, tools, st)
+        response = Response(
+            id=new_id("resp"),
+            created_at=int(time.time()),
+            status="in_progress",
+            model=req.model,
+            tools=tools,
+            tool_choice=req.tool_choice,
+            previous_response_id=req.previous_response_id,
+            store=req.store,
+            instructions=req.instructions,
+            metadata=metadata,
+            max_output_tokens=req.max_output_tokens,
+            parallel_tool_calls=req.parallel_tool_calls,
+            background=bool(req.background),
+            text=req.text if isinstance(req.text, dict) else None,
+        )
         return Prepared(
-            req, timer, session, parent, state, new_items, items, tools, metadata, tokens, key, route, new_bytes
+            req,
+            timer,
+            session,
+            parent,
+            state,
+            new_items,
+            items,
+            tools,
+            metadata,
+            tokens,
+            key,
+            route,
+            new_bytes,
+            options,
+            call_ids,
+            response,
+        )
+
+    def _options(
+        self, req: ResponseCreate, session: Session, tools: list[FunctionTool], metadata: dict[str, str]
+    ) -> Options:
+        """The request's parameters the scripted model and the service act on, each checked (400 on a bad one)."""
+        if req.max_output_tokens is not None and req.max_output_tokens < MIN_OUTPUT_TOKENS:
+            raise InvalidRequestError(
+                f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
+                f"{MIN_OUTPUT_TOKENS}, but got {req.max_output_tokens} instead.",
+                "max_output_tokens",
+                code="integer_below_min_value",
+            )
+        if req.background:
+            if session.connection:
+                raise InvalidRequestError(
+                    "Background responses are not supported over a persistent connection (WebSocket mode, gRPC "
+                    "Connect): send them with POST /v1/responses.",
+                    "background",
+                    code="unsupported_parameter",
+                )
+            if not req.store:
+                raise InvalidRequestError(
+                    "Background responses need store=true: they are retrieved by id.", "store", code="invalid_value"
+                )
+        return Options(
+            knobs=Knobs.parse(metadata, self.knob_defaults),
+            choice=ToolChoice.parse(req.tool_choice, tools),
+            text_format=TextFormat.parse(req.text),
         )
 
     async def _hydrate(self, response_id: str, timer: StageTimer) -> ConversationRecord | None:
@@ -301,11 +391,19 @@ class ResponsesService:
             if stored is None:
                 return None
             st.items += len(stored.items)
+        if stored.response.status in ("queued", "in_progress"):
+            raise InvalidRequestError(
+                f"Previous response with id '{response_id}' is still {stored.response.status}: wait until it finishes.",
+                "previous_response_id",
+                code="previous_response_not_finished",
+            )
+        items = list(stored.items)
         return ConversationRecord(
             response=stored.response,
-            items=list(stored.items),
+            items=items,
             tools=stored.tools,
             instructions=stored.instructions,
+            call_ids=pipeline.call_ids_of(items),
         )
 
     async def generate(self, p: Prepared) -> AsyncGenerator[Event, None]:
@@ -318,20 +416,7 @@ class ResponsesService:
         s = self.settings
         req, timer, session = p.request, p.timer, p.session
         seq = 0
-        resp = Response(
-            id=new_id("resp"),
-            created_at=int(time.time()),
-            status="in_progress",
-            model=req.model,
-            tools=p.tools,
-            tool_choice=req.tool_choice,
-            previous_response_id=req.previous_response_id,
-            store=req.store,
-            instructions=req.instructions,
-            metadata=p.metadata,
-            max_output_tokens=req.max_output_tokens,
-            parallel_tool_calls=req.parallel_tool_calls,
-        )
+        resp = p.response
         sid = req.stream_id
 
         def snap(**kw: Any) -> Response:
@@ -353,16 +438,12 @@ class ResponsesService:
             if req.generate:
                 await timer.inject("decode")
                 c0 = time.thread_time_ns()
+                limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
+                o = p.options
                 plan = plan_output(
-                    p.items,
-                    p.tools,
-                    p.metadata,
-                    seed=s.seed,
-                    default_tool_calls=self._profile_int("tool_calls", 20),
-                    default_answer_tokens=self._profile_int("answer_tokens", 64),
+                    p.items, p.tools, o.knobs, choice=o.choice, text_format=o.text_format, max_words=limit
                 )
                 pieces = split_pieces(self.tokenizer, plan.content)
-                limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
                 if len(pieces) > limit:
                     pieces, status = pieces[:limit], "incomplete"
                 timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
@@ -437,10 +518,6 @@ class ResponsesService:
         else:
             yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
 
-    def _profile_int(self, name: str, default: int) -> int:
-        prof = getattr(self.engine, "profile", None)
-        return int(getattr(prof, name, default))
-
     def _record(self, req: ResponseCreate, p: Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
         out_items: list[InputItem] = [output_as_input(o) for o in response.output]
         items = [*p.items, *out_items]
@@ -465,6 +542,7 @@ class ResponsesService:
             kv=kv,
             lane=req.stream_id,
             nbytes=nbytes,
+            call_ids=p.call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
         )
 
     # ------------------------------------------------------------------------------------------ misc
@@ -481,8 +559,32 @@ class ResponsesService:
             raise NotFoundError(f"No response found with id '{response_id}'.", "response_id")
         return stored.response
 
+    async def delete(self, response_id: str) -> None:
+        """``DELETE /v1/responses/{id}``: a running background response is cancelled first. Raises:
+        :class:`NotFoundError`."""
+        if response_id in self.background.running:
+            await self.background.cancel(response_id)
+        await self.post.wait_for(response_id)
+        if not self.store.delete(response_id):
+            raise NotFoundError(f"No response found with id '{response_id}'.", "response_id")
+
+    async def input_items(self, response_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/responses/{id}/input_items``: the conversation that went into a stored response, oldest
+        first, each item with an ``id`` (its own, else one made from the response id and its position)."""
+        await self.post.wait_for(response_id)
+        stored = self.store.get(response_id)
+        if stored is None:
+            raise NotFoundError(f"No response found with id '{response_id}'.", "response_id")
+        inputs = stored.items[: max(0, len(stored.items) - len(stored.response.output))]
+        return [input_item_view(item, f"{response_id}_in{n:04d}") for n, item in enumerate(inputs)]
+
     async def drain(self) -> None:
-        """Wait until every overlapped ``post`` has finished (graceful shutdown loses no usage record)."""
+        """Wait until every overlapped ``post`` has finished (graceful shutdown loses no usage record), and
+        every background response (up to ``grace_s``; those still running then are cancelled)."""
+        tasks = [j.task for j in self.background.running.values() if j.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.grace_s)
+            await self.background.close()
         await self.post.drain()
 
     @property
@@ -517,3 +619,15 @@ class Prepared:
     tools_key: int
     route: Any
     new_bytes: int
+    options: Options
+    call_ids: frozenset[str]  # every function call of the conversation so far (outputs must answer one)
+    response: Response  # the response this request creates, as it starts (in_progress)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the scripted model does for one request: its knobs, the tool choice, the text format."""
+
+    knobs: Knobs
+    choice: ToolChoice
+    text_format: TextFormat

@@ -36,6 +36,11 @@ class Settings:
     torch_config: str = "auto"  # torch engine: cpu-tiny | cuda-0.2b | cuda-1b | cuda-8b (auto: by device)
     torch_compile: str = "auto"  # torch engine decode: none | default | max-autotune (auto: default on CUDA)
 
+    # scripted policy: what the model does when a request's metadata does not say (benchmarks always say)
+    tool_calls: int = 1  # tool calls before the answer, when the request has tools
+    answer_tokens: int = 64  # words in the final answer
+    arg_words: int = 3  # words per free-text tool argument
+
     # state
     store: str = "memory"  # memory | sqlite:PATH
     usage_db: str = "auto"  # sqlite path for durable usage records; auto = a per-process temp file

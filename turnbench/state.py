@@ -44,6 +44,7 @@ class ConversationRecord:
     kv: Any = None
     lane: str | None = None
     nbytes: int = 0
+    call_ids: frozenset[str] = frozenset()  # every function call of the conversation
 
     @property
     def response_id(self) -> str:
@@ -149,6 +150,7 @@ class Session:
 
     transport: str
     cache: StateCache | None
+    connection: bool = False  # a persistent connection (WebSocket, gRPC Connect), cache or not
     opened_ns: int = field(default_factory=time.perf_counter_ns)
     lanes: dict[str | None, asyncio.Lock] = field(default_factory=dict)
     responses: int = 0
@@ -190,6 +192,7 @@ _stored_decoder = msgspec.json.Decoder(StoredResponse)
 class ResponseStore(Protocol):
     def put(self, stored: StoredResponse) -> None: ...
     def get(self, response_id: str) -> StoredResponse | None: ...
+    def delete(self, response_id: str) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -209,6 +212,11 @@ class MemoryResponseStore:
         with self._lock:
             blob = self._data.get(response_id)
         return None if blob is None else decode_stored(blob)
+
+    def delete(self, response_id: str) -> bool:
+        """Remove ``response_id``. Returns: whether it was stored."""
+        with self._lock:
+            return self._data.pop(response_id, None) is not None
 
     def close(self) -> None:
         self._data.clear()
@@ -274,6 +282,10 @@ class SQLiteResponseStore(_SQLite):
     def get(self, response_id: str) -> StoredResponse | None:
         row = self._conn().execute("SELECT body FROM responses WHERE id = ?", (response_id,)).fetchone()
         return None if row is None else decode_stored(row[0])
+
+    def delete(self, response_id: str) -> bool:
+        """Remove ``response_id``. Returns: whether it was stored."""
+        return self._conn().execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
 
 
 def open_store(url: str) -> ResponseStore:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import trustme
 
-__all__ = ["DEFAULT_IDENTITIES", "TLSMaterial", "TLSPaths", "generate_tls", "load_ca"]
+__all__ = ["DEFAULT_IDENTITIES", "TLSMaterial", "TLSPaths", "generate_tls", "load_ca", "tls_at"]
 
 DEFAULT_IDENTITIES: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
 
@@ -31,11 +31,11 @@ class TLSPaths(NamedTuple):
 class TLSMaterial:
     """A CA and a leaf certificate it signed for ``identities`` (IP addresses and DNS names)."""
 
-    def __init__(self, identities: tuple[str, ...] = DEFAULT_IDENTITIES) -> None:
+    def __init__(self, identities: tuple[str, ...] = DEFAULT_IDENTITIES, *, ca: trustme.CA | None = None) -> None:
         if not identities:
             raise ValueError("at least one identity is needed")
         self.identities = identities
-        self.ca = trustme.CA(organization_name="turnbench test CA")
+        self.ca = ca if ca is not None else trustme.CA(organization_name="turnbench test CA")
         self.leaf = self.ca.issue_cert(*identities)
 
     @property
@@ -91,6 +91,37 @@ def _pinned_client(ctx: ssl.SSLContext) -> ssl.SSLContext:
 def generate_tls(identities: tuple[str, ...] = DEFAULT_IDENTITIES) -> TLSMaterial:
     """A fresh CA and leaf certificate for ``identities`` (default: 127.0.0.1, localhost, ::1)."""
     return TLSMaterial(identities)
+
+
+def tls_at(ca_path: str | os.PathLike[str], identities: tuple[str, ...] = DEFAULT_IDENTITIES) -> TLSMaterial:
+    """TLS material whose CA lives at ``ca_path`` (PEM), its key beside it (``<ca_path>.key``, mode 0600).
+
+    A CA found there is reused: every server started with the same ``--ca-out`` is trusted through that one
+    file, as a user running several in different shells expects. Otherwise a new CA is made and written there
+    (each file replaced atomically, the key never readable by others).
+    """
+    cert_path = Path(ca_path)
+    key_path = cert_path.with_name(cert_path.name + ".key")
+    if cert_path.is_file() and key_path.is_file():
+        try:
+            ca = trustme.CA.from_pem(cert_path.read_bytes(), key_path.read_bytes())
+        except ValueError:
+            pass  # not a CA of ours (or damaged): make a new one below
+        else:
+            return TLSMaterial(identities, ca=ca)
+    material = TLSMaterial(identities)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(key_path, material.ca.private_key_pem.bytes(), mode=0o600)
+    _write_atomic(cert_path, material.ca_pem_bytes, mode=0o644)
+    return material
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def load_ca(path: str | os.PathLike[str]) -> ssl.SSLContext:

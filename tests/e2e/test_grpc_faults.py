@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 
 from clients.base import ClientConfig, TurnRecorder, TurnResult
 from clients.grpc_client import GrpcClient
 from servers.base import RunningServer, start_server
-from servers.grpc_server import ResponsesServicer
+from servers.grpc_server import ERROR_CODE_KEY, ResponsesServicer
 from tests.helpers import StreamingRecorder
 from turnbench.settings import Settings
 from turnbench.v1 import responses_pb2 as pb
@@ -54,7 +55,7 @@ def connect_call(server: RunningServer, channel: grpc.aio.Channel) -> Any:
     return channel.stream_stream("/turnbench.v1.Responses/Connect", response_deserializer=pb.ServerEvent.FromString)()
 
 
-@pytest.mark.parametrize("options", [{}, {"codec": "json"}, {"method": "create"}], ids=["typed", "json", "create"])
+@pytest.mark.parametrize("options", [{}, {"codec": "json"}], ids=["typed", "json"])
 async def test_unknown_previous_response_id_is_in_stream_and_the_stream_goes_on(
     start: StartServer, options: dict[str, Any]
 ) -> None:
@@ -73,7 +74,32 @@ async def test_unknown_previous_response_id_is_in_stream_and_the_stream_goes_on(
         assert err["error"]["param"] == "previous_response_id"
         resp, result = await turn(client, {"model": "m", "input": "hi", "metadata": QUICK})
         assert result.success and resp["status"] == "completed"
-        assert client._call is call  # the same Connect stream served both (None for Create)
+        assert client._call is call  # the same Connect stream served both
+
+
+@pytest.mark.parametrize("codec", ["typed", "json"])
+async def test_a_refused_unary_call_ends_with_a_status_and_the_error_code(start: StartServer, codec: str) -> None:
+    server = await start()
+    assert server.tls is not None
+    body = {"model": "m", "input": [], "previous_response_id": "resp_nope", "store": False}
+    async with grpc.aio.secure_channel(server.url, grpc.ssl_channel_credentials(server.tls.ca_pem_bytes)) as ch:
+        if codec == "typed":
+            request = pb.CreateRequest(model="m", previous_response_id="resp_nope", store=False)
+            call = ch.unary_stream("/turnbench.v1.Responses/Create")(request.SerializeToString())
+        else:  # CreateJson: the body as JSON text in a string field (what a JSON-transcoding proxy sends)
+            call = ch.unary_stream("/turnbench.v1.Responses/CreateJson")(
+                pb.ClientEvent(json=orjson.dumps(body).decode()).SerializeToString()
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call.read()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(info.value.trailing_metadata() or ())[ERROR_CODE_KEY] == "previous_response_not_found"
+    assert "resp_nope" in (info.value.details() or "")
+    async with client_for(server, method="create", codec=codec) as client:  # what our client makes of it
+        _, result = await turn(client, body)
+        assert (result.success, result.error_code) == (False, "previous_response_not_found")
+        _, result = await turn(client, {"model": "m", "input": "hi", "metadata": QUICK})
+        assert result.success
 
 
 @pytest.mark.parametrize("codec", ["typed", "json"])

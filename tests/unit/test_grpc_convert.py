@@ -296,7 +296,7 @@ def test_ignored_parameters_left_null_and_the_ws_tag_are_dropped() -> None:
 
 
 def test_json_variant_is_not_a_typed_event() -> None:
-    se = pb.ServerEvent(json=b'{"type":"response.created"}')
+    se = pb.ServerEvent(json='{"type":"response.created"}')
     assert event_type(se) is None
     with pytest.raises(ValueError):
         event_from_proto(se)

@@ -281,11 +281,11 @@ async def test_max_output_tokens_gives_incomplete() -> None:
     events = await turn(
         service,
         service.new_session("t", connection=False),
-        {"model": "m", "input": "hi", "max_output_tokens": 3, "metadata": {"tool_calls": "0", "answer_tokens": "50"}},
+        {"model": "m", "input": "hi", "max_output_tokens": 16, "metadata": {"tool_calls": "0", "answer_tokens": "50"}},
     )
     assert types(events)[-1] == "response.incomplete"
     assert events[-1].response.incomplete_details == {"reason": "max_output_tokens"}
-    assert events[-1].response.usage.output_tokens == 3
+    assert events[-1].response.usage.output_tokens == 16
 
 
 async def test_stream_id_is_validated_and_echoed() -> None:

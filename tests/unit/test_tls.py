@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from turnbench.tls import TLSMaterial, generate_tls, load_ca
+from turnbench.tls import TLSMaterial, generate_tls, load_ca, tls_at
 
 TIMEOUT_S = 10.0
 
@@ -89,3 +89,19 @@ def test_client_trusts_only_our_ca(material: TLSMaterial) -> None:
     assert len(material.client_ssl_context().get_ca_certs()) == 1
     ctx = material.client_ssl_context()
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_servers_started_with_one_ca_path_share_one_ca(tmp_path: Path) -> None:
+    """Three ``turnbench serve … --ca-out PATH`` in three shells: the first makes the CA, the others reuse it,
+    so the one file a client trusts verifies all of them (the README's two-shell example)."""
+    path = tmp_path / "ca.pem"
+    first, second = tls_at(path), tls_at(path)
+    assert first.ca_pem_bytes == second.ca_pem_bytes == path.read_bytes()
+    assert first.cert_chain_pem_bytes != second.cert_chain_pem_bytes  # each server its own leaf
+    key = path.with_name("ca.pem.key")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    for material in (first, second):
+        assert _handshake(material.server_ssl_context(), load_ca(path), "127.0.0.1") == b"ping"
+    path.write_bytes(b"not a certificate")  # damaged: a new CA replaces it rather than failing the start
+    third = tls_at(path)
+    assert third.ca_pem_bytes == path.read_bytes() != first.ca_pem_bytes

@@ -27,7 +27,8 @@ __all__ = ["Unrepresentable", "body_to_proto", "json_text", "request_from_proto"
 _json_decode = msgspec.json.decode
 _INT64 = (-(2**63), 2**63 - 1)
 # parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
-_IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any)
+# parameters the typed schema does not carry: left null they are dropped, set they send the body as JSON
+_IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any) | {"background"}
 _BOOLS = ("store", "stream", "parallel_tool_calls", "generate")
 _REQUIRED = {
     "message": ("role", "content"),

@@ -9,8 +9,9 @@ names). Conventions, so the mapping is lossless:
     `optional`, so "absent" and "zero" stay different;
   * a JSON value the schema leaves free-form (a tool's `parameters`, an object `tool_choice`, list-valued
     function_call_output, annotations, logprobs) travels as JSON text;
-  * each ServerEvent can instead carry `json`: the exact JSON object the WebSocket server sends. The same
-    holds for ClientEvent. That is the "json codec": same transport, no protobuf schema for the payload.
+  * each ServerEvent can instead carry `json`: the exact JSON object the WebSocket server sends, as text
+    (a `string`, so a JSON-transcoding proxy passes it as a JSON string, not base64). The same holds for
+    ClientEvent. That is the "json codec": same transport, no protobuf schema for the payload.
 Self-contained on purpose: a client needs only this file and protoc.
 """
 
@@ -35,7 +36,7 @@ class ClientEvent(_message.Message):
 
     CREATE_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
-    json: _builtins.bytes
+    json: _builtins.str
     """a response.create JSON object, as sent over WebSocket"""
     @_builtins.property
     def create(self) -> Global___CreateRequest:
@@ -45,7 +46,7 @@ class ClientEvent(_message.Message):
         self,
         *,
         create: Global___CreateRequest | None = ...,
-        json: _builtins.bytes = ...,
+        json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "event", b"event", "json", b"json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -945,7 +946,7 @@ class ServerEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     WS_ERROR_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
-    json: _builtins.bytes
+    json: _builtins.str
     """the json codec: one event as the JSON object the WebSocket server sends"""
     @_builtins.property
     def created(self) -> Global___ResponseEvent: ...
@@ -999,7 +1000,7 @@ class ServerEvent(_message.Message):
         function_call_arguments_done: Global___ArgumentsDone | None = ...,
         error: Global___StreamError | None = ...,
         ws_error: Global___WsError | None = ...,
-        json: _builtins.bytes = ...,
+        json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "created", b"created", "error", b"error", "event", b"event", "failed", b"failed", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "in_progress", b"in_progress", "incomplete", b"incomplete", "json", b"json", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "ws_error", b"ws_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -30,7 +30,9 @@ class ResponsesStub:
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
     `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
-    with the request in either codec (typically `json`).
+    with the request in either codec (typically `json`). A unary call that is refused before its response
+    starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
+    metadata `turnbench-error-code`, as POST answers with an HTTP status.
     """
 
     def __init__(self, channel):
@@ -61,7 +63,9 @@ class ResponsesServicer:
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
     `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
-    with the request in either codec (typically `json`).
+    with the request in either codec (typically `json`). A unary call that is refused before its response
+    starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
+    metadata `turnbench-error-code`, as POST answers with an HTTP status.
     """
 
     def Connect(self, request_iterator, context):
@@ -113,7 +117,9 @@ class Responses:
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
     `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
-    with the request in either codec (typically `json`).
+    with the request in either codec (typically `json`). A unary call that is refused before its response
+    starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
+    metadata `turnbench-error-code`, as POST answers with an HTTP status.
     """
 
     @staticmethod
