@@ -18,8 +18,8 @@ Routes::
 The adapter only moves bytes: decode → :class:`ResponsesService` → encode, errors mapped in
 :func:`error_reply`. A client that disconnects cancels the request task (:class:`_DisconnectGuard`), which
 closes the service's event generator: generation stops and frees its work; ``request_timeout_s`` is the
-core's (``service.respond``), with the body upload counted. uvicorn runs in the caller's event loop; signals stay with the process owner, ``stop()``
-drains for ``grace_s``.
+core's (``service.respond``), with the body upload counted. uvicorn runs in the caller's event loop; signals
+stay with the process owner; ``stop()`` drains for ``grace_s``.
 """
 
 from __future__ import annotations
