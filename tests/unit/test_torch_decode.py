@@ -192,14 +192,64 @@ def test_step_is_one_traced_graph_for_every_layer() -> None:
 
     torch._dynamo.reset()
     fn = torch.compile(layer_decode, backend=backend, fullgraph=True)
-    slots = [torch.zeros(2, 2, c.kv_heads, 1024, c.head_dim) for _ in range(c.layers)]
+    keys, values = ([torch.zeros(2, c.kv_heads, 1024, c.head_dim) for _ in range(c.layers)] for _ in "kv")
+    tok, pos = torch.tensor([3, 4]), torch.tensor([20, 200])
     with torch.inference_mode():
         for length in (256, 384, 768):
-            out = model.decode_step(torch.tensor([3, 4]), torch.tensor([20, 200]), slots, length, fn)
-            ref = model.decode_step(torch.tensor([3, 4]), torch.tensor([20, 200]), slots, length)
+            out = model.decode_step(tok, pos, keys, values, length, fn)
+            ref = model.decode_step(tok, pos, keys, values, length)
             torch.testing.assert_close(out, ref)
     assert len(graphs) == 1  # 4 layers x 3 key lengths, one trace
     torch._dynamo.reset()
+
+
+async def test_graph_bookkeeping_with_a_stand_in_for_cuda_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture path on the CPU: a stand-in CUDA graph records the step instead of running it and replays
+    it later. The two warm-up steps before a capture run for real (they rewrite the row's KV at its position
+    and write one position ahead); the rows' positions are restored, and every output stays exact."""
+    from contextlib import contextmanager, nullcontext
+
+    eng = TorchEngine(CPU, batch=2)
+    dec = eng.decoder
+    assert dec is not None
+    captured: list[tuple[int, int]] = []
+    replays = []
+
+    class Graph:
+        def replay(self) -> None:
+            replays.append(self.key)
+            real_run(*self.key)
+
+    @contextmanager
+    def graph(g: Graph, pool: Any = None) -> Any:
+        calls: list[tuple[int, int]] = []
+        monkeypatch.setattr(dec, "_run", lambda b, n: calls.append((b, n)))  # recorded, not run
+        yield
+        monkeypatch.setattr(dec, "_run", real_run)
+        (g.key,) = calls
+        captured.append(g.key)
+
+    real_run = dec._run
+    stream = type("Stream", (), {"wait_stream": lambda self, other: None})
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    dec.use_graphs = True
+    try:
+        contexts = [ids(240, 90), ids(100, 91)]
+        kvs = [(await eng.prefill(c, None, use_cache=False)).kv for c in contexts]
+        outs = [ids(30, 92), ids(6, 93)]  # the first crosses from the 256-key bucket into the 384 one
+        got = await asyncio.gather(*(decode_all(eng, kv, o) for kv, o in zip(kvs, outs, strict=True)))
+        assert got == outs
+        for c, kv, o in zip(contexts, kvs, outs, strict=True):
+            torch.testing.assert_close(kv.payload.logits, await recompute(eng, c + o), atol=1e-4, rtol=1e-4)
+        assert len(captured) == len(set(captured)) >= 2 and {n for _, n in captured} >= {256, 384}
+        assert len(replays) == eng.stats.extra["decode_steps"]  # every step after its capture is a replay
+        assert eng.stats.extra["decode_graph_captures"] == len(captured)
+    finally:
+        eng.close()
 
 
 def test_buckets_and_common_prefix() -> None:

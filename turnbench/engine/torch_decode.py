@@ -1,7 +1,8 @@
 """The ``static`` decode of the ``torch`` engine: KV slots at fixed addresses, one step for a whole batch.
 
 A decode step for ``B`` conversations runs :meth:`~turnbench.engine.torch_model.Model.decode_step` over rows
-``0..B-1`` of the slot buffers (per layer ``[2, slots, kv_heads, capacity, head_dim]``). Everything a step
+``0..B-1`` of the slot buffers (per layer a K and a V tensor ``[slots, kv_heads, capacity, head_dim]``).
+Everything a step
 reads or advances lives on the device at a fixed address: the planned ids (``plan``, teacher forcing: the
 service knows the tokens it will stream), each row's position and its index into the plan. A step therefore
 needs no host value, and on CUDA it is captured once per (batch size, key-length bucket) in one CUDA graph and
@@ -103,7 +104,8 @@ class StaticDecoder:
         self.layer_fn = compile_layer(compile)
         start = capacity if capacity is not None else (config.max_ctx if device.type == "cuda" else 512)
         self.capacity = min(config.max_ctx, max(1, start))
-        self.kv: list[Tensor] = []  # allocated at the first load
+        self.keys: list[Tensor] = []  # per layer [slots, kv_heads, capacity, head_dim]; at the first load
+        self.values: list[Tensor] = []
         vocab = model.head.weight.shape[0]
         self.plan = torch.zeros(slots, plan_window, dtype=torch.long, device=device)
         self.index = torch.zeros(slots, dtype=torch.long, device=device)  # each row's next entry of ``plan``
@@ -116,7 +118,7 @@ class StaticDecoder:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.kv)
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     # ------------------------------------------------------------------------------------------- slots
 
@@ -124,19 +126,23 @@ class StaticDecoder:
         """Slots of at least ``tokens`` capacity (zeroed: a masked key's value still meets a zero weight)."""
         if tokens > self.c.max_ctx:
             raise ValueError(f"{tokens} tokens exceed max_ctx {self.c.max_ctx}")
-        if self.kv and tokens <= self.capacity:
+        if self.keys and tokens <= self.capacity:
             return
         cap = self.capacity
         while cap < tokens:
             cap = min(self.c.max_ctx, cap * 2)
         c = self.c
-        new = [
-            torch.zeros(2, self.slots, c.kv_heads, cap, c.head_dim, dtype=c.dtype, device=self.device)
-            for _ in range(c.layers)
-        ]
-        for old, fresh in zip(self.kv, new, strict=False):
-            fresh[:, :, :, : old.shape[3]] = old
-        self.kv, self.capacity = new, cap
+
+        def grown(old: list[Tensor]) -> list[Tensor]:
+            out = []
+            for i in range(c.layers):
+                t = torch.zeros(self.slots, c.kv_heads, cap, c.head_dim, dtype=c.dtype, device=self.device)
+                if old:
+                    t[:, :, : old[i].shape[2]] = old[i]
+                out.append(t)
+            return out
+
+        self.keys, self.values, self.capacity = grown(self.keys), grown(self.values), cap
         self.graphs.clear()  # they point at the old buffers
 
     def load(self, slot: int, kv: Tensor, ids: list[int], plan: list[int]) -> None:
@@ -146,8 +152,9 @@ class StaticDecoder:
         self._ensure(min(self.c.max_ctx, n + len(plan) + 1))  # +1: a capture's warm-up writes one ahead
         keep = common_prefix(self.held[slot], ids)
         if keep < n:
-            for layer, dst in enumerate(self.kv):
-                dst[:, slot, :, keep:n] = kv[layer, :, :, keep:n]
+            for layer in range(self.c.layers):
+                self.keys[layer][slot, :, keep:n] = kv[layer, 0, :, keep:n]
+                self.values[layer][slot, :, keep:n] = kv[layer, 1, :, keep:n]
             self.stats["slot_copy_tokens"] += n - keep
         self.held[slot] = list(ids)
         self.pos[slot] = n
@@ -164,8 +171,8 @@ class StaticDecoder:
         """Move the conversation in row ``src`` to row ``dst`` (rows stay 0..B-1 when one leaves)."""
         n = len(self.held[src])
         keep = common_prefix(self.held[dst], self.held[src])
-        for t in self.kv:
-            t[:, dst, :, keep:n] = t[:, src, :, keep:n]
+        for t in (*self.keys, *self.values):
+            t[dst, :, keep:n] = t[src, :, keep:n]
         self.stats["slot_copy_tokens"] += n - keep
         for buf in (self.plan, self.index, self.pos, self.logits):
             buf[dst] = buf[src]
@@ -174,8 +181,9 @@ class StaticDecoder:
     def store(self, slot: int, kv: Tensor, start: int, end: int) -> None:
         """Copy positions ``start..end-1`` of ``slot`` back into a conversation's tensor ``kv``."""
         if end > start:
-            for layer, src in enumerate(self.kv):
-                kv[layer, :, :, start:end] = src[:, slot, :, start:end]
+            for layer in range(self.c.layers):
+                kv[layer, 0, :, start:end] = self.keys[layer][slot, :, start:end]
+                kv[layer, 1, :, start:end] = self.values[layer][slot, :, start:end]
 
     # -------------------------------------------------------------------------------------------- steps
 
@@ -189,14 +197,16 @@ class StaticDecoder:
         b = len(tokens)
         longest = max(len(self.held[r]) for r in range(b)) + 1
         length = self.bucket(longest)
-        if self.use_graphs:
-            graph = self.graphs.get((b, length))
-            if graph is None and longest + 1 <= self.capacity:  # the warm-up writes one position ahead
+        graph = self.graphs.get((b, length)) if self.use_graphs else None
+        if graph is None and self.use_graphs and longest + 1 <= self.capacity:  # warm-up writes one ahead
+            try:
                 graph = self.graphs[(b, length)] = self._capture(b, length)
-            if graph is not None:
-                graph.replay()
-            else:
-                self._run(b, length)
+            except Exception:  # the step runs eagerly from now on: slower, still right
+                log.exception("CUDA graph capture of the decode step failed; decoding without graphs")
+                self.use_graphs, self.stats["graph_failed"] = False, 1.0
+                torch.cuda.synchronize(self.device)
+        if graph is not None:
+            graph.replay()
         else:
             self._run(b, length)
         for r, t in enumerate(tokens):
@@ -204,8 +214,9 @@ class StaticDecoder:
 
     def _run(self, b: int, length: int) -> None:
         tok = self.plan[:b].gather(1, self.index[:b, None])[:, 0]
+        step = self.model.decode_step
         try:
-            self.logits[:b] = self.model.decode_step(tok, self.pos[:b], self.kv, length, self.layer_fn)
+            self.logits[:b] = step(tok, self.pos[:b], self.keys, self.values, length, self.layer_fn)
         except Exception:
             if self.layer_fn is layer_decode:
                 raise
@@ -213,7 +224,7 @@ class StaticDecoder:
             log.exception("torch.compile of the decode step failed; decoding with the eager layer")
             self.layer_fn, self.compile_mode = layer_decode, "none"
             self.stats["compile_failed"] = 1.0
-            self.logits[:b] = self.model.decode_step(tok, self.pos[:b], self.kv, length, self.layer_fn)
+            self.logits[:b] = step(tok, self.pos[:b], self.keys, self.values, length, self.layer_fn)
         self.pos[:b] += 1
         self.index[:b] += 1
 
@@ -226,19 +237,24 @@ class StaticDecoder:
         cuda: Any = torch.cuda  # its Stream is untyped
         side = cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._run(b, length)
+                self.pos.copy_(saved[0])
+                self.index.copy_(saved[1])
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
                 self._run(b, length)
+        except BaseException:  # the rows go on from where they were
             self.pos.copy_(saved[0])
             self.index.copy_(saved[1])
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._run(b, length)
+            raise
         self.stats["graph_captures"] += 1
         return graph
 
     def close(self) -> None:
         self.graphs.clear()
-        self.kv = []
+        self.keys, self.values = [], []
         self.held = [[] for _ in range(self.slots)]

@@ -11,7 +11,8 @@ Two forward paths over the same weights:
 * :meth:`Model.forward` (prefill, and the ``dynamic`` decode): ``n`` tokens of one conversation at positions
   ``start..`` against that conversation's KV tensor ``[layers, 2, kv_heads, capacity, head_dim]``.
 * :meth:`Model.decode_step` (the ``static`` decode): one token for each of ``B`` conversations held in the
-  rows ``0..B-1`` of static slot buffers (per layer ``[2, slots, kv_heads, capacity, head_dim]``), at
+  rows ``0..B-1`` of static slot buffers (per layer a K and a V tensor ``[slots, kv_heads, capacity,
+  head_dim]``), at
   per-row positions given as a device tensor, attending over a fixed key length ``length`` (masked past each
   row's position). No host value changes between steps, so the whole step can be captured in one CUDA
   graph; :func:`layer_decode` is a pure function of tensors, so ``torch.compile`` traces it once and every
@@ -180,21 +181,24 @@ class Model(nn.Module):
         self,
         tok: Tensor,
         pos: Tensor,
-        slots: Sequence[Tensor],
+        keys: Sequence[Tensor],
+        values: Sequence[Tensor],
         length: int,
         layer_fn: Callable[..., Tensor] | None = None,
     ) -> Tensor:
         """One token for each of ``B`` conversations: ``tok`` [B] at positions ``pos`` [B] (device tensors),
-        their K/V written into rows ``0..B-1`` of ``slots`` (per layer: [2, slots, kv_heads, capacity,
-        head_dim], each its own allocation, so that a compiled layer sees the same input layout every time),
+        their K/V written into rows ``0..B-1`` of ``keys``/``values`` (per layer one tensor each, [slots,
+        kv_heads, capacity, head_dim], each its own allocation: a compiled layer then sees the same input
+        layout every time, and writes into it in place — through a view of a stacked cache, Inductor copies
+        the whole cache per step),
         attention over keys ``0..length-1`` masked past each row's position. Returns logits [B, vocab]
         (float32). ``layer_fn`` (default :func:`layer_decode`) may be its compiled twin."""
         fn = layer_fn or layer_decode
         b, c = tok.shape[0], self.c
         x = F.embedding(tok, self.embed.weight)
         cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
-        keys = torch.arange(length, device=tok.device)
-        mask = torch.where(keys[None, :] <= pos[:, None], 0.0, float("-inf"))[:, None, None, :]
+        at = torch.arange(length, device=tok.device)
+        mask = torch.where(at[None, :] <= pos[:, None], 0.0, float("-inf"))[:, None, None, :]
         if fn is not layer_decode:  # compiled: one graph for every key length (the batch size stays static)
             torch._dynamo.mark_dynamic(mask, 3)
         rows = torch.arange(b, device=tok.device)
@@ -208,7 +212,8 @@ class Model(nn.Module):
                 blk.mlp_norm.weight,
                 blk.w13.weight,
                 blk.w2.weight,
-                slots[i],
+                keys[i],
+                values[i],
                 rows,
                 pos,
                 mask,
@@ -228,7 +233,8 @@ def layer_decode(
     mlp_norm: Tensor,
     w13: Tensor,
     w2: Tensor,
-    cache: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
     rows: Tensor,
     pos: Tensor,
     mask: Tensor,
@@ -237,17 +243,17 @@ def layer_decode(
     kv_heads: int,
 ) -> Tensor:
     """One layer of the static decode step, a pure function of tensors (``torch.compile`` traces it once for
-    every layer). ``x`` [B, d]; ``cache`` [2, slots, kv_heads, capacity, head_dim], this layer's slots;
+    every layer). ``x`` [B, d]; ``k_cache``/``v_cache`` [slots, kv_heads, capacity, head_dim], this layer's;
     ``rows`` = arange(B); ``pos`` [B]; ``mask`` [B, 1, 1, L] additive float32 (0 or -inf); ``cos``/``sin``
     [B, 1, head_dim]. Writes row b's K/V at ``pos[b]`` and attends over keys ``0..L-1`` as matrix products
     (parallel over the keys, however long), softmax in float32, like the reference eager Llama attention."""
-    b, hd, length = x.shape[0], cache.shape[-1], mask.shape[-1]
+    b, hd, length = x.shape[0], k_cache.shape[-1], mask.shape[-1]
     heads = wo.shape[1] // hd
     qkv = F.linear(_rms(x, attn_norm), wqkv).view(b, heads + 2 * kv_heads, hd)
     q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
-    cache[0][rows, :, pos] = _rotate(k, cos, sin)
-    cache[1][rows, :, pos] = v
-    keys, values = cache[0, :b, :, :length], cache[1, :b, :, :length]  # [B, kv_heads, L, hd]: views
+    k_cache[rows, :, pos] = _rotate(k, cos, sin)  # in place: index_put_ on the input itself
+    v_cache[rows, :, pos] = v
+    keys, values = k_cache[:b, :, :length], v_cache[:b, :, :length]  # [B, kv_heads, L, hd]: views
     q = (_rotate(q, cos, sin) * hd**-0.5).view(b, kv_heads, heads // kv_heads, hd)
     scores = torch.matmul(q, keys.transpose(-1, -2)).float() + mask  # [B, kv_heads, rep, L]
     o = torch.matmul(scores.softmax(-1).to(x.dtype), values).reshape(b, heads * hd)
