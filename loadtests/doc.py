@@ -1,6 +1,9 @@
 """The report's document model: blocks (headings, paragraphs, bullets, tables, figures, preformatted text)
 rendered twice, as Markdown with figures as relative links and as a self-contained HTML page with figures
 inlined (PNG as base64, no external assets). Paragraph text may use `code`, *italics* and **bold**.
+
+Every table cell goes through :func:`cell_text` (numbers rounded for reading), and in HTML every table and
+preformatted block scrolls sideways inside the page instead of being cut at its edge.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["Doc", "round_frame"]
+__all__ = ["Doc", "cell_text", "format_number", "round_frame"]
 
 
 def _inline_html(text: str) -> str:
@@ -25,14 +29,40 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
 
 
+def format_number(v: float, digits: int = 3) -> str:
+    """A number for reading: ``digits`` significant figures below 1000 (``0.7799999999999999`` → ``0.78``),
+    whole numbers with thousands separators above (``12,345``), ``n/a`` for NaN/inf; never scientific
+    notation for what a benchmark reports."""
+    if not math.isfinite(v):
+        return "n/a"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if v == 0:
+        return "0"
+    text = f"{v:.{digits}g}"
+    if "e" in text:  # tiny values: fixed point with the same significant figures
+        text = f"{v:.{digits - 1 - math.floor(math.log10(abs(v)))}f}"
+    return text
+
+
+def cell_text(v: Any) -> str:
+    """What a table cell shows: floats rounded (:func:`format_number`), None and NaN as ``—``, the rest as
+    ``str``."""
+    if v is None or v is pd.NA:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float | np.floating):
+        return "—" if math.isnan(v) else format_number(float(v))
+    return str(v)
+
+
 def round_frame(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Floats shown with ``digits`` significant figures (and no scientific notation below 1e6)."""
+    """Floats shown with ``digits`` significant figures (:func:`format_number`)."""
     out = df.copy()
     for col in out.columns:
         if pd.api.types.is_float_dtype(out[col]):
-            out[col] = out[col].map(
-                lambda v: "n/a" if not math.isfinite(v) else f"{v:,.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
-            )
+            out[col] = out[col].map(lambda v: format_number(v, digits))
     return out
 
 
@@ -79,7 +109,7 @@ class Doc:
                 cols = [str(c) for c in val.columns]
                 out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
                 out += [
-                    "| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+                    "| " + " | ".join(cell_text(v).replace("|", "\\|") for v in row) + " |"
                     for row in val.itertuples(index=False)
                 ] + [""]
             elif kind == "img":
@@ -97,14 +127,16 @@ class Doc:
             elif kind == "ul":
                 body.append("<ul>" + "".join(f"<li>{_inline_html(x)}</li>" for x in val) + "</ul>")
             elif kind == "pre":
-                body.append(f"<pre>{html.escape(val)}</pre>")
+                body.append(f'<div class="scroll"><pre>{html.escape(val)}</pre></div>')
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in val.columns)
                 rows = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                    "<tr>" + "".join(f"<td>{html.escape(cell_text(v))}</td>" for v in row) + "</tr>"
                     for row in val.itertuples(index=False)
                 )
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(
+                    f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+                )
             elif kind == "img":
                 path, caption = val
                 data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -114,6 +146,7 @@ class Doc:
                 )
         style = (
             "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+            ".scroll{overflow-x:auto;max-width:100%}"
             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;"
             "padding:3px 7px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
             "code{background:#f3f3f3;padding:0 3px}figcaption{font-style:italic;margin-bottom:1em}"

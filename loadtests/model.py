@@ -161,6 +161,7 @@ class RunConfig:
     lag_p99_threshold_ms: float = 5.0  # load generator saturation: event-loop lag p99, in ms
     server_timeout_s: float = 30.0
     gc: str = "between-chunks"  # or "auto": Python's collector may pause the client mid-request
+    cpu_pinning: str = "auto"  # or "off": see loadtests.machine.plan_isolation
     toolbox_factory: ToolboxFactory = default_toolbox
     argv: list[str] = field(default_factory=list)
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see runner.cell_rollout
@@ -248,6 +249,7 @@ class ChunkStat:
     client_cpu_s: float
     server_cpu_s: float | None  # None: the server is not a process the runner can see
     lag_ms: list[float]
+    background: dict[str, Any] | None = None  # the machine meanwhile: loadtests.machine.background
 
 
 @dataclass(slots=True)
@@ -260,3 +262,4 @@ class Collected:
     loop: str
     system: dict[str, Any] = field(default_factory=dict)  # machine-wide CPU while the run ran
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    isolation: dict[str, Any] = field(default_factory=dict)  # loadtests.machine.Isolation.record()

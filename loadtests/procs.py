@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from clients.base import ClientConfig
+from loadtests.machine import Isolation, pinned_thread
 from loadtests.model import Cell
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
@@ -41,6 +42,7 @@ __all__ = [
     "Endpoint",
     "ServerError",
     "ServerProcess",
+    "process_keys",
     "settings_flags",
     "start_endpoints",
     "start_server_process",
@@ -85,6 +87,7 @@ class Endpoint:
     process: ServerProcess | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # client options, e.g. inproc's service
+    cpus: tuple[int, ...] = ()  # the CPUs its process is pinned to; () = not pinned
     _ssl: tuple[ssl.SSLContext, bytes] | None = field(default=None, repr=False)
 
     def client_config(self, **options: Any) -> ClientConfig:
@@ -135,6 +138,7 @@ class Endpoint:
             "pid": proc.pid if proc is not None else None,
             "cpu_s": serving,
             "cpu_startup_s": proc.cpu_at_ready_s if proc is not None else None,
+            "cpus": list(self.cpus) or None,
             "exit_code": exit_code,
             "settings": settings,
         }
@@ -241,9 +245,12 @@ def start_server_process(
     api_key: str | None = None,
     host: str = "127.0.0.1",
     timeout_s: float = 30.0,
+    cpus: tuple[int, ...] = (),
 ) -> Endpoint:
     """Start a ``server`` (protocol: ``https``, ``ws``, ``grpc``) in a child process on a free port and
     return its healthy endpoint.
+
+    ``cpus``: pin the process (every thread it will make) to these CPUs; () leaves it free.
 
     ``settings``: extra :class:`~turnbench.settings.Settings` fields, passed as ``turnbench serve`` flags
     (``{"http2": True}`` → ``--http2``). Its files go to ``workdir``: ``server-<server>-<profile>.log``, the CA
@@ -274,7 +281,7 @@ def start_server_process(
     argv += settings_flags(settings or {})
     log_path = workdir / f"server-{tag}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, pinned_thread(cpus):  # the child inherits this thread's CPUs
         popen = subprocess.Popen(
             argv,
             stdout=log,
@@ -299,6 +306,7 @@ def start_server_process(
         api_key=api_key,
         process=proc,
         settings={"profile": profile, "tls": tls, **(settings or {})},
+        cpus=tuple(cpus),
     )
 
 
@@ -325,6 +333,18 @@ def _inproc_endpoint(cell: Cell, workdir: Path) -> Endpoint:
     return Endpoint(server="inproc", url="", tls=False, options={"service": service}, settings=settings)
 
 
+def process_keys(cells: Sequence[Cell], targets: Mapping[str, str] | None = None) -> list[str]:
+    """The endpoint keys of ``cells`` that :func:`start_endpoints` starts a process for (neither
+    ``inproc`` nor a ``--target``), in order."""
+    targets = targets or {}
+    keys = {
+        c.endpoint_key: c
+        for c in cells
+        if c.server != "inproc" and targets.get(c.transport) is None and targets.get(c.server) is None
+    }
+    return list(keys)
+
+
 def start_endpoints(
     cells: Sequence[Cell],
     workdir: Path,
@@ -333,12 +353,15 @@ def start_endpoints(
     ca_path: str | None = None,
     api_key: str | None = None,
     timeout_s: float = 30.0,
+    isolation: Isolation | None = None,
 ) -> dict[str, Endpoint]:
     """One endpoint per ``Cell.endpoint_key``: a server process started with the cell's profile, TLS and
     server settings, a ``--target`` (``targets``: transport or server protocol → URL), or, for ``inproc``,
-    a service in this process. Processes start in parallel, each with its own folder under ``workdir``; if
-    one fails, the others are stopped and the first error is raised."""
+    a service in this process. Processes start in parallel, each with its own folder under ``workdir`` and,
+    when ``isolation`` pinned them, on its own CPUs; if one fails, the others are stopped and the first error
+    is raised."""
     targets = targets or {}
+    server_cpus = isolation.servers if isolation is not None and isolation.pinned else {}
     needed = {c.endpoint_key: c for c in cells}
     endpoints: dict[str, Endpoint] = {}
     to_start: dict[str, Cell] = {}
@@ -361,6 +384,7 @@ def start_endpoints(
                 settings=c.server_settings,
                 api_key=api_key,
                 timeout_s=timeout_s,
+                cpus=tuple(server_cpus.get(key, ())),
             )
             for i, (key, c) in enumerate(to_start.items())
         }

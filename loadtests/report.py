@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from loadtests import plots, stats
-from loadtests.doc import Doc, round_frame
+from loadtests.doc import Doc, format_number, round_frame
 from loadtests.rundir import RunDir, write_json
+from loadtests.verdict import CLAIM, Verdict
 from turnbench.settings import Settings
 
 __all__ = ["add_migration_section", "cmd_report", "headline_sentences", "write_report"]
@@ -61,19 +62,6 @@ def headline_sentences(h: pd.DataFrame, cells: tuple[str, ...] = SENTENCE_CELLS)
     return out
 
 
-def _claim_text(h: pd.DataFrame) -> str:
-    """The seed's claim next to what this run measured for ``ws/connection`` against ``https/full``."""
-    claim = (
-        "OpenAI's claim under test: WebSocket mode gives *up to ~40% lower end-to-end latency* for rollouts "
-        "of 20+ tool calls."
-    )
-    sel = h[(h["cell"] == "ws/connection") & (h["vs"] == "https/full")] if not h.empty else h
-    if sel.empty:
-        return claim + " This run has no `ws/connection` and `https/full` pair to test it."
-    got = "; ".join(f"{r.reduction_pct:.0f}% at `{r.profile}` on `{r.scenario}`" for r in sel.itertuples())
-    return f"{claim} Measured here (`ws/connection` vs `https/full`): {got}."
-
-
 def _fmt_ci(v: float, lo: float, hi: float, fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]" if math.isfinite(v) else "n/a"
 
@@ -98,10 +86,16 @@ def _headline_view(h: pd.DataFrame) -> pd.DataFrame:
         row[f"vs {r.vs}: ratio [95% CI]"] = (
             f"{_fmt_ci(r.ratio, r.lo, r.hi)} ({-r.reduction_pct:+.1f}%)" if math.isfinite(r.ratio) else "n/a"
         )
+        pred = getattr(r, "pred_ratio", math.nan)
+        row[f"vs {r.vs}: predicted"] = (
+            f"{_fmt_ci(pred, r.pred_lo, r.pred_hi)} ({-r.pred_reduction_pct:+.1f}%)"
+            if isinstance(pred, float) and math.isfinite(pred)
+            else "n/a"
+        )
         row[f"{r.vs} ms"] = f"{r.base_p50_ms:,.0f}"
     cols = ["scenario", "profile", "tool calls", "cell", "median ms", "n"]
     for base_t, base_s in stats.BASELINES:
-        cols += [f"{base_t}/{base_s} ms", f"vs {base_t}/{base_s}: ratio [95% CI]"]
+        cols += [f"{base_t}/{base_s} ms", f"vs {base_t}/{base_s}: ratio [95% CI]", f"vs {base_t}/{base_s}: predicted"]
     return pd.DataFrame(list(rows.values())).reindex(columns=cols).fillna("—")
 
 
@@ -143,6 +137,112 @@ def _saturation_text(meta: Mapping[str, Any]) -> str:
         f"event-loop lag p99 {float(mon.get('loop_lag_p99_ms', math.nan)):.1f} ms)"
         + (f"; {hot} of {len(cells)} cells saturated it at times (`run.json` monitor.cells)." if cells else ".")
     )
+
+
+def _run_caveats(meta: Mapping[str, Any]) -> list[str]:
+    """What limits every figure of the run: CPU isolation and the machine's background load."""
+    out: list[str] = []
+    iso = meta.get("isolation")
+    if isinstance(iso, Mapping) and iso:
+        if iso.get("pinned"):
+            out.append(f"CPU isolation: {iso.get('reason')}.")
+        else:
+            out.append(f"No CPU isolation: {iso.get('reason')}.")
+    mon = meta.get("monitor")
+    mon = mon if isinstance(mon, Mapping) else {}
+    bg = mon.get("background")
+    if isinstance(bg, Mapping) and bg:
+        cells = mon.get("cells") if isinstance(mon.get("cells"), Mapping) else {}
+        hot = [c for c, m in (cells or {}).items() if isinstance(m, Mapping) and m.get("contended")]
+        text = (
+            f"Background load while cells ran: other processes used {float(bg['other_cores']):.2f} of "
+            f"{bg['cores']} cores on average, {float(bg['idle_cores']):.2f} stayed idle"
+        )
+        if bg.get("pressure") is not None:
+            text += f", some task waited for a CPU {float(bg['pressure']):.0%} of the time"
+        if float(bg.get("steal") or 0.0) >= 0.005:
+            text += f", the hypervisor took {float(bg['steal']):.1%} (steal)"
+        text += (
+            f"; {len(hot)} of {len(cells or {})} cells ran on a contended machine (`run.json` monitor.cells)."
+            if hot
+            else "; no cell ran on a contended machine."
+        )
+        out.append(text)
+    return out
+
+
+def _verdict_section(d: Doc, verdicts: list[Verdict], meta: Mapping[str, Any]) -> None:
+    """The report's first lines: the claim, the answer with its interval, whether it holds; then the caveats."""
+    d.p(f"**Claim under test:** {CLAIM} (tested by `ws/connection` against `https/full`).")
+    if verdicts:
+        d.p(verdicts[0].line())
+        d.bullets(v.line() for v in verdicts[1:])
+    else:
+        d.p(
+            "**No verdict:** this run has no `ws/connection` and `https/full` pair at concurrency 1, so it does "
+            "not test the claim."
+        )
+    caveats = list(dict.fromkeys(c for v in verdicts for c in v.caveats))
+    caveats += _run_caveats(meta)
+    if caveats:
+        d.p("**Caveats:**")
+        d.bullets(caveats)
+
+
+_DECOMP_STAGES = ("parse", "validate", "resolve", "safety", "render", "post")
+
+
+def _decomposition_view(decomp: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> pd.DataFrame:
+    cells = {c["cell"]: c for c in meta.get("cells", []) if isinstance(c, Mapping)}
+    mon = meta.get("monitor")
+    mon_cells = mon.get("cells") if isinstance(mon, Mapping) and isinstance(mon.get("cells"), Mapping) else {}
+    rows = []
+    for cid, x in decomp.items():
+        c = cells.get(cid, {})
+        m = (mon_cells or {}).get(cid) or {}
+        bg = m.get("background") or {}
+        stages = x.get("stages_cpu_ms") or {}
+        srv, stage_sum = x.get("server_cpu_ms"), x.get("server_stage_cpu_ms")
+        rows.append(
+            {
+                "cell": f"{c.get('transport')}/{c.get('state')}",
+                "profile": c.get("profile"),
+                "c": c.get("concurrency"),
+                "variant": c.get("variant"),
+                "n": x["n"],
+                "rollout ms": x["rollout_ms"],
+                "model": x["model_ms"],
+                "tool": x["tool_ms"],
+                "server CPU": srv,
+                **{s: stages.get(s, math.nan) for s in _DECOMP_STAGES},
+                "outside stages": (srv - stage_sum) if srv is not None and stage_sum is not None else math.nan,
+                "client CPU": x["client_cpu_ms"],
+                "rest": x["rest_ms"],
+                "predicted p50": x["predicted_p50_ms"],
+                "measured p50": x["rollout_p50_ms"],
+                "other procs (cores)": bg.get("other_cores", math.nan),
+                "contended": "yes" if m.get("contended") else "no",
+            }
+        )
+    df = pd.DataFrame(rows)
+    if len(df) and (df["variant"] == "default").all():
+        df = df.drop(columns=["variant"])
+    return df
+
+
+def _decomposition_section(d: Doc, decomp: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+    d.h2("Where the time went: model, CPU and the rest")
+    d.p(
+        "Per cell, the mean over rollouts in ms per rollout (means add up: rollout = model + tool + server CPU + "
+        "client CPU + rest). *model*: the engine's prefill and decode time (their wall time less the server CPU "
+        "inside them); *server CPU*: the server process, split into the pipeline stages (thread CPU) and what "
+        "runs outside them (framing, TLS, the event loop); *client CPU*: the load generator; *rest*: network, "
+        "framing, waiting for a CPU, negative where CPU work overlapped model time. *predicted*: model + tool + "
+        "CPU, the rollout as if nothing ever waited for a CPU; the headline's predicted ratios are ratios of its "
+        "medians. *other procs*: CPU other processes used meanwhile, in cores; *contended*: they held the CPUs "
+        "(no core left idle) or the hypervisor stole time."
+    )
+    d.table(_decomposition_view(decomp, meta), empty="No successful rollouts to decompose.")
 
 
 def _calibration_section(d: Doc, calibration: Any) -> None:
@@ -277,10 +377,12 @@ def _runtime_section(d: Doc, runtime: Mapping[str, Any] | None) -> None:
     def num(v: Any) -> float:
         return math.nan if v is None else float(v)
 
-    table["ratio [95% CI]"] = [
-        _fmt_ci(num(r), num(lo), num(hi))
-        for r, lo, hi in zip(table.pop("ratio"), table.pop("ratio_lo"), table.pop("ratio_hi"), strict=True)
-    ]
+    n = int(runtime.get("rollouts") or 0)
+    ratios = zip(table.pop("ratio"), table.pop("ratio_lo"), table.pop("ratio_hi"), strict=True)
+    if n > 1:
+        table["ratio [95% CI]"] = [_fmt_ci(num(r), num(lo), num(hi)) for r, lo, hi in ratios]
+    else:  # one rollout per strategy: a single pair, no interval to show
+        table[f"ratio (n={n})"] = [format_number(num(r)) for r, _, _ in ratios]
     d.table(round_frame(table))
 
 
@@ -299,6 +401,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     h, a = summary.headline, summary.ablations
     figures = plots.all_figures(run.turns, run.rollouts, a, out / "plots")
     d = Doc("turnbench report")
+    _verdict_section(d, summary.verdicts, run.meta)
     d.p(
         f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
         f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}."
@@ -309,11 +412,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     d.p(
         "Ratio = median rollout time of the cell ÷ median of the HTTPS baseline in the same run (in brackets "
         "its bootstrap 95% confidence interval; in parentheses the change in %, negative = faster). Rollout "
-        f"time is first request → final answer, tool time included; {conc}."
+        f"time is first request → final answer, tool time included; {conc}. *Predicted*: the same ratio of "
+        "the rollout times the CPU split predicts (see *Where the time went*), which leaves out waiting for a "
+        "CPU: on a quiet machine the two agree."
     )
     d.table(_headline_view(h), empty="No cell had an HTTPS baseline to compare with.")
-    d.p(_claim_text(h))
     d.bullets(headline_sentences(h))
+    _decomposition_section(d, summary.decomposition, run.meta)
     plots.add_sections(d, figures, [n for n in plots.FIGURES if n != "ablations"])
     d.h2("Ablations: which mechanism buys what")
     d.p("Each row changes one server setting of DESIGN §2 (a switch off, or the framing) on one cell, all else equal.")

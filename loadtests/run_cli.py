@@ -170,6 +170,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "leaves it on",
     )
     o.add_argument(
+        "--cpu-pinning",
+        choices=("auto", "off"),
+        default="auto",
+        help="'auto' (default) pins the load generator and each server to a CPU of its own when there are "
+        "enough CPUs (one each plus one to spare), and says why not otherwise; 'off' never pins (run.json "
+        "isolation)",
+    )
+    o.add_argument(
         "--cpu-threshold",
         type=float,
         default=0.9,
@@ -264,6 +272,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         quiet=args.quiet,
         loop=args.loop,
         gc=args.gc,
+        cpu_pinning=args.cpu_pinning,
         cpu_threshold=args.cpu_threshold,
         lag_p99_threshold_ms=args.lag_threshold_ms,
         server_timeout_s=args.server_timeout_s,
@@ -300,6 +309,21 @@ def _pair(stats: dict[str, Any] | None, digits: int = 1) -> str:
     if not stats:
         return "-"
     return f"{_f(stats.get('p50'), digits)}/{_f(stats.get('p99'), digits)}"
+
+
+def _plain(markdown: str) -> str:
+    """Markdown emphasis and code marks off, for the terminal."""
+    return markdown.replace("**", "").replace("`", "")
+
+
+def verdict_line(v: dict[str, Any]) -> str:
+    """A verdict of ``summary.json`` as :meth:`loadtests.verdict.Verdict.line` words it."""
+    from loadtests.verdict import Verdict
+
+    fields: dict[str, Any] = {
+        k: (tuple(x) if isinstance(x, list) and k in ("measured", "predicted") else x) for k, x in v.items()
+    }
+    return Verdict(**fields).line()
 
 
 def format_table(run: RunDir) -> str:
@@ -347,6 +371,9 @@ def format_table(run: RunDir) -> str:
             "  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
             for r in table
         ]
+    for v in run.summary.get("verdicts") or []:
+        lines += ["", _plain(verdict_line(v))]
+        lines += [f"  - {_plain(c)}" for c in v.get("caveats") or []]
     calib = run.summary.get("calibration")
     if calib:
         lines += [
@@ -388,6 +415,14 @@ def print_warnings(run: RunDir, file: IO[str]) -> int:
         if m.get("saturated"):
             note = " (inproc runs the service in this process)" if ":inproc:" in cid else ""
             print(f"WARNING: cell {cid} saturated the load generator: {m.get('reason')}{note}", file=file)
+    contended = {cid: m["contended"] for cid, m in mon.get("cells", {}).items() if m.get("contended")}
+    if contended:
+        first = next(iter(contended.values()))
+        print(
+            f"WARNING: {len(contended)} of {len(mon.get('cells', {}))} cells ran on a contended machine ({first}): "
+            "their rollout times include waiting for a CPU; compare CPU figures, or rerun on a quieter machine",
+            file=file,
+        )
     cells = run.summary.get("cells", {})
     for cid, c in cells.items():
         if c["failed_rollouts"]:

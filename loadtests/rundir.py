@@ -326,6 +326,7 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
             "system": collected.system,
         },
         "injected": _injected(servers),
+        "isolation": collected.isolation,
         "chunks": [
             {
                 "cell": ch.cell,
@@ -337,6 +338,7 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
                 "client_cpu_s": ch.client_cpu_s,
                 "server_cpu_s": ch.server_cpu_s,
                 "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None,
+                "background": ch.background,
             }
             for ch in collected.chunks
         ],
@@ -436,4 +438,4 @@ class RunDir:
 
     def statistics(self) -> stats.RunSummary:
         """:func:`loadtests.stats.summarize_run` of this run (computed now from the rows on disk)."""
-        return stats.summarize_run(self.turns, self.rollouts, self.cells, self.chunks)
+        return stats.summarize_run(self.turns, self.rollouts, self.cells, self.chunks, self.meta)

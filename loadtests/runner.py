@@ -35,9 +35,10 @@ from tqdm import tqdm
 from clients.agent import run_rollout
 from clients.base import ResponsesClient, RolloutResult, make_client
 from loadtests.loops import chunk_plan, closed_loop, open_loop, poisson_offsets
+from loadtests.machine import MachineProbe, background, pin_threads, plan_isolation, restore_threads
 from loadtests.model import Cell, ChunkStat, Collected, RunConfig, Sample, ToolboxFactory, default_toolbox, plan_cells
 from loadtests.monitor import LoadMonitor
-from loadtests.procs import Endpoint, start_endpoints, stop_endpoints
+from loadtests.procs import Endpoint, process_keys, start_endpoints, stop_endpoints
 from loadtests.rundir import RunDir, default_out_dir
 
 __all__ = ["TASK", "cell_rollout", "execute", "measure", "one_rollout", "run", "run_chunk"]
@@ -163,7 +164,12 @@ async def execute(
         disable=config.quiet or not sys.stderr.isatty(),
     )
     monitor = LoadMonitor(cpu_threshold=config.cpu_threshold, lag_p99_threshold_ms=config.lag_p99_threshold_ms)
+    probe = MachineProbe()
     sys0, load0 = psutil.cpu_times(), os.getloadavg()
+
+    def servers_cpu_s() -> float:
+        return sum(v for e in endpoints.values() if (v := e.cpu_s()) is not None)
+
     async with monitor:
         for rnd, cell, indices, warmup in plan:
             ep = endpoints[cell.endpoint_key]
@@ -172,12 +178,14 @@ async def execute(
                 gc.collect()  # a full collection of this process takes 20-50 ms: never inside a chunk
                 gc.disable()
                 await asyncio.sleep(monitor.interval_s + 0.01)  # the probe notes the collection's stall here
+            all0, m0 = servers_cpu_s(), probe.read()
             lag0, cpu0, srv0, t0 = len(monitor.lag_ms), time.process_time(), ep.cpu_s(), time.perf_counter()
             try:
                 results = await run_chunk(config, cell, rnd, indices, ep, on_done=lambda: bar.update(1))
             finally:
                 gc.enable()
-            srv1 = ep.cpu_s()
+            srv1, cpu1 = ep.cpu_s(), time.process_time()
+            m1, all1 = probe.read(), servers_cpu_s()
             chunks.append(
                 ChunkStat(
                     cell=cell.cell,
@@ -186,9 +194,10 @@ async def execute(
                     rollouts=len(results),
                     turns=sum(len(r.turns) for r in results),
                     wall_s=time.perf_counter() - t0,
-                    client_cpu_s=time.process_time() - cpu0,
+                    client_cpu_s=cpu1 - cpu0,
                     server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
                     lag_ms=list(monitor.lag_ms[lag0:]),
+                    background=background(m0, m1, own_cpu_s=(cpu1 - cpu0) + (all1 - all0), cores=probe.cores),
                 )
             )
             samples += [Sample(r, cell, rnd, warmup) for r in results]
@@ -231,6 +240,7 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
     ids = [c.cell for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique in a run: {sorted({i for i in ids if ids.count(i) > 1})}")
+    isolation = plan_isolation(process_keys(cells, config.targets), mode=config.cpu_pinning)
     with tempfile.TemporaryDirectory(prefix="turnbench-run-") as tmp:
         endpoints = start_endpoints(
             cells,
@@ -239,15 +249,20 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
             ca_path=config.ca_path,
             api_key=config.api_key,
             timeout_s=config.server_timeout_s,
+            isolation=isolation,
         )
+        pinned = pin_threads(os.getpid(), isolation.client) if isolation.pinned else {}
         try:
             if not config.quiet:
+                print(f"cpu isolation: {isolation.reason}", file=sys.stderr)
                 for key, ep in endpoints.items():
                     where = f"pid {ep.process.pid}" if ep.process else ep.kind
                     print(f"server {key}: {ep.url or '(in process)'} ({where})", file=sys.stderr)
             collected = _execute_in_a_fresh_loop(config, cells, endpoints)
         finally:
+            restore_threads(pinned)
             codes = stop_endpoints(endpoints)
+    collected.isolation = isolation.record()
     collected.servers = {
         key: ep.record(codes[key], sorted({c.transport for c in cells if c.endpoint_key == key}))
         for key, ep in endpoints.items()

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from loadtests.machine import combine, contention
 from loadtests.model import ChunkStat
 from loadtests.monitor import MonitorReport, saturation
+from loadtests.verdict import Verdict, verdicts
 
 __all__ = [
     "BASELINES",
@@ -37,10 +39,12 @@ __all__ = [
     "cell_monitor",
     "cell_summaries",
     "cell_table",
+    "decomposition",
     "headline",
     "label",
     "percentiles",
     "ratio_ci",
+    "rollout_decomposition",
     "summarize",
     "summarize_run",
     "windowed_monitor",
@@ -373,6 +377,152 @@ def cell_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------------------------ run: decomposition
+
+
+def _chunk_shares(chunks: Sequence[Record]) -> dict[tuple[str, int], tuple[float, float | None]]:
+    """(cell, round) → (client CPU ms, server process CPU ms) per rollout of that measured chunk."""
+    out: dict[tuple[str, int], tuple[float, float | None]] = {}
+    for ch in chunks:
+        if ch["warmup"] or not ch["rollouts"]:
+            continue
+        n = int(ch["rollouts"])
+        srv = ch.get("server_cpu_s")
+        out[(str(ch["cell"]), int(ch["round"]))] = (
+            1000.0 * float(ch["client_cpu_s"]) / n,
+            None if srv is None else 1000.0 * float(srv) / n,
+        )
+    return out
+
+
+def _sim_model_ms(turns: pd.DataFrame, settings: Mapping[str, Any]) -> npt.NDArray[np.float64] | None:
+    """Per turn, the model time the ``sim`` engine's profile gives for the tokens it prefilled and decoded
+    (``prefill_ms(computed, context) + token_ms(context) × decoded``), in ms; None when the server ran another
+    engine, the profile is unknown here, or the turns lack the token counts."""
+    if settings.get("engine", "sim") != "sim" or not settings.get("profile"):
+        return None
+    need = ("stage_prefill_tokens", "stage_decode_tokens", "input_tokens")
+    if any(col not in turns for col in need):
+        return None
+    from turnbench.engine.sim import get_profile
+
+    try:
+        prof = get_profile(str(settings["profile"]))
+    except ValueError:
+        return None
+    out = np.zeros(len(turns))
+    cols = [pd.to_numeric(turns[col], errors="coerce").fillna(0).to_numpy() for col in need]
+    for i, (computed, decoded, context) in enumerate(zip(*cols, strict=True)):
+        out[i] = prof.prefill_ms(int(computed), int(context)) + prof.token_ms(int(context)) * int(decoded)
+    return out
+
+
+def rollout_decomposition(
+    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
+) -> pd.DataFrame:
+    """Where each measured, successful rollout's time went, in ms — a split that does not depend on how busy
+    the machine was, next to the wall clock that does.
+
+    Columns: ``cell``, ``rollout_id``, ``round``, ``rollout_ms`` (measured); ``model_ms`` (the ``sim``
+    engine's modelled prefill + decode time; for another engine, the prefill and decode stages' wall time less
+    the server CPU spent inside them); ``tool_ms``; ``server_cpu_ms`` (the
+    server process's CPU, its chunk's share per rollout; for ``inproc``, the stages' CPU);
+    ``server_stage_cpu_ms`` (the pipeline stages' thread CPU, summed over turns) and ``stage_<name>_cpu_ms``;
+    ``client_cpu_ms`` (the load generator's CPU, its chunk's share; ``inproc``: less the stages');
+    ``predicted_ms`` = model + tool + server CPU + client CPU: the rollout had nothing ever waited for a
+    CPU (a chunk at concurrency above 1 runs rollouts side by side, so there it is not a rollout time);
+    ``rest_ms`` = measured − predicted: network, framing, waiting for a CPU (negative where CPU work
+    overlapped model time).
+    """
+    columns = [
+        "cell",
+        "rollout_id",
+        "round",
+        "rollout_ms",
+        "model_ms",
+        "tool_ms",
+        "server_cpu_ms",
+        "server_stage_cpu_ms",
+        "client_cpu_ms",
+        "predicted_ms",
+        "rest_ms",
+    ]
+    r_ok = _ok(rollouts)
+    if not len(r_ok) or not len(turns):
+        return pd.DataFrame(columns=columns)
+    cpu_cols = [c for c in turns.columns if c.startswith("stage_") and c.endswith("_cpu_ms")]
+    model = [s for s in ("prefill", "decode") if f"stage_{s}_wall_ms" in turns and f"stage_{s}_cpu_ms" in turns]
+    num = [*cpu_cols, *(f"stage_{s}_wall_ms" for s in model)]
+    t = turns[["cell", "rollout_id", *num]].copy()
+    t[num] = t[num].apply(pd.to_numeric, errors="coerce").fillna(0.0)
+    t["model_ms"] = 0.0
+    for s in model:
+        t["model_ms"] += (t[f"stage_{s}_wall_ms"] - t[f"stage_{s}_cpu_ms"]).clip(lower=0.0)
+    for c in cells:  # the sim engine's own cost model, where it applies: free of the machine's load
+        sel = (turns["cell"] == c["cell"]).to_numpy()
+        if sel.any():
+            nominal = _sim_model_ms(turns[sel], c.get("server_settings") or {})
+            if nominal is not None:
+                t.loc[sel, "model_ms"] = nominal
+    t["server_stage_cpu_ms"] = t[cpu_cols].sum(axis=1) if cpu_cols else 0.0
+    per = t.groupby(["cell", "rollout_id"], sort=False)[[*cpu_cols, "model_ms", "server_stage_cpu_ms"]].sum()
+    out = r_ok[["cell", "rollout_id", "round", "rollout_ms", "tool_ms"]].join(per, on=["cell", "rollout_id"])
+    shares = _chunk_shares(chunks)
+    inproc = {str(c["cell"]) for c in cells if c.get("server") == "inproc" or c.get("transport") == "inproc"}
+    client, server = [], []
+    for cell, rnd, stage_cpu in zip(out["cell"], out["round"], out["server_stage_cpu_ms"], strict=True):
+        cl, sv = shares.get((str(cell), int(rnd)), (math.nan, None))
+        if cell in inproc:  # the service ran in the load generator's process
+            client.append(cl - float(stage_cpu))
+            server.append(float(stage_cpu))
+        else:
+            client.append(cl)
+            server.append(math.nan if sv is None else sv)
+    out["client_cpu_ms"] = client
+    out["server_cpu_ms"] = server
+    out["predicted_ms"] = out["model_ms"] + out["tool_ms"] + out["server_cpu_ms"] + out["client_cpu_ms"]
+    out["rest_ms"] = out["rollout_ms"] - out["predicted_ms"]
+    return out[[*columns, *cpu_cols]].reset_index(drop=True)
+
+
+def decomposition(frame: pd.DataFrame, cells: Sequence[Record]) -> dict[str, dict[str, Any]]:
+    """``summary.json["decomposition"]``: per cell, the *means* over rollouts of :func:`rollout_decomposition`
+    (means add up: rollout = model + tool + server CPU + client CPU + rest), the server CPU per stage, and
+    the median measured and predicted rollout times (what the headline's ratios use)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        rows = _rows(frame, str(c["cell"]))
+        if not len(rows):
+            continue
+        stage_cols = [k for k in rows.columns if k.startswith("stage_") and k.endswith("_cpu_ms")]
+
+        def mean(col: str, rows: pd.DataFrame = rows) -> float:
+            vals = _finite(rows[col])
+            return float(vals.mean()) if vals.size else math.nan
+
+        out[str(c["cell"])] = {
+            "n": len(rows),
+            "concurrency": c["concurrency"],
+            **{
+                k: mean(k)
+                for k in (
+                    "rollout_ms",
+                    "model_ms",
+                    "tool_ms",
+                    "server_cpu_ms",
+                    "server_stage_cpu_ms",
+                    "client_cpu_ms",
+                    "predicted_ms",
+                    "rest_ms",
+                )
+            },
+            "stages_cpu_ms": {k[6:-7]: mean(k) for k in stage_cols},
+            "rollout_p50_ms": float(np.median(m)) if (m := _finite(rows["rollout_ms"])).size else math.nan,
+            "predicted_p50_ms": float(np.median(p)) if (p := _finite(rows["predicted_ms"])).size else math.nan,
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ run: ratios
 
 
@@ -388,6 +538,9 @@ def _ratio_row(num: pd.Series, den: pd.Series, n_boot: int, seed: int) -> dict[s
     }
 
 
+_PRED_KEYS = ("pred_ratio", "pred_lo", "pred_hi", "pred_reduction_pct", "pred_reduction_lo", "pred_reduction_hi")
+
+
 def _tool_calls(rollouts: pd.DataFrame) -> int:
     if "n_tool_calls" in rollouts.columns and rollouts["n_tool_calls"].notna().any():
         return int(rollouts["n_tool_calls"].median())
@@ -399,6 +552,7 @@ def headline(
     cells: Sequence[Record],
     *,
     concurrency: int | None = None,
+    predicted: pd.DataFrame | None = None,
     n_boot: int = N_BOOT_RATIO,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -406,9 +560,12 @@ def headline(
 
     Per scenario and profile, closed-loop cells at ``concurrency`` (default: the lowest measured), default
     variant only; the calibration scenario and the in-process reference are left out.
-    Returns one row per (cell, baseline): ``cell`` is its ``transport/state`` label; ``ratio`` = median
-    rollout_ms of the cell ÷ that of the baseline, its bootstrap 95% CI (``lo``, ``hi``), ``reduction_pct``
-    = (1 − ratio)·100 with ``reduction_lo/hi``, the medians in ms, sample counts and failed rollouts.
+    Returns one row per (cell, baseline): ``cell`` is its ``transport/state`` label (``cell_id``, ``vs_id``:
+    the two cells' ids); ``ratio`` = median rollout_ms of the cell ÷ that of the baseline, its bootstrap
+    95% CI (``lo``, ``hi``), ``reduction_pct`` = (1 − ratio)·100 with ``reduction_lo/hi``, the medians in ms,
+    sample counts and failed rollouts. With ``predicted`` (:func:`rollout_decomposition`) and concurrency 1,
+    also ``pred_ratio`` [``pred_lo``, ``pred_hi``] and ``pred_reduction_pct`` [``pred_reduction_lo``,
+    ``pred_reduction_hi``]: the same ratio of the rollout times the CPU decomposition predicts.
     """
     main = [
         c
@@ -439,6 +596,20 @@ def headline(
                     continue
                 ok, base_ok = _ok(rows_of_cell)["rollout_ms"], _ok(base)["rollout_ms"]
                 rr = _ratio_row(ok, base_ok, n_boot, seed)
+                pred = {k: math.nan for k in _PRED_KEYS}
+                if predicted is not None and conc == 1 and len(predicted):
+                    pa = _rows(predicted, cell["cell"])["predicted_ms"]
+                    pb = _rows(predicted, base_cell["cell"])["predicted_ms"]  # type: ignore[index]
+                    if _finite(pa).size and _finite(pb).size:
+                        pr = _ratio_row(pa, pb, n_boot, seed)
+                        pred = {
+                            "pred_ratio": pr["ratio"],
+                            "pred_lo": pr["lo"],
+                            "pred_hi": pr["hi"],
+                            "pred_reduction_pct": -pr["change_pct"],
+                            "pred_reduction_lo": -pr["change_hi"],
+                            "pred_reduction_hi": -pr["change_lo"],
+                        }
                 rows.append(
                     {
                         "scenario": scenario,
@@ -447,6 +618,8 @@ def headline(
                         "tool_calls": tools,
                         "cell": lab,
                         "vs": f"{base_t}/{base_s}",
+                        "cell_id": cell["cell"],
+                        "vs_id": base_cell["cell"],  # type: ignore[index]
                         "ratio": rr["ratio"],
                         "lo": rr["lo"],
                         "hi": rr["hi"],
@@ -458,6 +631,7 @@ def headline(
                         "n": len(ok),
                         "n_base": len(base_ok),
                         "failed": len(rows_of_cell) - len(ok) + len(base) - len(base_ok),
+                        **pred,
                     }
                 )
     return pd.DataFrame(rows)
@@ -597,28 +771,42 @@ class RunSummary:
     headline: pd.DataFrame
     ablations: pd.DataFrame
     calibration: dict[str, Any] | None
+    decomposition: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return [{str(k): v for k, v in r.items()} for r in df.to_dict("records")]
 
         return {
+            "verdicts": [v.as_json() for v in self.verdicts],
             "cells": self.cells,
             "headline": records(self.headline),
+            "decomposition": self.decomposition,
             "ablations": records(self.ablations),
             "calibration": self.calibration,
         }
 
 
 def summarize_run(
-    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
+    turns: pd.DataFrame,
+    rollouts: pd.DataFrame,
+    cells: Sequence[Record],
+    chunks: Sequence[Record],
+    meta: Mapping[str, Any] | None = None,
 ) -> RunSummary:
-    """Per-cell summaries, headline, ablations and calibration from the measured rows and the records."""
+    """Per-cell summaries, headline (measured and predicted), the decomposition, ablations, calibration, and
+    the claim's verdicts (:func:`loadtests.verdict.verdicts`, which read ``meta``: run.json's monitor and
+    bench records) from the measured rows and the records."""
+    frame = rollout_decomposition(turns, rollouts, cells, chunks)
+    head = headline(rollouts, cells, predicted=frame)
     return RunSummary(
         cells=cell_summaries(turns, rollouts, cells, chunks),
-        headline=headline(rollouts, cells),
+        headline=head,
         ablations=ablations(rollouts, cells),
         calibration=calibration(turns, cells),
+        decomposition=decomposition(frame, cells),
+        verdicts=verdicts(head.to_dict("records"), meta or {}),
     )
 
 
@@ -626,19 +814,24 @@ def summarize_run(
 
 
 def cell_monitor(chunks: Sequence[ChunkStat], *, cpu_threshold: float, lag_p99_threshold_ms: float) -> dict[str, Any]:
-    """The load generator over ``chunks``: CPU as a fraction of one core, loop-lag p99 (ms), the verdict."""
+    """The load generator over ``chunks``: CPU as a fraction of one core, loop-lag p99 (ms), the verdict;
+    and the machine meanwhile: ``background`` (:func:`loadtests.machine.combine` of the chunks' windows:
+    other processes' CPU, idle cores, steal, CPU pressure) and ``contended`` (why, or None)."""
     wall = sum(c.wall_s for c in chunks)
     cpu = sum(c.client_cpu_s for c in chunks)
     lags = [x for c in chunks for x in c.lag_ms]
     util = cpu / wall if wall else float("nan")
     p99 = float(np.percentile(lags, 99)) if lags else float("nan")
     reason = saturation(util, p99, cpu_threshold=cpu_threshold, lag_p99_threshold_ms=lag_p99_threshold_ms)
+    machine = combine(c.background for c in chunks)
     return {
         "cpu_util": util,
         "loop_lag_p99_ms": p99,
         "lag_samples": len(lags),
         "saturated": reason is not None,
         "reason": reason,
+        "background": machine,
+        "contended": contention(machine),
     }
 
 
@@ -669,6 +862,8 @@ def windowed_monitor(
         "loop_lag_max_ms": float(lags.max()) if lags.size else float("nan"),
         "saturated": win["saturated"],
         "reason": win["reason"],
+        "background": win["background"],
+        "contended": win["contended"],
         "whole_run": whole,
         "cells": {cell: cell_monitor(mine, **limits) for cell, mine in by_cell.items()},
     }

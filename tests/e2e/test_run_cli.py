@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from loadtests import machine, runner
 from loadtests.cli import build_parser, main
-from loadtests.procs import ServerError, start_server_process
+from loadtests.model import RunConfig
+from loadtests.procs import Endpoint, ServerError, start_server_process
 from loadtests.rundir import RunDir
+from loadtests.scenarios import load_scenario
 from tests.conftest import TIMEOUT_FACTOR
 from turnbench.transports import DEFAULT_TRANSPORTS
 
@@ -36,7 +39,7 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(420 * TIMEOUT_FACTOR)
 def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
     transports = ["inproc", *DEFAULT_TRANSPORTS]
     out = tmp_path / "run"
@@ -59,7 +62,7 @@ def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
             "--out",
             str(out),
         ],
-        120,
+        360,  # generous: a busy machine may run it several times slower, and the test only needs it to finish
     )
     assert proc.returncode == 0, proc.stderr
     for name in ("turns.parquet", "turns.jsonl", "rollouts.parquet", "rollouts.jsonl", "run.json", "summary.json"):
@@ -83,7 +86,7 @@ def test_run_agent5_over_the_default_transports(tmp_path: Path) -> None:
     assert all(c["server_cpu_ms_per_turn"] > 0 for c in cells.values() if c["transport"] != "inproc")
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(420 * TIMEOUT_FACTOR)
 def test_run_starts_a_server_of_its_own_for_https_h2(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _run(
@@ -107,7 +110,7 @@ def test_run_starts_a_server_of_its_own_for_https_h2(tmp_path: Path) -> None:
             "--out",
             str(out),
         ],
-        120,
+        360,  # generous: a busy machine may run it several times slower, and the test only needs it to finish
     )
     assert proc.returncode == 0, proc.stderr
     data = RunDir(out)
@@ -150,14 +153,52 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this OS")
+@pytest.mark.timeout(420 * TIMEOUT_FACTOR)
+def test_cells_run_pinned_when_isolation_is_planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where there are CPUs enough, the load generator and each server get their own: forced here on this
+    machine's CPUs (the plan, not the machine, decides), then undone for the load generator."""
+    cpus = machine.available_cpus()
+    client_cpu, server_cpu = cpus[0], cpus[-1]
+
+    def plan(keys: list[str], *_: object, mode: str = "auto") -> machine.Isolation:
+        return machine.Isolation(True, tuple(cpus), "forced by the test", (client_cpu,), {keys[0]: (server_cpu,)})
+
+    monkeypatch.setattr(runner, "plan_isolation", plan)
+    seen: dict[str, object] = {}
+    real_execute = runner._execute_in_a_fresh_loop
+
+    def execute(config: RunConfig, cells: object, endpoints: dict[str, Endpoint]) -> object:
+        ep = next(iter(endpoints.values()))
+        assert ep.process is not None
+        seen["server"] = {
+            os.sched_getaffinity(int(t)) == {server_cpu} for t in os.listdir(f"/proc/{ep.process.pid}/task")
+        }
+        seen["client"] = os.sched_getaffinity(0)
+        return real_execute(config, cells, endpoints)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "_execute_in_a_fresh_loop", execute)
+    before = os.sched_getaffinity(0)
+    sc = load_scenario("chat-1").replace(rollouts=1, warmup=0, rounds=1, tls=False, profile="instant")
+    result = runner.run(RunConfig(scenarios=[sc], transports=["ws"], quiet=True, out_dir=tmp_path / "run"))
+    assert seen == {"server": {True}, "client": {client_cpu}}  # every server thread, and the client, pinned
+    assert os.sched_getaffinity(0) == before  # the load generator is free again
+    assert result.meta["isolation"]["pinned"] and result.meta["isolation"]["reason"] == "forced by the test"
+    (server,) = result.meta["servers"].values()
+    assert server["cpus"] == [server_cpu] and result.rollouts["success"].all()
+
+
 def test_a_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="exited"):
         start_server_process("https", workdir=tmp_path, profile="no-such-profile", tls=False, timeout_s=30)
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(300 * TIMEOUT_FACTOR)
 def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
-    """The user classes come from the transport table: HttpsUser and HttpsH2User, each on its own server."""
+    """The user classes come from the transport table: HttpsUser and HttpsH2User, each on its own server.
+
+    The run time only decides when Locust stops *starting* rollouts: ``--stop-timeout`` lets every rollout
+    already started finish, however slowly a busy machine runs it, so each user records at least its first."""
     locust = shutil.which("locust", path=str(Path(sys.executable).parent))
     if locust is None:
         pytest.skip("locust not installed")
@@ -177,6 +218,8 @@ def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
                 "2",
                 "--run-time",
                 "3s",
+                "--stop-timeout",
+                "120",
                 "--tb-https",
                 h1.url,
                 "--tb-https-h2",
@@ -196,7 +239,7 @@ def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             cwd=ROOT,
-            timeout=60 * TIMEOUT_FACTOR,
+            timeout=240 * TIMEOUT_FACTOR,
             check=False,
         )
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 from loadtests import report, stats
 from loadtests.cli import main
+from loadtests.doc import cell_text, format_number
 from loadtests.rundir import RunDir, read_samples, write_json, write_samples
 from tests.unit.test_report_synth import make_run
 
@@ -199,3 +200,44 @@ def test_report_cli_rebuilds_and_reports_missing_dir(
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "has no run.json" in capsys.readouterr().err
+
+
+RUNTIME_N1 = {
+    "transport": "ws",
+    "profile": "fast",
+    "drop_at": 10,
+    "tool_calls": 20,
+    "rollouts": 1,
+    "strategies": [
+        {
+            "strategy": "reconnect + hydrate from the store (store=true)",
+            "ok": "1/1",
+            "extra_rollout_ms": 55.08931999999993,
+            "ratio": 1.0649895313950504,
+            "ratio_lo": 1.0649895313950504,
+            "ratio_hi": 1.0649895313950504,
+            "recovery_ms": 0.7799999999999999,
+        }
+    ],
+}
+
+
+def test_numbers_are_rounded_for_reading() -> None:
+    assert format_number(0.7799999999999999) == "0.78" and format_number(12345.6) == "12,346"
+    assert format_number(0.00012345) == "0.000123" and format_number(float("nan")) == "n/a"
+    assert cell_text(0.7799999999999999) == "0.78" and cell_text(None) == "—" and cell_text(3) == "3"
+
+
+def test_report_rounds_scrolls_and_shows_n1_as_n1(run_dir: Path, tmp_path: Path) -> None:
+    write_json(run_dir / "migration.json", {**MIGRATION, "runtime": RUNTIME_N1})
+    try:
+        paths = report.write_report(run_dir, tmp_path / "r")
+    finally:
+        (run_dir / "migration.json").unlink()
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    table_rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert table_rows and not [r for r in table_rows if re.search(r"(?<![\d:])\d+\.\d{5,}", r)]  # no 0.7799999999999999
+    runtime = md[md.index("Runtime cost of migrating") :]
+    assert "ratio (n=1)" in runtime and "| 1.06 |" in runtime and "[1.06" not in runtime and "95% CI" not in runtime
+    assert page.count('<div class="scroll"><table>') == page.count("<table>")  # wide tables scroll, never cut
+    assert "overflow-x:auto" in page

@@ -4,6 +4,9 @@
 writes them with :meth:`loadtests.rundir.RunDir.write`, the writer ``turnbench run`` uses, so the files are
 the runner's format by construction. Rollout times of a cell are ``median × (1 + spread·k)`` for a
 symmetric set of k, so the cell's median is exactly the given median and the headline ratios are known.
+Each chunk's process CPU follows from its turns: the server's is the stages' CPU × (1 + ``OUTSIDE``), the
+client's ``CLIENT`` × the server's, so the CPU splits are known too; every chunk records a background load
+(``background``: other processes' cores, with the CPUs full or not).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ MEDIANS: dict[tuple[str, str], float] = {
     ("grpc", "connection"): 660.0,
 }
 PROFILE_SCALE = {"fast": 1.0, "instant": 0.5}
+OUTSIDE = 0.5  # server CPU outside the stages, as a share of the stages' CPU
+CLIENT = 0.4  # client CPU as a share of the server process's
 # ablation variants on ws/connection (fast, c=1): server settings, factor on the default median
 ABLATIONS: dict[str, tuple[dict[str, Any], float]] = {
     "no-token_cache": ({"token_cache": False}, 1.2),
@@ -89,6 +94,7 @@ def _rollout(
     stage_cpu_ms: Mapping[str, float],
     cpu_factor: float,
     rng: np.random.Generator,
+    extra_ms: Mapping[str, float],
 ) -> RolloutResult:
     turns = []
     for t in range(n_turns):
@@ -96,6 +102,7 @@ def _rollout(
         stages = {}
         for stage in STAGES:
             cpu = stage_cpu_ms.get(stage, 0.1) * cpu_factor * float(rng.uniform(0.9, 1.1))
+            cpu += extra_ms.get(stage, 0.0)  # like Settings.burn_us: fixed CPU, whatever the machine's speed
             stages[stage] = StageStat(wall_ns=round(cpu * 1.3e6), cpu_ns=round(cpu * 1e6), items=1, tokens=10)
         turns.append(
             TurnResult(
@@ -146,12 +153,18 @@ def make_run(
     ablations: Mapping[str, tuple[dict[str, Any], float]] = ABLATIONS,
     stage_cpu_ms: Mapping[str, float] = STAGE_CPU_MS,
     cpu_factor: Mapping[tuple[str, str], float] | None = None,
+    stage_extra_ms: Mapping[str, float] | None = None,
+    client_factor: float = 1.0,
+    other_cores: float = 0.05,
     server_settings: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic run directory at ``path``; returns it. Times in ms, bytes in bytes.
 
+    ``cpu_factor``: every stage's CPU × this in a cell (a slower machine, or code); ``stage_extra_ms``: CPU
+    added to a stage of every turn of every cell; ``client_factor``: the client's CPU × this; ``other_cores``:
+    other processes' CPU in every chunk's background (above 0.25 with the CPUs full: contended);
     ``server_settings``: for every cell's server (as ``turnbench run --set``); ``meta``: run.json additions.
     """
     rng = np.random.default_rng(seed)
@@ -175,10 +188,17 @@ def make_run(
                     times = m * _spread(n_rollouts, spread)
                     rng.shuffle(times)
                     cpu_f = (cpu_factor or {}).get((cell.transport, cell.state), 1.0)
+                    stage_s = {1: 0.0, 2: 0.0, 3: 0.0}
                     for i, rollout_ms in enumerate(times):
-                        rollout = _rollout(cell, rid, float(rollout_ms), n_turns, stage_cpu_ms, cpu_f, rng)
+                        rollout = _rollout(
+                            cell, rid, float(rollout_ms), n_turns, stage_cpu_ms, cpu_f, rng, stage_extra_ms or {}
+                        )
                         samples.append(Sample(rollout, cell, 1 + i % 3, False))
+                        stage_s[1 + i % 3] += (
+                            sum(st.cpu_ns for t in rollout.turns for st in t.server_stages.values()) / 1e9
+                        )
                         rid += 1
+                    inproc = cell.transport == "inproc"
                     chunks += [
                         ChunkStat(
                             cell=cell.cell,
@@ -187,9 +207,20 @@ def make_run(
                             rollouts=n_rollouts // 3,
                             turns=n_turns * n_rollouts // 3,
                             wall_s=1.0,
-                            client_cpu_s=0.1,
-                            server_cpu_s=0.05,
+                            client_cpu_s=stage_s[r] * (1 + OUTSIDE) * CLIENT * client_factor
+                            + (stage_s[r] if inproc else 0.0),
+                            server_cpu_s=None if inproc else stage_s[r] * (1 + OUTSIDE),
                             lag_ms=[0.5, 0.8],
+                            background={
+                                "wall_s": 1.0,
+                                "cores": 2,
+                                "busy_cores": 1.0 + other_cores,
+                                "own_cores": 1.0,
+                                "other_cores": other_cores,
+                                "idle_cores": max(0.0, 1.0 - other_cores),
+                                "steal": 0.0,
+                                "pressure": 0.02 + other_cores / 2,
+                            },
                         )
                         for r in (1, 2, 3)
                     ]
