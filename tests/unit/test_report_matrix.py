@@ -20,9 +20,14 @@ def test_full_matrix_covers_profiles_concurrency_and_ablations() -> None:
     groups = bench.full_matrix()
     default = {(g.scenario, g.profile, g.concurrency) for g in groups if g.variant == "default"}
     for prof in ("instant", "fast", "frontier"):
-        assert {("agent-20", prof, 1), ("agent-20", prof, 4)} <= default
+        assert ("agent-20", prof, 1) in default
     for prof in ("instant", "fast"):
-        assert {("coding-agent-50", prof, 1), ("coding-agent-50", prof, 4)} <= default
+        assert {("agent-20", prof, 4), ("coding-agent-50", prof, 1)} <= default
+    # the slow corners (~8 s frontier rollouts, coding-agent-50's quadratic full resend) stay at c=1: the
+    # matrix must finish within 10 minutes on a busy 2-core machine
+    assert (
+        not {("agent-20", "frontier", 4), ("coding-agent-50", "instant", 4), ("coding-agent-50", "fast", 4)} & default
+    )
     assert ("calibration", None, 1) in default
     variants = {g.variant: g for g in groups if g.variant != "default"}
     assert set(variants) == {*bench.ABLATIONS, "no-connection_cache"}
