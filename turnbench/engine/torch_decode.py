@@ -2,13 +2,12 @@
 
 A decode step for ``B`` conversations runs :meth:`~turnbench.engine.torch_model.Model.decode_step` over rows
 ``0..B-1`` of the slot buffers (per layer a K and a V tensor ``[slots, kv_heads, capacity, head_dim]``).
-Everything a step
-reads or advances lives on the device at a fixed address: the planned ids (``plan``, teacher forcing: the
-service knows the tokens it will stream), each row's position and its index into the plan. A step therefore
-needs no host value, and on CUDA it is captured once per (batch size, key-length bucket) in one CUDA graph and
-then only replayed — one launch per token instead of hundreds. ``compile`` runs the per-layer function through
-``torch.compile`` first (Inductor fuses norms, rotary, softmax, SiLU·up and the residual adds; ``max-autotune``
-also tunes the matrix-vector products); the captured graph then holds the fused kernels.
+Everything a step reads or advances lives on the device at a fixed address: the planned ids (``plan``, teacher
+forcing: the service knows the tokens it will stream), each row's position and its index into the plan. A step
+therefore needs no host value, and on CUDA it is captured once per (batch size, key-length bucket) in one CUDA
+graph and then only replayed — one launch per token instead of hundreds. ``compile`` runs the per-layer
+function through ``torch.compile`` first (Inductor fuses norms, rotary, softmax, SiLU·up and the residual adds;
+``max-autotune`` also tunes the matrix-vector products); the captured graph then holds the fused kernels.
 
 A slot remembers the ids whose KV it holds (``held``): a conversation that decodes again in the same slot
 (the next turn of an agent loop) copies in only the tokens its slot does not already hold. The scheduler
@@ -69,7 +68,9 @@ def compile_layer(mode: str) -> Callable[..., Tensor]:
 
     inductor.coordinate_descent_tuning = True
     # a graph per batch size and the key length dynamic: a handful of compiles, never the default limit of 8
-    torch._dynamo.config.recompile_limit = 64
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
     inner = "max-autotune-no-cudagraphs" if mode == "max-autotune" else "default"
     fn: Callable[..., Tensor] = torch.compile(layer_decode, mode=inner, fullgraph=True)
     return fn
