@@ -206,17 +206,17 @@ async def part_model(a: argparse.Namespace, config: str, out: Part) -> None:
     e = TorchEngine(engine_settings(a, config))
     try:
         out.put("engine", engine_info(e) | {"weight_gb": round(e.weight_bytes / 1e9, 3)})
-        out.put("decode", await decode_probe(e, 256 if a.quick else 1024, 32 if a.quick else 256))
+        out.put("decode", await decode_probe(e, 128 if a.quick else 1024, 16 if a.quick else 256))
         if config in ("cuda-1b", "cuda-8b", "cpu-tiny"):
-            contexts = [128, 512] if a.quick else ([1024, 8192, 32768] if a.device == "cuda" else [256, 1024, 2048])
+            contexts = [64, 256] if a.quick else ([1024, 8192, 32768] if a.device == "cuda" else [256, 1024, 2048])
             rows = await measure(
-                e, contexts, [64 if a.quick else 256], 16 if a.quick else 64, 2 if a.quick else 3, vocab=e.vocab
+                e, contexts, [32 if a.quick else 256], 8 if a.quick else 64, 1 if a.quick else 3, vocab=e.vocab
             )
             doc = document(rows, engine_info(e), name=f"{'h200' if a.device == 'cuda' else 'cpu'}-{config}")
             (a.out / f"calibrated-{config}.json").write_text(json.dumps(doc, indent=1) + "\n")
             out.put("calibration", {"rows": rows, "profile": doc["profile"], "fit": doc["fit"]})
         if config in ("cuda-1b", "cpu-tiny"):
-            ctx, n = (256, 32) if a.quick else (1024, 128)
+            ctx, n = (128, 16) if a.quick else (1024, 128)
             got = await batching_probe(e, ctx, n)
             out.put("stats", dict(e.stats.extra))
             e.close()
@@ -351,11 +351,13 @@ def run_part(a: argparse.Namespace) -> int:
 
 def env_info(device: str) -> dict[str, Any]:
     import platform
+    from importlib.metadata import version
 
-    import torch
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": version("torch"), "device": device}
+    if device == "cuda":  # the orchestrator imports torch only here: its parts run in their own processes
+        import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "device": device}
-    if device == "cuda" and torch.cuda.is_available():
+        info["torch"] = torch.__version__
         props = torch.cuda.get_device_properties(0)
         info |= {
             "gpu": torch.cuda.get_device_name(0),
@@ -364,9 +366,7 @@ def env_info(device: str) -> dict[str, Any]:
             "cuda": torch.version.cuda,
         }
     try:
-        import triton
-
-        info["triton"] = triton.__version__
+        info["triton"] = version("triton")
     except ImportError:
         info["triton"] = None
     return info

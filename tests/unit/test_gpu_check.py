@@ -30,4 +30,4 @@ def test_dry_run_of_the_model_part(tmp_path: Path) -> None:
     assert runs[("static", 4)]["mean_rows_per_step"] > 1  # the four shared forward passes
     assert len(runs[("dynamic", 4)]["per_request_tok_s"]) == 4
     assert load_profile(tmp_path / "calibrated-cpu-tiny.json").name == "cpu-cpu-tiny"
-    assert "decode b=1 ctx 256" in done.stdout  # the closing table
+    assert "decode b=1 ctx 128" in done.stdout  # the closing table
