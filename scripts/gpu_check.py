@@ -17,8 +17,8 @@ merged into ``summary.json`` as they arrive, and a part that runs out of time ke
    per cell TTFT, turn and rollout time and the server's prefill/decode stage times (``transports-*.json``
    hold the runs' summaries).
 3. ``model:cuda-8b`` (decode and calibration) and ``model:cuda-0.2b`` (decode).
-4. ``compare:cuda-1b`` — the same decode without ``torch.compile`` (graph of eager kernels) and on the
-   dynamic path (a forward per token: the engine before this issue).
+4. ``compare:cuda-1b`` — the same decode without ``torch.compile`` (graph of eager kernels), on the dynamic
+   path (a forward per token: the engine before this issue), and compiled with max-autotune.
 
 Files in ``--out`` (at most 8, as the device tool returns): ``summary.json``, ``log.txt``,
 ``calibrated-<config>.json``, ``transports-reuse.json``, ``transports-no-reuse.json``. The last lines printed
@@ -236,6 +236,8 @@ async def part_compare(a: argparse.Namespace, config: str, out: Part) -> None:
     variants: list[tuple[str, str | None, str]] = [("no-compile", None, "none"), ("dynamic", "dynamic", "none")]
     if a.device == "cpu" and not a.quick:
         variants.append(("compile-default", None, "default"))
+    if a.device == "cuda":  # last: its autotuning may take minutes, and a part out of time keeps the others
+        variants.append(("max-autotune", None, "max-autotune"))
     for label, decode, mode in variants:
         e = TorchEngine(engine_settings(a, config), decode=decode, compile=mode)
         try:
@@ -420,7 +422,7 @@ def table(summary: dict[str, Any]) -> list[str]:
                 f"  decode b=1 ctx {d['context']}: served {d['served_tok_s']} tok/s, step {d['step_tok_s']} tok/s, "
                 f"limit {d['bandwidth_limit_tok_s']} ({d['step_vs_limit']:.0%} of it)"
             )
-        for label in ("no-compile", "dynamic", "compile-default"):
+        for label in ("no-compile", "dynamic", "compile-default", "max-autotune"):
             v = part.get(label)
             if isinstance(v, dict) and "step_tok_s" in v:
                 lines.append(f"  {label}: served {v['served_tok_s']} tok/s, step {v['step_tok_s']} tok/s")
