@@ -21,12 +21,11 @@ context with ``previous_response_id`` null; what that cost is recorded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -162,6 +161,25 @@ class Toolbox:
         return self.execute(name, arguments, call_index)
 
 
+RECONNECT_DELAYS_S = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""Waits before each reconnect attempt: a server restarting on the same port is back within ~3 s; no jitter,
+so a benchmark's recovery is the same from run to run (the official SDK's auto-reconnect backs off likewise)."""
+
+
+async def reconnect_with_backoff(client: ResponsesClient, delays_s: Sequence[float] = RECONNECT_DELAYS_S) -> bool:
+    """``client.reconnect()``, retried after each delay of ``delays_s`` while it fails. Never raises (but
+    cancellation). Returns: whether a connection was made."""
+    for delay in delays_s:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            await client.reconnect()
+        except Exception:  # refused while the server is away: try again after the next delay
+            continue
+        return True
+    return False
+
+
 def _function_calls(response: dict[str, Any]) -> list[dict[str, Any]]:
     return [o for o in response.get("output", []) if o.get("type") == "function_call"]
 
@@ -185,6 +203,7 @@ async def run_rollout(
     scheduled_ns: int | None = None,
     max_turns: int = 200,
     max_recoveries: int = 3,
+    reconnect_delays_s: Sequence[float] = RECONNECT_DELAYS_S,
     clock: Callable[[], int] = time.perf_counter_ns,
     transport: str | None = None,
     connect_ms: float | None = None,
@@ -195,6 +214,7 @@ async def run_rollout(
     ``scheduled_ns``: open-loop due time of the first request (queueing before it is counted in turn 0).
     ``connect_ms``: the caller's connection setup time, in ms, recorded on turn 0 and on the rollout
     (reported apart: it is in no per-turn duration).
+    ``reconnect_delays_s``: the waits before each reconnect attempt of one recovery (:func:`reconnect_with_backoff`).
     ``stream``: send ``"stream": true`` (as the Agents SDK always does; WebSocket servers ignore it, the
     HTTPS server then answers with SSE so TTFT and ITL exist).
     """
@@ -254,8 +274,7 @@ async def run_rollout(
                 r0 = clock()
                 recoveries += 1
                 if result.error_code != "previous_response_not_found":
-                    with contextlib.suppress(Exception):  # if it cannot, the next turn records why
-                        await client.reconnect()
+                    await reconnect_with_backoff(client, reconnect_delays_s)  # if it cannot, the next turn says why
                 if state != "store" or result.error_code == "previous_response_not_found":
                     prev_id = None  # start a fresh chain with the full context
                 recovery_ms += (clock() - r0) / 1e6 + (result.turn_ms or 0.0)

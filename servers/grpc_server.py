@@ -15,7 +15,9 @@ error's ``grpc_status`` and the ``turnbench-error-code`` trailer) only where the
 UNAUTHENTICATED (``authorization: Bearer`` metadata), UNAVAILABLE (server shutdown), RESOURCE_EXHAUSTED
 (grpc's own message-size limit). At the lifetime limit the error event is sent and the call ends with OK.
 Health (grpc.health.v1, SERVING for "" and the service) and server reflection are registered, so stock
-gRPC tools can list and call it.
+gRPC tools can list and call it. Both answer without an API key, deliberately: a load balancer's health probe
+carries no application key, and reflection tells only what ``protos/`` publishes; every ``Responses`` RPC
+checks the key.
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def _refusal(exc: Exception) -> TurnbenchError:
     """A refused request's error; anything else than a ``TurnbenchError`` is a logged ``server_error``."""
     err = as_turnbench_error(exc)
     if err is not exc:
-        log.error("request refused by an unexpected error", exc_info=exc)
+        log.error("request refused by an unexpected error (%s)", err.error_id, exc_info=exc)
     return err
 
 

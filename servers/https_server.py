@@ -42,6 +42,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from servers.base import RunningServer
 from servers.ws_server import handle_starlette_websocket
@@ -73,7 +74,7 @@ def error_reply(exc: BaseException) -> tuple[int, bytes]:
     """Every error as (HTTP status, OpenAI error body): the one mapping of this adapter."""
     err = errors.as_turnbench_error(exc)
     if err is not exc:
-        log.error("unexpected error", exc_info=exc)
+        log.error("unexpected error (%s)", err.error_id, exc_info=exc)
     return err.http_status, orjson.dumps(err.to_body())
 
 
@@ -405,6 +406,47 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
     )
 
 
+class _HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus a deadline for each request's headers (``header_timeout_s``): a
+    client that opens a connection and sends its headers a byte at a time is closed when it passes, instead of
+    holding a socket (and a file descriptor) for as long as it likes. uvicorn has no such timeout of its own."""
+
+    header_timeout_s = 10.0  # replaced per server by a subclass (see ``start``)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            loop = asyncio.get_running_loop()
+            self._header_timer = loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            log.info("closing a connection whose request headers took over %g s", self.header_timeout_s)
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()  # the next request on a keep-alive connection: its headers get the same deadline
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its signal handlers: the process owner (CLI, test) decides when to stop."""
 
@@ -431,7 +473,7 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=type("HeaderTimeoutProtocol", (_HeaderTimeoutProtocol,), {"header_timeout_s": settings.header_timeout_s}),
         ws="websockets-sansio",
         lifespan="off",
         log_level="warning",

@@ -32,7 +32,7 @@ from servers.base import RunningServer
 from turnbench import errors
 from turnbench.auth import check_api_key
 from turnbench.connection import Connection, ConnectionGone, ConnectionSet, Ending, Submission
-from turnbench.errors import InvalidRequestError, TurnbenchError
+from turnbench.errors import InvalidRequestError, TurnbenchError, as_turnbench_error
 from turnbench.schema import encode
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
@@ -83,6 +83,10 @@ def submission(frame: str | bytes, service: ResponsesService) -> Submission:
         return Submission.of(service.parse_event(frame), encode)
     except TurnbenchError as err:
         return Submission.refused(err, encode)
+    except Exception as exc:  # a bug in decoding: refused as a server_error (logged), the connection goes on
+        unexpected = as_turnbench_error(exc)
+        log.error("frame refused by an unexpected error (%s)", unexpected.error_id, exc_info=exc)
+        return Submission.refused(unexpected, encode)
 
 
 async def _frames(io: FrameIO, service: ResponsesService) -> AsyncIterator[Submission]:

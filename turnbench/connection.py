@@ -8,8 +8,10 @@ gRPC status). Everything else is here::
     message ─adapter: decode─▶ Submission ─lane (FIFO)─▶ in-flight slot ─▶ service.respond ─encode─▶ send
 
 * **Lanes.** Requests of one ``stream_id`` (none: the default lane) run one at a time, in arrival order;
-  lanes run concurrently, at most ``max_inflight_per_connection`` responses at once; more are queued, never
-  refused. At most ``max_lanes`` named lanes.
+  lanes run concurrently, at most ``max_inflight_per_connection`` responses at once; more are queued. The
+  queue is bounded (``max_queued_per_connection`` requests, ``max_queued_bytes_per_connection`` of payload):
+  past it a request is refused with ``too_many_queued_requests`` (429), so one peer cannot grow the server's
+  memory without limit. At most ``max_lanes`` named lanes.
 * **Errors.** A refused request gets an ``error`` event on its lane, after the requests queued before it
   there (clients read a lane in order). A request-scoped error (bad input, unknown parent, the request
   timeout, a server error) leaves the connection serving.
@@ -37,6 +39,7 @@ from typing import Any, Literal
 
 from turnbench.errors import (
     ConnectionLimitError,
+    QueueFullError,
     ServiceUnavailableError,
     TurnbenchError,
     as_turnbench_error,
@@ -107,6 +110,8 @@ class Connection:
         self._encode = encode
         self._slots = asyncio.Semaphore(max(1, self.settings.max_inflight_per_connection))
         self._refuse: Callable[[], TurnbenchError] | None = None  # set at the lifetime limit or a drain
+        self._queued = 0  # requests submitted and not yet running (waiting for their lane or a slot)
+        self._queued_bytes = 0
         self._stop: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -181,6 +186,24 @@ class Connection:
         self._encode = sub.encode
         if self._refuse is not None and sub.error is None:
             sub = Submission(None, sub.encode, self._refuse(), sub.stream_id)
+        elif sub.request is not None:
+            s, nbytes = self.settings, sub.request.nbytes
+            if (
+                self._queued >= s.max_queued_per_connection
+                or self._queued_bytes + nbytes > s.max_queued_bytes_per_connection
+            ):
+                sub = Submission(
+                    None,
+                    sub.encode,
+                    QueueFullError(
+                        f"This connection already has {self._queued} requests ({self._queued_bytes} bytes) waiting; "
+                        "wait for answers before sending more, or open another connection."
+                    ),
+                    sub.stream_id,
+                )
+            else:
+                self._queued += 1
+                self._queued_bytes += nbytes
         task = asyncio.create_task(self._handle(sub))
         self.tasks.add(task)
         self.idle.clear()
@@ -194,21 +217,29 @@ class Connection:
     async def _handle(self, sub: Submission) -> None:
         lane = valid_lane(sub.stream_id)  # an invalid id queues on the default lane; prepare() refuses it
         try:
-            try:
-                lock = self.session.lane(lane, self.settings.max_lanes)
-            except TurnbenchError as err:  # one named lane too many: it has no queue to wait in
-                await self._send_error(err, lane, sub)
-                return
+            lock = self.session.lane(lane, self.settings.max_lanes)
             async with lock:
                 if sub.request is None:
                     await self._send_error(sub.error or _shutting_down(), lane, sub)
                     return
                 async with self._slots:
-                    await self._respond(sub.request, lane, sub)
+                    parsed, sub.request = sub.request, None  # running now: out of the queue's count
+                    self._dequeue(parsed.nbytes)
+                    await self._respond(parsed, lane, sub)
+        except TurnbenchError as err:  # one named lane too many: it has no queue to wait in
+            with contextlib.suppress(ConnectionGone):
+                await self._send_error(err, lane, sub)
         except ConnectionGone:
             pass  # the reader sees the close too, and the connection ends
         except Exception:  # a bug (an encoder, this module): it must not take the connection down
             log.exception("connection request task failed")
+        finally:
+            if sub.request is not None:  # it never ran (refused for its lane, or cancelled while waiting)
+                self._dequeue(sub.request.nbytes)
+
+    def _dequeue(self, nbytes: int) -> None:
+        self._queued -= 1
+        self._queued_bytes -= nbytes
 
     async def _respond(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> None:
         async def emit(event: Event) -> None:
@@ -221,7 +252,7 @@ class Connection:
         except Exception as exc:  # refused before response.created (or a bug: a server_error, logged)
             err = as_turnbench_error(exc)
             if err is not exc:
-                log.error("response.create failed before response.created", exc_info=exc)
+                log.error("response.create failed before response.created (%s)", err.error_id, exc_info=exc)
             await self._send_error(err, lane, sub)
             if not err.request_scoped:
                 self._end(Ending("error", err))

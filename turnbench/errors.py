@@ -14,6 +14,7 @@ Each error carries its wire meaning, so an adapter maps it with one table lookup
     ├── PayloadTooLargeError            payload_too_large                    413   1009      RESOURCE_EXHAUSTED
     ├── ConnectionLimitError            websocket_connection_limit_reached   400   1000      (in-stream), then end
     ├── RequestTimeoutError             request_timeout                      408   -         (in-stream)
+    ├── QueueFullError                  too_many_queued_requests             429   -         (in-stream)
     ├── ServiceUnavailableError         server_shutting_down                 503   1001      UNAVAILABLE
     └── ServerError                     server_error                         500   -         INTERNAL
         └── EngineError                 engine_error                         500   -         INTERNAL
@@ -28,6 +29,7 @@ answered in that lane's order.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 
@@ -46,6 +48,7 @@ class TurnbenchError(Exception):
         self.message = message
         self.param = param
         self.stream_id: str | None = None
+        self.error_id: str | None = None
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
 
@@ -133,6 +136,17 @@ class RequestTimeoutError(TurnbenchError):
     request_scoped = True
 
 
+class QueueFullError(TurnbenchError):
+    """A connection has as many requests waiting as it may hold (``max_queued_per_connection``, or their
+    bytes): this one is refused, the others go on. Send fewer at once, or open another connection."""
+
+    code = "too_many_queued_requests"
+    type = "rate_limit_error"
+    http_status = 429
+    grpc_status = "RESOURCE_EXHAUSTED"
+    request_scoped = True
+
+
 class ServiceUnavailableError(TurnbenchError):
     code = "server_shutting_down"
     type = "server_error"
@@ -159,9 +173,13 @@ def unknown_event_type(kind: str | None) -> InvalidRequestError:
 
 
 def as_turnbench_error(exc: BaseException) -> TurnbenchError:
-    """Any exception as a ``TurnbenchError`` (unexpected ones become a ``ServerError`` without internals)."""
+    """Any exception as a ``TurnbenchError``. An unexpected one becomes a ``ServerError`` whose message names
+    nothing internal (no class, no text of the exception): only an id, which the server logs beside the
+    traceback (``error_id``) so an operator can find it."""
     if isinstance(exc, TurnbenchError):
         return exc
-    err = ServerError(f"The server had an error while processing your request ({type(exc).__name__}).")
+    error_id = f"err_{secrets.token_hex(6)}"
+    err = ServerError(f"The server had an error while processing your request (error id {error_id}).")
+    err.error_id = error_id
     err.__cause__ = exc
     return err

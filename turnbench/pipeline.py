@@ -186,8 +186,13 @@ class Route:
     tool_params: tuple[tuple[str, tuple[str, ...]], ...]
 
 
+def _parameter_names(tool: FunctionTool) -> tuple[str, ...]:
+    props = (tool.parameters or {}).get("properties")
+    return tuple(sorted(str(k) for k in props)) if isinstance(props, dict) else ()
+
+
 def route(model: str, engine: str, tools: Sequence[FunctionTool], st: StageStat) -> Route:
     """``route``: pick the engine and compile each tool's parameter names for constrained decoding."""
-    compiled = tuple((t.name, tuple(sorted((t.parameters or {}).get("properties", {})))) for t in tools)
+    compiled = tuple((t.name, _parameter_names(t)) for t in tools)
     st.items += len(tools)
     return Route(model=model, engine=engine, tool_params=compiled)

@@ -152,7 +152,7 @@ def convert_item(raw: dict[str, Any], index: int) -> InputItem:
     cls = _ITEM_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise InvalidRequestError(
-            f"Invalid value for 'input[{index}].type': {kind!r} is not a supported input item type "
+            f"Invalid value for 'input[{index}].type': {str(kind)[:80]!r} is not a supported input item type "
             f"(supported: {', '.join(_ITEM_TYPES)}).",
             f"input[{index}].type",
         )
@@ -162,6 +162,8 @@ def convert_item(raw: dict[str, Any], index: int) -> InputItem:
         item: InputItem = msgspec.convert(raw, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(f"Invalid 'input[{index}]': {exc}", _param(f"input[{index}]", exc)) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(f"Invalid 'input[{index}]': nested too deeply.", f"input[{index}]") from exc
     return item
 
 
@@ -435,6 +437,16 @@ def decode_request(payload: bytes | str) -> ResponseCreate:
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request. ({exc})", None, code="invalid_json"
         ) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request: it is nested too deeply.", None, code="invalid_json"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: it is not valid UTF-8 (byte {exc.start}).",
+            None,
+            code="invalid_json",
+        ) from exc
 
 
 class _Envelope(msgspec.Struct):
@@ -464,7 +476,7 @@ def peek_envelope(payload: bytes | str) -> tuple[Any, Any]:
     unreadable). Error path only: msgspec skips the other members without building them."""
     try:
         env = _envelope_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
         return None, None
     return env.type, env.stream_id
 
@@ -475,6 +487,8 @@ def request_from_builtins(obj: dict[str, Any]) -> ResponseCreate:
         return msgspec.convert(obj, ResponseCreate, strict=True)
     except msgspec.ValidationError as exc:
         raise InvalidRequestError(f"Invalid request: {exc}", _param("", exc).lstrip(".") or None) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("Invalid request: a value is nested too deeply.", None) from exc
 
 
 def decode_event(payload: bytes | str) -> Event:

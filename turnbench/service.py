@@ -28,8 +28,9 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -82,16 +83,21 @@ from turnbench.state import (
     Session,
     StateCache,
     StoredResponse,
+    StoreLimits,
     UsageLog,
     UsageRow,
     check_stream_id,
     open_store,
+    tenant_of,
 )
 from turnbench.stream import new_id, split_pieces, stream_item
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
+T = TypeVar("T")
+OFFLOAD_ITEMS = 1000  # a history this long is revalidated on a worker thread
 MIN_OUTPUT_TOKENS = 16  # the Responses API's minimum for max_output_tokens
+MAX_OUTPUT_TOKENS = 1 << 20  # no model here has more; a larger value (400 digits) would not survive a JSON client
 Emit = Callable[[Event], Awaitable[None]]
 
 
@@ -115,7 +121,8 @@ class ResponsesService:
     ) -> None:
         self.settings = s = settings or Settings()
         self.engine = engine if engine is not None else make_engine(s)
-        self.store = store if store is not None else open_store(s.store)
+        limits = StoreLimits(max_entries=s.store_max_entries, max_bytes=s.store_max_bytes, ttl_s=s.store_ttl_s)
+        self.store = store if store is not None else open_store(s.store, limits=limits, tenant=tenant_of(s.api_key))
         if usage is None:
             path = s.usage_db
             if path == "auto":
@@ -125,6 +132,7 @@ class ResponsesService:
         self.tokenizer = tokenizer or load_tokenizer()
         self.safety = safety or default_classifier()
         self.post = PostWriter(self.store, self.usage, s.burn_us)
+        self._workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="turnbench-cpu")
         self.background = BackgroundJobs(self)
         self.knob_defaults = Knobs(
             tool_calls=s.tool_calls, answer_tokens=s.answer_tokens, arg_words=s.arg_words, seed=s.seed
@@ -194,7 +202,7 @@ class ResponsesService:
         req = parsed.request
         check_stream_id(req.stream_id)
         try:
-            return await self._prepare(req, parsed.timer, session)
+            return await self._prepare(req, parsed, session)
         except TurnbenchError:
             self._evict_parent(req, session)
             raise
@@ -261,11 +269,23 @@ class ResponsesService:
             f"{self.settings.request_timeout_s:g} s)."
         )
 
-    async def _prepare(self, req: ResponseCreate, timer: StageTimer, session: Session) -> Prepared:
-        s = self.settings
+    async def _cpu(self, nbytes: int, work: Callable[[], T]) -> T:
+        """Run a synchronous stage body: inline when it handles fewer than ``offload_bytes``, else on a worker
+        thread, so one large request does not stall every other client on the event loop. Its stage timings
+        are taken in the thread that runs it (``thread_time_ns`` is per thread)."""
+        if nbytes < self.settings.offload_bytes:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self._workers, work)
+
+    async def _prepare(self, req: ResponseCreate, parsed: ParsedRequest, session: Session) -> Prepared:
+        s, timer = self.settings, parsed.timer
         await timer.inject("validate")
-        with timer.stage("validate") as st:
-            new_items = pipeline.validate_items(req.input, st)
+
+        def validate() -> list[InputItem]:
+            with timer.stage("validate") as st:
+                return pipeline.validate_items(req.input, st)
+
+        new_items = await self._cpu(parsed.nbytes, validate)
         await timer.inject("resolve")
         parent, state = None, "full"
         with timer.stage("resolve") as st:
@@ -289,29 +309,43 @@ class ResponsesService:
             call_ids = pipeline.check_call_ids(new_items, parent.call_ids if parent is not None else frozenset())
         incremental = parent is not None and s.incremental_checks
         if parent is not None and not s.incremental_checks:
-            with timer.stage("validate") as st:
-                pipeline.revalidate(history, st)
+
+            def revalidate() -> None:
+                with timer.stage("validate") as st:
+                    pipeline.revalidate(history, st)
+
+            await self._cpu(s.offload_bytes if len(history) > OFFLOAD_ITEMS else 0, revalidate)
         new_bytes = sum(len(msgspec.json.encode(i)) for i in new_items)
         if session.cache is not None:
             session.cache.check_fits((parent.nbytes if state == "connection" and parent else 0) + new_bytes)
 
         await timer.inject("safety")
-        with timer.stage("safety") as st:
-            checked = new_items if incremental else items
-            texts = [item_text(i) for i in checked]
-            if not incremental and req.instructions:
-                texts.append(req.instructions)
-            pipeline.safety_check(self.safety, texts, st)
+        checked = new_items if incremental else items
+        texts = [item_text(i) for i in checked]
+        if not incremental and req.instructions:
+            texts.append(req.instructions)
+        checked_chars = sum(map(len, texts))
+
+        def safety() -> None:
+            with timer.stage("safety") as st:
+                pipeline.safety_check(self.safety, texts, st)
+
+        await self._cpu(checked_chars, safety)
 
         await timer.inject("render")
-        with timer.stage("render") as st:
-            key, blob = pipeline.tools_key(tools, req.instructions)
-            cached_tokens = parent.tokens if (state == "connection" and s.token_cache and parent) else None
-            if cached_tokens is not None and parent is not None and parent.tools_key == key:
-                tokens = [*cached_tokens, *pipeline.render_items(self.tokenizer, new_items, st)]
-            else:
-                tokens = pipeline.render_header(self.tokenizer, blob, st)
-                tokens += pipeline.render_items(self.tokenizer, items, st)
+        key, blob = pipeline.tools_key(tools, req.instructions)
+        cached_tokens = parent.tokens if (state == "connection" and s.token_cache and parent) else None
+        reuse = cached_tokens is not None and parent is not None and parent.tools_key == key
+
+        def render() -> list[int]:
+            with timer.stage("render") as st:
+                if reuse and cached_tokens is not None:
+                    return [*cached_tokens, *pipeline.render_items(self.tokenizer, new_items, st)]
+                return pipeline.render_header(self.tokenizer, blob, st) + pipeline.render_items(
+                    self.tokenizer, items, st
+                )
+
+        tokens = await self._cpu(new_bytes if reuse else checked_chars + new_bytes, render)
 
         await timer.inject("route")
         with timer.stage("route") as st:
@@ -364,6 +398,13 @@ class ResponsesService:
                 f"{MIN_OUTPUT_TOKENS}, but got {req.max_output_tokens} instead.",
                 "max_output_tokens",
                 code="integer_below_min_value",
+            )
+        if req.max_output_tokens is not None and req.max_output_tokens > MAX_OUTPUT_TOKENS:
+            raise InvalidRequestError(
+                f"Invalid 'max_output_tokens': integer above maximum value. Expected a value <= "
+                f"{MAX_OUTPUT_TOKENS}, but got {str(req.max_output_tokens)[:30]} instead.",
+                "max_output_tokens",
+                code="integer_above_max_value",
             )
         if req.background:
             if session.connection:
@@ -596,6 +637,7 @@ class ResponsesService:
         if self._closed:
             return
         self._closed = True
+        self._workers.shutdown(wait=True, cancel_futures=True)
         self.post.close()
         self.engine.close()
         self.store.close()

@@ -46,6 +46,9 @@ class Settings:
     usage_db: str = "auto"  # sqlite path for durable usage records; auto = a per-process temp file
     cache_entries: int = 256  # connection cache: responses kept per connection
     cache_bytes: int = 64 * 1024 * 1024  # connection cache: bytes kept per connection
+    store_max_entries: int = 20_000  # memory store: responses kept (the oldest go first)
+    store_max_bytes: int = 128 * 1024 * 1024  # memory store: encoded bytes kept
+    store_ttl_s: float = 86_400.0  # stored responses older than this are forgotten (memory and SQLite)
 
     # pipeline switches (the ablations of DESIGN §2)
     connection_cache: bool = True  # off: a WS/gRPC continuation must hydrate from the store
@@ -54,15 +57,20 @@ class Settings:
     overlap_post: bool = True  # post of response N runs beside request N+1 (connection transports only)
     prefix_cache: bool = True  # the engine reuses KV for a history it has seen
 
-    # limits
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_message_bytes: int = 32 * 1024 * 1024
+    # limits (a request's CPU is about 0.35 ms per KB of new text in safety + render: 8 MiB is ~3 s of one core,
+    # spent off the event loop; see offload_bytes)
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 16
+    max_queued_per_connection: int = 64  # requests waiting for their lane or an in-flight slot; more are refused
+    max_queued_bytes_per_connection: int = 32 * 1024 * 1024  # their payload bytes together
+    offload_bytes: int = 256 * 1024  # a request this large runs validate/safety/render on a worker thread
     max_lanes: int = 32
     connection_lifetime_s: float = 3600.0
     max_output_tokens: int = 4096
 
     # timeouts
+    header_timeout_s: float = 10.0  # HTTPS: a request's headers must arrive within this (slow-header clients)
     request_timeout_s: float = 600.0
     grace_s: float = 5.0
     ping_interval_s: float | None = 20.0

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import sqlite3
 import threading
@@ -196,30 +197,79 @@ class ResponseStore(Protocol):
     def close(self) -> None: ...
 
 
-class MemoryResponseStore:
-    """In-process store. Entries are kept encoded, so a hydration pays the same decode as SQLite."""
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Bounds of a :class:`ResponseStore`: responses kept, their encoded bytes, and how long (s)."""
 
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
+    max_entries: int = 100_000
+    max_bytes: int = 512 * 1024 * 1024
+    ttl_s: float = 86_400.0
+
+
+def tenant_of(api_key: str | None) -> str:
+    """The store namespace of an API key (a hash: no key is written anywhere); "" without auth. Two servers
+    with different keys on one store file see only their own responses."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:24] if api_key else ""
+
+
+class MemoryResponseStore:
+    """In-process store, bounded (:class:`StoreLimits`: the oldest responses go first). Entries are kept
+    encoded, so a hydration pays the same decode as SQLite."""
+
+    def __init__(self, limits: StoreLimits = StoreLimits(), tenant: str = "") -> None:
+        self.limits = limits
+        self.tenant = tenant  # one process, one key: kept for the interface's sake
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def put(self, stored: StoredResponse) -> None:
         blob = _stored_encoder.encode(stored)
+        now = time.monotonic()
         with self._lock:
-            self._data[stored.response.id] = blob
+            old = self._data.pop(stored.response.id, None)
+            if old is not None:
+                self._bytes -= len(old[1])
+            self._data[stored.response.id] = (now, blob)
+            self._bytes += len(blob)
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        lim = self.limits
+        while self._data:
+            created, blob = next(iter(self._data.values()))
+            if len(self._data) <= lim.max_entries and self._bytes <= lim.max_bytes and now - created <= lim.ttl_s:
+                break
+            self._data.popitem(last=False)
+            self._bytes -= len(blob)
 
     def get(self, response_id: str) -> StoredResponse | None:
         with self._lock:
-            blob = self._data.get(response_id)
-        return None if blob is None else decode_stored(blob)
+            entry = self._data.get(response_id)
+            if entry is not None and time.monotonic() - entry[0] > self.limits.ttl_s:
+                self._evict(time.monotonic())
+                entry = None
+        return None if entry is None else decode_stored(entry[1])
 
     def delete(self, response_id: str) -> bool:
         """Remove ``response_id``. Returns: whether it was stored."""
         with self._lock:
-            return self._data.pop(response_id, None) is not None
+            entry = self._data.pop(response_id, None)
+            if entry is not None:
+                self._bytes -= len(entry[1])
+            return entry is not None
 
     def close(self) -> None:
-        self._data.clear()
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
 
 
 def decode_stored(blob: bytes) -> StoredResponse:
@@ -267,33 +317,66 @@ class _SQLite:
 
 
 class SQLiteResponseStore(_SQLite):
-    def __init__(self, path: str) -> None:
+    """Responses in SQLite (WAL), one namespace per API key (``tenant``). Bounded on disk: past ``ttl_s`` a
+    response is gone, and every few hundred writes the oldest beyond ``max_entries`` are deleted."""
+
+    PRUNE_EVERY = 256  # writes between two prunes
+
+    def __init__(self, path: str, limits: StoreLimits = StoreLimits(), tenant: str = "") -> None:
         super().__init__(
             path,
-            "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created_at REAL, body BLOB NOT NULL);",
+            "CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, created_at REAL, body BLOB NOT NULL,"
+            " tenant TEXT NOT NULL DEFAULT '');",
         )
+        self.limits, self.tenant = limits, tenant
+        columns = {row[1] for row in self._conn().execute("PRAGMA table_info(responses)")}
+        if "tenant" not in columns:  # a file from before namespaces: its rows belong to no key
+            self._conn().execute("ALTER TABLE responses ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
+        self._writes = 0
 
     def put(self, stored: StoredResponse) -> None:
-        self._conn().execute(
-            "INSERT OR REPLACE INTO responses (id, created_at, body) VALUES (?, ?, ?)",
-            (stored.response.id, time.time(), _stored_encoder.encode(stored)),
+        conn = self._conn()
+        conn.execute(
+            "INSERT OR REPLACE INTO responses (id, created_at, body, tenant) VALUES (?, ?, ?, ?)",
+            (stored.response.id, time.time(), _stored_encoder.encode(stored), self.tenant),
         )
+        self._writes += 1
+        if self._writes % self.PRUNE_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> int:
+        """Delete expired responses and the oldest beyond ``max_entries``. Returns: rows deleted."""
+        conn = self._conn()
+        gone = conn.execute("DELETE FROM responses WHERE created_at < ?", (time.time() - self.limits.ttl_s,)).rowcount
+        gone += conn.execute(
+            "DELETE FROM responses WHERE id IN (SELECT id FROM responses ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
+            (self.limits.max_entries,),
+        ).rowcount
+        return int(gone)
 
     def get(self, response_id: str) -> StoredResponse | None:
-        row = self._conn().execute("SELECT body FROM responses WHERE id = ?", (response_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT body FROM responses WHERE id = ? AND tenant = ? AND created_at >= ?",
+                (response_id, self.tenant, time.time() - self.limits.ttl_s),
+            )
+            .fetchone()
+        )
         return None if row is None else decode_stored(row[0])
 
     def delete(self, response_id: str) -> bool:
-        """Remove ``response_id``. Returns: whether it was stored."""
-        return self._conn().execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+        """Remove ``response_id``. Returns: whether it was stored (in this namespace)."""
+        cur = self._conn().execute("DELETE FROM responses WHERE id = ? AND tenant = ?", (response_id, self.tenant))
+        return cur.rowcount > 0
 
 
-def open_store(url: str) -> ResponseStore:
-    """``memory`` or ``sqlite:PATH``."""
+def open_store(url: str, *, limits: StoreLimits = StoreLimits(), tenant: str = "") -> ResponseStore:
+    """``memory`` or ``sqlite:PATH``, bounded by ``limits``, in the namespace ``tenant``."""
     if url == "memory":
-        return MemoryResponseStore()
+        return MemoryResponseStore(limits, tenant)
     if url.startswith("sqlite:"):
-        return SQLiteResponseStore(url.removeprefix("sqlite:"))
+        return SQLiteResponseStore(url.removeprefix("sqlite:"), limits, tenant)
     raise ValueError(f"unknown store {url!r}: expected 'memory' or 'sqlite:PATH'")
 
 

@@ -629,7 +629,10 @@ async def test_the_agent_loop_reconnects_after_a_lost_connection(code: str, log:
 
 async def test_a_failed_reconnect_does_not_escape_the_agent_loop() -> None:
     client = _Connection(drops=10, refuse=True)
-    result = await run_rollout(client, state="connection", toolbox=Toolbox(), max_recoveries=2)
+    delays = (0.0, 0.001, 0.002)  # three attempts per recovery, each refused
+    result = await run_rollout(
+        client, state="connection", toolbox=Toolbox(), max_recoveries=2, reconnect_delays_s=delays
+    )
     assert not result.success and result.recoveries == 2
     assert (result.error or "").startswith("connection_closed")
-    assert client.log.count("connect") == 2 and client.log.count("create") == 3
+    assert client.log.count("connect") == 2 * len(delays) and client.log.count("create") == 3

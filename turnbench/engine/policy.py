@@ -198,49 +198,71 @@ _FORMATS = {
 }
 
 
+def _int(schema: Mapping[str, Any], key: str, default: int) -> int:
+    """An integer bound of ``schema`` (a float bound is rounded up); anything else is ``default``."""
+    value = schema.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or abs(value) > 2**53:
+        return default
+    return int(value) if value == int(value) else int(value) + 1
+
+
 def json_instance(
-    schema: Mapping[str, Any], rng: random.Random, words: int, root: Mapping[str, Any] | None = None, depth: int = 0
+    schema: Mapping[str, Any],
+    rng: random.Random,
+    words: int,
+    root: Mapping[str, Any] | None = None,
+    depth: int = 0,
+    budget: list[int] | None = None,
 ) -> Any:
     """A value that validates against ``schema`` (the JSON Schema subset tools and structured outputs use:
     objects with properties, arrays, enums and consts, ``anyOf``/``oneOf``/``allOf``, local ``$ref``, string
-    formats, numeric bounds). Deterministic for a given ``rng``; bounded depth."""
+    formats, numeric bounds). Deterministic for a given ``rng``; bounded depth. A malformed schema (a client's
+    odd tool) never raises: what cannot be read is left out or takes its type's simplest value. ``budget``
+    (a one-item list, shared down the recursion): words left for all strings together; past it they are
+    empty, so a schema of a thousand properties cannot make the answer huge."""
+    if not isinstance(schema, Mapping):
+        return None
     root = schema if root is None else root
     schema = _resolve(schema, root)
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
-        return rng.choice(list(schema["enum"]))
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return rng.choice(schema["enum"])
     for key in ("anyOf", "oneOf"):
         options = schema.get(key)
         if isinstance(options, list) and options:
             concrete = [o for o in options if isinstance(o, Mapping) and _resolve(o, root).get("type") != "null"]
-            return json_instance(concrete[0] if concrete else options[0], rng, words, root, depth + 1)
-    if isinstance(schema.get("allOf"), list) and schema["allOf"]:
+            return json_instance(concrete[0] if concrete else options[0], rng, words, root, depth + 1, budget)
+    if isinstance(schema.get("allOf"), list) and schema["allOf"] and depth < _MAX_DEPTH:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             if isinstance(part, Mapping):
                 merged.update(_resolve(part, root))
-        return json_instance(merged, rng, words, root, depth + 1)
+        return json_instance(merged, rng, words, root, depth + 1, budget)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         if depth >= _MAX_DEPTH:
             return {}
-        props = schema.get("properties") or {}
-        return {k: json_instance(v, rng, words, root, depth + 1) for k, v in props.items() if isinstance(v, Mapping)}
+        props = schema.get("properties")
+        if not isinstance(props, Mapping):
+            return {}
+        return {
+            k: json_instance(v, rng, words, root, depth + 1, budget) for k, v in props.items() if isinstance(v, Mapping)
+        }
     if kind == "array":
         if depth >= _MAX_DEPTH:
             return []
-        count = max(int(schema.get("minItems", 1)), min(2, int(schema.get("maxItems", 2))))
+        count = min(8, max(_int(schema, "minItems", 1), min(2, _int(schema, "maxItems", 2))))
         items = schema.get("items")
         each: Mapping[str, Any] = items if isinstance(items, Mapping) else {}
-        return [json_instance(each, rng, words, root, depth + 1) for _ in range(count)]
+        return [json_instance(each, rng, words, root, depth + 1, budget) for _ in range(count)]
     if kind == "integer":
-        lo, hi = int(schema.get("minimum", 1)), int(schema.get("maximum", 100))
+        lo, hi = _int(schema, "minimum", 1), _int(schema, "maximum", 100)
         return rng.randint(lo, max(lo, hi))
     if kind == "number":
-        lo_f, hi_f = float(schema.get("minimum", 0)), float(schema.get("maximum", 100))
+        lo_f, hi_f = float(_int(schema, "minimum", 0)), float(_int(schema, "maximum", 100))
         return round(rng.uniform(lo_f, max(lo_f, hi_f)), 2)
     if kind == "boolean":
         return rng.random() < 0.5
@@ -249,7 +271,15 @@ def json_instance(
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in _FORMATS:
         return _FORMATS[fmt]
-    return _words(rng, words)
+    if budget is None:
+        return _words(rng, words)
+    n = min(words, budget[0])
+    budget[0] -= n
+    return _words(rng, n) if n > 0 else ""
+
+
+def _word_budget(max_words: int | None) -> int:
+    return 100_000 if max_words is None else max_words + 1
 
 
 def plan_output(
@@ -275,7 +305,8 @@ def plan_output(
         call = done < knobs.tool_calls and bool(callable_tools)
     if call:
         tool = callable_tools[rng.randrange(len(callable_tools))]
-        args = json_instance(tool.parameters or {"type": "object", "properties": {}}, rng, knobs.arg_words)
+        schema = tool.parameters or {"type": "object", "properties": {}}
+        args = json_instance(schema, rng, knobs.arg_words, budget=[_word_budget(max_words)])
         return OutputPlan(
             kind="function_call",
             content=json.dumps(args, separators=(",", ":")),
@@ -284,7 +315,8 @@ def plan_output(
         )
     n = knobs.answer_tokens if max_words is None else min(knobs.answer_tokens, max_words + 1)
     if text_format.kind == "json_schema" and text_format.schema is not None:  # strings as long as arguments
-        return OutputPlan(kind="message", content=json.dumps(json_instance(text_format.schema, rng, knobs.arg_words)))
+        value = json_instance(text_format.schema, rng, knobs.arg_words, budget=[_word_budget(max_words)])
+        return OutputPlan(kind="message", content=json.dumps(value))
     text = _words(rng, n)
     if text_format.kind == "json_object":
         return OutputPlan(kind="message", content=json.dumps({"answer": text}))

@@ -19,12 +19,22 @@ from typing import Any
 
 import msgspec
 
+from turnbench.errors import InvalidRequestError
 from turnbench.schema import ResponseCreate
 from turnbench.v1 import responses_pb2 as pb
 
 __all__ = ["Unrepresentable", "body_to_proto", "json_text", "request_from_proto", "request_to_proto"]
 
-_json_decode = msgspec.json.decode
+
+def _json_text(text: str, param: str) -> Any:
+    """A field that carries JSON as text (a tool's parameters, an object tool_choice, parts, annotations):
+    decoded, or an :class:`InvalidRequestError` naming the field."""
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise InvalidRequestError(f"Invalid JSON text in '{param}': {exc}", param) from exc
+
+
 _INT64 = (-(2**63), 2**63 - 1)
 # parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
 # parameters the typed schema does not carry: left null they are dropped, set they send the body as JSON
@@ -94,7 +104,7 @@ def tool_from_proto(t: pb.FunctionTool) -> dict[str, Any]:
     if t.HasField("description"):
         d["description"] = t.description
     if t.HasField("parameters"):
-        d["parameters"] = _json_decode(t.parameters)
+        d["parameters"] = _json_text(t.parameters, "tools.parameters")
     if t.HasField("strict"):
         d["strict"] = t.strict
     return d
@@ -112,7 +122,7 @@ def choice_to_proto(v: object, out: pb.ToolChoice) -> None:
 
 def choice_from_proto(c: pb.ToolChoice) -> str | dict[str, Any]:
     if c.WhichOneof("choice") == "json":
-        value: dict[str, Any] = _json_decode(c.json)
+        value: dict[str, Any] = _json_text(c.json, "tool_choice")
         return value
     return c.mode
 
@@ -187,8 +197,8 @@ def part_from_proto(p: pb.OutputText) -> dict[str, Any]:
     return {
         "type": "output_text",
         "text": p.text,
-        "annotations": [_json_decode(a) for a in p.annotations],
-        "logprobs": [_json_decode(x) for x in p.logprobs],
+        "annotations": [_json_text(a, "input.content.annotations") for a in p.annotations],
+        "logprobs": [_json_text(x, "input.content.logprobs") for x in p.logprobs],
     }
 
 
@@ -218,7 +228,7 @@ def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
         d = {"type": "function_call_output", "call_id": o.call_id}
         out = o.WhichOneof("output")
         if out is not None:
-            d["output"] = o.text if out == "text" else _json_decode(o.parts_json)
+            d["output"] = o.text if out == "text" else _json_text(o.parts_json, "input.output")
     else:
         return {}
     if m.HasField("id"):
