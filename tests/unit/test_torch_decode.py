@@ -179,6 +179,30 @@ async def test_context_too_long_for_the_output_fails_the_stream_not_the_engine()
         eng.close()
 
 
+async def test_a_failure_on_the_worker_fails_its_streams_and_the_engine_keeps_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eng = TorchEngine(CPU)
+    try:
+        assert eng.decoder is not None
+        kv = (await eng.prefill(ids(80, 100), None, use_cache=False)).kv
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("device lost")
+
+        monkeypatch.setattr(eng.decoder, "store", broken)  # when the stream leaves its row
+        with pytest.raises(RuntimeError, match="device lost"):
+            await decode_all(eng, kv, ids(3, 101))
+        assert kv.payload.pins == 0 and kv.tokens == 80  # released, and nothing half-copied was kept
+        monkeypatch.undo()
+        other = (await eng.prefill(ids(50, 102), None, use_cache=False)).kv
+        out = ids(4, 103)
+        assert await decode_all(eng, other, out) == out
+        torch.testing.assert_close(other.payload.logits, await recompute(eng, other.payload.ids), atol=1e-4, rtol=1e-4)
+    finally:
+        eng.close()
+
+
 def test_step_is_one_traced_graph_for_every_layer() -> None:
     """``torch.compile`` sees the per-layer step once for all layers: a tensor-only function, no graph
     break (fullgraph), and the key length dynamic — what keeps compiling the 32-layer 8B model cheap."""

@@ -432,6 +432,12 @@ class _Static:
     def move(self, stream: DecodeStream, row: int) -> None:
         self.decoder.move(stream.row, row)
 
+    def abandon(self, stream: DecodeStream) -> None:
+        self.engine._release(stream.payload, [])  # its conversation keeps the ids it had before the decode
+
+    def reset(self) -> None:
+        self.decoder.held = [[] for _ in range(self.decoder.slots)]
+
 
 class _Dynamic:
     """Decode backend: a forward per token on each conversation's own KV tensor, the streams in turn."""
@@ -462,4 +468,10 @@ class _Dynamic:
         self.engine._release(stream.payload, stream.ids[: stream.launched])
 
     def move(self, stream: DecodeStream, row: int) -> None:
+        pass
+
+    def abandon(self, stream: DecodeStream) -> None:
+        self.leave(stream)  # the tokens stepped are in the conversation's own tensor already
+
+    def reset(self) -> None:
         pass

@@ -24,6 +24,7 @@ and ``max_batch``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from typing import Any, Protocol
 from turnbench.errors import EngineError
 
 __all__ = ["DecodeBackend", "DecodeStream", "Scheduler"]
+
+log = logging.getLogger(__name__)
 
 Wait = Callable[[], float]
 """Blocks until a launched step is done on the device; returns its device time in ms."""
@@ -83,6 +86,14 @@ class DecodeBackend(Protocol):
         """Move ``stream`` to row ``row`` (the row of one that left)."""
         ...
 
+    def abandon(self, stream: DecodeStream) -> None:
+        """``stream`` failed: release its conversation without copying anything back from its row."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what every row holds (after a failure its contents are not trusted)."""
+        ...
+
 
 @dataclass(eq=False, slots=True)
 class _Job:
@@ -117,6 +128,7 @@ class Scheduler:
         self._cmds: list[_Job | tuple[str, DecodeStream]] = []
         self._waiting: deque[DecodeStream] = deque()
         self._active: list[DecodeStream] = []
+        self._streams: set[DecodeStream] = set()  # opened, not yet finished, failed or cancelled (worker's)
         self._thread: threading.Thread | None = None
         self._stop = False
 
@@ -174,39 +186,49 @@ class Scheduler:
             if stop:  # close() fails what is left (the engine frees every KV next)
                 self._deliver(inflight)
                 return
-            for cmd in cmds:
-                if isinstance(cmd, _Job):
-                    self._deliver(inflight)  # a job's timing starts on an idle device
-                    inflight = None
-                    self._run_job(cmd)
-                elif cmd[0] == "open":
-                    self._waiting.append(cmd[1])
-                else:
-                    self._drop(cmd[1])
-            self._admit()
-            if not self._active:
-                self._deliver(inflight)
-                inflight = None
-                continue
-            batch = list(self._active)
             try:
-                wait = self.backend.launch(batch)
-            except Exception as exc:
-                self._deliver(inflight)
+                inflight = self._turn(cmds, inflight)
+            except Exception as exc:  # a bug or a broken device: fail every open stream, keep serving
+                log.exception("torch engine scheduler: a turn failed")
+                self._abandon_all(exc)
                 inflight = None
-                for st in batch:
-                    self._fail(st, exc)
-                continue
-            for st in batch:
-                st.launched += 1
-            for st in batch:
-                if st.launched == len(st.ids):
-                    self._leave(st)
-            x = self.stats
-            x["decode_rows"] = x.get("decode_rows", 0.0) + len(batch)
-            x["max_batch"] = max(x.get("max_batch", 0.0), float(len(batch)))
+
+    def _turn(
+        self, cmds: list[_Job | tuple[str, DecodeStream]], inflight: tuple[Wait, list[DecodeStream]] | None
+    ) -> tuple[Wait, list[DecodeStream]] | None:
+        """One turn of the policy (module docstring); returns the step left in flight."""
+        for cmd in cmds:
+            if isinstance(cmd, _Job):
+                self._deliver(inflight)  # a job's timing starts on an idle device
+                inflight = None
+                self._run_job(cmd)
+            elif cmd[0] == "open":
+                self._waiting.append(cmd[1])
+                self._streams.add(cmd[1])
+            else:
+                self._drop(cmd[1])
+        self._admit()
+        if not self._active:
             self._deliver(inflight)
-            inflight = (wait, batch)
+            return None
+        batch = list(self._active)
+        try:
+            wait = self.backend.launch(batch)
+        except Exception as exc:
+            self._deliver(inflight)
+            for st in batch:
+                self._fail(st, exc)
+            return None
+        for st in batch:
+            st.launched += 1
+        for st in batch:
+            if st.launched == len(st.ids):
+                self._leave(st)
+        x = self.stats
+        x["decode_rows"] = x.get("decode_rows", 0.0) + len(batch)
+        x["max_batch"] = max(x.get("max_batch", 0.0), float(len(batch)))
+        self._deliver(inflight)
+        return (wait, batch)
 
     def _run_job(self, job: _Job) -> None:
         try:
@@ -223,6 +245,7 @@ class Scheduler:
             try:
                 self.backend.admit(st, len(self._active))
             except Exception as exc:
+                self._streams.discard(st)
                 _post(st.loop, st.queue.put_nowait, exc)
                 continue
             st.row = len(self._active)
@@ -251,6 +274,8 @@ class Scheduler:
                 chunk = (st.ids[st.sent : st.delivered], st.ms)
                 st.sent, st.ms = st.delivered, 0.0
                 _post(st.loop, st.queue.put_nowait, chunk)
+            if st.delivered == len(st.ids):
+                self._streams.discard(st)
 
     def _leave(self, st: DecodeStream) -> None:
         """``st`` leaves its row: its KV goes back first, then the last row moves into the hole."""
@@ -259,6 +284,9 @@ class Scheduler:
         row = st.row
         try:
             self.backend.leave(st)
+        except Exception:
+            self.backend.abandon(st)  # at least release its conversation
+            raise
         finally:
             st.row = -1
             last = self._active.pop()
@@ -268,17 +296,35 @@ class Scheduler:
                 last.row = row
 
     def _drop(self, st: DecodeStream) -> None:
+        self._streams.discard(st)
         if st.row >= 0:
             self._leave(st)
         elif st in self._waiting:
             self._waiting.remove(st)
 
     def _fail(self, st: DecodeStream, exc: BaseException) -> None:
+        self._streams.discard(st)
         try:
             self._leave(st)
         except Exception:  # the device failed already: the stream fails with the first error
             pass
         _post(st.loop, st.queue.put_nowait, exc)
+
+    def _abandon_all(self, exc: BaseException) -> None:
+        """After a turn failed halfway: the rows may not match the host's books any more, so nothing is
+        copied back; every open stream fails, its conversation keeps only what it held before."""
+        for st in self._active:
+            try:
+                self.backend.abandon(st)
+            except Exception:
+                log.exception("torch engine scheduler: releasing a stream failed")
+            st.row = -1
+        self.backend.reset()
+        for st in self._streams:
+            _post(st.loop, st.queue.put_nowait, exc)
+        self._streams.clear()
+        self._waiting.clear()
+        self._active.clear()
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._cv:
@@ -288,7 +334,8 @@ class Scheduler:
                 _post(cmd.loop, _resolve, cmd.future, None, exc)
             else:
                 _post(cmd[1].loop, cmd[1].queue.put_nowait, exc)
-        for st in [*self._waiting, *self._active]:
+        for st in {*self._streams, *self._waiting, *self._active}:
             _post(st.loop, st.queue.put_nowait, exc)
+        self._streams.clear()
         self._waiting.clear()
         self._active.clear()
