@@ -36,6 +36,7 @@ from loadtests.scenarios import load_scenario
 
 __all__ = [
     "ABLATIONS",
+    "BUDGET_S",
     "Group",
     "bench",
     "cmd_bench",
@@ -235,9 +236,15 @@ def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Any) -> dict[
 
 
 def matrix_config(
-    out: Path, *, argv: Sequence[str] = (), quiet: bool = True, server_settings: Mapping[str, Any] | None = None
+    out: Path,
+    *,
+    argv: Sequence[str] = (),
+    quiet: bool = True,
+    server_settings: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
 ) -> RunConfig:
-    """The run configuration a matrix runs under (``server_settings``: for every server)."""
+    """The run configuration a matrix runs under (``server_settings``: for every server; ``deadline``: the
+    ``time.monotonic()`` by which measuring ends, see :func:`loadtests.runner.execute`)."""
     return RunConfig(
         scenarios=[],
         transports=[],
@@ -245,6 +252,7 @@ def matrix_config(
         argv=list(argv),
         server_settings=dict(server_settings or {}),
         out_dir=out,
+        deadline=deadline,
     )
 
 
@@ -255,12 +263,14 @@ def run_matrix(
     argv: Sequence[str] = (),
     quiet: bool = True,
     server_settings: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
     **record: Any,
 ) -> RunDir:
     """Run every group's cells in one interleaved execution and write the run directory ``out``; its
-    run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries)."""
+    run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries) and, if ``deadline`` dropped
+    rounds, ``trimmed``."""
     t0 = time.perf_counter()
-    config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings)
+    config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings, deadline=deadline)
     cells = matrix_cells(groups, config)
     if not quiet:
         print(
@@ -273,6 +283,12 @@ def run_matrix(
     )
 
 
+BUDGET_S = 600.0
+"""``make bench`` ends within this many seconds, however busy the machine (see :func:`bench`)."""
+RESERVE_S = {False: 90.0, True: 45.0}
+"""Seconds kept for the migration measurement and the report after the matrix (full, quick), on a busy machine."""
+
+
 def bench(
     *,
     quick: bool = False,
@@ -280,13 +296,29 @@ def bench(
     argv: Sequence[str] = (),
     quiet: bool = False,
     migration_runtime: bool = True,
+    budget_s: float | None = BUDGET_S,
 ) -> Path:
     """Run the matrix, measure migration cost (``migration.json``), render the report, all into
-    ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``."""
+    ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``.
+
+    ``budget_s``: the whole command's time budget (None: none). The matrix must end :data:`RESERVE_S` before
+    it: on a machine so busy that a measured round would overrun, that round and every later one are dropped
+    whole (every cell keeps the same rounds; round 1 always runs), run.json ``trimmed`` says what was
+    dropped, and the report says so before anything else.
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / "runs" / f"{stamp}-bench{'-quick' if quick else ''}"
     t0 = time.perf_counter()
-    run_matrix(quick_matrix() if quick else full_matrix(), run_dir, argv=argv, quiet=quiet, quick=quick)
+    deadline = time.monotonic() + budget_s - RESERVE_S[quick] if budget_s else None
+    run_matrix(
+        quick_matrix() if quick else full_matrix(),
+        run_dir,
+        argv=argv,
+        quiet=quiet,
+        deadline=deadline,
+        quick=quick,
+        budget_s=budget_s,
+    )
     runtime = asyncio.run(migration.measure_recovery("ws", rollouts=1 if quick else 3)) if migration_runtime else None
     write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
     report.write_report(run_dir)
@@ -302,7 +334,12 @@ def bench(
 def cmd_bench(args: Any) -> int:
     """``turnbench bench``: see :func:`bench`."""
     latest = bench(
-        quick=args.quick, out_root=args.out, argv=sys.argv, quiet=args.quiet, migration_runtime=args.migration_runtime
+        quick=args.quick,
+        out_root=args.out,
+        argv=sys.argv,
+        quiet=args.quiet,
+        migration_runtime=args.migration_runtime,
+        budget_s=getattr(args, "budget_s", BUDGET_S) or None,
     )
     print(latest / "report.html")
     return 0

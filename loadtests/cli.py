@@ -63,6 +63,14 @@ def add_report_commands(sub: Any) -> None:
         action="store_false",
         help="skip measuring reconnect+rehydrate vs full resend after a dropped connection",
     )
+    b.add_argument(
+        "--budget-s",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="end within S seconds however busy the machine: measured rounds that would overrun are dropped "
+        "whole and the report says so (default 600; 0: no budget)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_lazy("loadtests.bench", "cmd_bench"))
     r = sub.add_parser(

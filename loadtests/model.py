@@ -162,6 +162,7 @@ class RunConfig:
     server_timeout_s: float = 30.0
     gc: str = "between-chunks"  # or "auto": Python's collector may pause the client mid-request
     cpu_pinning: str = "auto"  # or "off": see loadtests.machine.plan_isolation
+    deadline: float | None = None  # time.monotonic() by which measuring ends: later rounds are dropped whole
     toolbox_factory: ToolboxFactory = default_toolbox
     argv: list[str] = field(default_factory=list)
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see runner.cell_rollout
@@ -263,3 +264,4 @@ class Collected:
     system: dict[str, Any] = field(default_factory=dict)  # machine-wide CPU while the run ran
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)
     isolation: dict[str, Any] = field(default_factory=dict)  # loadtests.machine.Isolation.record()
+    trimmed: dict[str, Any] | None = None  # rounds dropped to meet config.deadline (runner.execute)

@@ -140,8 +140,17 @@ def _saturation_text(meta: Mapping[str, Any]) -> str:
 
 
 def _run_caveats(meta: Mapping[str, Any]) -> list[str]:
-    """What limits every figure of the run: CPU isolation and the machine's background load."""
+    """What limits every figure of the run: a time budget that cut it short, CPU isolation and the machine's
+    background load."""
     out: list[str] = []
+    cut = meta.get("trimmed")
+    if isinstance(cut, Mapping) and cut:
+        out.append(
+            f"Cut short to fit the time budget: {cut.get('rounds_run')} of {cut.get('rounds_planned')} measured "
+            f"rounds ran and {cut.get('rollouts_dropped')} rollouts were dropped ({cut.get('reason')}); every "
+            "cell kept the same rounds, but with fewer rollouts each. The machine was too busy for the whole "
+            "matrix: rerun it on a quieter one."
+        )
     iso = meta.get("isolation")
     if isinstance(iso, Mapping) and iso:
         if iso.get("pinned"):

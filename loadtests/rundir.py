@@ -327,6 +327,7 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
         },
         "injected": _injected(servers),
         "isolation": collected.isolation,
+        "trimmed": collected.trimmed,
         "chunks": [
             {
                 "cell": ch.cell,

@@ -149,11 +149,47 @@ async def run_chunk(
     return await closed_loop([functools.partial(job, i) for i in indices], cell.concurrency or 1)
 
 
+def _round_estimate_s(chunks: Sequence[tuple[int, Cell, list[int], bool]], done: Sequence[ChunkStat]) -> float:
+    """How long ``chunks`` (one round) should take: each cell's seconds per rollout so far × its rollouts."""
+    per: dict[str, list[float]] = {}
+    for ch in done:
+        if ch.rollouts:
+            per.setdefault(ch.cell, []).append(ch.wall_s / ch.rollouts)
+    every = [x for xs in per.values() for x in xs]
+    fallback = max(every) if every else 0.0
+    return sum(max(per.get(c.cell, [fallback])) * len(idx) for _, c, idx, _ in chunks)
+
+
+def _trim(
+    plan: list[tuple[int, Cell, list[int], bool]], done: Sequence[ChunkStat], next_round: int, deadline: float
+) -> dict[str, Any] | None:
+    """Whether round ``next_round`` (and every later one) must be dropped to end by ``deadline``
+    (``time.monotonic()``); the record of what was dropped, else None. Rounds 0 (warm-ups) and 1 always run,
+    and a round runs whole or not at all, so every cell keeps the same rounds."""
+    if next_round < 2:
+        return None
+    estimate = _round_estimate_s([ch for ch in plan if ch[0] == next_round], done)
+    left = deadline - time.monotonic()
+    if estimate <= left:
+        return None
+    rounds = max(ch[0] for ch in plan)
+    return {
+        "rounds_planned": rounds,
+        "rounds_run": next_round - 1,
+        "rollouts_dropped": sum(len(ch[2]) for ch in plan if ch[0] >= next_round),
+        "reason": f"round {next_round} would take ~{estimate:.0f} s and {max(left, 0.0):.0f} s were left of the "
+        "time budget",
+    }
+
+
 async def execute(
     config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint], *, loop_name: str = "asyncio"
 ) -> Collected:
-    """Run every chunk of :func:`chunk_plan` in order under one :class:`LoadMonitor`."""
+    """Run every chunk of :func:`chunk_plan` in order under one :class:`LoadMonitor`. With
+    ``config.deadline``, a round that would not end by then is dropped with every later one (see
+    :func:`_trim`; ``Collected.trimmed`` says what was dropped)."""
     plan = chunk_plan(cells)
+    trimmed: dict[str, Any] | None = None
     samples: list[Sample] = []
     chunks: list[ChunkStat] = []
     bar = tqdm(
@@ -172,6 +208,10 @@ async def execute(
 
     async with monitor:
         for rnd, cell, indices, warmup in plan:
+            if config.deadline is not None and chunks and chunks[-1].round != rnd:  # a new round starts
+                trimmed = _trim(plan, chunks, rnd, config.deadline)
+                if trimmed is not None:
+                    break
             ep = endpoints[cell.endpoint_key]
             bar.set_description_str(f"round {rnd} {cell.cell}", refresh=False)
             if config.gc == "between-chunks":
@@ -213,7 +253,9 @@ async def execute(
         "loadavg_1m_start": load0[0],
         "loadavg_1m_end": os.getloadavg()[0],
     }
-    return Collected(samples=samples, chunks=chunks, monitor=monitor.report(), loop=loop_name, system=system)
+    return Collected(
+        samples=samples, chunks=chunks, monitor=monitor.report(), loop=loop_name, system=system, trimmed=trimmed
+    )
 
 
 def _execute_in_a_fresh_loop(config: RunConfig, cells: Sequence[Cell], endpoints: Mapping[str, Endpoint]) -> Collected:

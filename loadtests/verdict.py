@@ -213,13 +213,13 @@ def _row_verdict(row: Mapping[str, Any], meta: Mapping[str, Any]) -> Verdict:
 
 def verdicts(headline: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[Verdict]:
     """One :class:`Verdict` per scenario and profile whose headline has ``ws/connection`` vs ``https/full``
-    (``headline``: its rows as records; ``meta``: ``run.json``), the claim's own regime first: scenarios with
-    more tool calls, then profiles in :data:`PROFILE_ORDER`."""
+    (``headline``: its rows as records; ``meta``: ``run.json``), the claim's own regime first: rollouts of
+    20+ tool calls, profiles in :data:`PROFILE_ORDER`, then the best-measured (most rollouts)."""
     rows = [r for r in headline if (r.get("cell"), r.get("vs")) == CLAIM_CELLS]
 
     def order(r: Mapping[str, Any]) -> tuple[Any, ...]:
         prof = str(r["profile"])
         rank = PROFILE_ORDER.index(prof) if prof in PROFILE_ORDER else len(PROFILE_ORDER)
-        return (-int(r["tool_calls"]), str(r["scenario"]), rank, prof)
+        return (int(r["tool_calls"]) < 20, rank, -min(int(r["n"]), int(r["n_base"])), str(r["scenario"]), prof)
 
     return [_row_verdict(r, meta) for r in sorted(rows, key=order)]

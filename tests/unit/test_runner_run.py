@@ -126,7 +126,7 @@ def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path
         states=("store",),
         out_dir=tmp_path / "run",
         quiet=True,
-        lag_p99_threshold_ms=200.0,
+        lag_p99_threshold_ms=2000.0,  # out of reach of a busy machine's scheduling delays, not of a stall
         server_settings={"inject_ms": {"safety": 1.0}, "burn_us": {"render": 0.0}},
     )
     result = run(config)
@@ -138,7 +138,9 @@ def test_an_unsaturated_inproc_run_is_not_flagged_and_uses_uvloop(tmp_path: Path
     assert meta["monitor"]["saturated"] is False and meta["loop"].startswith("uvloop")
     assert meta["gc"] == "between-chunks"
     err = io.StringIO()
-    assert print_warnings(result, file=err) == 0 and err.getvalue() == ""
+    assert print_warnings(result, file=err) == 0
+    # nothing about this run; only the machine's other load may be worth a line
+    assert all("contended machine" in line for line in err.getvalue().splitlines()), err.getvalue()
     assert "inproc" in format_table(result)
 
 
@@ -168,3 +170,40 @@ def test_inproc_client_config_shares_the_service() -> None:
         assert make_client("inproc", cfg).transport == "inproc"
     finally:
         service.close()
+
+
+def test_a_deadline_drops_whole_rounds_after_the_first(tmp_path: Path) -> None:
+    """A deadline already past: the warm-ups (round 0) and round 1 run for every cell, later rounds do not,
+    and run.json says what was dropped."""
+    sc = load_scenario("chat-1").replace(rollouts=3, rounds=3, warmup=1, profile="instant")
+    config = RunConfig(
+        scenarios=[sc],
+        transports=["inproc"],
+        states=("full", "store"),
+        out_dir=tmp_path / "run",
+        quiet=True,
+        lag_p99_threshold_ms=1e9,
+        deadline=time.monotonic(),
+    )
+    result = run(config)
+    cut = result.meta["trimmed"]
+    assert cut["rounds_planned"] == 3 and cut["rounds_run"] == 1 and cut["rollouts_dropped"] == 4
+    assert "time budget" in cut["reason"]
+    assert sorted({(ch["cell"], ch["round"]) for ch in result.chunks}) == sorted(
+        (c["cell"], r) for c in result.cells for r in (0, 1)
+    )
+    assert len(result.rollouts) == 2 and result.rollouts["success"].all()  # one measured rollout per cell
+
+
+def test_no_deadline_runs_every_round(tmp_path: Path) -> None:
+    sc = load_scenario("chat-1").replace(rollouts=2, rounds=2, warmup=0, profile="instant")
+    config = RunConfig(
+        scenarios=[sc],
+        transports=["inproc"],
+        states=("full",),
+        out_dir=tmp_path / "run",
+        quiet=True,
+        lag_p99_threshold_ms=1e9,
+    )
+    result = run(config)
+    assert result.meta["trimmed"] is None and sorted(ch["round"] for ch in result.chunks) == [1, 2]

@@ -95,7 +95,15 @@ def test_quick_low_n_saturated_and_failed_runs_are_labelled() -> None:
 def test_the_claims_regime_comes_first() -> None:
     rows = [_row((80.0, 75.0, 85.0), None, profile="instant"), _row((33.0, 29.0, 38.0), None, profile="fast")]
     rows.append({**_row((10.0, 5.0, 15.0), None), "cell": "grpc/connection"})  # not the claim's pair
-    assert [v.profile for v in verdicts(rows, _meta())] == ["fast", "instant"]
+    rows.append(_row((46.0, 40.0, 50.0), None, scenario="coding-agent-50", tool_calls=50, n=3, n_base=3))
+    rows.append(_row((5.0, 1.0, 9.0), None, scenario="agent-5", tool_calls=5, n=20, n_base=20))
+    order = [(v.scenario, v.profile) for v in verdicts(rows, _meta())]
+    assert order == [
+        ("agent-20", "fast"),  # 20+ tool calls, the fast model, and the most rollouts
+        ("coding-agent-50", "fast"),
+        ("agent-20", "instant"),
+        ("agent-5", "fast"),  # fewer than 20 tool calls: not the claim's regime
+    ]
 
 
 def test_interval_text_reads_as_a_change_in_time() -> None:
@@ -122,3 +130,11 @@ def test_the_report_leads_with_the_verdict_then_the_caveats(tmp_path: Path) -> N
 def test_inconclusive_reads_as_such() -> None:
     (v,) = verdicts([_row((5.0, -10.0, 20.0), None)], _meta())
     assert v.line().startswith("**Verdict: inconclusive** on `agent-20`")
+
+
+def test_a_run_cut_short_by_its_time_budget_says_so_first(tmp_path: Path) -> None:
+    cut = {"rounds_planned": 3, "rounds_run": 1, "rollouts_dropped": 40, "reason": "round 2 would take ~200 s"}
+    d = make_run(tmp_path / "cut", concurrencies=(1,), profiles=("fast",), ablations={}, meta={"trimmed": cut})
+    md = report.write_report(d)["md"].read_text()
+    caveats = md[md.index("**Caveats:**") : md.index("## Headline")]
+    assert "Cut short to fit the time budget: 1 of 3 measured rounds ran and 40 rollouts were dropped" in caveats
