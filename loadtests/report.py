@@ -191,8 +191,11 @@ def _verdict_section(d: Doc, verdicts: list[Verdict], meta: Mapping[str, Any]) -
             "**No verdict:** this run has no `ws/connection` and `https/full` pair at concurrency 1, so it does "
             "not test the claim."
         )
-    caveats = list(dict.fromkeys(c for v in verdicts for c in v.caveats))
-    caveats += _run_caveats(meta)
+    kinds: dict[str, str] = {}  # each kind once, worded for the first verdict that has it
+    for v in verdicts:
+        for kind, text in zip(v.caveat_kinds, v.caveats, strict=True):
+            kinds.setdefault(kind, text)
+    caveats = [*kinds.values(), *_run_caveats(meta)]
     if caveats:
         d.p("**Caveats:**")
         d.bullets(caveats)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from loadtests import report
+from loadtests.doc import Doc
 from loadtests.verdict import CLAIM, interval_text, verdicts
 from tests.unit.test_report_synth import make_run
 
@@ -138,3 +139,14 @@ def test_a_run_cut_short_by_its_time_budget_says_so_first(tmp_path: Path) -> Non
     md = report.write_report(d)["md"].read_text()
     caveats = md[md.index("**Caveats:**") : md.index("## Headline")]
     assert "Cut short to fit the time budget: 1 of 3 measured rounds ran and 40 rollouts were dropped" in caveats
+
+
+def test_size_follows_the_estimate_and_each_caveat_kind_is_listed_once() -> None:
+    rows = [_row((72.0, 38.0, 90.0), None, n=3), _row((80.0, 60.0, 90.0), None, profile="instant", n=3)]
+    first, second = verdicts(rows, _meta(quick=True, saturated=True))
+    assert first.size == "larger than the claimed ~40%"  # a wide interval does not change the words
+    assert first.caveat_kinds == second.caveat_kinds == ["indicative", "saturated"]
+    d = Doc("t")
+    report._verdict_section(d, [first, second], {})
+    text = d.markdown(Path("."))
+    assert text.count("Indicative only") == 1 and text.count("load generator saturated") == 1
