@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint bench bench-quick gate baseline proto clean
+.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# the fuzz suite at full size, then 10 min of mixed rollouts per transport and 10,000 churned connections with
+# the server's memory sampled (reports/soak/: soak.json, soak.csv, soak.png); SOAK_ARGS="--minutes 2" for a shorter one
+soak: setup
+	TURNBENCH_FUZZ=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen

@@ -65,14 +65,14 @@ def _block(block: bytes, nbytes: int) -> SSEEvent:
     if block.startswith(b"event: "):
         i = block.find(b"\ndata: ")
         if i > 0 and block.find(b"\n", i + 7) < 0:
-            return block[7:i].decode(), block[i + 7 :], nbytes
+            return block[7:i].decode("utf-8", "replace"), block[i + 7 :], nbytes
     etype, data = "", []
     for line in block.split(b"\n"):
         name, _, value = line.partition(b":")
         if value.startswith(b" "):
             value = value[1:]
         if name == b"event":
-            etype = value.decode()
+            etype = value.decode("utf-8", "replace")
         elif name == b"data":
             data.append(value)
     return etype, (b"\n".join(data) if data else None), nbytes

@@ -199,8 +199,9 @@ class TurnRecorder:
         """
         t = self._now(t_ns)
         ended = self.t_terminal_ns is not None
-        kind = _get(event, "type")
-        self.on_event(kind if isinstance(kind, str) else "", nbytes, t_ns=t)
+        raw_kind = _get(event, "type")
+        kind = raw_kind if isinstance(raw_kind, str) else ""  # a list or an object is no event type
+        self.on_event(kind, nbytes, t_ns=t)
         if ended:
             return None
         if not isinstance(event, Mapping):

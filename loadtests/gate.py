@@ -223,7 +223,8 @@ def gate_metrics(
             v, lo, hi = ratio_ci(a, b, n_boot=n_boot, seed=seed)
             out[f"ratio rollout {num} ÷ {den}"] = {"kind": "ratio", "value": v, "lo": lo, "hi": hi, "floor": 0.0}
     out.update(_stage_metrics(t, n_boot, seed))
-    out.update(_process_metrics(run, t, variant))
+    # Process CPU is per chunk, so its stage share comes from every row of the chunks, not the kept ones.
+    out.update(_process_metrics(run, _ok_rows(run.turns, variant, None), variant))
     cols = [c for c in (f"stage_{s}_cpu_ms" for s in STAGES) if c in t.columns]
     scale = NORMAL_REF_MS / cpu_ref_ms
     for lab, g in t.groupby("label", sort=True):

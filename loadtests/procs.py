@@ -257,7 +257,7 @@ def start_server_process(
     and the usage database (give each server its own ``workdir`` when several share a protocol and profile).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    tag = f"{server}-{profile}"
+    tag = f"{server}-{Path(profile[5:]).stem if profile.startswith('file:') else profile}"  # file:PATH: its name
     ca_path = workdir / f"ca-{tag}.pem"
     argv = [
         sys.executable,

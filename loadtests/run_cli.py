@@ -91,7 +91,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=_csv(str),
         metavar="LIST",
         help="sim profile(s) overriding the scenario's: instant, frontier (~65 tok/s), fast "
-        "(~1000 tok/s), h200-8b, calibration; several multiply the cells",
+        "(~1000 tok/s), h200-8b, calibration, or file:PATH (written by `turnbench calibrate`); several "
+        "multiply the cells",
     )
     w.add_argument(
         "--concurrency",
@@ -251,8 +252,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if transports is None:
         transports = list(DEFAULT_TRANSPORTS)
     for prof in args.profile or ():
-        if prof not in PROFILES:
-            raise ValueError(f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)}")
+        if prof.startswith("file:"):
+            if not Path(prof[5:]).is_file():
+                raise ValueError(f"--profile {prof}: no such file (write one with `turnbench calibrate`)")
+        elif prof not in PROFILES:
+            raise ValueError(
+                f"--profile: unknown profile {prof!r}; choose from {', '.join(PROFILES)} or file:PATH "
+                "(a profile `turnbench calibrate` wrote)"
+            )
     for s in args.states or ():
         if s not in STATES:
             raise ValueError(f"--states: unknown state strategy {s!r}")

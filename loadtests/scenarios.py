@@ -135,8 +135,14 @@ def validate(s: Scenario, *, source: str) -> Scenario:
     rate = s.arrival_rate_rps
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
         raise _fail(source, f"'arrival_rate_rps' must be a number > 0 (or absent for a closed loop); got {rate!r}")
-    if s.profile not in PROFILES:
-        raise _fail(source, f"'profile' must be one of {', '.join(PROFILES)}; got {s.profile!r}")
+    if s.profile not in PROFILES and not (isinstance(s.profile, str) and s.profile.startswith("file:")):
+        raise _fail(
+            source,
+            f"'profile' must be one of {', '.join(PROFILES)} or file:PATH (a profile `turnbench calibrate` "
+            f"wrote); got {s.profile!r}",
+        )
+    if isinstance(s.profile, str) and s.profile.startswith("file:") and not Path(s.profile[5:]).is_file():
+        raise _fail(source, f"'profile' {s.profile!r}: no such file")
     if not isinstance(s.tls, bool):
         raise _fail(source, f"'tls' must be true or false; got {s.tls!r}")
     if s.rollouts < s.rounds:

@@ -49,8 +49,9 @@ from servers.ws_server import handle_starlette_websocket
 from turnbench import errors
 from turnbench.auth import check_api_key
 from turnbench.connection import ConnectionSet
+from turnbench.prepared import ParsedRequest
 from turnbench.schema import ErrorEvent, Event, ResponseFailed, encode
-from turnbench.service import ParsedRequest, ResponsesService
+from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.state import Session
 from turnbench.tls import TLSMaterial

@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 
 from turnbench.errors import InvalidRequestError, NotFoundError
+from turnbench.prepared import Prepared
 from turnbench.schema import Event, Response, ResponseInProgress
-from turnbench.state import StoredResponse
+from turnbench.state import ResponseStore, StoredResponse
 
-if TYPE_CHECKING:
-    from turnbench.service import Prepared, ResponsesService
+
+class Streams(Protocol):
+    """What a background job needs of the service: its store, and its way of running a prepared request."""
+
+    store: ResponseStore
+
+    async def stream(
+        self, prepared: Prepared, emit: Callable[[Event], Awaitable[None]], *, timeout_s: float | None = None
+    ) -> None: ...
+
 
 __all__ = ["BackgroundJob", "BackgroundJobs"]
 
@@ -65,7 +74,7 @@ class BackgroundJob:
 class BackgroundJobs:
     """The service's running background responses, by id."""
 
-    def __init__(self, service: ResponsesService) -> None:
+    def __init__(self, service: Streams) -> None:
         self.service = service
         self.running: dict[str, BackgroundJob] = {}
 

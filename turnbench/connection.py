@@ -44,9 +44,10 @@ from turnbench.errors import (
     TurnbenchError,
     as_turnbench_error,
 )
+from turnbench.prepared import ParsedRequest
 from turnbench.schema import Event, WsErrorEvent, ws_error_event
 from turnbench.schema import encode as encode_json
-from turnbench.service import ParsedRequest, ResponsesService
+from turnbench.service import ResponsesService
 from turnbench.state import valid_lane
 
 __all__ = ["Connection", "ConnectionGone", "ConnectionSet", "Encode", "Ending", "Send", "Submission"]

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from turnbench.tokenizer import PIECE_CHARS, pieces
+
 __all__ = [
     "BIAS",
     "N_BUCKETS",
@@ -96,8 +98,11 @@ class SafetyVerdict:
 
 
 def _tokenize(text: str) -> list[str]:
-    tokens: list[str] = _TOKEN_RE.findall(text.lower())
-    return tokens
+    if len(text) <= PIECE_CHARS:
+        tokens: list[str] = _TOKEN_RE.findall(text.lower())
+        return tokens
+    # piece by piece (cut at spaces, so the same tokens): one findall over 10 MB holds the GIL ~0.8 s
+    return [t for piece in pieces(text) for t in _TOKEN_RE.findall(piece.lower())]
 
 
 def _utf8(token: str) -> bytes:

@@ -30,6 +30,25 @@ from turnbench.errors import InvalidRequestError, TurnbenchError
 # ---------------------------------------------------------------------------------------------- request
 
 
+MAX_SCHEMA_DEPTH = 64  # nesting of a tool's parameters or a text.format schema; echoed back, so clients parse it
+
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply ``value``'s lists and dicts nest (a scalar is 0), counted up to ``limit + 1`` and no further;
+    iterative, so a deep value costs no recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, d)
+        if d > limit:
+            return d
+        stack.extend((c, d + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
 class FunctionTool(msgspec.Struct, kw_only=True):
     """A function tool definition, as in ``tools`` of ``response.create``."""
 
@@ -38,6 +57,10 @@ class FunctionTool(msgspec.Struct, kw_only=True):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.parameters is not None and nesting_depth(self.parameters, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"parameters are nested more than {MAX_SCHEMA_DEPTH} levels deep")
 
 
 class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

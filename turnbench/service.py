@@ -29,7 +29,6 @@ import tempfile
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -50,6 +49,7 @@ from turnbench.errors import (
 )
 from turnbench.pipeline import StageTimer
 from turnbench.post import PostWriter
+from turnbench.prepared import Options, ParsedRequest, Prepared
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
     Event,
@@ -96,16 +96,10 @@ from turnbench.tokenizer import Tokenizer, load_tokenizer
 log = logging.getLogger("turnbench.service")
 T = TypeVar("T")
 OFFLOAD_ITEMS = 1000  # a history this long is revalidated on a worker thread
+ITEM_WEIGHT_BYTES = 1024  # an item costs the check and the render about as much as 1 KB of text, whatever its length
 MIN_OUTPUT_TOKENS = 16  # the Responses API's minimum for max_output_tokens
 MAX_OUTPUT_TOKENS = 1 << 20  # no model here has more; a larger value (400 digits) would not survive a JSON client
 Emit = Callable[[Event], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class ParsedRequest:
-    request: ResponseCreate
-    timer: StageTimer
-    nbytes: int = 0
 
 
 class ResponsesService:
@@ -269,6 +263,11 @@ class ResponsesService:
             f"{self.settings.request_timeout_s:g} s)."
         )
 
+    async def run_cpu(self, nbytes: int, work: Callable[[], T]) -> T:
+        """``work()`` inline when it handles fewer than ``offload_bytes``, else on the service's worker threads
+        (a server's decoding of a large message)."""
+        return await self._cpu(nbytes, work)
+
     async def _cpu(self, nbytes: int, work: Callable[[], T]) -> T:
         """Run a synchronous stage body: inline when it handles fewer than ``offload_bytes``, else on a worker
         thread, so one large request does not stall every other client on the event loop. Its stage timings
@@ -279,6 +278,13 @@ class ResponsesService:
 
     async def _prepare(self, req: ResponseCreate, parsed: ParsedRequest, session: Session) -> Prepared:
         s, timer = self.settings, parsed.timer
+        if isinstance(req.input, list) and len(req.input) > s.max_input_items:
+            raise InvalidRequestError(
+                f"Invalid 'input': array too long. Expected an array with maximum length {s.max_input_items}, "
+                f"but got an array with length {len(req.input)} instead.",
+                "input",
+                code="array_above_max_length",
+            )
         await timer.inject("validate")
 
         def validate() -> list[InputItem]:
@@ -325,12 +331,15 @@ class ResponsesService:
         if not incremental and req.instructions:
             texts.append(req.instructions)
         checked_chars = sum(map(len, texts))
+        # what the check and the render cost, as bytes: each item also has a fixed cost (~120 µs of safety,
+        # as much as ~1 KB of text), so 100k one-character items go to a worker thread like 10 MB of text
+        weight = checked_chars + ITEM_WEIGHT_BYTES * len(texts)
 
         def safety() -> None:
             with timer.stage("safety") as st:
                 pipeline.safety_check(self.safety, texts, st)
 
-        await self._cpu(checked_chars, safety)
+        await self._cpu(weight, safety)
 
         await timer.inject("render")
         key, blob = pipeline.tools_key(tools, req.instructions)
@@ -345,7 +354,16 @@ class ResponsesService:
                     self.tokenizer, items, st
                 )
 
-        tokens = await self._cpu(new_bytes if reuse else checked_chars + new_bytes, render)
+        tokens = await self._cpu(
+            new_bytes + ITEM_WEIGHT_BYTES * len(new_items) if reuse else weight + new_bytes, render
+        )
+        if len(tokens) > s.max_context_tokens:
+            raise InvalidRequestError(
+                f"Your input exceeds the context window of this model ({len(tokens):,} tokens; at most "
+                f"{s.max_context_tokens:,}). Please adjust your input and try again.",
+                "input",
+                code="context_length_exceeded",
+            )
 
         await timer.inject("route")
         with timer.stage("route") as st:
@@ -642,34 +660,3 @@ class ResponsesService:
         self.engine.close()
         self.store.close()
         self.usage.close()
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A request that passed every check: what ``generate`` needs to answer it."""
-
-    request: ResponseCreate
-    timer: StageTimer
-    session: Session
-    parent: ConversationRecord | None
-    state: str
-    new_items: list[InputItem]
-    items: list[InputItem]
-    tools: list[Any]
-    metadata: dict[str, str]
-    tokens: list[int]
-    tools_key: int
-    route: Any
-    new_bytes: int
-    options: Options
-    call_ids: frozenset[str]  # every function call of the conversation so far (outputs must answer one)
-    response: Response  # the response this request creates, as it starts (in_progress)
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """What the scripted model does for one request: its knobs, the tool choice, the text format."""
-
-    knobs: Knobs
-    choice: ToolChoice
-    text_format: TextFormat

@@ -65,6 +65,8 @@ class Settings:
     max_queued_per_connection: int = 64  # requests waiting for their lane or an in-flight slot; more are refused
     max_queued_bytes_per_connection: int = 32 * 1024 * 1024  # their payload bytes together
     offload_bytes: int = 256 * 1024  # a request this large runs validate/safety/render on a worker thread
+    max_context_tokens: int = 1_048_576  # a conversation longer than this is context_length_exceeded (400)
+    max_input_items: int = 10_000  # items in one request's input (each costs ~0.1 ms of safety + render)
     max_lanes: int = 32
     connection_lifetime_s: float = 3600.0
     max_output_tokens: int = 4096

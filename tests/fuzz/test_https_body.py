@@ -12,32 +12,28 @@ import asyncio
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
 from servers.base import RunningServer
 from tests.fuzz.conftest import QUIET, TEST_TIMEOUT_S, StartFn, fuzz
-from tests.fuzz.strategies import Body, bodies, substitute
-from tests.fuzz.wire import TERMINAL, WAIT_S, error_body_problems, leaks
+from tests.fuzz.strategies import Body, bodies, compact, substitute
+from tests.fuzz.wire import TERMINAL, UNREADABLE, WAIT_S, decode_event, error_body_problems, ids_of, leaks
 
 pytestmark = [pytest.mark.timeout(TEST_TIMEOUT_S), QUIET]
 
 GOOD = b'{"model":"m","input":"hi","store":false,"metadata":{"answer_tokens":"1","tool_calls":"0"}}'
 
 
-def sse_events(body: bytes) -> list[Any]:
-    """The ``data:`` payloads of an SSE body, decoded (a payload that is not JSON is kept as bytes)."""
-    out: list[Any] = []
+def sse_events(body: bytes) -> list[dict[str, Any]]:
+    """The ``data:`` payloads of an SSE body, decoded (:func:`decode_event`)."""
+    out: list[dict[str, Any]] = []
     for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
         data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
         if data:
             payload = b"\n".join(data)
-            try:
-                out.append(orjson.loads(payload))
-            except orjson.JSONDecodeError:
-                out.append(payload)
+            out.append(decode_event(payload))
     return out
 
 
@@ -48,36 +44,26 @@ def answer_problems(status: int, ctype: str, body: bytes, sent: bytes) -> tuple[
     if status >= 500 or not (200 <= status < 300 or 400 <= status < 500):
         problems.append(f"status {status}: bad input must be a 2xx or a 4xx")
     if status >= 300:
-        try:
-            problems += error_body_problems(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            problems.append("the error body is not JSON")
+        error = decode_event(body)
+        problems += [f"the error body: {error.pop(UNREADABLE)}"] if UNREADABLE in error else []
+        problems += error_body_problems(error)
         return problems, None
     if ctype.startswith("text/event-stream"):
         events = sse_events(body)
-        kinds = [e.get("type") if isinstance(e, dict) else repr(e)[:40] for e in events]
+        problems += [f"{e.get('type')} event: {e[UNREADABLE]}" for e in events if UNREADABLE in e]
+        kinds = [e.get("type") for e in events]
         if not kinds or kinds[-1] not in TERMINAL:
             problems.append(f"the stream ended without a terminal event: {kinds[-3:]}")
         if "error" in kinds or "response.failed" in kinds:
             problems.append(f"the stream failed: {text[-600:]}")
-        last = events[-1] if events and isinstance(events[-1], dict) else {}
-        response = last.get("response")
+        response = events[-1].get("response") if events else None
         return problems, response if isinstance(response, dict) else None
-    try:
-        response = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return [*problems, "a 2xx body that is not JSON"], None
-    if not isinstance(response, dict) or response.get("status") not in ("completed", "incomplete", "queued"):
+    response = decode_event(body)
+    if UNREADABLE in response:
+        problems.append(f"the 2xx body: {response[UNREADABLE]}")
+    if response.get("status") not in ("completed", "incomplete", "queued"):
         problems.append(f"a 2xx that is not a finished (or queued) Response: {text[:300]}")
-    return problems, response if isinstance(response, dict) else None
-
-
-def ids_of(response: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """(the response id, its last function call's call_id) for the ``$PREV``/``$CALL`` of a later body."""
-    if not response or response.get("status") not in ("completed", "incomplete"):
-        return None, None
-    calls = [o.get("call_id") for o in response.get("output") or [] if isinstance(o, dict) and o.get("call_id")]
-    return response.get("id"), calls[-1] if calls else None
+    return problems, response
 
 
 async def post(client: httpx.AsyncClient, server: RunningServer, data: bytes) -> httpx.Response:
@@ -99,7 +85,7 @@ def test_https_bodies_get_a_2xx_or_a_4xx_error_body(https: RunningServer, runner
         for body in sequence:
             data = substitute(body.data, prev, call)
             reply = await post(client, https, data)
-            note(f"{compact_repr(data)} -> {reply.status_code} {reply.content[:800]!r}")
+            note(f"{compact(data)} -> {reply.status_code} {reply.content[:800]!r}")
             problems, response = answer_problems(
                 reply.status_code, reply.headers.get("content-type", ""), reply.content, data
             )
@@ -117,9 +103,3 @@ def test_https_bodies_get_a_2xx_or_a_4xx_error_body(https: RunningServer, runner
         one()
     finally:
         runner.run(client.aclose())
-
-
-def compact_repr(data: bytes) -> str:
-    from tests.fuzz.strategies import compact
-
-    return compact(data)

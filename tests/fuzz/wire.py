@@ -15,11 +15,12 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 import grpc
+import msgspec
 import orjson
-from hypothesis import note
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
@@ -39,6 +40,25 @@ CLASS_NAME = re.compile(
     r"|\b[A-Z][A-Za-z0-9]*(?:Error|Exception|Exit|Interrupt)\b|\b(?:StopIteration|StopAsyncIteration|GeneratorExit)\b"
 )
 ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+UNREADABLE = "__unreadable__"
+"""Key added to an event that turnbench's clients (orjson) cannot read though a more lenient decoder can."""
+
+
+def decode_event(raw: bytes | str) -> dict[str, Any]:
+    """A server event as a dict. JSON that orjson (what turnbench's clients use, nesting limit 1024) refuses but
+    msgspec reads is returned with :data:`UNREADABLE` set; not JSON at all: ``{"type": "<not JSON>"}``."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            event = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError):
+            return {"type": "<not JSON>"}
+        if isinstance(event, dict):
+            event[UNREADABLE] = f"orjson cannot read it: {exc}"
+    return event if isinstance(event, dict) else {"type": "<not an object>"}
 
 
 class Hang(AssertionError):
@@ -110,9 +130,14 @@ class WsLink(Link):
     @classmethod
     async def open(cls, server: RunningServer) -> WsLink:
         assert server.tls is not None
-        url = server.url.replace("https://", "wss://") + "/responses"
+        return await cls.open_url(server.url, server.tls.client_ssl_context())
+
+    @classmethod
+    async def open_url(cls, url: str, ssl: SSLContext | None, headers: dict[str, str] | None = None) -> WsLink:
+        """A connection to the WebSocket mode of the server whose base URL (``…/v1``) is ``url``."""
+        url = url.replace("https://", "wss://").replace("http://", "ws://") + "/responses"
         ws = await ws_connect(
-            url, ssl=server.tls.client_ssl_context(), compression=None, max_size=None, ping_interval=None
+            url, ssl=ssl, compression=None, max_size=None, ping_interval=None, additional_headers=headers or {}
         )
         return cls(ws)
 
@@ -132,11 +157,7 @@ class WsLink(Link):
         except TimeoutError:
             raise Hang(f"no event within {WAIT_S:g} s") from None
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        try:
-            event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return {"type": "<not JSON>"}, text
-        return (event if isinstance(event, dict) else {"type": "<not an object>"}), text
+        return decode_event(raw), text
 
     async def close(self) -> None:
         await self.ws.close()
@@ -183,12 +204,19 @@ class GrpcLink(Link):
     @classmethod
     async def open(cls, server: RunningServer) -> GrpcLink:
         assert server.tls is not None
-        channel = grpc.aio.secure_channel(
-            server.url,
-            grpc.ssl_channel_credentials(server.tls.ca_pem_bytes),
-            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
-        )
-        return cls(channel, channel.stream_stream("/turnbench.v1.Responses/Connect")())
+        return await cls.open_target(server.url, server.tls.ca_pem_bytes)
+
+    @classmethod
+    async def open_target(
+        cls, target: str, ca_pem: bytes | None, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> GrpcLink:
+        """A ``Connect`` stream to the gRPC server at ``target`` (``host:port``), TLS when ``ca_pem`` is given."""
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        if ca_pem is not None:
+            channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(ca_pem), options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        return cls(channel, channel.stream_stream("/turnbench.v1.Responses/Connect")(metadata=metadata))
 
     def _ended_by(self, exc: grpc.aio.AioRpcError) -> None:
         trailer = dict(exc.trailing_metadata() or ())
@@ -219,11 +247,7 @@ class GrpcLink(Link):
         except Exception:
             return {"type": "<not a ServerEvent>"}, repr(message)
         if ev.WhichOneof("event") == "json":
-            try:
-                event = orjson.loads(ev.json)
-            except orjson.JSONDecodeError:
-                return {"type": "<not JSON>"}, ev.json
-            return (event if isinstance(event, dict) else {"type": "<not an object>"}), ev.json
+            return decode_event(ev.json), ev.json
         return typed_event(ev), str(ev)
 
     async def close(self) -> None:
@@ -351,6 +375,7 @@ MakeFrame = Callable[[str | None, str | None], Frame]
 def connection_answer_problems(answer: Answer, frame: Frame) -> list[str]:
     """What is wrong with a connection's answer to one fuzzed frame."""
     problems = [f"internal names on the wire: {n}" for n in [leaks("\n".join(answer.texts), frame.data)] if n]
+    problems += [f"{e.get('type')} event: {e[UNREADABLE]}" for e in answer.events if UNREADABLE in e]
     last = answer.last
     kind = last.get("type")
     if kind == "error":
@@ -387,8 +412,8 @@ async def connection_case(conn: KeepLane, frames: list[MakeFrame], good: bytes) 
                 prev, call = ids_of(answer.response())
         answer = await conn.ask(good)
         assert answer.last.get("type") == "response.completed", f"a good request then: {answer.brief()}"
-    except BaseException:
+    except BaseException as exc:
         for line in log:
-            note(line)
+            exc.add_note(line)  # printed with the failure, in a hypothesis example or not
         await conn.reset()
         raise

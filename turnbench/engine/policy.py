@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnbench.errors import InvalidRequestError
-from turnbench.schema import FunctionCallOutputItem, FunctionTool, InputItem
+from turnbench.schema import MAX_SCHEMA_DEPTH, FunctionCallOutputItem, FunctionTool, InputItem, nesting_depth
 
 __all__ = ["KNOB_RANGES", "Knobs", "OutputPlan", "TextFormat", "ToolChoice", "json_instance", "plan_output"]
 
@@ -155,6 +155,11 @@ class TextFormat:
                     "text.format.schema",
                     code="invalid_value",
                 )
+            if nesting_depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+                raise InvalidRequestError(
+                    f"Invalid 'text.format.schema': nested more than {MAX_SCHEMA_DEPTH} levels deep.",
+                    "text.format.schema",
+                )
             return cls("json_schema", schema)
         raise InvalidRequestError(
             f"Invalid 'text.format.type': {kind!r}. Expected 'text', 'json_schema' or 'json_object'.",
@@ -220,7 +225,7 @@ def json_instance(
     odd tool) never raises: what cannot be read is left out or takes its type's simplest value. ``budget``
     (a one-item list, shared down the recursion): words left for all strings together; past it they are
     empty, so a schema of a thousand properties cannot make the answer huge."""
-    if not isinstance(schema, Mapping):
+    if not isinstance(schema, Mapping) or depth > 4 * _MAX_DEPTH:  # a $ref or anyOf cycle ends here
         return None
     root = schema if root is None else root
     schema = _resolve(schema, root)

@@ -1,0 +1,56 @@
+"""A request on its way through the pipeline: parsed (:class:`ParsedRequest`), then prepared — every check
+passed, its context rendered — with the options the scripted model acts on (:class:`Prepared`, :class:`Options`).
+
+Its own module so that what runs a prepared request (``service``, ``background``) shares the types without
+importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from turnbench.engine.policy import Knobs, TextFormat, ToolChoice
+from turnbench.pipeline import StageTimer
+from turnbench.schema import InputItem, Response, ResponseCreate
+from turnbench.state import ConversationRecord, Session
+
+__all__ = ["Options", "ParsedRequest", "Prepared"]
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    request: ResponseCreate
+    timer: StageTimer
+    nbytes: int = 0
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request that passed every check: what ``generate`` needs to answer it."""
+
+    request: ResponseCreate
+    timer: StageTimer
+    session: Session
+    parent: ConversationRecord | None
+    state: str
+    new_items: list[InputItem]
+    items: list[InputItem]
+    tools: list[Any]
+    metadata: dict[str, str]
+    tokens: list[int]
+    tools_key: int
+    route: Any
+    new_bytes: int
+    options: Options
+    call_ids: frozenset[str]  # every function call of the conversation so far (outputs must answer one)
+    response: Response  # the response this request creates, as it starts (in_progress)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the scripted model does for one request: its knobs, the tool choice, the text format."""
+
+    knobs: Knobs
+    choice: ToolChoice
+    text_format: TextFormat
