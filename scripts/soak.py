@@ -117,7 +117,13 @@ async def workers(n: int, until: Callable[[], bool], job: Callable[[int], Awaita
 
 
 async def soak_transport(transport: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    endpoint: Endpoint = start_server_process(transport, workdir=workdir / transport, profile="instant", tls=True)
+    endpoint: Endpoint = start_server_process(
+        transport,
+        workdir=workdir / transport,
+        profile="instant",
+        tls=True,
+        settings={"store_max_bytes": int(args.store_max_mb * 2**20), "prefix_cache_blocks": args.prefix_blocks},
+    )
     assert endpoint.process is not None
     sampler = Sampler(endpoint.process.pid, transport, args.sample_s, time.monotonic())
     start_mb = sampler.sample()
@@ -131,18 +137,16 @@ async def soak_transport(transport: str, args: argparse.Namespace, workdir: Path
         deadline = time.monotonic() + args.minutes * 60
         done = {"rollouts": 0, "turns": 0}
         bar = tqdm(total=round(args.minutes * 60), desc=f"{transport} rollouts", unit="s", leave=False)
-        last = time.monotonic()
+        started = time.monotonic()
 
         async def rollout(k: int) -> None:
-            nonlocal last
             result = await one_rollout(cell(transport, states[k % len(states)]), k, endpoint)
             done["rollouts"] += 1
             done["turns"] += len(result.turns)
             if not result.success:
                 errors.append(f"rollout {k}: {result.error}")
-            now = time.monotonic()
-            bar.update(round(now - last, 1))
-            last = now
+            bar.n = min(bar.total, int(time.monotonic() - started))  # whole seconds, never past the end
+            bar.refresh()
 
         await workers(args.concurrency, lambda: time.monotonic() >= deadline or len(errors) > 20, rollout)
         bar.close()
@@ -255,6 +259,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4, help="concurrent rollouts (default 4)")
     p.add_argument("--churn", type=int, default=10_000, help="connections opened and closed per transport")
     p.add_argument("--churn-concurrency", type=int, default=16)
+    p.add_argument(
+        "--store-max-mb",
+        type=float,
+        default=16.0,
+        help="the servers' memory-store byte bound (default 16 MiB; the serve default, 128 MiB, takes this load "
+        "~5 min to fill, so memory climbs that long before it levels off)",
+    )
+    p.add_argument(
+        "--prefix-blocks",
+        type=int,
+        default=20_000,
+        help="the sim engine's prefix-cache bound in 64-token blocks (default 20,000; serve's 200,000 takes "
+        "this load ~5 min to fill)",
+    )
     p.add_argument("--sample-s", type=float, default=2.0, help="RSS sampling period (default 2 s)")
     p.add_argument("--max-growth-mb-per-min", type=float, default=5.0)
     p.add_argument("--max-churn-growth-mb", type=float, default=40.0)

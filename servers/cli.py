@@ -44,6 +44,12 @@ HELP = {
     "tokens_per_chunk": "tokens per delta event (framing knob, the same on every transport)",
     "inject_ms": "named injected latency, e.g. safety=5,post=2 (asyncio sleep per stage, ms)",
     "burn_us": "named CPU burn per stage, e.g. render=200 (µs; the gate's slow-path knob)",
+    "max_input_items": "items in one request's input; more is a 400 array_above_max_length (default 10000)",
+    "max_context_tokens": "a conversation longer than this, rendered, is a 400 context_length_exceeded "
+    "(default 1048576)",
+    "prefix_cache_blocks": "sim engine: 64-token block hashes its prefix cache keeps, LRU (default 200000)",
+    "torch_config": "torch engine model: cpu-tiny, cuda-0.2b, cuda-1b, cuda-8b (default auto: by device)",
+    "torch_compile": "torch engine decode: none, default, max-autotune (default auto: default on CUDA)",
 }
 
 

@@ -56,6 +56,7 @@ class Settings:
     token_cache: bool = True  # keep rendered tokens, tokenize only new text
     overlap_post: bool = True  # post of response N runs beside request N+1 (connection transports only)
     prefix_cache: bool = True  # the engine reuses KV for a history it has seen
+    prefix_cache_blocks: int = 200_000  # sim engine: 64-token block hashes kept (LRU; ~25 MB at the bound)
 
     # limits (a request's CPU is about 0.35 ms per KB of new text in safety + render: 8 MiB is ~3 s of one core,
     # spent off the event loop; see offload_bytes)

@@ -14,7 +14,7 @@ def make_engine(settings: Settings) -> ModelEngine:
     if settings.engine == "sim":
         from turnbench.engine.sim import SimEngine
 
-        return SimEngine(settings.profile)
+        return SimEngine(settings.profile, prefix_blocks=settings.prefix_cache_blocks)
     if settings.engine == "torch":
         from turnbench.engine.torch_engine import TorchEngine  # optional extra
 

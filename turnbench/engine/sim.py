@@ -148,7 +148,7 @@ def load_profile(path: str | Path) -> SimProfile:
 class SimEngine:
     """The default engine. ``speed`` scales every modeled time (0.5 = twice as fast)."""
 
-    def __init__(self, profile: SimProfile | str = "fast", *, speed: float = 1.0) -> None:
+    def __init__(self, profile: SimProfile | str = "fast", *, speed: float = 1.0, prefix_blocks: int = 200_000) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if speed != 1.0:
             p = self.profile
@@ -163,7 +163,8 @@ class SimEngine:
             )
         self.name = f"sim:{self.profile.name}"
         self.stats = EngineStats()
-        self.prefix_cache = PrefixCache()
+        self.prefix_blocks = prefix_blocks
+        self.prefix_cache = PrefixCache(prefix_blocks)
 
     async def prefill(self, context: Sequence[int], kv: KVHandle | None, *, use_cache: bool) -> PrefillResult:
         # a continuation's KV handle carries its block hashes: only the new blocks are hashed
@@ -203,4 +204,4 @@ class SimEngine:
             yield DecodeChunk([t for t, _ in group], "".join(s for _, s in group))
 
     def close(self) -> None:
-        self.prefix_cache = PrefixCache()
+        self.prefix_cache = PrefixCache(self.prefix_blocks)
