@@ -42,12 +42,11 @@ class SSEDecoder:
         """Parse ``data`` (any slice of the stream). Returns: the events it completed, in order."""
         if self._buf:
             data = self._buf + data
-        if b"\r" in data:
-            hold = data.endswith(b"\r")  # a CRLF split across two chunks
-            data = data.replace(b"\r\n", b"\n")
-            if hold:
-                self._buf = data
-                return []
+        tail = b""
+        if b"\r" in data:  # CRLF, CR and LF all end a line (the SSE specification)
+            if data.endswith(b"\r"):  # maybe the first half of a CRLF: decided by the next chunk
+                data, tail = data[:-1], b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[SSEEvent] = []
         start = 0
         find = data.find
@@ -55,9 +54,10 @@ class SSEDecoder:
             end = find(b"\n\n", start)
             if end < 0:
                 break
-            out.append(_block(data[start:end], end + 2 - start))
+            if end > start:  # a blank line with nothing before it dispatches nothing
+                out.append(_block(data[start:end], end + 2 - start))
             start = end + 2
-        self._buf = data[start:]
+        self._buf = data[start:] + tail
         return out
 
 
