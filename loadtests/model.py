@@ -164,6 +164,9 @@ class RunConfig:
     cpu_pinning: str = "auto"  # or "off": see loadtests.machine.plan_isolation
     deadline: float | None = None  # time.monotonic() by which measuring ends: later rounds are dropped whole
     toolbox_factory: ToolboxFactory = default_toolbox
+    # a fixed workload (returns its CPU ms) timed before every chunk: the machine's speed over the same minutes
+    # as the cells (the gate's reference; the host's speed swings 2x within seconds on a shared VM)
+    reference_cpu: Callable[[], float] | None = None
     argv: list[str] = field(default_factory=list)
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see runner.cell_rollout
 
@@ -251,6 +254,7 @@ class ChunkStat:
     server_cpu_s: float | None  # None: the server is not a process the runner can see
     lag_ms: list[float]
     background: dict[str, Any] | None = None  # the machine meanwhile: loadtests.machine.background
+    reference_cpu_ms: float | None = None  # RunConfig.reference_cpu, timed just before the chunk
 
 
 @dataclass(slots=True)

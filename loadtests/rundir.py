@@ -340,6 +340,7 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
                 "server_cpu_s": ch.server_cpu_s,
                 "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None,
                 "background": ch.background,
+                **({"reference_cpu_ms": ch.reference_cpu_ms} if ch.reference_cpu_ms is not None else {}),
             }
             for ch in collected.chunks
         ],

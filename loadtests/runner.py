@@ -218,6 +218,7 @@ async def execute(
                 gc.collect()  # a full collection of this process takes 20-50 ms: never inside a chunk
                 gc.disable()
                 await asyncio.sleep(monitor.interval_s + 0.01)  # the probe notes the collection's stall here
+            ref_ms = config.reference_cpu() if config.reference_cpu is not None else None
             all0, m0 = servers_cpu_s(), probe.read()
             lag0, cpu0, srv0, t0 = len(monitor.lag_ms), time.process_time(), ep.cpu_s(), time.perf_counter()
             try:
@@ -238,6 +239,7 @@ async def execute(
                     server_cpu_s=None if srv0 is None or srv1 is None else srv1 - srv0,
                     lag_ms=list(monitor.lag_ms[lag0:]),
                     background=background(m0, m1, own_cpu_s=(cpu1 - cpu0) + (all1 - all0), cores=probe.cores),
+                    reference_cpu_ms=ref_ms,
                 )
             )
             samples += [Sample(r, cell, rnd, warmup) for r in results]

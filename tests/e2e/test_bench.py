@@ -89,7 +89,9 @@ def gate_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float]:
 def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> None:
     run, ref = gate_run
     assert run.meta["injected"] and all(v == {"burn_us": BURN} for v in run.meta["injected"].values())
-    assert len(run.meta["gate"]["cpu_reference_ms"]) == 2 and gate.run_reference_ms(run) == ref
+    # the reference timed before and after the run and before every chunk (the machine's speed throughout)
+    assert len(run.meta["gate"]["cpu_reference_ms"]) == 2 + len(run.chunks) and gate.run_reference_ms(run) == ref
+    assert all(ch["reference_cpu_ms"] > 0 for ch in run.chunks)
     baseline = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 0)
     unchanged = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 1)
     table, passed = gate.judge(unchanged, baseline)
