@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak clean
+.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak stream clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: setup
 soak: setup
 	TURNBENCH_FUZZ=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+# the streaming path: tokens/s and server CPU per token per transport, adaptive coalescing off and on (~3 min)
+stream: setup
+	$(BIN)/python scripts/stream_bench.py $(STREAM_ARGS)
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen

@@ -90,9 +90,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--profile",
         type=_csv(str),
         metavar="LIST",
-        help="sim profile(s) overriding the scenario's: instant, frontier (~65 tok/s), fast "
-        "(~1000 tok/s), h200-8b, calibration, or file:PATH (written by `turnbench calibrate`); several "
-        "multiply the cells",
+        help="sim profile(s) overriding the scenario's: instant, frontier (~65 tok/s), fast (~1000 tok/s), "
+        "burst (~40,000 tok/s), h200-8b, calibration, or file:PATH (written by `turnbench calibrate`); "
+        "several multiply the cells",
     )
     w.add_argument(
         "--concurrency",
@@ -333,6 +333,43 @@ def verdict_line(v: dict[str, Any]) -> str:
     return Verdict(**fields).line()
 
 
+STREAM_MIN_TOKENS = 256
+"""Cells whose answers average at least this many tokens get the streaming table."""
+
+
+def _stream_block(cells: dict[str, Any]) -> list[str]:
+    """The streaming path of long-answer cells (the ``stream`` scenario): tokens/s after the first delta,
+    tokens per delta event, server CPU and bytes down per token, ITL between delta events."""
+    rows = [c for c in cells.values() if (c.get("stream") or {}).get("tokens_per_turn", 0) >= STREAM_MIN_TOKENS]
+    if not rows:
+        return []
+    header = ["profile", "transport", "state", "variant", "tok/s p50 (min)", "tok/delta", "srv µs/tok", "down B/tok"]
+    header.append("itl p50/p99")
+    table = [header]
+    for c in rows:
+        s = c["stream"]
+        table.append(
+            [
+                c["profile"],
+                c["transport"],
+                c["state"],
+                c["variant"],
+                f"{s['tok_s']:,.0f} ({s['tok_s_min']:,.0f})",
+                _f(s["tokens_per_delta"], 1),
+                _f(s["server_cpu_us_per_token"], 1),
+                _f(s["bytes_down_per_token"], 0),
+                _pair(c["metrics"].get("itl_ms"), 3),
+            ]
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    out = ["", "streaming (long answers): tokens/s from the first content delta to the last; server CPU per token"]
+    out += [
+        "  ".join(v.rjust(w) if i > 3 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+        for r in table
+    ]
+    return out
+
+
 def format_table(run: RunDir) -> str:
     """Plain aligned text: one block per scenario/profile/load, one row per transport and state."""
     cells: dict[str, Any] = run.summary.get("cells", {})
@@ -378,6 +415,7 @@ def format_table(run: RunDir) -> str:
             "  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
             for r in table
         ]
+    lines += _stream_block(cells)
     for v in run.summary.get("verdicts") or []:
         lines += ["", _plain(verdict_line(v))]
         lines += [f"  - {_plain(c)}" for c in v.get("caveats") or []]

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-PROFILES = ("instant", "frontier", "fast", "h200-8b", "calibration")
+PROFILES = ("instant", "frontier", "fast", "burst", "h200-8b", "calibration")
 """The sim engine's profiles (turnbench.engine.sim.PROFILES), named here so the CLI stays light."""
 
 

@@ -243,6 +243,36 @@ def _reference(cell: Record, cells: Sequence[Record]) -> Record | None:
     return next((o for o in matches if o["variant"] == "default"), None)
 
 
+def stream_rates(turns: pd.DataFrame, server_cpu_s: float | None) -> dict[str, Any] | None:
+    """The streaming path of one cell's measured turns (None without two content deltas in a turn):
+
+    - ``tok_s`` (p50 over turns): output tokens after the first delta ÷ the time from the first delta to the
+      last (``sum(itl_ms)``); a turn's tokens are split evenly over its deltas to find the first one's share;
+    - ``tokens_per_delta``: output tokens ÷ content deltas (1 at one event per token; more when coalesced);
+    - ``server_cpu_us_per_token``: the server process's CPU over the cell's chunks ÷ their output tokens
+      (the per-turn work is included: a long answer makes it small);
+    - ``bytes_down_per_token``: bytes received ÷ output tokens."""
+    if not len(turns) or "chunks" not in turns:
+        return None
+    chunks = pd.to_numeric(turns["chunks"], errors="coerce").fillna(0.0)
+    tokens = pd.to_numeric(turns["output_tokens"], errors="coerce").fillna(0.0)
+    span_ms = turns["itl_ms"].map(lambda v: float(np.sum(v)) if v is not None and len(v) else 0.0)
+    ok = (chunks >= 2) & (span_ms > 0)
+    if not ok.any():
+        return None
+    rate = (tokens[ok] * (chunks[ok] - 1) / chunks[ok]) / (span_ms[ok] / 1000.0)
+    total = float(tokens.sum())
+    return {
+        "n": int(ok.sum()),
+        "tok_s": float(rate.median()),
+        "tok_s_min": float(rate.min()),
+        "tokens_per_turn": total / len(turns),
+        "tokens_per_delta": total / float(chunks.sum()) if chunks.sum() else math.nan,
+        "server_cpu_us_per_token": 1e6 * server_cpu_s / total if server_cpu_s is not None and total else None,
+        "bytes_down_per_token": float(pd.to_numeric(turns["bytes_down"]).sum()) / total if total else math.nan,
+    }
+
+
 def cell_summaries(
     turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
 ) -> dict[str, dict[str, Any]]:
@@ -320,6 +350,7 @@ def cell_summaries(
             "metrics": {**t_stats.get(cid, {}), **r_stats.get(cid, {}), **i_stats.get(cid, {})},
             "ttft_by_turn": by_turn,
             "server_cpu_ms_per_turn": (1000.0 * sum(srv) / n_turns) if n_turns and srv and None not in srv else None,
+            "stream": stream_rates(ct, sum(srv) if srv and None not in srv else None),
             "client_cpu_ms_per_turn": (1000.0 * sum(ch["client_cpu_s"] for ch in mine) / n_turns) if n_turns else None,
             "recoveries": int(cr_all["recoveries"].sum()) if len(cr_all) and "recoveries" in cr_all else 0,
             "rollouts_per_s": c["concurrency"] * 1000.0 / mean_ms if c["mode"] == "closed" and mean_ms > 0 else None,

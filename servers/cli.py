@@ -33,7 +33,8 @@ HELP = {
     "ca_out": "write the generated CA certificate (PEM) here, for clients in other shells",
     "http2": "https only: serve HTTP/2 with hypercorn (a variant; HTTP/1.1 on uvicorn is the default)",
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
-    "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), h200-8b, calibration",
+    "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), burst (~40,000 tok/s), h200-8b, "
+    "calibration",
     "store": "ResponseStore for store=true: memory or sqlite:PATH",
     "seed": "seed of the scripted model when a request's metadata.seed does not say (default 0)",
     "tool_calls": "tool calls the scripted model makes before answering, when a request's metadata.tool_calls "
@@ -42,6 +43,8 @@ HELP = {
     "arg_words": "words per free-text tool argument when metadata.arg_words does not say (default 3)",
     "usage_db": "SQLite file for durable usage records (auto: a temp file)",
     "tokens_per_chunk": "tokens per delta event (framing knob, the same on every transport)",
+    "coalesce_tokens": "adaptive coalescing: when the client or the transport lags, the tokens already generated "
+    "travel in one delta event, up to N (0: off)",
     "inject_ms": "named injected latency, e.g. safety=5,post=2 (asyncio sleep per stage, ms)",
     "burn_us": "named CPU burn per stage, e.g. render=200 (µs; the gate's slow-path knob)",
     "max_input_items": "items in one request's input; more is a 400 array_above_max_length (default 10000)",

@@ -516,6 +516,7 @@ class ResponsesService:
                     stream_id=sid,
                     outputs=outputs,
                     tokens_per_chunk=s.tokens_per_chunk,
+                    coalesce=s.coalesce_tokens,
                 ):
                     seq = ev.sequence_number + 1
                     yield ev

@@ -32,6 +32,9 @@ class Settings:
     profile: str = "fast"
     seed: int = 0
     tokens_per_chunk: int = 1  # framing knob: tokens per delta event, the same for every transport
+    # adaptive coalescing: when the consumer or the transport lags, the tokens already generated leave
+    # together, up to this many per delta event (0: off, one event per tokens_per_chunk tokens always)
+    coalesce_tokens: int = 0
     device: str = "auto"  # torch engine: auto | cpu | cuda
     torch_config: str = "auto"  # torch engine: cpu-tiny | cuda-0.2b | cuda-1b | cuda-8b (auto: by device)
     torch_compile: str = "auto"  # torch engine decode: none | default | max-autotune (auto: default on CUDA)

@@ -49,6 +49,7 @@ async def stream_item(
     stream_id: str | None,
     outputs: list[OutputItem],
     tokens_per_chunk: int,
+    coalesce: int = 0,
 ) -> AsyncIterator[Event]:
     """Yield one output item's events from ``seq`` on; append the finished item to ``outputs``."""
     sid, tpc = stream_id, tokens_per_chunk
@@ -59,7 +60,7 @@ async def stream_item(
         )
         yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0, item=item)
         seq += 1
-        async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc):
+        async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc, coalesce=coalesce):
             yield FunctionCallArgumentsDelta(
                 sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, delta=chunk.text
             )
@@ -83,7 +84,7 @@ async def stream_item(
             sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text="")
         )
         seq += 1
-        async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc):
+        async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc, coalesce=coalesce):
             yield OutputTextDelta(
                 sequence_number=seq,
                 stream_id=sid,

@@ -209,3 +209,35 @@ async def test_a_server_closes_the_service_it_made_and_only_that(name, tls):
     await lent.stop()
     assert own.service.closed and not shared.closed
     shared.close()
+
+
+class DeltaLog(EventLog):
+    """An event log that also keeps the text deltas."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deltas: list[str] = []
+
+    def interpret(self, event: Any, nbytes: int = 0, *, t_ns: int | None = None) -> Any:
+        if isinstance(event, dict) and event.get("type") == "response.output_text.delta":
+            self.deltas.append(event["delta"])
+        return super().interpret(event, nbytes, t_ns=t_ns)
+
+
+@pytest.mark.parametrize(("client_t", "server_t", "options"), TRANSPORT_CASES)
+async def test_coalesced_deltas_carry_every_token_in_order(serve, connect, client_t, server_t, options):
+    """Adaptive coalescing at no model time (every token ready at once): each delta event carries up to 16
+    tokens, they concatenate to the final text, and usage still counts tokens, not events."""
+    server = await serve(server_t, coalesce_tokens=16)
+    client = await connect(client_t, server, **options)
+    if hasattr(client, "record_events"):
+        client.record_events = True  # the gRPC clients hand typed deltas to the recorder only when asked
+    rec, resp = await _one_turn(
+        client,
+        {"model": "m", "input": "go", "store": False, "metadata": {"tool_calls": "0", "answer_tokens": "300"}},
+        DeltaLog,
+    )
+    result = rec.result()
+    text = resp["output"][0]["content"][0]["text"]
+    assert "".join(rec.deltas) == text and len(rec.deltas) == result.chunks
+    assert result.output_tokens >= 300 and result.chunks == -(-result.output_tokens // 16)  # full chunks of 16

@@ -100,8 +100,10 @@ def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> 
     table, passed = gate.judge(slowed, baseline)
     assert not passed
     regressed = set(table.loc[table["status"] == "REGRESSED", "metric"])
-    assert "cpu ms/turn render ws/connection" in regressed, gate.format_judgement(table)
-    assert not any("safety" in m for m in regressed), gate.format_judgement(table)  # only the slowed stage
+    # the slowed stage fails in some cell (in which depends on the noise: +38% to +60% for each on a busy
+    # machine, against a 30% tolerance), and no other stage does
+    stages = {m.split()[2] for m in regressed if m.startswith("cpu ms/turn ") and "(reference-scaled)" not in m}
+    assert stages == {"render"}, gate.format_judgement(table)
 
 
 def test_gate_command_burn_flag_fails(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -66,3 +67,26 @@ async def test_decode_paces_chunks_and_keeps_text() -> None:
     assert [len(c.token_ids) for c in chunks] == [4, 4, 2]
     assert "".join(c.text for c in chunks) == "".join(t for _, t in pieces)
     assert eng.stats.decoded_tokens == 10
+
+
+async def test_coalescing_joins_only_tokens_already_generated() -> None:
+    """A prompt consumer gets one token per chunk with coalescing on; one that comes back late (here: after
+    half the stream's time) gets every token generated meanwhile in one chunk, and the text stays whole."""
+    eng = SimEngine("calibration")  # 5 ms per token
+    pieces = [(i, f"t{i} ") for i in range(40)]
+    kv = (await eng.prefill([1, 2], None, use_cache=True)).kv
+    prompt = [c async for c in eng.decode(kv, pieces, tokens_per_chunk=1, coalesce=64)]
+    singles = sum(len(c.token_ids) == 1 for c in prompt)  # a late timer on a busy machine may join a few
+    assert singles >= len(prompt) / 2 and len(prompt) >= 20
+    late: list[int] = []
+    text = ""
+    async for c in eng.decode(kv, pieces, tokens_per_chunk=1, coalesce=64):
+        late.append(len(c.token_ids))
+        text += c.text
+        if len(late) == 1:
+            await asyncio.sleep(0.1)  # ~20 tokens' time
+    assert late[1] >= 15 and sum(late) == 40 and text == "".join(t for _, t in pieces)
+    capped = [len(c.token_ids) async for c in SimEngine("instant").decode(kv, pieces, tokens_per_chunk=1, coalesce=16)]
+    assert capped == [16, 16, 8]  # no model time: every token is ready, so chunks fill up to the bound
+    off = [len(c.token_ids) async for c in SimEngine("instant").decode(kv, pieces, tokens_per_chunk=2)]
+    assert off == [2] * 20

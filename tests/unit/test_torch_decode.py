@@ -298,3 +298,38 @@ async def test_graph_decode_matches_dynamic_on_cuda() -> None:
         finally:
             eng.close()
     assert torch.cosine_similarity(logits[0], logits[1], dim=0) > 0.999
+
+
+async def test_a_late_consumer_gets_the_finished_steps_in_one_chunk(engine: TorchEngine) -> None:
+    """Coalescing on the real engine: the worker runs ahead while the consumer sleeps, and the next chunk holds
+    every step finished meanwhile (up to the bound); the ids and the KV are what one-by-one decoding gives."""
+    ctx = ids(50, 7)
+    res = await engine.prefill(ctx, None, use_cache=True)
+    out = ids(30, 8)
+    sizes: list[int] = []
+    got: list[int] = []
+    async for c in engine.decode(res.kv, [(t, "") for t in out], tokens_per_chunk=1, coalesce=8):
+        sizes.append(len(c.token_ids))
+        got += c.token_ids
+        if len(sizes) == 1:
+            for _ in range(2000):  # the worker finishes steps while nobody reads (polled: it has no event)
+                if engine.stats.extra["decode_steps"] >= 12:
+                    break
+                await asyncio.sleep(0.005)
+    assert got == out and res.kv.payload.ids == ctx + out
+    assert sizes[1] == 8 and max(sizes) <= 8  # the steps that were done leave together, never past the bound
+
+
+async def test_decode_stream_get_holds_back_an_error_and_an_overflowing_chunk() -> None:
+    from turnbench.engine.torch_sched import DecodeStream
+
+    s = DecodeStream(None, [1, 2, 3, 4, 5], 2)
+    for item in ([1, 2], 1.0), ([3, 4], 1.0), ([5], 0.5):
+        s.queue.put_nowait(item)
+    assert await s.get(3) == ([1, 2], 1.0)  # [3, 4] would overflow 3: it waits
+    assert await s.get(3) == ([3, 4, 5], 1.5)
+    s.queue.put_nowait(([6], 0.1))
+    s.queue.put_nowait(RuntimeError("boom"))
+    assert await s.get(8) == ([6], 0.1)
+    with pytest.raises(RuntimeError, match="boom"):
+        await s.get(8)

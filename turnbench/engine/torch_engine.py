@@ -235,10 +235,11 @@ class TorchEngine:
     # ------------------------------------------------------------------------------------------- decode
 
     async def decode(
-        self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int
+        self, kv: KVHandle, pieces: Sequence[tuple[int, str]], *, tokens_per_chunk: int, coalesce: int = 0
     ) -> AsyncIterator[DecodeChunk]:
         """One real forward step per planned token (teacher-forced: the planned id is fed back), scheduled
-        with the other connections' decodes; chunks of ``tokens_per_chunk`` as the device finishes them."""
+        with the other connections' decodes; chunks of ``tokens_per_chunk`` as the device finishes them (with
+        ``coalesce``, the chunks already finished when the consumer comes back, up to ``coalesce`` tokens)."""
         state = kv.payload
         if not isinstance(state, _KVState) or state.kv is None:
             raise EngineError("this KV handle holds no cache (taken over by a continuation, or evicted)")
@@ -249,7 +250,7 @@ class TorchEngine:
         got = 0
         try:
             while got < len(pieces):
-                ids, ms = await stream.get()
+                ids, ms = await stream.get(coalesce)
                 group = pieces[got : got + len(ids)]
                 got += len(ids)
                 self.stats.decoded_tokens += len(ids)

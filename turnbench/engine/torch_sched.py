@@ -44,24 +44,49 @@ Wait = Callable[[], float]
 class DecodeStream:
     """One response's decode: the ids to feed, its progress (worker-side) and its chunk queue (loop-side)."""
 
-    __slots__ = ("cancelled", "delivered", "ids", "launched", "loop", "ms", "payload", "per", "queue", "row", "sent")
+    __slots__ = (
+        "cancelled",
+        "delivered",
+        "held",
+        "ids",
+        "launched",
+        "loop",
+        "ms",
+        "payload",
+        "per",
+        "queue",
+        "row",
+        "sent",
+    )
 
     def __init__(self, payload: Any, ids: list[int], per: int) -> None:
         self.payload = payload  # the backend's (the engine's conversation state and handle)
         self.ids, self.per = ids, max(1, per)
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[list[int], float] | BaseException] = asyncio.Queue()
+        self.held: tuple[list[int], float] | BaseException | None = None  # taken from the queue, not yet given
         self.launched = self.delivered = self.sent = 0
         self.row = -1  # index in the active batch; -1 while waiting or after leaving
         self.ms = 0.0  # device time of the steps since the last chunk
         self.cancelled = False
 
-    async def get(self) -> tuple[list[int], float]:
-        """The next chunk: (ids, device ms of the steps that made them); raises what the worker raised."""
-        item = await self.queue.get()
+    async def get(self, coalesce: int = 0) -> tuple[list[int], float]:
+        """The next chunk: (ids, device ms of the steps that made them); raises what the worker raised. With
+        ``coalesce``, the chunks already queued behind it join it while the total stays within ``coalesce``."""
+        if self.held is not None:
+            item, self.held = self.held, None
+        else:
+            item = await self.queue.get()
         if isinstance(item, BaseException):
             raise item
-        return item
+        ids, ms = item
+        while len(ids) < coalesce and not self.queue.empty():
+            more = self.queue.get_nowait()
+            if isinstance(more, BaseException) or len(ids) + len(more[0]) > coalesce:
+                self.held = more  # an error, or a chunk that would overflow: the next get starts with it
+                break
+            ids, ms = ids + more[0], ms + more[1]
+        return ids, ms
 
 
 class DecodeBackend(Protocol):
