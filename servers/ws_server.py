@@ -61,7 +61,10 @@ class FrameIO(Protocol):
     ``recv``: the next message, ``str`` (text frame) or ``bytes`` (binary frame), ``None`` once closed.
     ``send_text``: UTF-8 JSON as one text frame; raises :class:`ConnectionGone` if the peer is gone.
     ``close``: close with a code and reason; never raises.
+    ``send_survives_cancel``: a ``send_text`` cancelled while it waits wrote its frame whole or not at all.
     """
+
+    send_survives_cancel: bool
 
     async def recv(self) -> str | bytes | None: ...
     async def send_text(self, data: bytes) -> None: ...
@@ -96,7 +99,7 @@ async def _frames(io: FrameIO, service: ResponsesService) -> AsyncIterator[Submi
 
 async def serve_websocket(io: FrameIO, service: ResponsesService, connections: ConnectionSet) -> Ending:
     """Serve one upgraded WebSocket until it ends, then close it with the code :data:`CLOSE` maps to."""
-    conn = Connection(service, "ws", io.send_text)
+    conn = Connection(service, "ws", io.send_text, send_survives_cancel=io.send_survives_cancel)
     ending = await connections.serve(conn, _frames(io, service))
     code, reason = CLOSE[ending.reason]
     if ending.reason == "error" and ending.error is not None:
@@ -110,6 +113,9 @@ async def serve_websocket(io: FrameIO, service: ResponsesService, connections: C
 
 class _WebsocketsIO:
     """:class:`FrameIO` over a ``websockets`` server connection."""
+
+    # websockets writes a frame to the transport at once and then awaits only the drain
+    send_survives_cancel = True
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
@@ -203,6 +209,8 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
 
 class _StarletteIO:
     """:class:`FrameIO` over a Starlette ``WebSocket`` (uvicorn enforces its own ``ws_max_size`` too)."""
+
+    send_survives_cancel = False  # uvicorn's protocols are not checked for it: the writer task sends
 
     def __init__(self, ws: WebSocket, max_bytes: int) -> None:
         self.ws = ws

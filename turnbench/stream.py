@@ -33,7 +33,7 @@ def new_id(prefix: str) -> str:
 def split_pieces(tokenizer: Tokenizer, content: str) -> list[tuple[int, str]]:
     """Planned output as (token id, exact text), so the deltas concatenate to ``content``."""
     ids = tokenizer.encode(content)
-    pieces = [(t, tokenizer.decode([t])) for t in ids]
+    pieces = list(zip(ids, tokenizer.token_texts(ids), strict=True))
     if "".join(p for _, p in pieces) != content:  # a multi-byte character split across tokens
         return [(0, ch) for ch in content]
     return pieces

@@ -82,13 +82,14 @@ def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
 class Tokenizer:
     """Text to token ids and back, with a fixed vocabulary of `vocab_size` ids (0 .. vocab_size - 1)."""
 
-    __slots__ = ("_tok", "vocab_size")
+    __slots__ = ("_texts", "_tok", "vocab_size")
 
     vocab_size: int
 
     def __init__(self, tok: tokenizers.Tokenizer) -> None:
         self._tok = tok
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self._texts: dict[int, str] = {}  # token id → its text alone (at most vocab_size entries)
 
     def encode(self, text: str) -> list[int]:
         """Returns: the token ids of `text`, in order; single-threaded. A long text is encoded in pieces cut
@@ -115,6 +116,17 @@ class Tokenizer:
         decodes to U+FFFD)."""
         text: str = self._tok.decode(list(ids), skip_special_tokens=False)
         return text
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Returns: each id's text decoded alone (``decode([id])``), from a table filled as ids are first
+        seen: an answer streamed token by token decodes each id once per process, not once per token."""
+        texts, out = self._texts, []
+        for t in ids:
+            s = texts.get(t)
+            if s is None:
+                s = texts[t] = self._tok.decode([t], skip_special_tokens=False)
+            out.append(s)
+        return out
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:

@@ -151,3 +151,16 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     help_text = capsys.readouterr().out
     assert "--vocab-size" in help_text and "--corpus" in help_text and "--out" in help_text
+
+
+def test_token_texts_are_each_ids_text_alone_and_rebuild_the_answer() -> None:
+    tok = Tokenizer.from_file(DEFAULT_PATH)  # a fresh table
+    text = "Naïve tests — 東京 compile the parser; the parser compiles the tests."
+    ids = tok.encode(text)
+    texts = tok.token_texts(ids)
+    assert texts == [tok.decode([t]) for t in ids]
+    assert tok.token_texts(ids) == texts and len(tok._texts) == len(set(ids))  # one entry per id, reused
+    if "".join(texts) == text:  # no multi-byte character split across tokens
+        assert "".join(tok.token_texts(tok.encode("the parser"))) == "the parser"
+    else:
+        assert "\ufffd" in "".join(texts)  # a cut character decodes to U+FFFD alone (split_pieces falls back)
