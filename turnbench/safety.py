@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,10 +134,42 @@ def _bucket_of(hashes: _U64) -> _IDX:
     return buckets
 
 
+VOCAB_MAX = 1 << 17
+"""Distinct tokens whose features a classifier keeps (~4 MB); past it the table starts afresh."""
+
+
+class _Vocab:
+    """The features of every distinct token seen so far, computed once: its unigram hash, its weight (unigram
+    and char 3-grams) and its char 3-gram count, in arrays indexed by the token's row. Rows are only ever
+    added (under the classifier's lock), so a row read once stays valid in the object that gave it."""
+
+    __slots__ = ("crc", "grams", "index", "weight")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.index: dict[str, int] = {}
+        self.crc: _U64 = np.zeros(capacity, dtype=np.uint64)
+        self.weight: _F64 = np.zeros(capacity, dtype=np.float64)
+        self.grams: _IDX = np.zeros(capacity, dtype=np.intp)
+
+    def add(self, token: str, weights: npt.NDArray[np.float32]) -> int:
+        row = len(self.index)
+        if row == self.crc.size:  # grow: new arrays holding the old rows, so readers of the old ones are safe
+            self.crc = np.concatenate((self.crc, np.zeros(row, dtype=np.uint64)))
+            self.weight = np.concatenate((self.weight, np.zeros(row, dtype=np.float64)))
+            self.grams = np.concatenate((self.grams, np.zeros(row, dtype=np.intp)))
+        crc = zlib.crc32(_utf8(token), _UNIGRAM_SEED)
+        grams = [zlib.crc32(_utf8(g), _CHARGRAM_SEED) & _MASK for g in _char_grams(token)]
+        self.crc[row] = crc
+        self.weight[row] = float(weights[crc & _MASK]) + sum(float(weights[g]) for g in grams)
+        self.grams[row] = len(grams)
+        self.index[token] = row
+        return row
+
+
 class SafetyClassifier:
     """A hashed-feature linear classifier over sliding token windows; see the module docstring."""
 
-    __slots__ = ("_phrase_hashes", "_phrase_weights", "_weights", "seed", "threshold")
+    __slots__ = ("_lock", "_phrase_hashes", "_phrase_weights", "_vocab", "_weights", "seed", "threshold")
 
     def __init__(self, threshold: float = 0.9, seed: int = 1234) -> None:
         if not 0.0 < threshold <= 1.0:
@@ -157,6 +190,24 @@ class SafetyClassifier:
         keys = sorted(phrase_weight)
         self._phrase_hashes: _U64 = np.array(keys, dtype=np.uint64)
         self._phrase_weights: _F64 = np.array([phrase_weight[k] for k in keys], dtype=np.float64)
+        self._vocab = _Vocab()
+        self._lock = threading.Lock()  # checks run on worker threads too: rows are added one thread at a time
+
+    def _rows(self, tokens: list[str]) -> tuple[_Vocab, _IDX]:
+        """Each token's row in the feature table (new tokens hashed and added), and the table they index."""
+        vocab = self._vocab
+        index = vocab.index
+        rows = [index.get(t, -1) for t in tokens]
+        if -1 in rows:
+            with self._lock:
+                if len(self._vocab.index) + len(tokens) > VOCAB_MAX:
+                    self._vocab = _Vocab()
+                vocab = self._vocab
+                index = vocab.index
+                for k, t in enumerate(tokens):
+                    row = index.get(t)
+                    rows[k] = row if row is not None else vocab.add(t, self._weights)
+        return vocab, np.array(rows, dtype=np.intp)
 
     def _position_weights(self, text: str) -> tuple[_F64, int]:
         """Returns: the summed feature weight at each token position, and the number of features evaluated."""
@@ -164,32 +215,18 @@ class SafetyClassifier:
         n = len(tokens)
         if n == 0:
             return np.zeros(0, dtype=np.float64), 0
-        index: dict[str, int] = {}
-        ids: _IDX = np.fromiter((index.setdefault(t, len(index)) for t in tokens), dtype=np.intp, count=n)
-        # hash each distinct token once; the per-position work below is vectorized
-        crcs: list[int] = []
-        grams: list[list[int]] = []
-        for token in index:
-            crcs.append(zlib.crc32(_utf8(token), _UNIGRAM_SEED))
-            grams.append([zlib.crc32(_utf8(g), _CHARGRAM_SEED) & _MASK for g in _char_grams(token)])
-        crc: _U64 = np.array(crcs, dtype=np.uint64)
-        gram_count: _IDX = np.array([len(g) for g in grams], dtype=np.intp)
-        gram_buckets: _IDX = np.zeros((len(grams), 3), dtype=np.intp)
-        for row, g in enumerate(grams):
-            gram_buckets[row, : len(g)] = g
-        present = np.arange(3) < gram_count[:, None]
-        w = self._weights
-        word_weight: _F64 = w[(crc & np.uint64(_MASK)).astype(np.intp)].astype(np.float64)
-        word_weight += np.where(present, w[gram_buckets], 0.0).sum(axis=1)
-        per_position: _F64 = word_weight[ids]
-        token_crc = crc[ids]
+        # each distinct token's features come from the table (hashed the first time it is ever seen); the
+        # per-position work below is vectorized
+        vocab, rows = self._rows(tokens)
+        per_position: _F64 = vocab.weight[rows]  # a copy: fancy indexing
+        token_crc = vocab.crc[rows]
         bigrams = _bigram_hashes(token_crc[:-1], token_crc[1:])
-        per_position[1:] += w[_bucket_of(bigrams)]
+        per_position[1:] += self._weights[_bucket_of(bigrams)]
         # exact lookup of the trigger bigrams: a sorted-array search, O(log k) per position
         slot = np.searchsorted(self._phrase_hashes, bigrams).clip(max=self._phrase_hashes.size - 1)
         hit = self._phrase_hashes[slot] == bigrams
         per_position[1:] += np.where(hit, self._phrase_weights[slot], 0.0)
-        features = n + (n - 1) + int(gram_count[ids].sum())
+        features = n + (n - 1) + int(vocab.grams[rows].sum())
         return per_position, features
 
     def check(self, text: str) -> SafetyVerdict:

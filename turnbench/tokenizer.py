@@ -96,12 +96,17 @@ class Tokenizer:
         where a pre-token ends (:func:`pieces`): the same ids, and the GIL changes hands between pieces (one
         `encode` call of the extension holds it throughout: ~11 s for 10 MB, every other thread stalled)."""
         if len(text) <= PIECE_CHARS:
-            ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
-            return ids
+            return self._encode_one(text)
         out: list[int] = []
         for piece in pieces(text):
-            out.extend(self._tok.encode(piece, add_special_tokens=False).ids)
+            out.extend(self._encode_one(piece))
         return out
+
+    def _encode_one(self, text: str) -> list[int]:
+        # a batch of one without offsets: the same ids as `encode`, ~25% less CPU, and still on this thread
+        # (a batch of several may go to the library's pool, whose CPU a stage's thread clock would not see)
+        ids: list[int] = self._tok.encode_batch_fast([text], add_special_tokens=False)[0].ids
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Returns: one id list per text; may use the library's thread pool (see `TOKENIZERS_PARALLELISM`)."""

@@ -164,3 +164,17 @@ def test_token_texts_are_each_ids_text_alone_and_rebuild_the_answer() -> None:
         assert "".join(tok.token_texts(tok.encode("the parser"))) == "the parser"
     else:
         assert "\ufffd" in "".join(texts)  # a cut character decodes to U+FFFD alone (split_pieces falls back)
+
+
+def test_encode_runs_on_the_calling_thread(tok: Tokenizer) -> None:
+    """A stage's CPU is read from its thread's clock: encode must not hand work to the library's pool (a batch
+    of several texts would), or render would look cheaper than it is."""
+    import time
+
+    text = (CORPUS / "src" / "argparse.py").read_text()[:60_000]  # 15 pieces of 4 KiB
+    tok.encode(text)
+    t0, p0 = time.thread_time(), time.process_time()
+    for _ in range(5):
+        tok.encode(text)
+    thread, process = time.thread_time() - t0, time.process_time() - p0
+    assert thread >= 0.9 * process, (thread, process)
