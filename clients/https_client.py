@@ -48,6 +48,10 @@ __all__ = ["HttpsClient", "HttpsH2Client"]
 log = logging.getLogger("turnbench.https.client")
 
 
+NO_HEALTH_PATH = (404, 405, 501)
+"""What ``GET /healthz`` answers on a Responses server that is not turnbench's: the connection is warm anyway."""
+
+
 class HttpsClient(ResponsesClient):
     """httpx ``AsyncClient`` (keep-alive pool, TLS verified against ``config.ssl_context``)."""
 
@@ -101,7 +105,9 @@ class HttpsClient(ResponsesClient):
         )
 
     async def connect(self) -> float | None:
-        """Open and warm one pooled connection with ``GET /healthz``. Returns: TCP+TLS time, ms."""
+        """Open and warm one pooled connection with ``GET /healthz``. Returns: TCP+TLS time, ms. An endpoint
+        that has no such path (404, 405, 501: not a turnbench server) is warmed all the same; another error
+        status raises."""
         if self._client is None:
             self._client = self._make_client()
         stamps: dict[str, int] = {}
@@ -110,7 +116,9 @@ class HttpsClient(ResponsesClient):
             stamps.setdefault(name, time.perf_counter_ns())
 
         r = await self._client.get(self.health_url, extensions={"trace": trace})
-        r.raise_for_status()
+        await r.aclose()
+        if r.status_code not in NO_HEALTH_PATH:
+            r.raise_for_status()
         self.http_version = r.http_version
         return _connect_ms(stamps)
 

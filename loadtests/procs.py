@@ -33,6 +33,7 @@ import psutil
 from clients.base import ClientConfig
 from loadtests.machine import Isolation, pinned_thread
 from loadtests.model import Cell
+from servers.workers import settings_flags
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import load_ca
@@ -53,22 +54,6 @@ __all__ = [
 
 class ServerError(RuntimeError):
     """A server process that did not start, did not answer its health check, or exited badly."""
-
-
-def settings_flags(settings: Mapping[str, Any]) -> list[str]:
-    """``{"tokens_per_chunk": 4, "overlap_post": False, "inject_ms": {"safety": 5}}`` →
-    ``["--tokens-per-chunk", "4", "--no-overlap-post", "--inject-ms", "safety=5"]`` (``turnbench serve``)."""
-    out: list[str] = []
-    for name, value in settings.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            out.append(flag if value else "--no-" + name.replace("_", "-"))
-        elif isinstance(value, Mapping):
-            if value:
-                out += [flag, ",".join(f"{k}={v:g}" for k, v in value.items())]
-        elif value is not None:
-            out += [flag, str(value)]
-    return out
 
 
 @dataclass(eq=False)
@@ -158,13 +143,27 @@ class ServerProcess:
         self._ps = psutil.Process(popen.pid)
         self._last_cpu_s = 0.0
         self.cpu_at_ready_s = 0.0
+        self.workers = 1  # > 1: a --workers supervisor, whose worker processes' CPU counts too
+        self._kids: dict[int, psutil.Process] = {}
+        self._kid_cpu_s: dict[int, float] = {}
 
     def cpu_s(self) -> float:
-        """User + system CPU time of the process so far, in s (the last value once it has exited)."""
+        """User + system CPU time of the process so far, in s (the last value once it has exited); with
+        workers, theirs too (each worker's last reading is kept after it exits)."""
         with contextlib.suppress(psutil.Error):
             t = self._ps.cpu_times()
             self._last_cpu_s = float(t.user + t.system)
-        return self._last_cpu_s
+        if self.workers <= 1:
+            return self._last_cpu_s
+        if len(self._kids) < self.workers:
+            with contextlib.suppress(psutil.Error):
+                for kid in self._ps.children(recursive=True):
+                    self._kids.setdefault(kid.pid, kid)
+        for pid, kid in self._kids.items():
+            with contextlib.suppress(psutil.Error):
+                k = kid.cpu_times()
+                self._kid_cpu_s[pid] = float(k.user + k.system)
+        return self._last_cpu_s + sum(self._kid_cpu_s.values())
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -291,6 +290,7 @@ def start_server_process(
             cwd=Path(__file__).resolve().parent.parent,
         )
     proc = ServerProcess(server, argv, popen, log_path)
+    proc.workers = int((settings or {}).get("workers", 1))
     try:
         port = proc.wait_port(timeout_s)
         health_check(server, host, port, str(ca_path) if tls else None, timeout_s)

@@ -476,6 +476,20 @@ def print_warnings(run: RunDir, file: IO[str]) -> int:
                 f"failed in {cid}: {c.get('first_error')}",
                 file=file,
             )
+    gaps = {
+        what: [cid for cid, c in cells.items() if c["n_rollouts"] and not (c.get("provided") or {}).get(key, True)]
+        for key, what in (
+            (
+                "stages",
+                "no server stage timings (no `turnbench` extension in the response): the per-stage "
+                "breakdown and the server-side decomposition are empty for",
+            ),
+            ("usage", "no usage in the final response: token counts (and tokens/s) are unknown for"),
+        )
+    }
+    for what, cids in gaps.items():
+        if cids:
+            print(f"NOTE: the endpoint reported {what} {', '.join(cids)}", file=file)
     if cells and all(c["n_rollouts"] == 0 for c in cells.values()):
         status = 1
     for key, s in run.meta["servers"].items():

@@ -243,6 +243,20 @@ def _reference(cell: Record, cells: Sequence[Record]) -> Record | None:
     return next((o for o in matches if o["variant"] == "default"), None)
 
 
+def provided(turns: pd.DataFrame) -> dict[str, bool]:
+    """What the endpoint reported beside its events, over a cell's measured turns: ``stages`` (the ``turnbench``
+    extension's per-stage timings: a turnbench server) and ``usage`` (token counts in the final response)."""
+    if not len(turns):
+        return {"stages": False, "usage": False}
+    stage_cols = [c for c in turns.columns if c.startswith("stage_")]
+    stages = bool(stage_cols) and bool(turns[stage_cols].notna().to_numpy().any())
+    usage = any(
+        c in turns and bool((pd.to_numeric(turns[c], errors="coerce").fillna(0) > 0).any())
+        for c in ("input_tokens", "output_tokens")
+    )
+    return {"stages": stages, "usage": usage}
+
+
 def stream_rates(turns: pd.DataFrame, server_cpu_s: float | None) -> dict[str, Any] | None:
     """The streaming path of one cell's measured turns (None without two content deltas in a turn):
 
@@ -351,6 +365,7 @@ def cell_summaries(
             "ttft_by_turn": by_turn,
             "server_cpu_ms_per_turn": (1000.0 * sum(srv) / n_turns) if n_turns and srv and None not in srv else None,
             "stream": stream_rates(ct, sum(srv) if srv and None not in srv else None),
+            "provided": provided(ct),
             "client_cpu_ms_per_turn": (1000.0 * sum(ch["client_cpu_s"] for ch in mine) / n_turns) if n_turns else None,
             "recoveries": int(cr_all["recoveries"].sum()) if len(cr_all) and "recoveries" in cr_all else 0,
             "rollouts_per_s": c["concurrency"] * 1000.0 / mean_ms if c["mode"] == "closed" and mean_ms > 0 else None,

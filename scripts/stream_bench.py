@@ -38,7 +38,7 @@ def groups(profiles: list[str], transports: list[str], coalesce: int, tokens: in
     def sizing(profile: str) -> dict[str, int]:
         # a paced profile's answer takes tokens ÷ rate seconds: ~1 s per request at most
         n = min(tokens, FAST_TOKENS) if profile in ("fast", "frontier", "h200-8b", "calibration") else tokens
-        return {"rollouts": rollouts, "rounds": 3, "warmup": 1, "answer_tokens": n}
+        return {"rollouts": rollouts, "rounds": min(3, rollouts), "warmup": 1, "answer_tokens": n}
 
     return [
         Group(

@@ -32,6 +32,9 @@ HELP = {
     "api_key": "require 'Authorization: Bearer KEY' (default: no auth)",
     "ca_out": "write the generated CA certificate (PEM) here, for clients in other shells",
     "http2": "https only: serve HTTP/2 with hypercorn (a variant; HTTP/1.1 on uvicorn is the default)",
+    "workers": "server processes sharing the port (SO_REUSEPORT): a connection stays in the worker that accepted "
+    "it; store=true uses one SQLite store for all of them (default 1)",
+    "reuse_port": "bind with SO_REUSEPORT (each --workers worker does; default off: a port of our own)",
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
     "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), burst (~40,000 tok/s), h200-8b, "
     "calibration",
@@ -102,6 +105,13 @@ SWITCH_INTERVAL_S = 0.001
 
 async def _serve(transport: str, settings: Settings) -> int:
     from servers.base import start_server
+
+    if settings.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.workers > 1:
+        from servers.workers import supervise
+
+        return await supervise(transport, settings)
 
     # A large request's stages run on worker threads; with CPython's default 5 ms switch interval every event
     # the loop sends meanwhile waits up to 5 ms for the GIL (a 20-event answer: +200 ms). 1 ms bounds that.

@@ -209,7 +209,7 @@ def _server_options(s: Settings) -> list[tuple[str, Any]]:
     opts: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # port 0 must be a port of our own
+        ("grpc.so_reuseport", int(s.reuse_port)),  # off: port 0 must be a port of our own
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),  # clients may keep-alive every 5 s
         ("grpc.http2.max_ping_strikes", 2),
     ]

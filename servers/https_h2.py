@@ -69,7 +69,9 @@ async def start_hypercorn(
     config.accesslog = None
     config.errorlog = logging.getLogger("turnbench.https.hypercorn")  # no stderr handler of its own
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family, backlog=config.backlog)
+    sock = socket.create_server(
+        (settings.host, settings.port), family=family, backlog=config.backlog, reuse_port=settings.reuse_port
+    )
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
     port = int(sock.getsockname()[1])
     config.bind = [f"fd://{sock.detach()}"]

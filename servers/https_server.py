@@ -12,7 +12,7 @@ Routes::
     POST   /v1/responses/{id}/cancel         cancel a background response
     GET    /v1/responses/{id}/input_items    its input items, paged (limit, order, after)
     GET    /v1/models, /v1/models/{id}       the model names it suggests (any name is served)
-    GET    /healthz                          {"status": "ok", "transport": "https"}
+    GET    /healthz                          {"status": "ok", "transport": "https", "pid": N}
     WS     /v1/responses                     WebSocket mode, served by ``servers.ws_server`` on the same port
 
 The adapter only moves bytes: decode → :class:`ResponsesService` → encode, errors mapped in
@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -368,8 +369,10 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
     async def model(request: Request) -> dict[str, Any]:
         return model_card(request.path_params["model"])
 
+    health = orjson.dumps({"status": "ok", "transport": "https", "pid": os.getpid()})  # pid: which --workers worker
+
     async def healthz(request: Request) -> HttpResponse:
-        return HttpResponse(b'{"status":"ok","transport":"https"}', media_type="application/json")
+        return HttpResponse(health, media_type="application/json")
 
     async def websocket_mode(websocket: WebSocket) -> None:
         await handle_starlette_websocket(websocket, service, connections)
@@ -489,7 +492,9 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         ws_per_message_deflate=False,
     )  # as the official SDK negotiates: small frames, no compression
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.create_server((settings.host, settings.port), family=family, backlog=config.backlog)
+    sock = socket.create_server(
+        (settings.host, settings.port), family=family, backlog=config.backlog, reuse_port=settings.reuse_port
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="turnbench-https")
     while not server.started:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -151,15 +152,16 @@ def _json_response(status: int, body: dict[str, Any]) -> Response:
 async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial | None) -> RunningServer:
     """Serve WebSocket mode on ``settings.host:settings.port`` (0 picks a port) on the running loop.
 
-    ``GET /healthz`` answers ``{"status":"ok","transport":"ws"}``; any other path than ``/v1/responses`` is
-    404; a wrong or missing key is 401 with the Responses error body, before any upgrade.
+    ``GET /healthz`` answers ``{"status":"ok","transport":"ws","pid":N}`` (N: which ``--workers`` worker); any
+    other path than ``/v1/responses`` is 404; a wrong or missing key is 401 with the Responses error body,
+    before any upgrade.
     """
     connections = ConnectionSet()
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == HEALTH_PATH:
-            return _json_response(200, {"status": "ok", "transport": "ws"})
+            return _json_response(200, {"status": "ok", "transport": "ws", "pid": os.getpid()})
         if path != PATH:
             return _json_response(
                 404, errors.NotFoundError(f"Unknown path {path!r}: WebSocket mode lives at {PATH}.", None).to_body()
@@ -184,6 +186,7 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         ping_interval=settings.ping_interval_s,
         ping_timeout=settings.ping_timeout_s,
         server_header="turnbench-ws",
+        reuse_port=settings.reuse_port,
     )
     port = next(iter(server.sockets)).getsockname()[1]
 

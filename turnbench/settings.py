@@ -26,6 +26,8 @@ class Settings:
     api_key: str | None = None
     ca_out: str | None = None  # where the server writes its generated CA (PEM) for clients in other shells
     http2: bool = False  # https only: serve with hypercorn, HTTP/2 (h2 over TLS, h2c without) — a variant
+    workers: int = 1  # server processes sharing the port (SO_REUSEPORT); a connection stays in its process
+    reuse_port: bool = False  # bind with SO_REUSEPORT (set on each worker by the --workers supervisor)
 
     # engine
     engine: str = "sim"  # sim | torch

@@ -4,6 +4,7 @@ plain httpx: rollouts, the OpenAI error shapes, limits, SSE framing, disconnects
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from typing import Any
@@ -200,7 +201,7 @@ async def test_auth(serve, connect):
         ok = await http.get(f"{server.url}/responses/{resp['id']}", headers=key)
         assert ok.status_code == 200 and ok.json()["id"] == resp["id"]
         health = await http.get(server.url.removesuffix("/v1") + "/healthz")  # no key needed
-        assert health.json() == {"status": "ok", "transport": "https"}
+        assert health.json() == {"status": "ok", "transport": "https", "pid": os.getpid()}
 
 
 async def test_oversized_body_is_413_and_server_keeps_serving(serve, connect):

@@ -6,6 +6,7 @@ What is asserted is behaviour, order and the server's own stage figures, never a
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -320,7 +321,7 @@ async def test_health_check(serve):
     assert server.tls is not None
     async with httpx.AsyncClient(verify=server.tls.client_ssl_context()) as http:
         r = await http.get(f"https://127.0.0.1:{server.port}/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "transport": "ws"}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "transport": "ws", "pid": os.getpid()}
 
 
 # ---------------------------------------------------------------------------------------------- stages

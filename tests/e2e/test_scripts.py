@@ -1,0 +1,63 @@
+"""The measurement scripts as a user runs them, at their smallest sizes: the streaming table (coalescing off and
+on), each library's floor per event, and throughput/capacity at 1 and 2 workers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TIMEOUT_FACTOR
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300 * TIMEOUT_FACTOR)
+
+
+def script(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=240 * TIMEOUT_FACTOR,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_stream_bench_coalescing_carries_more_tokens_per_event(tmp_path: Path) -> None:
+    out = script(
+        "stream_bench.py", "--profiles", "instant", "--transports", "ws,grpc", "--tokens", "600", "--rollouts", "2",
+        "--coalesce", "16", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.startswith("instant ")]
+    per_delta = {(r[1], r[3]): float(r[6]) for r in rows}  # (transport, variant) → tokens per delta
+    assert set(per_delta) == {(t, v) for t in ("ws", "grpc") for v in ("default", "coalesce-16")}
+    for t in ("ws", "grpc"):
+        assert per_delta[(t, "default")] == 1.0 and per_delta[(t, "coalesce-16")] > 8  # instant: always behind
+
+
+def test_stream_floor_measures_every_library() -> None:
+    out = script("stream_floor.py", "--events", "400")
+    rows = {m.group(1): (float(m.group(2).replace(",", "")), float(m.group(3))) for m in
+            re.finditer(r"^(\w+)\s+\d+\s+([\d,]+)\s+([\d.]+)$", out, re.M)}  # fmt: skip
+    assert set(rows) == {"asyncio", "sse", "websockets", "grpc"}
+    assert all(rate > 0 and cpu > 0 for rate, cpu in rows.values())
+
+
+def test_capacity_at_one_and_two_workers(tmp_path: Path) -> None:
+    script(
+        "capacity.py", "--transports", "ws", "--workers", "1,2", "--rates", "4", "--rollouts", "3",
+        "--concurrency", "2", "--out", str(tmp_path),
+    )  # fmt: skip
+    data = json.loads((tmp_path / "capacity.json").read_text())
+    assert [(c["workers"], c["transport"]) for c in data["capacity"]] == [(1, "ws"), (2, "ws")]
+    assert all(c["rollouts_per_s"] > 0 for c in data["capacity"])
+    assert (tmp_path / "capacity.png").stat().st_size > 10_000 and "| ws | connection | 2 |" in (
+        tmp_path / "capacity.md"
+    ).read_text()
