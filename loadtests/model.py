@@ -13,6 +13,7 @@ Every other harness module takes its data types from here; this module imports n
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class Cell:
     tls: bool
     server_settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     number: int = 0  # position in the plan: makes this cell's task text (and so its prompts) its own
+    rtt_ms: float = 0.0  # the emulated network between client and server (loadtests.netem); 0: loopback
+    bandwidth_mbps: float | None = None  # its link rate each way; None: unlimited
 
     @property
     def server(self) -> str:
@@ -100,7 +103,18 @@ class Cell:
         """Which server serves this cell: one per (server protocol, profile, TLS, server settings), e.g.
         ``https/fast/tls`` and, for ``https-h2``, ``https/fast/tls/http2=true``."""
         base = f"{self.server}/{self.profile}/{'tls' if self.tls else 'plain'}"
-        return f"{base}/{settings_text(self.server_settings)}" if self.server_settings else base
+        base = f"{base}/{settings_text(self.server_settings)}" if self.server_settings else base
+        return base + self.network_suffix("/rtt=", "/bw=")
+
+    def network_suffix(self, rtt: str, bw: str) -> str:
+        """``/rtt=20/bw=50`` (or ``:rtt20``…): the emulated network, empty on plain loopback."""
+        out = f"{rtt}{self.rtt_ms:g}" if self.rtt_ms else ""
+        return out + (f"{bw}{self.bandwidth_mbps:g}" if self.bandwidth_mbps else "")
+
+    @property
+    def network(self) -> bool:
+        """Whether an emulated network stands between this cell's client and its server."""
+        return bool(self.rtt_ms or self.bandwidth_mbps)
 
     def labels(self) -> dict[str, Any]:
         """The columns every sample row of this cell carries (beside ``round`` and ``warmup``)."""
@@ -113,6 +127,7 @@ class Cell:
             "cell": self.cell,
             "variant": self.variant,
             "tls": self.tls,
+            "rtt_ms": self.rtt_ms,
         }
 
     def record(self) -> dict[str, Any]:
@@ -132,6 +147,8 @@ class Cell:
             "number": self.number,
             "endpoint": self.endpoint_key,
             "settings": dict(self.server_settings),
+            "rtt_ms": self.rtt_ms,
+            "bandwidth_mbps": self.bandwidth_mbps,
         }
 
 
@@ -163,6 +180,8 @@ class RunConfig:
     gc: str = "between-chunks"  # or "auto": Python's collector may pause the client mid-request
     cpu_pinning: str = "auto"  # or "off": see loadtests.machine.plan_isolation
     deadline: float | None = None  # time.monotonic() by which measuring ends: later rounds are dropped whole
+    rtt_ms: tuple[float, ...] = (0.0,)  # emulated round-trip times (loadtests.netem); several multiply the cells
+    bandwidth_mbps: float | None = None  # the emulated link's rate each way (None: unlimited)
     toolbox_factory: ToolboxFactory = default_toolbox
     # a fixed workload (returns its CPU ms) timed before every chunk: the machine's speed over the same minutes
     # as the cells (the gate's reference; the host's speed swings 2x within seconds on a shared VM)
@@ -171,8 +190,8 @@ class RunConfig:
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see runner.cell_rollout
 
 
-def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str, variant: str) -> str:
-    base = f"{scenario}:{transport}:{state}:{profile}:{load}"
+def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str, variant: str, net: str = "") -> str:
+    base = f"{scenario}:{transport}:{state}:{profile}:{load}{net}"
     return base if variant == "default" else f"{base}:{variant}"
 
 
@@ -195,33 +214,38 @@ def plan_cells(config: RunConfig, *, first_number: int = 0) -> list[Cell]:
             loads = [(c, None) for c in config.concurrency]
         else:
             loads = [(None if sc.arrival_rate_rps else sc.concurrency, sc.arrival_rate_rps)]
-        for profile in config.profiles or (sc.profile,):
-            for conc, rate in loads:
-                load = f"r{rate:g}" if rate is not None else f"c{conc}"
-                for t in transports:
-                    if t not in TRANSPORTS:
-                        raise ValueError(f"unknown transport {t!r}; known: {', '.join(TRANSPORTS)}")
-                    row = TRANSPORTS[t]
-                    settings = MappingProxyType({**config.server_settings, **row.server_settings})
-                    states = states_for(sc, t)
-                    if config.states is not None:
-                        states = tuple(s for s in config.states if s in states)
-                    for state in states:
-                        cells.append(
-                            Cell(
-                                cell=_cell_id(sc.name, t, state, profile, load, config.variant),
-                                scenario=sc,
-                                transport=t,
-                                state=state,
-                                profile=profile,
-                                concurrency=conc,
-                                arrival_rate_rps=rate,
-                                variant=config.variant,
-                                tls=sc.tls and row.server is not None,
-                                server_settings=settings,
-                                number=first_number + len(cells),
-                            )
+        for profile, rtt, (conc, rate) in itertools.product(config.profiles or (sc.profile,), config.rtt_ms, loads):
+            load = f"r{rate:g}" if rate is not None else f"c{conc}"
+            net = f":rtt{rtt:g}" if rtt else ""
+            net += f":bw{config.bandwidth_mbps:g}" if config.bandwidth_mbps else ""
+            for t in transports:
+                if t not in TRANSPORTS:
+                    raise ValueError(f"unknown transport {t!r}; known: {', '.join(TRANSPORTS)}")
+                row = TRANSPORTS[t]
+                if row.server is None and net:
+                    continue  # inproc has no network to emulate: it runs once, in the loopback cells
+                settings = MappingProxyType({**config.server_settings, **row.server_settings})
+                states = states_for(sc, t)
+                if config.states is not None:
+                    states = tuple(s for s in config.states if s in states)
+                for state in states:
+                    cells.append(
+                        Cell(
+                            cell=_cell_id(sc.name, t, state, profile, load, config.variant, net),
+                            scenario=sc,
+                            transport=t,
+                            state=state,
+                            profile=profile,
+                            concurrency=conc,
+                            arrival_rate_rps=rate,
+                            variant=config.variant,
+                            tls=sc.tls and row.server is not None,
+                            server_settings=settings,
+                            number=first_number + len(cells),
+                            rtt_ms=rtt,
+                            bandwidth_mbps=config.bandwidth_mbps,
                         )
+                    )
     if not cells:
         raise ValueError("no cells to run: check --transports and --states")
     return cells

@@ -73,6 +73,8 @@ class Endpoint:
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # client options, e.g. inproc's service
     cpus: tuple[int, ...] = ()  # the CPUs its process is pinned to; () = not pinned
+    netem: ServerProcess | None = None  # the emulated network in front of it (loadtests.netem), if any
+    network: dict[str, Any] = field(default_factory=dict)  # {"rtt_ms", "bandwidth_mbps", "port"} of that
     _ssl: tuple[ssl.SSLContext, bytes] | None = field(default=None, repr=False)
 
     def client_config(self, **options: Any) -> ClientConfig:
@@ -126,6 +128,7 @@ class Endpoint:
             "cpus": list(self.cpus) or None,
             "exit_code": exit_code,
             "settings": settings,
+            "network": self.network or None,
         }
 
 
@@ -333,6 +336,43 @@ def _inproc_endpoint(cell: Cell, workdir: Path) -> Endpoint:
     return Endpoint(server="inproc", url="", tls=False, options={"service": service}, settings=settings)
 
 
+def _split_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, the rest) of an endpoint URL, gRPC's bare ``host:port`` included."""
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"{url!r}: the emulated network needs an explicit host and port")
+    rest = url.split("://", 1)[-1][len(parts.netloc) :]
+    return parts.scheme, parts.hostname, parts.port, rest
+
+
+def put_network(
+    ep: Endpoint, rtt_ms: float, bandwidth_mbps: float | None, workdir: Path, timeout_s: float = 30.0
+) -> None:
+    """Start the network emulator (``python -m loadtests.netem``, a process of its own) in front of ``ep`` and
+    point ``ep.url`` at it: its clients then pay ``rtt_ms`` per round trip (TLS stays end to end)."""
+    scheme, host, port, rest = _split_url(ep.url)
+    argv = [sys.executable, "-m", "loadtests.netem", "--upstream", f"{host}:{port}", "--rtt-ms", f"{rtt_ms:g}"]
+    if bandwidth_mbps:
+        argv += ["--bandwidth-mbps", f"{bandwidth_mbps:g}"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "netem.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+    proc = ServerProcess("netem", argv, popen, log_path)
+    try:
+        proxy = proc.wait_port(timeout_s)
+    except BaseException:
+        proc.stop(5.0)
+        raise
+    netloc = f"[{host}]:{proxy}" if ":" in host else f"{host}:{proxy}"
+    ep.url = f"{scheme}://{netloc}{rest}" if scheme != "grpc" else netloc
+    ep.netem = proc
+    ep.network = {"rtt_ms": rtt_ms, "bandwidth_mbps": bandwidth_mbps, "port": proxy, "upstream_port": port}
+
+
 def process_keys(cells: Sequence[Cell], targets: Mapping[str, str] | None = None) -> list[str]:
     """The endpoint keys of ``cells`` that :func:`start_endpoints` starts a process for (neither
     ``inproc`` nor a ``--target``), in order."""
@@ -394,6 +434,12 @@ def start_endpoints(
                 endpoints[key] = fut.result()
             except BaseException as exc:  # keep going: every started server must be stopped below
                 errors.append(exc)
+    for key, c in needed.items():
+        if not errors and c.network and key in endpoints and endpoints[key].server != "inproc":
+            try:
+                put_network(endpoints[key], c.rtt_ms, c.bandwidth_mbps, workdir / f"netem-{len(endpoints)}-{c.server}")
+            except BaseException as exc:
+                errors.append(exc)
     if errors:
         stop_endpoints(endpoints)
         raise errors[0]
@@ -405,6 +451,8 @@ def stop_endpoints(endpoints: Mapping[str, Endpoint]) -> dict[str, int | None]:
     process)."""
     codes: dict[str, int | None] = {}
     for key, ep in endpoints.items():
+        if ep.netem is not None:
+            ep.netem.stop()
         codes[key] = ep.process.stop() if ep.process is not None else None
         if ep.service is not None:
             ep.service.close()

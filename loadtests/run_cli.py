@@ -39,6 +39,7 @@ examples:
   turnbench run --scenario agent-20,calibration              # + harness self-validation (adds inproc)
   turnbench run --scenario agent-5 --rate 2,4 --no-tls        # open loop at 2 and 4 rollouts/s
   turnbench run --scenario chat-1 --set tokens_per_chunk=4 --variant tpc4
+  turnbench run --scenario agent-20 --rtt-ms 0,20,80                  # each transport at three network RTTs
   turnbench run --target ws=wss://127.0.0.1:8443/v1 --ca /tmp/ca.pem   # only the server(s) targeted
 
 The run directory holds turns.parquet/.jsonl, rollouts.parquet/.jsonl, run.json and summary.json.
@@ -106,6 +107,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="open loop: Poisson arrivals in rollouts/s (wins over --concurrency); the clock of a "
         "rollout starts at its scheduled arrival, so queueing is counted",
+    )
+    w.add_argument(
+        "--rtt-ms",
+        type=_csv(float),
+        metavar="LIST",
+        help="emulated network between the clients and every server: round-trip time(s) in ms, e.g. 0,20,80 "
+        "(a delaying TCP proxy per server, python -m loadtests.netem; TLS stays end to end); several multiply "
+        "the cells (default 0: loopback)",
+    )
+    w.add_argument(
+        "--bandwidth-mbps",
+        type=float,
+        metavar="F",
+        help="the emulated link's rate each way, Mbit/s (with or without --rtt-ms; default unlimited)",
     )
     w.add_argument("--rollouts", type=int, metavar="N", help="measured rollouts per cell (default: scenario's)")
     w.add_argument("--warmup", type=int, metavar="N", help="warm-up rollouts per cell, excluded from summaries")
@@ -263,7 +278,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for s in args.states or ():
         if s not in STATES:
             raise ValueError(f"--states: unknown state strategy {s!r}")
+    rtts = tuple(args.rtt_ms) if args.rtt_ms else (0.0,)
+    if any(r < 0 for r in rtts) or (args.bandwidth_mbps is not None and args.bandwidth_mbps <= 0):
+        raise ValueError("--rtt-ms must be >= 0 and --bandwidth-mbps > 0")
     return RunConfig(
+        rtt_ms=rtts,
+        bandwidth_mbps=args.bandwidth_mbps,
         scenarios=_scenarios(args),
         transports=transports,
         states=args.states,
@@ -379,6 +399,10 @@ def format_table(run: RunDir) -> str:
         head = f"{c['scenario']} · profile {c['profile']} · {load}" + (
             f" · variant {c['variant']}" if c["variant"] != "default" else ""
         )
+        if c.get("rtt_ms") or c.get("bandwidth_mbps"):
+            head += f" · network rtt {c.get('rtt_ms') or 0:g} ms" + (
+                f", {c['bandwidth_mbps']:g} Mbit/s" if c.get("bandwidth_mbps") else ""
+            )
         blocks.setdefault(head, []).append({"cell": cid, **c})
     header = [
         "transport",

@@ -9,7 +9,8 @@ Layout::
                                              and whatever its maker adds (``bench``, ``gate``)
     <dir>/summary.json                       :func:`loadtests.stats.summarize_run` of the rows above
 
-``LABELS`` are ``scenario, profile, concurrency, arrival_rate_rps, mode, cell, round, warmup, variant, tls``.
+``LABELS`` are ``scenario, profile, concurrency, arrival_rate_rps, mode, cell, round, warmup, variant, tls,
+rtt_ms`` (the emulated network's round trip, 0 on loopback).
 
 Decisions, in one place:
 
@@ -63,7 +64,19 @@ __all__ = [
     "write_samples",
 ]
 
-LABELS = ("scenario", "profile", "concurrency", "arrival_rate_rps", "mode", "cell", "round", "warmup", "variant", "tls")
+LABELS = (
+    "scenario",
+    "profile",
+    "concurrency",
+    "arrival_rate_rps",
+    "mode",
+    "cell",
+    "round",
+    "warmup",
+    "variant",
+    "tls",
+    "rtt_ms",
+)
 VERSIONS = (
     "turnbench",
     "websockets",

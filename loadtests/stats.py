@@ -342,7 +342,7 @@ def cell_summaries(
         mean_ms = float(cr["rollout_ms"].mean()) if len(cr) else math.nan
         out[cid] = {
             **{
-                k: c[k]
+                k: c.get(k)
                 for k in (
                     "transport",
                     "server",
@@ -355,6 +355,8 @@ def cell_summaries(
                     "variant",
                     "tls",
                     "endpoint",
+                    "rtt_ms",
+                    "bandwidth_mbps",
                 )
             },
             "n_rollouts": len(cr_all) - len(failed),
