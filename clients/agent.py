@@ -161,6 +161,27 @@ class Toolbox:
         return self.execute(name, arguments, call_index)
 
 
+class ReplayToolbox(Toolbox):
+    """The tools of a recorded conversation (``turnbench run --trace``): call k's output is cut or padded to
+    ``sizes[k]`` bytes and returns ``gaps_ms[k]`` after the call (the client's tool and think time as
+    recorded); past the recording, the last size and no wait."""
+
+    def __init__(self, sizes: Sequence[int], gaps_ms: Sequence[float], *, seed: int = 0) -> None:
+        super().__init__(output_bytes=max(sizes, default=0), seed=seed)
+        self.sizes, self.gaps_ms = list(sizes), list(gaps_ms)
+
+    def target_bytes(self, call_index: int) -> int:
+        if not self.sizes:
+            return 0
+        return max(1, self.sizes[min(call_index, len(self.sizes) - 1)])
+
+    async def run(self, name: str, arguments: str, call_index: int = 0) -> str:
+        gap = self.gaps_ms[call_index] if call_index < len(self.gaps_ms) else 0.0
+        if gap > 0:
+            await asyncio.sleep(gap / 1000.0)
+        return self.execute(name, arguments, call_index)
+
+
 RECONNECT_DELAYS_S = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6)
 """Waits before each reconnect attempt: a server restarting on the same port is back within ~3 s; no jitter,
 so a benchmark's recovery is the same from run to run (the official SDK's auto-reconnect backs off likewise)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from clients.agent import Toolbox
+from clients.agent import ReplayToolbox, Toolbox
 from clients.base import RolloutResult
 from loadtests.monitor import MonitorReport
 from loadtests.scenarios import Scenario, states_for
@@ -44,7 +44,11 @@ ToolboxFactory = Callable[[Scenario, int], Toolbox]
 
 
 def default_toolbox(scenario: Scenario, index: int) -> Toolbox:
-    """The scenario's tools for rollout ``index``: same index, same output sizes on every transport."""
+    """The scenario's tools for rollout ``index``: same index, same output sizes on every transport (a
+    replay's: its conversation's recorded sizes and gaps)."""
+    if scenario.replay:
+        conv = scenario.replay[index % len(scenario.replay)]
+        return ReplayToolbox(conv.tool_output_bytes, conv.gaps_ms, seed=scenario.seed * 100_003 + index)
     return Toolbox(
         output_bytes=scenario.tool_output_bytes,
         output_sigma=scenario.tool_output_sigma,

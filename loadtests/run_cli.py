@@ -73,6 +73,27 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     w.add_argument("--list-scenarios", action="store_true", help="print the shipped scenarios and exit")
     w.add_argument(
+        "--trace",
+        action="append",
+        metavar="FILE",
+        help="replay a recorded or imported agent trace (turnbench record, Mooncake JSONL, OpenAI-style "
+        "transcripts; see --trace-format): one rollout per conversation, its tool calls, tool output sizes, "
+        "gaps and answer lengths, on the --scenario's profile and sizing (default agent-20's); repeatable",
+    )
+    w.add_argument(
+        "--trace-format",
+        choices=("auto", "turnbench", "mooncake", "messages"),
+        default="auto",
+        help="the trace's format (default auto: told apart by its keys)",
+    )
+    w.add_argument(
+        "--trace-gap-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="client time between turns for transcripts, which record none (default 0)",
+    )
+    w.add_argument(
         "--transports",
         type=_csv(str),
         metavar="LIST",
@@ -211,6 +232,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def _scenarios(args: argparse.Namespace) -> list[Scenario]:
     names = [n.strip() for raw in (args.scenario or ["agent-20"]) for n in raw.split(",") if n.strip()]
+    if getattr(args, "trace", None):
+        from loadtests.trace import scenario_from_trace
+
+        base = names[0] if args.scenario else "agent-20"
+        names = []  # the traces replace the scenarios; --scenario names their base
+        traces = [
+            scenario_from_trace(t, fmt=args.trace_format, base=base, gap_ms=args.trace_gap_ms) for t in args.trace
+        ]
+    else:
+        traces = []
     overrides = {
         k: v
         for k, v in (
@@ -230,6 +261,9 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
         else:
             overrides_sc = overrides
         out.append(sc.replace(**overrides_sc) if overrides_sc else sc)
+    for sc in traces:  # their rollouts are their conversations: only the rounds, warm-up, seed and TLS move
+        keep = {k: v for k, v in overrides.items() if k != "rollouts"}
+        out.append(sc.replace(**keep) if keep else sc)
     return out
 
 

@@ -80,7 +80,7 @@ async def cell_rollout(
         client,
         state=cell.state,
         toolbox=toolbox_factory(sc, index),
-        metadata={**sc.metadata(), "seed": str(sc.seed + index)},
+        metadata={**sc.metadata(index), "seed": str(sc.seed + index)},
         rollout_id=index,
         scheduled_ns=scheduled_ns,
         transport=cell.transport,

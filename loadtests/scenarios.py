@@ -54,6 +54,17 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be used; the message names the file and the field."""
 
 
+@dataclass(frozen=True)
+class Conversation:
+    """One recorded or imported agent conversation, as a replay needs it (``loadtests.trace``): the size of
+    each tool output the client sent back, in order, the client's time before each of those requests (its
+    tool and think time), and the final answer's length."""
+
+    tool_output_bytes: tuple[int, ...]
+    gaps_ms: tuple[float, ...]
+    answer_tokens: int = 64
+
+
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
     """One workload. Units are in the field names; see the module docstring for each field."""
@@ -74,6 +85,9 @@ class Scenario:
     seed: int = 0
     answer_tokens: int = 64
     states: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # a trace's conversations (``turnbench run --trace``): rollout k replays conversation k mod len; not a
+    # TOML field
+    replay: tuple[Conversation, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -84,15 +98,21 @@ class Scenario:
         """A copy with fields changed, validated again."""
         return validate(dataclasses.replace(self, **changes), source=f"{self.name} (overridden)")
 
-    def metadata(self) -> dict[str, str]:
-        """What the scripted model reads from request metadata: tool calls, seed and answer length."""
-        return {"tool_calls": str(self.tool_calls), "seed": str(self.seed), "answer_tokens": str(self.answer_tokens)}
+    def metadata(self, index: int = 0) -> dict[str, str]:
+        """What the scripted model reads from request metadata: tool calls, seed and answer length (for a
+        replay, those of the conversation rollout ``index`` replays)."""
+        calls, answer = self.tool_calls, self.answer_tokens
+        if self.replay:
+            conv = self.replay[index % len(self.replay)]
+            calls, answer = len(conv.tool_output_bytes), conv.answer_tokens
+        return {"tool_calls": str(calls), "seed": str(self.seed), "answer_tokens": str(answer)}
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able full spec, for ``run.json``."""
+        """JSON-able full spec, for ``run.json`` (a replay's conversations summarized, not listed)."""
         out = dataclasses.asdict(self)
         out["states"] = {k: list(v) for k, v in self.states.items()}
         out["mode"] = self.mode
+        out["replay"] = {"conversations": len(self.replay)} if self.replay else None
         return out
 
 
@@ -165,7 +185,7 @@ def validate(s: Scenario, *, source: str) -> Scenario:
 
 def parse_scenario(data: Mapping[str, Any], *, source: str) -> Scenario:
     """Build a validated :class:`Scenario` from parsed TOML; unknown keys are errors (typos must not pass)."""
-    known = {f.name for f in dataclasses.fields(Scenario)}
+    known = {f.name for f in dataclasses.fields(Scenario)} - {"replay"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise _fail(source, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

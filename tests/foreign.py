@@ -91,7 +91,6 @@ class Foreign:
         self.https_port = sock.getsockname()[1]
         app = Starlette(routes=[Route("/v1/responses", _sse, methods=["POST"])])
         self._uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._uv.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._tasks.append(asyncio.create_task(self._uv.serve(sockets=[sock])))
         self._ws = await serve(_ws, "127.0.0.1", 0, compression=None)
         self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
