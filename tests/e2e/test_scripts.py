@@ -61,3 +61,9 @@ def test_capacity_at_one_and_two_workers(tmp_path: Path) -> None:
     assert (tmp_path / "capacity.png").stat().st_size > 10_000 and "| ws | connection | 2 |" in (
         tmp_path / "capacity.md"
     ).read_text()
+
+
+def test_many_connections_held_open_all_answer() -> None:
+    out = script("many_connections.py", "--connections", "30", "--wave", "10")
+    lines = [line for line in out.splitlines() if "opened" in line]
+    assert len(lines) == 2 and all("requests ok    30  errors 0" in line and "exit 0" in line for line in lines), out
