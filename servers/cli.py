@@ -38,7 +38,8 @@ HELP = {
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
     "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), burst (~40,000 tok/s), h200-8b, "
     "calibration",
-    "store": "ResponseStore for store=true: memory or sqlite:PATH",
+    "store": "ResponseStore for store=true: memory, sqlite:PATH (one host) or redis://HOST:PORT/DB (shared by "
+    "server hosts)",
     "seed": "seed of the scripted model when a request's metadata.seed does not say (default 0)",
     "tool_calls": "tool calls the scripted model makes before answering, when a request's metadata.tool_calls "
     "does not say (default 1: an agent's tool runs once, then it answers)",

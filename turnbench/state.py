@@ -371,13 +371,81 @@ class SQLiteResponseStore(_SQLite):
         return cur.rowcount > 0
 
 
+class RedisResponseStore:
+    """Responses in Redis (``redis://HOST:PORT/DB``), shared by server processes on any number of hosts: a
+    ``store=true`` chain continues on whichever server the next request reaches, and a WebSocket reconnect to
+    another host hydrates from here. One key per response (``turnbench:resp:<tenant>:<id>``) expiring after
+    ``ttl_s``, and a per-namespace index (a sorted set by creation time) that every few hundred writes trims
+    to ``max_entries``. The client is redis-py's synchronous one, thread-safe over its connection pool: the
+    post stage writes from its writer thread, a hydration reads on the event loop as SQLite does (one
+    round trip to Redis)."""
+
+    PRUNE_EVERY = 256
+
+    def __init__(self, url: str, limits: StoreLimits = StoreLimits(), tenant: str = "") -> None:
+        import redis  # only a Redis store needs it
+
+        self.url, self.limits, self.tenant = url, limits, tenant
+        self._r = redis.Redis.from_url(url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        self._r.ping()  # a wrong URL or a Redis that is down fails at start-up, not on the first request
+        self._index = f"turnbench:index:{tenant}"
+        self._writes = 0
+        self._lock = threading.Lock()
+
+    def _key(self, response_id: str) -> str:
+        return f"turnbench:resp:{self.tenant}:{response_id}"
+
+    def put(self, stored: StoredResponse) -> None:
+        rid = stored.response.id
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self._key(rid), _stored_encoder.encode(stored), px=max(1, int(self.limits.ttl_s * 1000)))
+        pipe.zadd(self._index, {rid: time.time()})
+        pipe.execute()
+        with self._lock:
+            self._writes += 1
+            due = self._writes % self.PRUNE_EVERY == 0
+        if due:
+            self.prune()
+
+    def prune(self) -> int:
+        """Forget the index entries of expired responses and delete the oldest beyond ``max_entries``.
+        Returns: responses deleted."""
+        self._r.zremrangebyscore(self._index, "-inf", time.time() - self.limits.ttl_s)
+        excess = int(self._r.zcard(self._index)) - self.limits.max_entries
+        if excess <= 0:
+            return 0
+        oldest = [m.decode() if isinstance(m, bytes) else str(m) for m in self._r.zrange(self._index, 0, excess - 1)]
+        pipe = self._r.pipeline(transaction=False)
+        pipe.delete(*(self._key(rid) for rid in oldest))
+        pipe.zrem(self._index, *oldest)
+        gone = pipe.execute()[0]
+        return int(gone)
+
+    def get(self, response_id: str) -> StoredResponse | None:
+        blob = self._r.get(self._key(response_id))
+        return None if blob is None else decode_stored(bytes(blob))  # type: ignore[arg-type]
+
+    def delete(self, response_id: str) -> bool:
+        """Remove ``response_id``. Returns: whether it was stored (in this namespace)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.delete(self._key(response_id))
+        pipe.zrem(self._index, response_id)
+        return bool(pipe.execute()[0])
+
+    def close(self) -> None:
+        self._r.close()
+
+
 def open_store(url: str, *, limits: StoreLimits = StoreLimits(), tenant: str = "") -> ResponseStore:
-    """``memory`` or ``sqlite:PATH``, bounded by ``limits``, in the namespace ``tenant``."""
+    """``memory``, ``sqlite:PATH`` or ``redis://HOST:PORT/DB``, bounded by ``limits``, in the namespace
+    ``tenant``."""
     if url == "memory":
         return MemoryResponseStore(limits, tenant)
     if url.startswith("sqlite:"):
         return SQLiteResponseStore(url.removeprefix("sqlite:"), limits, tenant)
-    raise ValueError(f"unknown store {url!r}: expected 'memory' or 'sqlite:PATH'")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisResponseStore(url, limits, tenant)
+    raise ValueError(f"unknown store {url!r}: expected 'memory', 'sqlite:PATH' or 'redis://HOST:PORT/DB'")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,80 @@
+"""One contract for every ResponseStore (memory, SQLite, Redis): what is put comes back whole, a delete
+forgets, namespaces (API keys) never see each other's responses, the count bound holds, and two services on
+one shared store continue each other's store=true chains (two server hosts behind one client)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.test_service import make_service, turn, types
+from turnbench.schema import Response
+from turnbench.state import StoredResponse, StoreLimits, open_store
+
+
+def stored(n: int) -> StoredResponse:
+    response = Response(id=f"resp_{n:05d}", created_at=0, model="m", output=[], status="completed")
+    return StoredResponse(response=response, items=[{"type": "message", "role": "user", "content": f"turn {n}"}])
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: Any, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory"
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("redis_url")
+    import redis
+
+    redis.Redis.from_url(url).flushdb()  # each test starts from an empty database
+    return url
+
+
+def test_put_get_delete_round_trip(store_url: str) -> None:
+    s = open_store(store_url)
+    s.put(stored(1))
+    back = s.get("resp_00001")
+    assert back is not None and back.response.id == "resp_00001" and back.items[0].content == "turn 1"
+    assert s.get("resp_99999") is None
+    assert s.delete("resp_00001") is True and s.get("resp_00001") is None and s.delete("resp_00001") is False
+    s.close()
+
+
+def test_namespaces_do_not_see_each_other(store_url: str) -> None:
+    if store_url == "memory":
+        pytest.skip("a memory store is one process with one key")
+    a, b = open_store(store_url, tenant="key-a"), open_store(store_url, tenant="key-b")
+    a.put(stored(2))
+    assert a.get("resp_00002") is not None and b.get("resp_00002") is None and b.delete("resp_00002") is False
+    a.close()
+    b.close()
+
+
+def test_the_count_bound_keeps_the_newest(store_url: str) -> None:
+    s = open_store(store_url, limits=StoreLimits(max_entries=50))
+    for n in range(300):
+        s.put(stored(n))
+    if hasattr(s, "prune"):
+        s.prune()
+    kept = [n for n in range(300) if s.get(f"resp_{n:05d}") is not None]
+    assert len(kept) == 50 and kept == list(range(250, 300))
+    s.close()
+
+
+async def test_two_services_on_one_store_continue_each_others_chains(store_url: str) -> None:
+    if store_url == "memory":
+        pytest.skip("a memory store is not shared between processes or hosts")
+    host_a, host_b = make_service(store=store_url), make_service(store=store_url)
+    first = await turn(
+        host_a, host_a.new_session("https", connection=False), {"model": "m", "input": "hi", "store": True}
+    )
+    rid = first[-1].response.id
+    await host_a.drain()  # post wrote it (overlapped with the answer)
+    body = {"model": "m", "input": "and then?", "store": True, "previous_response_id": rid}
+    second = await turn(host_b, host_b.new_session("https", connection=False), body)
+    assert types(second)[-1] == "response.completed" and second[-1].response.previous_response_id == rid
+    assert second[-1].response.usage.input_tokens > first[-1].response.usage.input_tokens  # the history came along
+    host_a.close()
+    host_b.close()
