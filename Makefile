@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak stream clean
+.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak stream load clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ soak: setup
 # the streaming path: tokens/s and server CPU per token per transport, adaptive coalescing off and on (~3 min)
 stream: setup
 	$(BIN)/python scripts/stream_bench.py $(STREAM_ARGS)
+
+# each transport under Locust (a master and 2 worker processes) for 30 s; raw samples merged into one table
+# (reports/load/: load.md, Locust's CSV and HTML); LOAD_ARGS="--run-time 10s --users 4" for a shorter one
+load: setup
+	$(BIN)/python scripts/load.py $(LOAD_ARGS)
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen

@@ -11,13 +11,16 @@ Every transport with a server gets a user class named after it (``https`` → ``
 (:func:`loadtests.runner.one_rollout`: same scenario, tools, seeds and task text as ``turnbench run``).
 ``--tb-https URL`` / ``--tb-ws URL`` / ``--tb-grpc HOST:PORT`` give the users of each server protocol their
 server, and ``--tb-https-h2 URL`` the users of a transport that needs a server of its own settings (``--host``
-is the fallback); ``--tb-state``, ``--tb-scenario``, ``--tb-api-key`` and ``--tb-samples PATH`` (raw turns as
-JSONL, one file per process) complete the flags. Every turn fires ``events.request`` with
-``request_type`` = the transport, ``name`` = ``turn`` (response_time = ``turn_ms``, TTFT in ``context``), and
-every rollout one more with ``name`` = ``rollout`` (``rollout_ms``).
+is the fallback); ``--tb-state``, ``--tb-scenario``, ``--tb-api-key`` and ``--tb-samples PATH`` (raw
+rollouts with their turns as JSONL, one file per process: ``PATH.<pid>``) complete the flags. Every turn fires
+``events.request`` with ``request_type`` = the transport, ``name`` = ``turn`` (response_time = ``turn_ms``,
+TTFT in ``context``), and every rollout one more with ``name`` = ``rollout`` (``rollout_ms``).
 
 Locust's statistics are a live view only: it rounds response times (to 10 ms above 100 ms, …) into
-buckets. The raw samples (``turnbench run``, or ``--tb-samples`` here) are the source of truth.
+buckets. The raw samples (``turnbench run``, or ``--tb-samples`` here) are the source of truth. In Locust's
+distributed mode (``--processes N`` on one host, ``--master`` / ``--worker --master-host`` across hosts)
+every worker process writes its own file; :func:`loadtests.load.merge` puts them into one run's samples
+(``scripts/load.py``, ``make load``, does it for each transport).
 
 Why a thread per user: the transport clients are asyncio code (httpx/anyio, websockets, grpc.aio) and Locust
 runs users as gevent greenlets on a monkey-patched stdlib. An asyncio loop inside a greenlet would block
@@ -81,7 +84,9 @@ def _flags(parser: Any) -> None:
         help="turnbench: full | store | connection (default: connection where the transport has it, else full)",
     )
     parser.add_argument("--tb-scenario", default="agent-5", help="turnbench: scenario name (default agent-5)")
-    parser.add_argument("--tb-samples", default="", help="turnbench: write raw turns as JSONL to PATH.<pid>")
+    parser.add_argument(
+        "--tb-samples", default="", help="turnbench: write raw rollouts (with their turns) as JSONL to PATH.<pid>"
+    )
 
 
 _add_listener: Callable[[Callable[[Any], None]], object] = events.init_command_line_parser.add_listener
@@ -210,9 +215,9 @@ class AgentUser(User):
             exception=None if result.success else RuntimeError(result.error),
             context={"state": state, "connect_ms": result.connect_ms},
         )
-        if self.samples_path:
+        if self.samples_path:  # one line per rollout, its turns inside (loadtests.load reads and merges them)
             with open(self.samples_path, "ab") as fh:
-                fh.write(b"".join(msgspec.json.encode(t) + b"\n" for t in result.turns))
+                fh.write(msgspec.json.encode(result) + b"\n")
 
 
 def _user_class_name(transport: str) -> str:

@@ -67,3 +67,20 @@ def test_many_connections_held_open_all_answer() -> None:
     out = script("many_connections.py", "--connections", "30", "--wave", "10")
     lines = [line for line in out.splitlines() if "opened" in line]
     assert len(lines) == 2 and all("requests ok    30  errors 0" in line and "exit 0" in line for line in lines), out
+
+
+def test_locust_distributed_run_merges_every_workers_rollouts(tmp_path: Path) -> None:
+    """A master and two worker processes for a few seconds: the merged raw samples hold exactly the rollouts
+    Locust counted, from both workers' files."""
+    script(
+        "load.py", "--transports", "ws", "--run-time", "3s", "--users", "2", "--processes", "2", "--out", str(tmp_path)
+    )
+    files = list(tmp_path.glob("ws-samples.*"))
+    assert len(files) == 2  # one per worker process
+    stats = {
+        row.split(",")[1]: int(row.split(",")[2]) for row in (tmp_path / "ws_stats.csv").read_text().splitlines()[1:]
+    }
+    data = json.loads((tmp_path / "load.json").read_text())
+    merged = data["results"][0]["rows"][0]
+    assert merged["rollouts"] + merged["failed"] == stats["rollout"] > 0 and merged["failed"] == 0
+    assert (tmp_path / "ws" / "turns.parquet").is_file() and (tmp_path / "ws.html").is_file()
