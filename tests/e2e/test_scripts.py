@@ -84,3 +84,15 @@ def test_locust_distributed_run_merges_every_workers_rollouts(tmp_path: Path) ->
     merged = data["results"][0]["rows"][0]
     assert merged["rollouts"] + merged["failed"] == stats["rollout"] > 0 and merged["failed"] == 0
     assert (tmp_path / "ws" / "turns.parquet").is_file() and (tmp_path / "ws.html").is_file()
+
+
+def test_cross_host_hydration_from_redis_and_sqlite(redis_url: str) -> None:
+    """Two server processes on one store: every configuration's rollouts succeed, and a reconnect to the other
+    host hydrates from the store (its resolve stage costs more than the connection cache's)."""
+    out = script("cross_host.py", "--rollouts", "1", "--tool-calls", "3")
+    rows = {(line[:7].strip(), line[8:40].strip()): line.split()[-4:] for line in out.splitlines()[1:] if line.strip()}
+    assert len(rows) == 8 and all(int(v[0]) == 1 for v in rows.values()), out
+    for store in ("redis", "sqlite"):
+        assert float(rows[(store, "ws/store, reconnect each turn")][1]) > float(
+            rows[(store, "ws/connection, one host")][1]
+        )
