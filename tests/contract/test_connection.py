@@ -343,3 +343,41 @@ async def test_drain_on_shutdown_finishes_what_runs_refuses_new_requests_and_end
     assert [e["error"]["code"] for e in by_lane["b"]] == ["server_shutting_down"]
     assert conn.ended == {"ws": "close 1001", "grpc": "server_shutting_down"}[name]
     assert [row["status"] for row in await usage_rows(server)] == ["completed"]  # nothing accepted was lost
+
+
+async def test_forks_of_one_parent_run_on_their_own_lanes_and_each_continues_it(serve, transport):
+    """A fork: a completed response's id as previous_response_id on new lanes. The forks run side by side
+    (a short one overtakes a long one), each continues the shared parent (its history is in their input), and
+    the parent stays available to a later fork."""
+    name, open_conn = transport
+    server = await serve(name, profile="frontier")
+    async with open_conn(server, None) as conn:
+        await conn.send(create("main", answer_tokens=3, input="plan the work"))
+        parent = await _until_terminal(conn)
+        pid = parent["response"]["id"]
+        for lane, n in (("sub0", 30), ("sub1", 2), ("sub2", 10)):
+            await conn.send(create(lane, answer_tokens=n, input=f"sub-task {lane}", previous_response_id=pid))
+        forks: dict[str, dict[str, Any]] = {}
+        order: list[str] = []
+        while len(forks) < 3:
+            event = await asyncio.wait_for(conn.recv(), WAIT_S)
+            assert event is not None, conn.ended
+            if event["type"] in TERMINAL_TYPES:
+                forks[event["stream_id"]] = event
+                order.append(event["stream_id"])
+        assert order.index("sub1") < order.index("sub0")  # side by side: the 2-token fork finished first
+        parent_tokens = parent["response"]["usage"]["input_tokens"] + parent["response"]["usage"]["output_tokens"]
+        for ev in forks.values():
+            assert ev["type"] == "response.completed" and ev["response"]["previous_response_id"] == pid
+            assert ev["response"]["usage"]["input_tokens"] > parent_tokens  # the parent's history came along
+        await conn.send(create("sub3", input="one more", previous_response_id=pid))  # the parent is still there
+        last = await _until_terminal(conn)
+        assert last["type"] == "response.completed" and last["stream_id"] == "sub3"
+
+
+async def _until_terminal(conn: Any) -> dict[str, Any]:
+    while True:
+        event = await asyncio.wait_for(conn.recv(), WAIT_S)
+        assert event is not None, conn.ended
+        if event["type"] in TERMINAL_TYPES:
+            return event

@@ -96,3 +96,10 @@ def test_cross_host_hydration_from_redis_and_sqlite(redis_url: str) -> None:
         assert float(rows[(store, "ws/store, reconnect each turn")][1]) > float(
             rows[(store, "ws/connection, one host")][1]
         )
+
+
+def test_fanout_three_ways() -> None:
+    out = script("fanout.py", "--subagents", "3", "--rounds", "1", "--profile", "instant", "--parent-kb", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("ws ", "https "))]
+    assert [" ".join(r[:2]) for r in rows] == ["ws lanes", "ws connections", "https store"]
+    assert all(float(r[2]) > 0 for r in rows)
