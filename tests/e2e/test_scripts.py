@@ -103,3 +103,12 @@ def test_fanout_three_ways() -> None:
     rows = [line.split() for line in out.splitlines() if line.startswith(("ws ", "https "))]
     assert [" ".join(r[:2]) for r in rows] == ["ws lanes", "ws connections", "https store"]
     assert all(float(r[2]) > 0 for r in rows)
+
+
+def test_warmup_prefills_the_first_turn() -> None:
+    """At the fast profile (prefill costs model time), a first turn after generate:false answers sooner than a
+    cold one: its instructions and tools were prefilled before it was sent."""
+    out = script("warmup.py", "--rounds", "3", "--instructions-kb", "16")
+    cold = float(re.search(r"cold \(one request\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    warm = float(re.search(r"warmed \(generate: false first\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    assert warm < cold, out
