@@ -129,7 +129,10 @@ class ResponsesServicer:
     def _json(self, payload: str, nbytes: int, decode_ns: int, *, connection: bool) -> Submission:
         try:
             if connection:
-                parsed = self.service.parse_event(payload)
+                event = self.service.parse_client_event(payload)
+                if isinstance(event, dict):  # response.steer: the json codec carries WebSocket mode's events
+                    return Submission.steering(event, encode_json)
+                parsed = event
             else:
                 parsed = self.service.parse(payload)
                 if parsed.request.type not in (None, "response.create"):

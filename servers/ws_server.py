@@ -84,7 +84,10 @@ def submission(frame: str | bytes, service: ResponsesService) -> Submission:
             encode,
         )
     try:
-        return Submission.of(service.parse_event(frame), encode)
+        parsed = service.parse_client_event(frame)
+        if isinstance(parsed, dict):
+            return Submission.steering(parsed, encode)
+        return Submission.of(parsed, encode)
     except TurnbenchError as err:
         return Submission.refused(err, encode)
     except Exception as exc:  # a bug in decoding: refused as a server_error (logged), the connection goes on

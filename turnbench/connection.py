@@ -32,10 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 from turnbench.errors import (
     ConnectionLimitError,
@@ -44,11 +46,22 @@ from turnbench.errors import (
     TurnbenchError,
     as_turnbench_error,
 )
-from turnbench.prepared import ParsedRequest
-from turnbench.schema import Event, WsErrorEvent, ws_error_event
+from turnbench.prepared import ParsedRequest, SteerControl
+from turnbench.schema import (
+    Event,
+    ResponseCreated,
+    SteerAccepted,
+    SteerError,
+    SteerFailed,
+    SteerPending,
+    SteerRef,
+    WsErrorEvent,
+    ws_error_event,
+)
 from turnbench.schema import encode as encode_json
 from turnbench.service import ResponsesService
 from turnbench.state import valid_lane
+from turnbench.stream import new_id
 
 __all__ = ["Connection", "ConnectionGone", "ConnectionSet", "Encode", "Ending", "Send", "Submission"]
 
@@ -56,7 +69,7 @@ log = logging.getLogger("turnbench.connection")
 
 Send = Callable[[bytes], Awaitable[None]]
 """Write one message to the peer; raises :class:`ConnectionGone` when the peer is gone."""
-Encode = Callable[[Event | WsErrorEvent], bytes]
+Encode = Callable[[Any], bytes]
 """One server event as the bytes of one message, in the codec its request came in."""
 
 
@@ -75,6 +88,11 @@ class Submission:
     encode: Encode
     error: TurnbenchError | None = None
     stream_id: str | None = None
+    steer: dict[str, Any] | None = None  # a ``response.steer`` event's members (validated by the connection)
+
+    @classmethod
+    def steering(cls, members: dict[str, Any], encode: Encode) -> Submission:
+        return cls(None, encode, None, None, members)
 
     @classmethod
     def of(cls, parsed: ParsedRequest, encode: Encode) -> Submission:
@@ -123,6 +141,11 @@ class Connection:
         self._refuse: Callable[[], TurnbenchError] | None = None  # set at the lifetime limit or a drain
         self._queued = 0  # requests submitted and not yet running (waiting for their lane or a slot)
         self._queued_bytes = 0
+        # steering (spec a.2): the running responses a steer may target, those that finished here, and the
+        # steers left queued for a client's continuation (response.steer.pending)
+        self._active: dict[str, tuple[SteerControl, str | None]] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._held_steers: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
         self._stop: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -193,8 +216,12 @@ class Connection:
             self.submit(sub)
 
     def submit(self, sub: Submission) -> None:
-        """Take one message: it runs in its own task, in its lane's order."""
+        """Take one message: it runs in its own task, in its lane's order (a steer at once: it joins a running
+        response, it does not wait behind it)."""
         self._encode = sub.encode
+        if sub.steer is not None:
+            self._spawn(self._steer(sub))
+            return
         if self._refuse is not None and sub.error is None:
             sub = Submission(None, sub.encode, self._refuse(), sub.stream_id)
         elif sub.request is not None:
@@ -215,7 +242,10 @@ class Connection:
             else:
                 self._queued += 1
                 self._queued_bytes += nbytes
-        task = asyncio.create_task(self._handle(sub))
+        self._spawn(self._handle(sub))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self.tasks.add(task)
         self.idle.clear()
         task.add_done_callback(self._task_done)
@@ -252,8 +282,26 @@ class Connection:
         self._queued -= 1
         self._queued_bytes -= nbytes
 
-    async def _respond(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> None:
+    async def _respond(self, parsed: ParsedRequest | None, lane: str | None, sub: Submission) -> None:
+        """Answer ``parsed``, then each successor its steers call for (on the same lane, in order)."""
+        while parsed is not None:
+            parsed = await self._respond_one(parsed, lane, sub)
+
+    async def _respond_one(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> ParsedRequest | None:
+        ctl = parsed.control = SteerControl()
+        held = self._held_steers.pop(parsed.request.previous_response_id or "", None)
+        if held:  # steering input left pending on the parent: prepended, in submission order
+            parsed.request.input = [i for _, items in held for i in items] + _as_items(parsed.request.input)
+
+        rid: str | None = None
+        last = ""
+
         async def emit(event: Event) -> None:
+            nonlocal rid, last
+            if isinstance(event, ResponseCreated):
+                rid = event.response.id
+                self._active[rid] = (ctl, lane)
+            last = type(event).__struct_config__.tag or ""  # type: ignore[assignment]
             await self.send(event, sub.encode)
 
         try:
@@ -267,11 +315,82 @@ class Connection:
             await self._send_error(err, lane, sub)
             if not err.request_scoped:
                 self._end(Ending("error", err))
+        finally:
+            if rid is not None:
+                self._active.pop(rid, None)
+                self._finished[rid] = None
+                while len(self._finished) > FINISHED_KEPT:
+                    self._finished.popitem(last=False)
+        if rid is None or not ctl.steers:
+            return None
+        if last != "response.completed" and not ctl.stopped:  # failed, or cut by its timeout: nothing to continue
+            for steer_id, items in ctl.steers:
+                ref = SteerRef(id=steer_id, previous_response_id=rid, input=items)
+                await self._steer_failed(
+                    ref, "successor_creation_failed", f"Response '{rid}' did not complete.", lane, sub
+                )
+            return None
+        if ctl.calls and not ctl.stopped:  # it stopped for the client's tool: the steers wait for its output
+            self._held_steers[rid] = ctl.steers
+            for steer_id, _ in ctl.steers:
+                pending = SteerPending(
+                    sequence_number=0,
+                    steer=SteerRef(id=steer_id, previous_response_id=rid),
+                    reason="waiting_for_required_input",
+                    required_input=list(ctl.calls),
+                    stream_id=lane,
+                )
+                await self.send(pending, sub.encode)
+            return None
+        # the successor: the steered response's settings, continued from it with the queued input
+        successor = msgspec.structs.replace(
+            parsed.request, input=[i for _, items in ctl.steers for i in items], previous_response_id=rid, generate=True
+        )
+        return self.service.parse_obj(msgspec.to_builtins(successor))
+
+    async def _steer(self, sub: Submission) -> None:
+        """``response.steer``: queue the input on the running response it names, and answer at once."""
+        members = sub.steer or {}
+        pid = members.get("previous_response_id")
+        target = self._active.get(pid) if isinstance(pid, str) else None
+        lane = target[1] if target is not None else None
+        ref = SteerRef(previous_response_id=pid if isinstance(pid, str) else "", input=members.get("input"))
+        problem = _steer_problem(members)
+        try:
+            if problem is not None:
+                await self._steer_failed(ref, "invalid_input", problem, lane, sub)
+            elif target is None:
+                if isinstance(pid, str) and pid in self._finished:
+                    msg = f"Response '{pid}' has completed and no longer accepts steering input."
+                    await self._steer_failed(ref, "response_already_completed", msg, lane, sub)
+                else:
+                    msg = f"No response '{pid}' is running on this connection."
+                    await self._steer_failed(ref, "response_not_found", msg, lane, sub)
+            elif len(target[0].steers) >= MAX_PENDING_STEERS:
+                msg = f"Response '{pid}' already has {MAX_PENDING_STEERS} steering inputs pending."
+                await self._steer_failed(ref, "too_many_pending_steers", msg, lane, sub)
+            else:
+                ctl = target[0]
+                steer_id = new_id("steer")
+                ctl.steers.append((steer_id, _as_items(members["input"])))
+                ctl.stop = True  # a message stops at the next token; a function call finishes (then: pending)
+                accepted = SteerAccepted(
+                    sequence_number=0, steer=SteerRef(id=steer_id, previous_response_id=str(pid)), stream_id=lane
+                )
+                await self.send(accepted, sub.encode)
+        except ConnectionGone:
+            pass
+
+    async def _steer_failed(self, ref: SteerRef, code: str, message: str, lane: str | None, sub: Submission) -> None:
+        failed = SteerFailed(sequence_number=0, steer=ref, error=SteerError(code=code, message=message), stream_id=lane)
+        await self.send(failed, sub.encode)
 
     async def _send_error(self, err: TurnbenchError, lane: str | None, sub: Submission) -> None:
         await self.send(ws_error_event(err, lane), sub.encode)
 
-    async def send(self, event: Event | WsErrorEvent, encode: Encode) -> None:
+    async def send(
+        self, event: Event | WsErrorEvent | SteerAccepted | SteerFailed | SteerPending, encode: Encode
+    ) -> None:
         """Encode ``event``, queue it for the writer and wait until it is written. Raises
         :class:`ConnectionGone`. Cancelling the wait never cancels the write itself."""
         await self._writer.write(encode(event))
@@ -282,6 +401,47 @@ class Connection:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+MAX_PENDING_STEERS = 8
+"""Steering inputs a response may hold at once (``too_many_pending_steers`` past it)."""
+FINISHED_KEPT = 4096
+"""Finished response ids a connection remembers, to tell ``response_already_completed`` from ``not_found``."""
+_STEER_MEMBERS = frozenset({"type", "previous_response_id", "input"})
+_STEER_PARTS = frozenset({"input_text", "input_image", "input_file"})
+
+
+def _as_items(value: Any) -> list[dict[str, Any]]:
+    """A request's or a steer's ``input`` as a list of items (a string is one user message)."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return list(value or [])
+
+
+def _steer_problem(members: dict[str, Any]) -> str | None:
+    """Why a ``response.steer`` event is ``invalid_input`` (None: it is valid), per the spec's rules."""
+    extra = sorted(set(members) - _STEER_MEMBERS)
+    if extra:
+        return f"response.steer takes only type, previous_response_id and input; got {', '.join(extra)}"
+    if not isinstance(members.get("previous_response_id"), str) or not members["previous_response_id"]:
+        return "response.steer needs previous_response_id: the id of a response running on this connection"
+    value = members.get("input")
+    if isinstance(value, str):
+        return None if value else "response.steer input must not be empty"
+    if not isinstance(value, list) or not value:
+        return "response.steer input must be a string or a non-empty array of user messages"
+    for k, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) - {"type", "role", "content"}:
+            return f"input[{k}]: a steering item may hold only type, role and content"
+        if item.get("role") != "user" or item.get("type", "message") != "message":
+            return f"input[{k}]: steering accepts only messages with the user role"
+        content = item.get("content")
+        parts_ok = isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") in _STEER_PARTS for p in content
+        )
+        if not (isinstance(content, str) or parts_ok):
+            return f"input[{k}].content must be a string or input_text, input_image and input_file parts"
+    return None
 
 
 class _Writer:

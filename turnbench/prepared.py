@@ -7,7 +7,7 @@ importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from turnbench.engine.policy import Knobs, TextFormat, ToolChoice
@@ -15,7 +15,19 @@ from turnbench.pipeline import StageTimer
 from turnbench.schema import InputItem, Response, ResponseCreate
 from turnbench.state import ConversationRecord, Session
 
-__all__ = ["Options", "ParsedRequest", "Prepared"]
+__all__ = ["Options", "ParsedRequest", "Prepared", "SteerControl"]
+
+
+@dataclass(slots=True)
+class SteerControl:
+    """A connection's hold on one of its running responses (``response.steer``): the steering input queued for
+    it (id, items) and whether its decoding stops at the next token; ``generate`` fills in how it ended."""
+
+    steers: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    stop: bool = False
+    stopped: bool = False  # the answer was cut short for the steer (it ends incomplete, reason "steered")
+    response_id: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)  # its function calls: the required_input stubs
 
 
 @dataclass(slots=True)
@@ -23,6 +35,7 @@ class ParsedRequest:
     request: ResponseCreate
     timer: StageTimer
     nbytes: int = 0
+    control: SteerControl | None = None  # set by a connection that lets its responses be steered
 
 
 @dataclass(slots=True)
@@ -45,6 +58,7 @@ class Prepared:
     options: Options
     call_ids: frozenset[str]  # every function call of the conversation so far (outputs must answer one)
     response: Response  # the response this request creates, as it starts (in_progress)
+    control: SteerControl | None = None
 
 
 @dataclass(frozen=True, slots=True)

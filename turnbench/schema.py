@@ -396,6 +396,59 @@ class WsErrorEvent(msgspec.Struct, kw_only=True, tag_field="type", tag="error", 
     sequence_number: int | None = None
 
 
+class ResponseSteer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``response.steer`` (spec a.2): queue user input for a continuation of an active response on this
+    connection. Only these three members; the target response decides the lane."""
+
+    type: str
+    previous_response_id: str
+    input: str | list[dict[str, Any]]
+
+
+class SteerRef(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str | None = None
+    previous_response_id: str
+    input: str | list[dict[str, Any]] | None = None  # only on response.steer.failed: the input handed back
+
+
+class SteerError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    type: str = "invalid_request_error"
+
+
+class SteerAccepted(msgspec.Struct, kw_only=True, tag_field="type", tag="response.steer.accepted", omit_defaults=True):
+    sequence_number: int
+    steer: SteerRef
+    stream_id: str | None = None
+
+
+class SteerFailed(msgspec.Struct, kw_only=True, tag_field="type", tag="response.steer.failed", omit_defaults=True):
+    sequence_number: int
+    steer: SteerRef
+    error: SteerError
+    stream_id: str | None = None
+
+
+class SteerPending(msgspec.Struct, kw_only=True, tag_field="type", tag="response.steer.pending", omit_defaults=True):
+    sequence_number: int
+    steer: SteerRef
+    reason: str
+    required_input: list[dict[str, Any]]
+    stream_id: str | None = None
+
+
+_steer_decoder = msgspec.json.Decoder(ResponseSteer)
+
+
+def decode_steer(payload: bytes | str) -> ResponseSteer:
+    """Decode a ``response.steer`` event; raise :class:`InvalidRequestError` (code ``invalid_input``)."""
+    try:
+        return _steer_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"Invalid response.steer: {exc}", None, code="invalid_input") from exc
+
+
 def ws_error_event(err: TurnbenchError, stream_id: str | None = None) -> WsErrorEvent:
     """The WebSocket/gRPC-Connect ``error`` frame for ``err`` (spec a.3), on ``stream_id``'s lane."""
     return WsErrorEvent(

@@ -176,6 +176,17 @@ class ResponsesService:
             raise err
         return parsed
 
+    def parse_client_event(self, payload: bytes | str) -> ParsedRequest | dict[str, Any]:
+        """:meth:`parse_event`, or for a ``response.steer`` event its members, as sent (the connection that
+        holds the response it names checks them and answers with ``response.steer.accepted|failed``)."""
+        try:
+            return self.parse_event(payload)
+        except InvalidRequestError as exc:
+            if exc.code != "unknown_event_type" or peek_envelope(payload)[0] != "response.steer":
+                raise
+            members: dict[str, Any] = msgspec.json.decode(payload)  # valid JSON: the envelope was read
+            return members
+
     def parse_obj(self, obj: dict[str, Any], *, nbytes: int = 0, decode_ns: int = 0) -> ParsedRequest:
         """``parse`` for codecs that decoded already (gRPC): ``decode_ns`` is their decode time."""
         timer = self._timer()
@@ -404,6 +415,7 @@ class ResponsesService:
             options,
             call_ids,
             response,
+            control=parsed.control,
         )
 
     def _options(
@@ -506,6 +518,12 @@ class ResponsesService:
                 if len(pieces) > limit:
                     pieces, status = pieces[:limit], "incomplete"
                 timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
+                ctl = p.control
+                emitted: list[int] = []
+                if ctl is not None:
+                    ctl.response_id = resp.id
+                    if plan.kind == "function_call":
+                        ctl.calls = [{"type": "function_call_output", "call_id": plan.call_id, "name": plan.name}]
                 w0 = time.perf_counter_ns()
                 async for ev in stream_item(
                     self.engine,
@@ -517,10 +535,14 @@ class ResponsesService:
                     outputs=outputs,
                     tokens_per_chunk=s.tokens_per_chunk,
                     coalesce=s.coalesce_tokens,
+                    stop=(lambda: ctl.stop) if ctl is not None else None,
+                    emitted=emitted,
                 ):
                     seq = ev.sequence_number + 1
                     yield ev
-                output_tokens = len(pieces)
+                output_tokens = sum(emitted)
+                if ctl is not None and output_tokens < len(pieces):  # cut short at a steer's request
+                    ctl.stopped, status = True, "incomplete"
                 timer.add("decode", wall_ns=time.perf_counter_ns() - w0, tokens=output_tokens)
         except (asyncio.CancelledError, GeneratorExit):
             self._evict_parent(req, session)
@@ -573,7 +595,8 @@ class ResponsesService:
             ),
         )
         if status == "incomplete":
-            final.incomplete_details = {"reason": "max_output_tokens"}
+            steered = p.control is not None and p.control.stopped
+            final.incomplete_details = {"reason": "steered" if steered else "max_output_tokens"}
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
         else:
             yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from turnbench.engine.base import KVHandle, ModelEngine
 from turnbench.engine.policy import OutputPlan
@@ -50,8 +50,12 @@ async def stream_item(
     outputs: list[OutputItem],
     tokens_per_chunk: int,
     coalesce: int = 0,
+    stop: Callable[[], bool] | None = None,
+    emitted: list[int] | None = None,
 ) -> AsyncIterator[Event]:
-    """Yield one output item's events from ``seq`` on; append the finished item to ``outputs``."""
+    """Yield one output item's events from ``seq`` on; append the finished item to ``outputs``. ``stop``: a
+    message ends early (after the delta in flight) once it returns true, its text what was sent (a steered
+    response; a function call always finishes); ``emitted`` collects the tokens of each delta sent."""
     sid, tpc = stream_id, tokens_per_chunk
     if plan.kind == "function_call":
         fid = new_id("fc")
@@ -65,6 +69,8 @@ async def stream_item(
                 sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, delta=chunk.text
             )
             seq += 1
+            if emitted is not None:
+                emitted.append(len(chunk.token_ids))
         args = "".join(t for _, t in pieces)
         yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, arguments=args)
         seq += 1
@@ -84,6 +90,7 @@ async def stream_item(
             sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text="")
         )
         seq += 1
+        sent: list[str] = []
         async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc, coalesce=coalesce):
             yield OutputTextDelta(
                 sequence_number=seq,
@@ -95,7 +102,12 @@ async def stream_item(
                 logprobs=[],
             )
             seq += 1
-        text = "".join(t for _, t in pieces)
+            sent.append(chunk.text)
+            if emitted is not None:
+                emitted.append(len(chunk.token_ids))
+            if stop is not None and stop():
+                break  # the engine's generator is closed here: no token is made past the steer
+        text = "".join(sent)
         yield OutputTextDone(
             sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, text=text, logprobs=[]
         )

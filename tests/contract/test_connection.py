@@ -381,3 +381,111 @@ async def _until_terminal(conn: Any) -> dict[str, Any]:
         assert event is not None, conn.ended
         if event["type"] in TERMINAL_TYPES:
             return event
+
+
+def steer(pid: str, text: Any = "Stop: answer in one word instead.", **extra: Any) -> dict[str, Any]:
+    return {"type": "response.steer", "previous_response_id": pid, "input": text, **extra}
+
+
+async def test_a_steered_answer_ends_incomplete_and_its_successor_starts_by_itself(serve, transport):
+    """Steering mid-answer: accepted at once, the answer stops at the next token (incomplete, reason
+    "steered", with the text sent so far), and a successor continues from it with the steering input, on the
+    same lane, with the same settings."""
+    name, open_conn = transport
+    server = await serve(name, profile="frontier")  # ~65 tok/s: a 300-token answer runs for seconds
+    async with open_conn(server, None) as conn:
+        await conn.send(create("work", answer_tokens=300, input="write the long report"))
+        events: list[dict[str, Any]] = []
+        rid = None
+        while not any(e["type"] == "response.output_text.delta" for e in events):
+            events.append(await asyncio.wait_for(conn.recv(), WAIT_S))
+            if events[-1]["type"] == "response.created":
+                rid = events[-1]["response"]["id"]
+        assert rid is not None
+        await conn.send(steer(rid))
+        seen: list[dict[str, Any]] = []
+        while sum(e["type"] in TERMINAL_TYPES for e in seen) < 2:
+            event = await asyncio.wait_for(conn.recv(), WAIT_S)
+            assert event is not None, conn.ended
+            seen.append(event)
+    kinds = [e["type"] for e in seen]
+    accepted = next(e for e in seen if e["type"] == "response.steer.accepted")
+    assert accepted["steer"]["previous_response_id"] == rid and accepted["steer"]["id"].startswith("steer_")
+    assert accepted["stream_id"] == "work"
+    steered = next(e for e in seen if e["type"] == "response.incomplete")
+    assert steered["response"]["id"] == rid and steered["response"]["incomplete_details"]["reason"] == "steered"
+    assert steered["response"]["usage"]["output_tokens"] < 300  # it stopped early
+    successor_created = [e for e in seen if e["type"] == "response.created"]
+    assert len(successor_created) == 1 and kinds.index("response.created") > kinds.index("response.incomplete")
+    successor = successor_created[0]["response"]
+    assert successor["previous_response_id"] == rid and successor_created[0]["stream_id"] == "work"
+    done = seen[-1]
+    assert done["type"] == "response.completed" and done["response"]["id"] == successor["id"]
+
+
+async def test_steer_errors_are_typed_and_the_connection_goes_on(serve, transport):
+    name, open_conn = transport
+    server = await serve(name)
+    async with open_conn(server, None) as conn:
+        await conn.send(steer("resp_nope"))
+        failed = await asyncio.wait_for(conn.recv(), WAIT_S)
+        assert failed["type"] == "response.steer.failed" and failed["error"]["code"] == "response_not_found"
+        assert failed["steer"]["input"] == "Stop: answer in one word instead."  # the input is handed back
+        await conn.send(create(None, answer_tokens=2))
+        done = await _until_terminal(conn)
+        rid = done["response"]["id"]
+        await conn.send(steer(rid))
+        late = await asyncio.wait_for(conn.recv(), WAIT_S)
+        assert late["type"] == "response.steer.failed" and late["error"]["code"] == "response_already_completed"
+        for bad in (
+            steer(rid, stream_id="x"),  # no stream_id: the target decides the lane
+            steer(rid, [{"role": "assistant", "content": "no"}]),
+            steer(rid, []),
+            {"type": "response.steer", "input": "no target"},
+        ):
+            await conn.send(bad)
+            ev = await asyncio.wait_for(conn.recv(), WAIT_S)
+            assert ev["type"] == "response.steer.failed" and ev["error"]["code"] == "invalid_input", ev
+        await conn.send(create(None, answer_tokens=2))  # still serving
+        assert (await _until_terminal(conn))["type"] == "response.completed"
+
+
+async def test_steering_a_tool_call_waits_for_its_output_then_joins_the_continuation(serve, transport):
+    """A response that stops for the client's tool keeps the steering input: response.steer.pending after
+    response.completed names the call to answer, and the client's continuation gets the input prepended."""
+    name, open_conn = transport
+    server = await serve(name, profile="frontier")
+    tools = [
+        {
+            "type": "function",
+            "name": "read_file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        }
+    ]
+    async with open_conn(server, None) as conn:
+        meta = {"tool_calls": "1", "answer_tokens": "4"}
+        await conn.send(create("agent", input="read it", tools=tools, metadata=meta))
+        first = await asyncio.wait_for(conn.recv(), WAIT_S)
+        assert first["type"] == "response.created"
+        rid = first["response"]["id"]
+        await conn.send(steer(rid, "Also check the tests."))
+        seen = []
+        while not any(e["type"] == "response.steer.pending" for e in seen):
+            seen.append(await asyncio.wait_for(conn.recv(), WAIT_S))
+        kinds = [e["type"] for e in seen]
+        assert "response.steer.accepted" in kinds and kinds.index("response.completed") < kinds.index(
+            "response.steer.pending"
+        )
+        done = next(e for e in seen if e["type"] == "response.completed")["response"]
+        call = done["output"][0]
+        pending = seen[-1]
+        assert pending["reason"] == "waiting_for_required_input" and pending["stream_id"] == "agent"
+        assert pending["required_input"] == [
+            {"type": "function_call_output", "call_id": call["call_id"], "name": call["name"]}
+        ]
+        out = {"type": "function_call_output", "call_id": call["call_id"], "output": "file text"}
+        await conn.send(create("agent", input=[out], tools=tools, metadata=meta, previous_response_id=rid))
+        cont = await _until_terminal(conn)
+        assert cont["type"] == "response.completed" and cont["response"]["previous_response_id"] == rid
+        # the steering message went in ahead of the tool output: the continuation's context holds both
+        assert cont["response"]["usage"]["input_tokens"] > done["usage"]["input_tokens"] + 5

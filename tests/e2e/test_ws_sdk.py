@@ -184,3 +184,35 @@ async def test_sdk_ws_client_rollout_matches_the_ws_client(serve, connect):
     assert rec.error_code == "previous_response_not_found"
     rec, _ = await turn(sdk, {"model": "m", "input": "hi", "store": False, "metadata": {"tool_calls": "0"}})
     assert rec.success, rec.error
+
+
+async def test_sdk_steering_call_redirects_a_running_answer(serve):
+    """``conn.response.steer(...)`` as the SDK's users call it: the SDK parses the accepted event, the running
+    answer ends steered, and the successor the server starts by itself completes."""
+    server = await serve("ws", profile="frontier")
+    assert server.tls is not None
+    client = AsyncOpenAI(api_key="sk-none", base_url="https://unused.invalid/v1", websocket_base_url=server.url)
+    options = cast(Any, {"ssl": server.tls.client_ssl_context()})
+    async with client.responses.connect(websocket_connection_options=options) as conn:
+        await conn.response.create(
+            model="m", input="Write the long report.", store=False, metadata={"tool_calls": "0", "answer_tokens": "300"}
+        )
+        event = await conn.recv()
+        rid = cast(Any, event).response.id
+        while event.type != "response.output_text.delta":
+            event = await conn.recv()
+        await conn.response.steer(input="Make it one sentence.", previous_response_id=rid)
+        kinds: list[str] = []
+        successor: Any = None
+        while kinds.count("response.completed") + kinds.count("response.incomplete") < 2:
+            event = await conn.recv()
+            kinds.append(event.type)
+            if event.type == "response.steer.accepted":
+                assert cast(Any, event).steer.previous_response_id == rid
+            if event.type == "response.incomplete":
+                assert cast(Any, event).response.incomplete_details.reason == "steered"
+            if event.type == "response.created":
+                successor = cast(Any, event).response
+    assert "response.steer.accepted" in kinds and kinds[-1] == "response.completed"
+    assert successor is not None and successor.previous_response_id == rid
+    await client.close()
