@@ -326,9 +326,8 @@ class Connection:
         if last != "response.completed" and not ctl.stopped:  # failed, or cut by its timeout: nothing to continue
             for steer_id, items in ctl.steers:
                 ref = SteerRef(id=steer_id, previous_response_id=rid, input=items)
-                await self._steer_failed(
-                    ref, "successor_creation_failed", f"Response '{rid}' did not complete.", lane, sub
-                )
+                msg = f"Response '{rid}' did not complete."
+                await self._steer_failed(ref, "successor_creation_failed", msg, lane, ctl.encode or sub.encode)
             return None
         if ctl.calls and not ctl.stopped:  # it stopped for the client's tool: the steers wait for its output
             self._held_steers[rid] = ctl.steers
@@ -340,7 +339,7 @@ class Connection:
                     required_input=list(ctl.calls),
                     stream_id=lane,
                 )
-                await self.send(pending, sub.encode)
+                await self.send(pending, ctl.encode or sub.encode)
             return None
         # the successor: the steered response's settings, continued from it with the queued input
         successor = msgspec.structs.replace(
@@ -358,22 +357,23 @@ class Connection:
         problem = _steer_problem(members)
         try:
             if problem is not None:
-                await self._steer_failed(ref, "invalid_input", problem, lane, sub)
+                await self._steer_failed(ref, "invalid_input", problem, lane, sub.encode)
             elif target is None:
                 if isinstance(pid, str) and pid in self._finished:
                     msg = f"Response '{pid}' has completed and no longer accepts steering input."
-                    await self._steer_failed(ref, "response_already_completed", msg, lane, sub)
+                    await self._steer_failed(ref, "response_already_completed", msg, lane, sub.encode)
                 else:
                     msg = f"No response '{pid}' is running on this connection."
-                    await self._steer_failed(ref, "response_not_found", msg, lane, sub)
+                    await self._steer_failed(ref, "response_not_found", msg, lane, sub.encode)
             elif len(target[0].steers) >= MAX_PENDING_STEERS:
                 msg = f"Response '{pid}' already has {MAX_PENDING_STEERS} steering inputs pending."
-                await self._steer_failed(ref, "too_many_pending_steers", msg, lane, sub)
+                await self._steer_failed(ref, "too_many_pending_steers", msg, lane, sub.encode)
             else:
                 ctl = target[0]
                 steer_id = new_id("steer")
                 ctl.steers.append((steer_id, _as_items(members["input"])))
                 ctl.stop = True  # a message stops at the next token; a function call finishes (then: pending)
+                ctl.encode = sub.encode
                 accepted = SteerAccepted(
                     sequence_number=0, steer=SteerRef(id=steer_id, previous_response_id=str(pid)), stream_id=lane
                 )
@@ -381,9 +381,9 @@ class Connection:
         except ConnectionGone:
             pass
 
-    async def _steer_failed(self, ref: SteerRef, code: str, message: str, lane: str | None, sub: Submission) -> None:
+    async def _steer_failed(self, ref: SteerRef, code: str, message: str, lane: str | None, encode: Encode) -> None:
         failed = SteerFailed(sequence_number=0, steer=ref, error=SteerError(code=code, message=message), stream_id=lane)
-        await self.send(failed, sub.encode)
+        await self.send(failed, encode)
 
     async def _send_error(self, err: TurnbenchError, lane: str | None, sub: Submission) -> None:
         await self.send(ws_error_event(err, lane), sub.encode)

@@ -28,6 +28,7 @@ class SteerControl:
     stopped: bool = False  # the answer was cut short for the steer (it ends incomplete, reason "steered")
     response_id: str | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)  # its function calls: the required_input stubs
+    encode: Any = None  # the codec the steers came in (the steer events' own; a typed gRPC create has none)
 
 
 @dataclass(slots=True)

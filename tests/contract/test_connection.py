@@ -232,7 +232,8 @@ async def test_unknown_event_type_is_refused_on_its_lane_and_the_connection_goes
     name, open_conn = transport
     server = await serve(name)
     async with open_conn(server, None) as conn:
-        await conn.send({"type": "response.steer", "stream_id": "x", "previous_response_id": "resp_1", "input": []})
+        # response.inject is the beta multi-agent event: not served here
+        await conn.send({"type": "response.inject", "stream_id": "x", "response_id": "resp_1", "input": []})
         (err,) = await conn.response()
         assert err["error"]["code"] == "unknown_event_type" and err["error"]["param"] == "type"
         assert err["stream_id"] == "x" and err["status"] == 400

@@ -271,7 +271,7 @@ BAD_FRAMES = [
     pytest.param(create(input="x", frobnicate=1), "unknown_parameter", "frobnicate", id="unknown-field"),
     pytest.param(create(input=5), "invalid_request_error", "input", id="wrong-type"),
     pytest.param('{"model": "m", "input": "x"}', "invalid_request_error", "type", id="missing-type"),
-    pytest.param('{"type": "response.steer", "input": []}', "unknown_event_type", "type", id="unknown-event"),
+    pytest.param('{"type": "response.inject", "input": []}', "unknown_event_type", "type", id="unknown-event"),
     pytest.param(b'{"type": "response.create"}', "invalid_frame_type", None, id="binary-frame"),
     pytest.param(create(input="x", stream_id=""), "invalid_stream_id", "stream_id", id="empty-stream-id"),
 ]
