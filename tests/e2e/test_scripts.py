@@ -112,3 +112,10 @@ def test_warmup_prefills_the_first_turn() -> None:
     cold = float(re.search(r"cold \(one request\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     warm = float(re.search(r"warmed \(generate: false first\):\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     assert warm < cold, out
+
+
+def test_steer_bench_both_ways_reach_the_corrected_answer() -> None:
+    out = script("steer_bench.py", "--rounds", "1", "--answer-tokens", "200", "--after", "20")
+    rows = {line[:22].strip(): line.split()[-3:] for line in out.splitlines() if line.startswith(("steer ", "cancel"))}
+    assert set(rows) == {"steer", "cancel and re-create"}, out
+    assert all(float(v[1]) > 0 and float(v[2]) >= 20 for v in rows.values())
