@@ -194,12 +194,20 @@ class SafetyClassifier:
         self._lock = threading.Lock()  # checks run on worker threads too: rows are added one thread at a time
 
     def _rows(self, tokens: list[str]) -> tuple[_Vocab, _IDX]:
-        """Each token's row in the feature table (new tokens hashed and added), and the table they index."""
+        """Each token's row in the feature table (new tokens hashed and added), and the table they index.
+
+        A text of more than ``VOCAB_MAX / 4`` tokens gets a table of its own: the shared one is neither reset
+        by it nor locked while it is hashed (a 10 MB request would hold the lock for seconds, and every small
+        request's check with one new token would wait for it)."""
+        if len(tokens) > VOCAB_MAX // 4:
+            own = _Vocab(capacity=1 << 16)
+            known = own.index
+            return own, np.array([known[t] if t in known else own.add(t, self._weights) for t in tokens], np.intp)
         vocab = self._vocab
         index = vocab.index
         rows = [index.get(t, -1) for t in tokens]
         if -1 in rows:
-            with self._lock:
+            with self._lock:  # at most VOCAB_MAX / 4 tokens: a few ms
                 if len(self._vocab.index) + len(tokens) > VOCAB_MAX:
                     self._vocab = _Vocab()
                 vocab = self._vocab

@@ -194,6 +194,12 @@ def test_the_token_feature_table_changes_no_verdict(monkeypatch: pytest.MonkeyPa
     small = SafetyClassifier()
     assert [small.check(t).score for t in texts] == pytest.approx(cold, abs=1e-9)
     assert len(small._vocab.index) <= 600
+    monkeypatch.setattr(safety, "VOCAB_MAX", 1200)  # 400-token texts are now "huge": a table of their own
+    big = SafetyClassifier()
+    big.check("warm the shared table")
+    before = dict(big._vocab.index)
+    assert [big.check(t).score for t in texts] == pytest.approx(cold, abs=1e-9)
+    assert big._vocab.index == before  # neither reset nor grown by them
     shared = SafetyClassifier()
     got: dict[int, list[float]] = {}
 
