@@ -217,6 +217,7 @@ def _with_turns(w: Workload, n: int) -> Workload:
 def validate(model: Mapping[str, Any], runs: Sequence[Path]) -> pd.DataFrame:
     """Predicted vs measured median rollout time for every concurrency-1 cell of ``runs`` that the model
     covers; columns: run, cell, measured_ms, predicted_ms, error_pct."""
+    from clients.agent import Toolbox
     from loadtests.rundir import RunDir
     from turnbench.engine.sim import get_profile
 
@@ -233,15 +234,24 @@ def validate(model: Mapping[str, Any], runs: Sequence[Path]) -> pd.DataFrame:
                 continue
             scen = (run.meta.get("scenarios") or {}).get(c["scenario"]) or {}
             tok_s = get_profile(c["profile"]).tok_s
-            w = Workload(
-                turns=int(rc["n_turns"].median()),
-                tool_output_kb=float(scen.get("tool_output_bytes", 4096)) / 1024.0,
-                gap_ms=float(rc["tool_ms"].median()) / max(1, int(rc["n_turns"].median()) - 1),
-                tok_s=tok_s if math.isfinite(tok_s) else 1e9,
-                answer_tokens=int(scen.get("answer_tokens", 64)),
-                rtt_ms=float(c.get("rtt_ms") or 0.0),
-            )
-            pred = predict(model, w)[key]["rollout_ms"]
+            turns = int(rc["n_turns"].median())
+            preds = []
+            for rid in rc["rollout_id"]:  # each rollout's own tool output sizes: its toolbox is seeded by its index
+                box = Toolbox(
+                    output_bytes=int(scen.get("tool_output_bytes", 4096)),
+                    output_sigma=float(scen.get("tool_output_sigma", 0.0)),
+                    seed=int(scen.get("seed", 0)) * 100_003 + int(rid),
+                )
+                w = Workload(
+                    turns=turns,
+                    sizes_kb=tuple(box.target_bytes(k) / 1024.0 for k in range(turns - 1)),
+                    gaps_ms=tuple([float(rc["tool_ms"].median()) / max(1, turns - 1)] * (turns - 1)),
+                    tok_s=tok_s if math.isfinite(tok_s) else 1e9,
+                    answer_tokens=int(scen.get("answer_tokens", 64)),
+                    rtt_ms=float(c.get("rtt_ms") or 0.0),
+                )
+                preds.append(predict(model, w)[key]["rollout_ms"])
+            pred = float(np.median(preds))
             measured = float(rc["rollout_ms"].median())
             rows.append(
                 {

@@ -52,7 +52,7 @@ def test_stream_floor_measures_every_library() -> None:
 
 def test_capacity_at_one_and_two_workers(tmp_path: Path) -> None:
     script(
-        "capacity.py", "--transports", "ws", "--workers", "1,2", "--rates", "4", "--rollouts", "3",
+        "capacity.py", "--transports", "ws", "--workers", "1,2", "--rates", "4", "--rollouts", "3", "--duration-s", "1",
         "--concurrency", "2", "--out", str(tmp_path),
     )  # fmt: skip
     data = json.loads((tmp_path / "capacity.json").read_text())
