@@ -36,16 +36,25 @@ def read_samples(paths: Iterable[str | Path]) -> list[RolloutResult]:
     return out
 
 
-def merge(prefix: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """The turns and rollouts of every ``<prefix>.<pid>`` file, and the files read."""
+def _end_ns(r: RolloutResult) -> int:
+    """When a rollout's last turn ended, on the host's monotonic clock (every process of a host shares it)."""
+    return max((t.t_send_ns + int((t.turn_ms or 0.0) * 1e6) for t in r.turns), default=0)
+
+
+def merge(prefix: str | Path, *, until_ns: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The turns and rollouts of every ``<prefix>.<pid>`` file, and the files read. ``until_ns``: only the
+    rollouts finished by then (``time.perf_counter_ns()`` of this host: a worker that outlived its master
+    must not add rollouts the run did not count)."""
     files = sorted(glob.glob(f"{glob.escape(str(prefix))}.*"))
     rollouts = read_samples(files)
+    if until_ns is not None:
+        rollouts = [r for r in rollouts if _end_ns(r) <= until_ns]
     return turns_frame(t for r in rollouts for t in r.turns), rollouts_frame(rollouts), files
 
 
-def write_merged(prefix: str | Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_merged(prefix: str | Path, out: Path, *, until_ns: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`merge`, written as ``out/turns.{parquet,jsonl}`` and ``out/rollouts.{parquet,jsonl}``."""
-    turns, rollouts, _ = merge(prefix)
+    turns, rollouts, _ = merge(prefix, until_ns=until_ns)
     write_samples(turns, out / "turns")
     write_samples(rollouts, out / "rollouts")
     return turns, rollouts

@@ -17,11 +17,15 @@ time. Output in ``--out``: ``<transport>_stats.csv``, ``<transport>.html``, ``<t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,19 +56,38 @@ def run_transport(transport: str, args: argparse.Namespace, out: Path, workdir: 
         "--csv", str(out / transport), "--html", str(out / f"{transport}.html"), "--only-summary",
         f"{''.join(p.capitalize() for p in transport.split('-'))}User",
     ]  # fmt: skip
+    log = out / f"{transport}-locust.log"
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False)
+        with log.open("wb") as fh:  # a file, not a pipe: a worker that outlives the master must not hang us
+            master = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            returncode = master.wait()
+            until_ns = time.perf_counter_ns()  # rollouts that ended after the master stopped are not the run's
+            for _ in range(100):  # the workers quit with the master; give them 10 s, then end them
+                if not _alive(master.pid):
+                    break
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(master.pid, signal.SIGKILL)
     finally:
         code = stop_endpoints({transport: ep})[transport]
-    turns, rollouts = write_merged(prefix, out / transport)
+    turns, rollouts = write_merged(prefix, out / transport, until_ns=until_ns)
     table = summary(turns, rollouts, seconds(args.run_time))
     return {
         "transport": transport,
-        "locust_exit": done.returncode,
+        "locust_exit": returncode,
         "server_exit": code,
         "rows": table.to_dict("records"),
-        "stderr_tail": done.stderr[-2000:] if done.returncode else "",
+        "stderr_tail": log.read_text(errors="replace")[-2000:] if returncode else "",
     }
+
+
+def _alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (a gRPC worker may outlive its master)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
