@@ -74,7 +74,7 @@ def measure(args: argparse.Namespace, workers: int, out: Path) -> list[dict[str,
         run = runner.run(config, cells)
         print_warnings(run, sys.stdout)
         achieved = _achieved(run)
-        for c in run.summary["cells"].values():
+        for cid, c in run.summary["cells"].items():
             ttft = c["metrics"].get("ttft_ms") or {}
             rows.append(
                 {
@@ -85,7 +85,7 @@ def measure(args: argparse.Namespace, workers: int, out: Path) -> list[dict[str,
                     "rate_rps": c["arrival_rate_rps"],
                     "concurrency": c["concurrency"],
                     "rollouts_per_s": c.get("rollouts_per_s"),
-                    "achieved_rps": achieved.get(c["cell"]),
+                    "achieved_rps": achieved.get(cid),
                     "ttft_p50_ms": ttft.get("p50"),
                     "ttft_p99_ms": ttft.get("p99"),
                     "failed": c["failed_rollouts"],
