@@ -280,6 +280,21 @@ def decode_stored(blob: bytes) -> StoredResponse:
     return stored
 
 
+def _set_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another process holds the file: switching the journal
+    mode fails at once with "database is locked" instead of waiting out the busy timeout, and the ``--workers``
+    processes all open the same new store and usage files together at start-up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class _SQLite:
     """One connection per thread, WAL mode: readers never block the writer, across processes too."""
 
@@ -299,7 +314,7 @@ class _SQLite:
             if not self.uri:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False, uri=self.uri)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
             conn.executescript(self._schema)
             self._local.conn = conn
