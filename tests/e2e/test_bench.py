@@ -94,7 +94,12 @@ def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> 
     assert all(ch["reference_cpu_ms"] > 0 for ch in run.chunks)
     baseline = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 0)
     unchanged = gate.gate_metrics(run, cpu_ref_ms=ref, keep=lambda df: df["rollout_id"] % 2 == 1)
-    table, passed = gate.judge(unchanged, baseline)
+    # halves of one short run (https/full: 1 and 2 rollouts) are noisier than a whole run against a baseline:
+    # with two CPU hogs beside make test, one half's rollout ratio read +31% and its speed factor 0.77 (which
+    # divides the whole-chunk process CPU both halves share). The gate's own false-fail rate against a baseline
+    # is measured by scripts/gate_rates.py; here the unchanged half gets double tolerances on those two kinds
+    loose = {**gate.TOLERANCES, "ratio": 2 * gate.TOLERANCES["ratio"], "process": 2 * gate.TOLERANCES["process"]}
+    table, passed = gate.judge(unchanged, baseline, loose)
     assert passed, gate.format_judgement(table)
     slowed = gate.gate_metrics(run, cpu_ref_ms=ref, variant="burn-render")
     table, passed = gate.judge(slowed, baseline)
