@@ -14,8 +14,8 @@ request was due (open loop) or ``t_send`` (closed loop).
 - ``ttfb_ms``: send -> first event of any kind (lifecycle events such as ``response.created`` count).
 - ``ttft_ms``: send -> first *content* delta (:data:`~turnbench.schema.CONTENT_DELTA_TYPES`).
 - ``itl_ms``: gaps between consecutive content deltas.
-- ``turn_ms``: send -> terminal event (:data:`~turnbench.schema.TERMINAL_TYPES`), or -> the failure if the
-  turn failed first.
+- ``turn_ms``: send -> terminal event (:data:`~turnbench.schema.TERMINAL_TYPES`, or option A's pause,
+  ``response.done``: :data:`~turnbench.schema.TURN_END_TYPES`), or -> the failure if the turn failed first.
 - ``latency_ms``: scheduled -> terminal, so ``latency_ms == queue_ms + turn_ms``.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from turnbench.schema import CONTENT_DELTA_TYPES, TERMINAL_TYPES, StageStat
+from turnbench.schema import CONTENT_DELTA_TYPES, TURN_END_TYPES, StageStat
 
 __all__ = ["MALFORMED_EVENT", "MALFORMED_RESPONSE", "RolloutResult", "TurnRecorder", "TurnResult"]
 
@@ -207,7 +207,7 @@ class TurnRecorder:
         if not isinstance(event, Mapping):
             self.fail(f"event is not a JSON object: {event!r:.80}", MALFORMED_EVENT, t_ns=t)
             return {}
-        if kind not in TERMINAL_TYPES:
+        if kind not in TURN_END_TYPES:
             return None
         if kind == "error":
             inner = event.get("error")
@@ -258,7 +258,7 @@ class TurnRecorder:
             else:
                 self.itl_ms.append(_ms(t - self.t_last_delta_ns))
             self.t_last_delta_ns = t
-        elif event_type in TERMINAL_TYPES:
+        elif event_type in TURN_END_TYPES:
             self.t_terminal_ns = t
             if event_type in _FAILURE_TYPES and self.success:
                 self.success = False

@@ -7,7 +7,10 @@
 
 Each request is answered in the codec it came in: typed ``ServerEvent`` messages, or the json codec (the
 WebSocket server's JSON objects in ``ServerEvent.json``). Messages are (de)serialized here, not by grpc, so
-the protobuf decode is timed into the ``parse`` stage and the json codec's envelope costs a few bytes.
+the protobuf decode is timed into the ``parse`` stage and the json codec's envelope costs a few bytes. A
+``response.steer`` (``Connect`` only) comes in either codec too: a typed ``ClientEvent.steer`` is handed to the
+connection as the JSON event's members, checked there as over WebSocket, and answered with typed
+``steer_accepted|pending|failed`` events.
 
 Errors: a refused request (an undecodable message included) is an in-stream ``error`` event in the WebSocket
 error shape, and a ``Connect`` stream keeps serving. A call ends with a gRPC status (:func:`abort`: the
@@ -37,15 +40,15 @@ from servers.base import RunningServer
 from turnbench.auth import check_api_key
 from turnbench.connection import Connection, ConnectionGone, ConnectionSet, Encode, Submission
 from turnbench.errors import InvalidRequestError, TurnbenchError, as_turnbench_error, unknown_event_type
-from turnbench.prepared import ParsedRequest
+from turnbench.prepared import Append, ParsedRequest
 from turnbench.schema import Event, WsErrorEvent, encode
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
 from turnbench.tls import TLSMaterial
 from turnbench.transports import GRPC
 from turnbench.v1 import responses_pb2 as pb
-from turnbench.v1.convert import event_to_proto, request_from_proto
-from turnbench.v1.convert_request import bytes_field
+from turnbench.v1.convert import ServerEventStruct, event_to_proto, request_from_proto, steer_from_proto
+from turnbench.v1.convert_request import bytes_field, input_from_proto
 
 __all__ = ["ERROR_CODE_KEY", "SERVICE", "ResponsesServicer", "abort", "encode_json", "encode_typed", "start"]
 
@@ -55,12 +58,12 @@ ERROR_CODE_KEY = "turnbench-error-code"  # trailing metadata: the Responses erro
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-def encode_typed(ev: Event | WsErrorEvent) -> bytes:
-    """One event as a serialized typed ``ServerEvent``."""
+def encode_typed(ev: ServerEventStruct) -> bytes:
+    """One event (a response's, an error, a steer's answer) as a serialized typed ``ServerEvent``."""
     return event_to_proto(ev).SerializeToString()
 
 
-def encode_json(ev: Event | WsErrorEvent) -> bytes:
+def encode_json(ev: ServerEventStruct) -> bytes:
     """One event as ``ServerEvent{json: <the WebSocket JSON object>}``, framed by hand (no message object)."""
     return bytes_field(16, encode(ev))  # ServerEvent.json is field 16
 
@@ -113,8 +116,24 @@ class ResponsesServicer:
             return self._json(event.json, len(raw), decode_ns, connection=connection)
         if kind == "create":
             return self._typed(event.create, len(raw), decode_ns)
+        if kind == "steer":
+            if not connection:  # CreateJson: one stateless request, no running response to steer
+                return Submission.refused(unknown_event_type("response.steer"), encode_typed)
+            return Submission.steering(steer_from_proto(event.steer), encode_typed)
+        if kind == "append":
+            if not connection:  # CreateJson: no long response runs on a stateless call
+                return Submission.refused(unknown_event_type("response.append"), encode_typed)
+            m = event.append
+            value = input_from_proto(m)
+            append = self.service.append_from(
+                m.response_id, [] if value is None else value, nbytes=len(raw), parse_ns=(decode_ns, decode_ns)
+            )
+            return Submission.appending(append, encode_typed)
         return Submission.refused(
-            InvalidRequestError("The ClientEvent carries no request (set 'create' or 'json').", "event"), encode_typed
+            InvalidRequestError(
+                "The ClientEvent carries no request (set 'create', 'steer', 'append' or 'json').", "event"
+            ),
+            encode_typed,
         )
 
     def create_submission(self, raw: bytes) -> Submission:
@@ -132,6 +151,9 @@ class ResponsesServicer:
                 event = self.service.parse_client_event(payload)
                 if isinstance(event, dict):  # response.steer: the json codec carries WebSocket mode's events
                     return Submission.steering(event, encode_json)
+                if isinstance(event, Append):  # option A's response.append
+                    event.timer.add("parse", wall_ns=decode_ns, cpu_ns=decode_ns)
+                    return Submission.appending(event, encode_json)
                 parsed = event
             else:
                 parsed = self.service.parse(payload)

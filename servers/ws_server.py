@@ -34,6 +34,7 @@ from turnbench import errors
 from turnbench.auth import check_api_key
 from turnbench.connection import Connection, ConnectionGone, ConnectionSet, Ending, Submission
 from turnbench.errors import InvalidRequestError, TurnbenchError, as_turnbench_error
+from turnbench.prepared import Append
 from turnbench.schema import encode
 from turnbench.service import ResponsesService
 from turnbench.settings import Settings
@@ -87,6 +88,8 @@ def submission(frame: str | bytes, service: ResponsesService) -> Submission:
         parsed = service.parse_client_event(frame)
         if isinstance(parsed, dict):
             return Submission.steering(parsed, encode)
+        if isinstance(parsed, Append):
+            return Submission.appending(parsed, encode)
         return Submission.of(parsed, encode)
     except TurnbenchError as err:
         return Submission.refused(err, encode)

@@ -41,12 +41,14 @@ import msgspec
 
 from turnbench.errors import (
     ConnectionLimitError,
+    InvalidRequestError,
+    NotFoundError,
     QueueFullError,
     ServiceUnavailableError,
     TurnbenchError,
     as_turnbench_error,
 )
-from turnbench.prepared import ParsedRequest, SteerControl
+from turnbench.prepared import Append, ParsedRequest, SteerControl
 from turnbench.schema import (
     Event,
     ResponseCreated,
@@ -89,10 +91,15 @@ class Submission:
     error: TurnbenchError | None = None
     stream_id: str | None = None
     steer: dict[str, Any] | None = None  # a ``response.steer`` event's members (validated by the connection)
+    append: Append | None = None  # option A's ``response.append``
 
     @classmethod
     def steering(cls, members: dict[str, Any], encode: Encode) -> Submission:
         return cls(None, encode, None, None, members)
+
+    @classmethod
+    def appending(cls, append: Append, encode: Encode) -> Submission:
+        return cls(None, encode, None, None, None, append)
 
     @classmethod
     def of(cls, parsed: ParsedRequest, encode: Encode) -> Submission:
@@ -222,6 +229,12 @@ class Connection:
         if sub.steer is not None:
             self._spawn(self._steer(sub))
             return
+        if sub.append is not None:
+            self._spawn(self._append(sub.append, sub))
+            return
+        if sub.error is not None and not sub.error.in_lane:
+            self._spawn(self._send_now(sub.error, sub))
+            return
         if self._refuse is not None and sub.error is None:
             sub = Submission(None, sub.encode, self._refuse(), sub.stream_id)
         elif sub.request is not None:
@@ -261,7 +274,10 @@ class Connection:
             lock = self.session.lane(lane, self.settings.max_lanes)
             async with lock:
                 if sub.request is None:
-                    await self._send_error(sub.error or _shutting_down(), lane, sub)
+                    err = sub.error or _shutting_down()
+                    if err.previous_response_id and self.session.cache is not None:  # refused while decoding
+                        self.session.cache.evict_on_lane(err.previous_response_id, lane)
+                    await self._send_error(err, lane, sub)
                     return
                 async with self._slots:
                     parsed, sub.request = sub.request, None  # running now: out of the queue's count
@@ -288,7 +304,7 @@ class Connection:
             parsed = await self._respond_one(parsed, lane, sub)
 
     async def _respond_one(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> ParsedRequest | None:
-        ctl = parsed.control = SteerControl()
+        ctl = parsed.control = SteerControl(long=parsed.request.long_response)
         held = self._held_steers.pop(parsed.request.previous_response_id or "", None)
         if held:  # steering input left pending on the parent: prepended, in submission order
             parsed.request.input = [i for _, items in held for i in items] + _as_items(parsed.request.input)
@@ -316,6 +332,7 @@ class Connection:
             if not err.request_scoped:
                 self._end(Ending("error", err))
         finally:
+            _abandon_append(ctl)
             if rid is not None:
                 self._active.pop(rid, None)
                 self._finished[rid] = None
@@ -365,6 +382,9 @@ class Connection:
                 else:
                     msg = f"No response '{pid}' is running on this connection."
                     await self._steer_failed(ref, "response_not_found", msg, lane, sub.encode)
+            elif target[0].long:
+                msg = f"Response '{pid}' is a long response (option A): continue it with response.append."
+                await self._steer_failed(ref, "invalid_input", msg, lane, sub.encode)
             elif len(target[0].steers) >= MAX_PENDING_STEERS:
                 msg = f"Response '{pid}' already has {MAX_PENDING_STEERS} steering inputs pending."
                 await self._steer_failed(ref, "too_many_pending_steers", msg, lane, sub.encode)
@@ -380,6 +400,35 @@ class Connection:
                 await self.send(accepted, sub.encode)
         except ConnectionGone:
             pass
+
+    async def _append(self, append: Append, sub: Submission) -> None:
+        """Option A's ``response.append``: hand the input to the paused long response it names and wait until
+        that response took it (sampling resumes: nothing to answer) or refused it: then an ``error`` event on
+        the response's lane, and the response stays paused for a valid append."""
+        rid = append.response_id
+        target = self._active.get(rid)
+        lane = target[1] if target is not None else None
+        err: Exception | None
+        if target is None or not target[0].long:
+            err = NotFoundError(f"No long response '{rid}' is running on this connection.", "response_id")
+            err.code = "response_not_found"  # type: ignore[misc]
+        elif target[0].waiting is None or target[0].waiting.done():
+            err = InvalidRequestError(
+                f"Response '{rid}' is not paused at a tool call: send response.append after its response.done.",
+                "response_id",
+                code="response_not_paused",
+            )
+        else:
+            append.reply = asyncio.get_running_loop().create_future()
+            target[0].waiting.set_result(append)
+            err = await append.reply
+        if err is not None:
+            with contextlib.suppress(ConnectionGone):
+                await self._send_error(as_turnbench_error(err), lane, sub)
+
+    async def _send_now(self, err: TurnbenchError, sub: Submission) -> None:
+        with contextlib.suppress(ConnectionGone):
+            await self._send_error(err, None, sub)
 
     async def _steer_failed(self, ref: SteerRef, code: str, message: str, lane: str | None, encode: Encode) -> None:
         failed = SteerFailed(sequence_number=0, steer=ref, error=SteerError(code=code, message=message), stream_id=lane)
@@ -409,6 +458,17 @@ FINISHED_KEPT = 4096
 """Finished response ids a connection remembers, to tell ``response_already_completed`` from ``not_found``."""
 _STEER_MEMBERS = frozenset({"type", "previous_response_id", "input"})
 _STEER_PARTS = frozenset({"input_text", "input_image", "input_file"})
+
+
+def _abandon_append(ctl: SteerControl) -> None:
+    """A long response ended (completed, failed, cancelled) while an append it was handed waited for its
+    answer: the append is refused, so its sender is answered and its task ends."""
+    waiting = ctl.waiting
+    if waiting is None or not waiting.done() or waiting.cancelled():
+        return
+    reply = waiting.result().reply
+    if reply is not None and not reply.done():
+        reply.set_result(ServiceUnavailableError("The response ended before this response.append was applied."))
 
 
 def _as_items(value: Any) -> list[dict[str, Any]]:

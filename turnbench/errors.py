@@ -49,6 +49,8 @@ class TurnbenchError(Exception):
         self.param = param
         self.stream_id: str | None = None
         self.error_id: str | None = None
+        self.in_lane = True  # False: the refusal of a control event (response.append), answered at once
+        self.previous_response_id: str | None = None  # a refused continuation's parent (spec a.5 eviction)
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
 

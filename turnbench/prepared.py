@@ -7,6 +7,7 @@ importing each other.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,13 +16,30 @@ from turnbench.pipeline import StageTimer
 from turnbench.schema import InputItem, Response, ResponseCreate
 from turnbench.state import ConversationRecord, Session
 
-__all__ = ["Options", "ParsedRequest", "Prepared", "SteerControl"]
+__all__ = ["Append", "Options", "ParsedRequest", "Prepared", "SteerControl"]
+
+
+@dataclass(slots=True)
+class Append:
+    """Option A's ``response.append``, parsed: the paused response it names, the raw input, its parse timings
+    (the next segment's stages start with them) and size. The connection sets ``reply`` before handing it to
+    that response, which resolves it with None (accepted: sampling resumes) or the error that refused it (the
+    response stays paused)."""
+
+    response_id: str
+    input: str | list[dict[str, Any]]
+    timer: StageTimer
+    nbytes: int
+    reply: asyncio.Future[Exception | None] | None = None
 
 
 @dataclass(slots=True)
 class SteerControl:
     """A connection's hold on one of its running responses (``response.steer``): the steering input queued for
-    it (id, items) and whether its decoding stops at the next token; ``generate`` fills in how it ended."""
+    it (id, items) and whether its decoding stops at the next token; ``generate`` fills in how it ended.
+
+    Option A: ``long`` marks a long response; while it is paused at a tool call, ``waiting`` is the future
+    the connection resolves with the :class:`Append` that resumes it (None while it samples)."""
 
     steers: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     stop: bool = False
@@ -29,6 +47,8 @@ class SteerControl:
     response_id: str | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)  # its function calls: the required_input stubs
     encode: Any = None  # the codec the steers came in (the steer events' own; a typed gRPC create has none)
+    long: bool = False
+    waiting: asyncio.Future[Append] | None = None
 
 
 @dataclass(slots=True)

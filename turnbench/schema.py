@@ -86,6 +86,9 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     type: str | None = None
     stream_id: str | None = None
     generate: bool = True
+    # option A (seed article; never shipped): the whole rollout is this one response, paused at each tool call
+    # (``response.done``) until the client's ``response.append``. Persistent connections only.
+    long_response: bool = False
     # accepted and ignored: real Responses parameters the SDKs may send (background and text are acted on; a
     # test reads the installed SDK's responses.create signature, so a new parameter fails a test, not a user)
     access_programs: Any = None
@@ -320,6 +323,22 @@ class ResponseIncomplete(_Event, tag="response.incomplete"):
     response: Response
 
 
+class ResponseDone(_Event, tag="response.done"):
+    """Option A: a long response paused at its tool call(s), waiting for ``response.append``. ``response``:
+    status ``requires_action``, its ``output`` this segment's items only, its usage and stages the segment's."""
+
+    response: Response
+
+
+class ResponseAppend(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Option A's client event: the tool outputs (any input items) appended to the paused response
+    ``response_id``, which then resumes sampling."""
+
+    type: str
+    response_id: str
+    input: str | list[dict[str, Any]]
+
+
 class OutputItemAdded(_Event, tag="response.output_item.added"):
     output_index: int
     item: OutputItem
@@ -439,14 +458,7 @@ class SteerPending(msgspec.Struct, kw_only=True, tag_field="type", tag="response
 
 
 _steer_decoder = msgspec.json.Decoder(ResponseSteer)
-
-
-def decode_steer(payload: bytes | str) -> ResponseSteer:
-    """Decode a ``response.steer`` event; raise :class:`InvalidRequestError` (code ``invalid_input``)."""
-    try:
-        return _steer_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"Invalid response.steer: {exc}", None, code="invalid_input") from exc
+_append_decoder = msgspec.json.Decoder(ResponseAppend)
 
 
 def ws_error_event(err: TurnbenchError, stream_id: str | None = None) -> WsErrorEvent:
@@ -464,6 +476,7 @@ Event: TypeAlias = (
     | ResponseCompleted
     | ResponseFailed
     | ResponseIncomplete
+    | ResponseDone
     | OutputItemAdded
     | OutputItemDone
     | ContentPartAdded
@@ -477,6 +490,8 @@ Event: TypeAlias = (
 TERMINAL_EVENTS = (ResponseCompleted, ResponseFailed, ResponseIncomplete, ErrorEvent)
 CONTENT_DELTA_TYPES = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
 TERMINAL_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+TURN_END_TYPES = TERMINAL_TYPES | {"response.done"}
+"""Events that end a client's turn: the terminal ones, and option A's pause (the response goes on)."""
 
 # ---------------------------------------------------------------------------------------------- codec
 
@@ -493,8 +508,21 @@ def encode(obj: Any) -> bytes:
 
 def decode_request(payload: bytes | str) -> ResponseCreate:
     """Decode a ``response.create`` body; raise :class:`InvalidRequestError` naming the bad ``param``."""
+    request: ResponseCreate = _decode_checked(_request_decoder, payload, "request")
+    return request
+
+
+def decode_append(payload: bytes | str) -> ResponseAppend:
+    """Decode option A's ``response.append``; raise :class:`InvalidRequestError` naming the bad member."""
+    append: ResponseAppend = _decode_checked(_append_decoder, payload, "response.append")
+    return append
+
+
+def _decode_checked(decoder: msgspec.json.Decoder[Any], payload: bytes | str, what: str) -> Any:
+    """``decoder.decode(payload)``, every failure an :class:`InvalidRequestError`: an unknown member is
+    ``unknown_parameter`` naming it, a missing or mistyped one names its path, bad JSON is ``invalid_json``."""
     try:
-        return _request_decoder.decode(payload)
+        return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         unknown = re.search(r"unknown field `([^`]+)`", msg)
@@ -508,7 +536,7 @@ def decode_request(payload: bytes | str) -> ResponseCreate:
             param: str | None = f"{where}.{m.group(1)}" if where else m.group(1)
         else:
             param = where or None
-        raise InvalidRequestError(f"Invalid request: {msg}", param) from exc
+        raise InvalidRequestError(f"Invalid {what}: {msg}", param) from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequestError(
             f"We could not parse the JSON body of your request. ({exc})", None, code="invalid_json"
@@ -530,6 +558,7 @@ class _Envelope(msgspec.Struct):
 
     type: Any = None
     stream_id: Any = None
+    previous_response_id: Any = None
 
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
@@ -547,14 +576,14 @@ def input_item_view(item: Any, fallback_id: str) -> dict[str, Any]:
     return view
 
 
-def peek_envelope(payload: bytes | str) -> tuple[Any, Any]:
-    """``(type, stream_id)`` of an event that failed to decode as a request, best effort (``None`` where
-    unreadable). Error path only: msgspec skips the other members without building them."""
+def peek_envelope(payload: bytes | str) -> tuple[Any, Any, Any]:
+    """``(type, stream_id, previous_response_id)`` of an event that failed to decode as a request, best effort
+    (``None`` where unreadable). Error path only: msgspec skips the other members without building them."""
     try:
         env = _envelope_decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
-        return None, None
-    return env.type, env.stream_id
+        return None, None, None
+    return env.type, env.stream_id, env.previous_response_id
 
 
 def request_from_builtins(obj: dict[str, Any]) -> ResponseCreate:

@@ -49,7 +49,7 @@ from turnbench.errors import (
 )
 from turnbench.pipeline import StageTimer
 from turnbench.post import PostWriter
-from turnbench.prepared import Options, ParsedRequest, Prepared
+from turnbench.prepared import Append, Options, ParsedRequest, Prepared, SteerControl
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
     Event,
@@ -63,12 +63,14 @@ from turnbench.schema import (
     ResponseCompleted,
     ResponseCreate,
     ResponseCreated,
+    ResponseDone,
     ResponseFailed,
     ResponseIncomplete,
     ResponseInProgress,
     StageStat,
     TurnbenchExt,
     Usage,
+    decode_append,
     decode_request,
     input_item_view,
     item_text,
@@ -158,14 +160,17 @@ class ResponsesService:
         ``response.create`` body flat beside ``"type": "response.create"``.
 
         Raises: :class:`InvalidRequestError` with ``stream_id`` set to the lane the event named (if it could be
-        read), so the error is answered in that lane's order; ``unknown_event_type`` for another ``type``.
+        read), so the error is answered in that lane's order, and ``previous_response_id`` to the parent it
+        named (a refused same-lane continuation evicts it, spec a.5); ``unknown_event_type`` for another ``type``.
         """
         try:
             parsed = self.parse(payload)
         except InvalidRequestError as exc:
-            kind, stream_id = peek_envelope(payload)  # error path only: a skip-scan of two members
+            kind, stream_id, parent = peek_envelope(payload)  # error path only: a skip-scan of three members
             err = unknown_event_type(kind) if kind != "response.create" and isinstance(kind, str) else exc
             err.stream_id = stream_id if isinstance(stream_id, str) else None
+            if err is exc and isinstance(parent, str):
+                err.previous_response_id = parent
             if err is exc:
                 raise
             raise err from exc
@@ -176,16 +181,41 @@ class ResponsesService:
             raise err
         return parsed
 
-    def parse_client_event(self, payload: bytes | str) -> ParsedRequest | dict[str, Any]:
-        """:meth:`parse_event`, or for a ``response.steer`` event its members, as sent (the connection that
-        holds the response it names checks them and answers with ``response.steer.accepted|failed``)."""
+    def parse_client_event(self, payload: bytes | str) -> ParsedRequest | Append | dict[str, Any]:
+        """:meth:`parse_event`; for option A's ``response.append`` the parsed :class:`Append` (its parse stage
+        timed from the first attempt on); for a ``response.steer`` event its members, as sent (the connection
+        that holds the response it names checks them and answers with ``response.steer.accepted|failed``).
+
+        Raises: :class:`InvalidRequestError` (``invalid_request_error`` naming the member for a malformed
+        append)."""
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         try:
             return self.parse_event(payload)
         except InvalidRequestError as exc:
-            if exc.code != "unknown_event_type" or peek_envelope(payload)[0] != "response.steer":
+            if exc.code != "unknown_event_type":
+                raise
+            kind = peek_envelope(payload)[0]
+            if kind == "response.append":
+                try:
+                    append = decode_append(payload)
+                except InvalidRequestError as bad:
+                    bad.in_lane = False  # an append joins a paused response: it waits behind no lane
+                    raise
+                wall, cpu = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
+                return self.append_from(append.response_id, append.input, nbytes=len(payload), parse_ns=(wall, cpu))
+            if kind != "response.steer":
                 raise
             members: dict[str, Any] = msgspec.json.decode(payload)  # valid JSON: the envelope was read
             return members
+
+    def append_from(
+        self, response_id: str, value: str | list[dict[str, Any]], *, nbytes: int, parse_ns: tuple[int, int]
+    ) -> Append:
+        """Option A's ``response.append``, decoded (``parse_ns``: the decode's wall and CPU time, the next
+        segment's ``parse`` stage)."""
+        timer = self._timer()
+        timer.add("parse", wall_ns=parse_ns[0], cpu_ns=parse_ns[1], items=1)
+        return Append(response_id, value, timer, nbytes)
 
     def parse_obj(self, obj: dict[str, Any], *, nbytes: int = 0, decode_ns: int = 0) -> ParsedRequest:
         """``parse`` for codecs that decoded already (gRPC): ``decode_ns`` is their decode time."""
@@ -448,6 +478,13 @@ class ResponsesService:
                 raise InvalidRequestError(
                     "Background responses need store=true: they are retrieved by id.", "store", code="invalid_value"
                 )
+        if req.long_response and not session.connection:
+            raise InvalidRequestError(
+                "long_response (option A: one response for the whole rollout) needs a persistent connection: "
+                "WebSocket mode or gRPC Connect.",
+                "long_response",
+                code="unsupported_parameter",
+            )
         return Options(
             knobs=Knobs.parse(metadata, self.knob_defaults),
             choice=ToolChoice.parse(req.tool_choice, tools),
@@ -480,6 +517,10 @@ class ResponsesService:
     async def generate(self, p: Prepared) -> AsyncGenerator[Event, None]:
         """``response.created`` … ``prefill``, ``decode`` … the terminal event, then ``post``.
 
+        A long response (option A, ``long_response``) is several segments: at each function call it yields
+        ``response.done`` and waits for the connection's ``response.append`` (:meth:`_resume`), then prefills
+        what was appended and samples on, until an answer ends it; ``post`` runs once, at the end.
+
         Never raises for the request's own sake: an engine failure ends the stream with ``response.failed``.
         A consumer that stops early must ``aclose()`` it (:meth:`respond` does): the engine stops and the
         parent is evicted.
@@ -489,6 +530,7 @@ class ResponsesService:
         seq = 0
         resp = p.response
         sid = req.stream_id
+        ctl = p.control
 
         def snap(**kw: Any) -> Response:
             return msgspec.structs.replace(resp, **kw)
@@ -499,51 +541,86 @@ class ResponsesService:
         seq += 1
         outputs: list[OutputItem] = []
         status = "completed"
-        output_tokens = 0
+        items, tokens, call_ids = p.items, p.tokens, p.call_ids
+        totals = [0, 0, 0]  # a long response's input, cached and output tokens over its segments
         try:
-            await timer.inject("prefill")
-            w0 = time.perf_counter_ns()
             kv_in = p.parent.kv if (p.state == "connection" and p.parent is not None) else None
-            pre = await self.engine.prefill(p.tokens, kv_in, use_cache=s.prefix_cache)
-            timer.add("prefill", wall_ns=time.perf_counter_ns() - w0, tokens=pre.computed_tokens)
-            if req.generate:
-                await timer.inject("decode")
-                c0 = time.thread_time_ns()
-                limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
-                o = p.options
-                plan = plan_output(
-                    p.items, p.tools, o.knobs, choice=o.choice, text_format=o.text_format, max_words=limit
-                )
-                pieces = split_pieces(self.tokenizer, plan.content)
-                if len(pieces) > limit:
-                    pieces, status = pieces[:limit], "incomplete"
-                timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
-                ctl = p.control
-                emitted: list[int] = []
-                if ctl is not None:
-                    ctl.response_id = resp.id
-                    if plan.kind == "function_call":
-                        ctl.calls = [{"type": "function_call_output", "call_id": plan.call_id, "name": plan.name}]
+            while True:
+                first = len(outputs)
+                await timer.inject("prefill")
                 w0 = time.perf_counter_ns()
-                async for ev in stream_item(
-                    self.engine,
-                    plan,
-                    pieces,
-                    pre.kv,
-                    seq=seq,
-                    stream_id=sid,
-                    outputs=outputs,
-                    tokens_per_chunk=s.tokens_per_chunk,
-                    coalesce=s.coalesce_tokens,
-                    stop=(lambda: ctl.stop) if ctl is not None else None,
-                    emitted=emitted,
-                ):
-                    seq = ev.sequence_number + 1
-                    yield ev
-                output_tokens = sum(emitted)
-                if ctl is not None and output_tokens < len(pieces):  # cut short at a steer's request
-                    ctl.stopped, status = True, "incomplete"
-                timer.add("decode", wall_ns=time.perf_counter_ns() - w0, tokens=output_tokens)
+                pre = await self.engine.prefill(tokens, kv_in, use_cache=s.prefix_cache)
+                timer.add("prefill", wall_ns=time.perf_counter_ns() - w0, tokens=pre.computed_tokens)
+                output_tokens, kind = 0, "message"
+                if req.generate:
+                    await timer.inject("decode")
+                    c0 = time.thread_time_ns()
+                    limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
+                    o = p.options
+                    plan = plan_output(
+                        items, p.tools, o.knobs, choice=o.choice, text_format=o.text_format, max_words=limit
+                    )
+                    kind = plan.kind
+                    pieces = split_pieces(self.tokenizer, plan.content)
+                    if len(pieces) > limit:
+                        pieces, status = pieces[:limit], "incomplete"
+                    timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
+                    emitted: list[int] = []
+                    if ctl is not None:
+                        ctl.response_id = resp.id
+                        if plan.kind == "function_call":
+                            ctl.calls = [{"type": "function_call_output", "call_id": plan.call_id, "name": plan.name}]
+                    w0 = time.perf_counter_ns()
+                    async for ev in stream_item(
+                        self.engine,
+                        plan,
+                        pieces,
+                        pre.kv,
+                        seq=seq,
+                        stream_id=sid,
+                        outputs=outputs,
+                        tokens_per_chunk=s.tokens_per_chunk,
+                        coalesce=s.coalesce_tokens,
+                        stop=(lambda: ctl.stop) if ctl is not None else None,
+                        emitted=emitted,
+                        output_index=first,
+                    ):
+                        seq = ev.sequence_number + 1
+                        yield ev
+                    output_tokens = sum(emitted)
+                    if ctl is not None and output_tokens < len(pieces):  # cut short at a steer's request
+                        ctl.stopped, status = True, "incomplete"
+                    timer.add("decode", wall_ns=time.perf_counter_ns() - w0, tokens=output_tokens)
+                segment = (len(tokens), pre.cached_tokens, output_tokens)
+                totals = [t + x for t, x in zip(totals, segment, strict=True)]
+                if not (req.long_response and ctl is not None and kind == "function_call" and status == "completed"):
+                    break
+                # option A: pause at the tool call; the appended input resumes this same response
+                with timer.stage("post") as st:  # what the next segment continues from (B: the cache record)
+                    out_items = [output_as_input(o) for o in outputs[first:]]
+                    items = [*items, *out_items]
+                    tokens = [*tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
+                    call_ids = call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)}
+                    st.items += len(out_items)
+                paused = snap(
+                    status="requires_action",
+                    output=outputs[first:],
+                    usage=_usage(*segment),
+                    turnbench=TurnbenchExt(
+                        stages=timer.snapshot(),
+                        state="connection",
+                        engine=self.engine.name,
+                        prefill_tokens=pre.computed_tokens,
+                    ),
+                )
+                loop = asyncio.get_running_loop()
+                ctl.waiting = loop.create_future()
+                yield ResponseDone(sequence_number=seq, stream_id=sid, response=paused)
+                seq += 1
+                timer, new_items, new_tokens = await self._resume(p, ctl, call_ids, len(tokens))
+                items, tokens = [*items, *new_items], [*tokens, *new_tokens]
+                call_ids = call_ids | pipeline.call_ids_of(new_items)
+                kv_in = pre.kv
         except (asyncio.CancelledError, GeneratorExit):
             self._evict_parent(req, session)
             raise
@@ -558,15 +635,10 @@ class ResponsesService:
             )
             return
 
-        usage = Usage(
-            input_tokens=len(p.tokens),
-            input_tokens_details=InputTokensDetails(cached_tokens=pre.cached_tokens),
-            output_tokens=output_tokens,
-            output_tokens_details=OutputTokensDetails(),
-            total_tokens=len(p.tokens) + output_tokens,
-        )
+        usage = _usage(*totals)
         with timer.stage("post") as st:  # the in-memory part of post: caching is on the critical path
-            record = self._record(req, p, snap(status=status, output=outputs, usage=usage), pre.kv)
+            response = snap(status=status, output=outputs, usage=usage)
+            record = self._record(req, p, response, pre.kv, items, tokens, first, call_ids)
             if session.cache is not None:
                 session.cache.put(record)
             st.items += 1
@@ -576,9 +648,7 @@ class ResponsesService:
             if req.store
             else None
         )
-        row = UsageRow(
-            resp.id, req.model, session.transport, p.state, len(p.tokens), pre.cached_tokens, output_tokens, status
-        )
+        row = UsageRow(resp.id, req.model, session.transport, p.state, totals[0], totals[1], totals[2], status)
         # post overlaps the next request only where connection state lets the next request start without
         # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
         # its response ends, as the seed article describes. A store=true chain still waits for the write.
@@ -595,37 +665,119 @@ class ResponsesService:
             ),
         )
         if status == "incomplete":
-            steered = p.control is not None and p.control.stopped
+            steered = ctl is not None and ctl.stopped
             final.incomplete_details = {"reason": "steered" if steered else "max_output_tokens"}
             yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
         else:
             yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
 
-    def _record(self, req: ResponseCreate, p: Prepared, response: Response, kv: KVHandle) -> ConversationRecord:
-        out_items: list[InputItem] = [output_as_input(o) for o in response.output]
-        items = [*p.items, *out_items]
+    async def _resume(
+        self, p: Prepared, ctl: SteerControl, call_ids: frozenset[str], context_tokens: int
+    ) -> tuple[StageTimer, list[InputItem], list[int]]:
+        """Option A: wait (``ctl.waiting``) for the ``response.append`` that resumes a paused long response and
+        check it (:meth:`_check_append`). A refused append is answered with its error (``reply``) and the
+        response waits for the next. Returns: the next segment's timer (from the append's parse on), the
+        appended items and their tokens."""
+        while True:
+            assert ctl.waiting is not None
+            append = await ctl.waiting
+            try:
+                new_items, new_tokens = await self._check_append(append, call_ids, context_tokens)
+            except TurnbenchError as err:
+                ctl.waiting = asyncio.get_running_loop().create_future()
+                _answer(append, err)
+                continue
+            ctl.waiting = None
+            _answer(append, None)
+            return append.timer, new_items, new_tokens
+
+    async def _check_append(
+        self, append: Append, call_ids: frozenset[str], context_tokens: int
+    ) -> tuple[list[InputItem], list[int]]:
+        """What a continuation's new input goes through, on an append: validate, call ids, safety and render of
+        the increment only, timed into the append's own stages. Raises: the :class:`TurnbenchError` that
+        refuses it."""
+        s, timer, raw = self.settings, append.timer, append.input
+        if isinstance(raw, list) and len(raw) > s.max_input_items:
+            raise InvalidRequestError(
+                f"Invalid 'input': array too long ({len(raw)} items; at most {s.max_input_items}).",
+                "input",
+                code="array_above_max_length",
+            )
+        await timer.inject("validate")
+
+        def validate() -> list[InputItem]:
+            with timer.stage("validate") as st:
+                return pipeline.validate_items(raw, st)
+
+        new_items = await self._cpu(append.nbytes, validate)
+        with timer.stage("validate"):
+            pipeline.check_call_ids(new_items, call_ids)
+        texts = [item_text(i) for i in new_items]
+        weight = sum(map(len, texts)) + ITEM_WEIGHT_BYTES * len(texts)
+        await timer.inject("safety")
+
+        def safety() -> None:
+            with timer.stage("safety") as st:
+                pipeline.safety_check(self.safety, texts, st)
+
+        await self._cpu(weight, safety)
+        await timer.inject("render")
+
+        def render() -> list[int]:
+            with timer.stage("render") as st:
+                return pipeline.render_items(self.tokenizer, new_items, st)
+
+        new_tokens = await self._cpu(weight, render)
+        total = context_tokens + len(new_tokens)
+        if total > s.max_context_tokens:
+            raise InvalidRequestError(
+                f"Your input exceeds the context window of this model ({total:,} tokens; at most "
+                f"{s.max_context_tokens:,}). Please adjust your input and try again.",
+                "input",
+                code="context_length_exceeded",
+            )
+        return new_items, new_tokens
+
+    def _record(
+        self,
+        req: ResponseCreate,
+        p: Prepared,
+        response: Response,
+        kv: KVHandle,
+        items: list[InputItem],
+        tokens: list[int],
+        first: int,
+        call_ids: frozenset[str],
+    ) -> ConversationRecord:
+        """The conversation after ``response``, for the connection cache and the store: ``items`` and
+        ``tokens`` are the context its last segment was sampled from (a plain response: the request's), whose
+        output, ``response.output[first:]``, follows them."""
+        out_items: list[InputItem] = [output_as_input(o) for o in response.output[first:]]
+        known = p.items[: len(p.items) - len(p.new_items)]
         base = (
             p.parent.nbytes
             if (p.state == "connection" and p.parent is not None)
-            else sum(len(msgspec.json.encode(i)) for i in p.items[: len(p.items) - len(p.new_items)])
+            else sum(len(msgspec.json.encode(i)) for i in known)
         )
-        nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in out_items)
-        tokens: list[int] | None = None
+        later = items[len(p.items) :]  # a long response's earlier segments: outputs and appended input
+        nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in [*later, *out_items])
+        cached: list[int] | None = None
         if self.settings.token_cache:
-            tokens = [*p.tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
-            nbytes += 8 * len(tokens)
+            cached = [*tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
+            nbytes += 8 * len(cached)
         return ConversationRecord(
             response=response,
-            items=items,
+            items=[*items, *out_items],
             tools=p.tools,
             instructions=req.instructions,
-            tokens=tokens,
+            tokens=cached,
             tools_key=p.tools_key,
             route=p.route,
             kv=kv,
             lane=req.stream_id,
             nbytes=nbytes,
-            call_ids=p.call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
+            call_ids=call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
         )
 
     # ------------------------------------------------------------------------------------------ misc
@@ -684,3 +836,19 @@ class ResponsesService:
         self.engine.close()
         self.store.close()
         self.usage.close()
+
+
+def _usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> Usage:
+    return Usage(
+        input_tokens=input_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens),
+        output_tokens=output_tokens,
+        output_tokens_details=OutputTokensDetails(),
+        total_tokens=input_tokens + output_tokens,
+    )
+
+
+def _answer(append: Append, error: Exception | None) -> None:
+    """Resolve an append's ``reply``: None (it resumed the response) or the error that refused it."""
+    if append.reply is not None and not append.reply.done():
+        append.reply.set_result(error)

@@ -52,27 +52,31 @@ async def stream_item(
     coalesce: int = 0,
     stop: Callable[[], bool] | None = None,
     emitted: list[int] | None = None,
+    output_index: int = 0,
 ) -> AsyncIterator[Event]:
     """Yield one output item's events from ``seq`` on; append the finished item to ``outputs``. ``stop``: a
     message ends early (after the delta in flight) once it returns true, its text what was sent (a steered
-    response; a function call always finishes); ``emitted`` collects the tokens of each delta sent."""
+    response; a function call always finishes); ``emitted`` collects the tokens of each delta sent;
+    ``output_index``: the item's place in the response's output (a long response's later segments)."""
     sid, tpc = stream_id, tokens_per_chunk
     if plan.kind == "function_call":
         fid = new_id("fc")
         item: OutputItem = OutputFunctionCall(
             id=fid, call_id=plan.call_id, name=plan.name, arguments="", status="in_progress"
         )
-        yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=0, item=item)
+        yield OutputItemAdded(sequence_number=seq, stream_id=sid, output_index=output_index, item=item)
         seq += 1
         async for chunk in engine.decode(kv, pieces, tokens_per_chunk=tpc, coalesce=coalesce):
             yield FunctionCallArgumentsDelta(
-                sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, delta=chunk.text
+                sequence_number=seq, stream_id=sid, item_id=fid, output_index=output_index, delta=chunk.text
             )
             seq += 1
             if emitted is not None:
                 emitted.append(len(chunk.token_ids))
         args = "".join(t for _, t in pieces)
-        yield FunctionCallArgumentsDone(sequence_number=seq, stream_id=sid, item_id=fid, output_index=0, arguments=args)
+        yield FunctionCallArgumentsDone(
+            sequence_number=seq, stream_id=sid, item_id=fid, output_index=output_index, arguments=args
+        )
         seq += 1
         done: OutputItem = OutputFunctionCall(
             id=fid, call_id=plan.call_id, name=plan.name, arguments=args, status="completed"
@@ -82,12 +86,17 @@ async def stream_item(
         yield OutputItemAdded(
             sequence_number=seq,
             stream_id=sid,
-            output_index=0,
+            output_index=output_index,
             item=OutputMessage(id=mid, status="in_progress", content=[]),
         )
         seq += 1
         yield ContentPartAdded(
-            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text="")
+            sequence_number=seq,
+            stream_id=sid,
+            item_id=mid,
+            output_index=output_index,
+            content_index=0,
+            part=OutputText(text=""),
         )
         seq += 1
         sent: list[str] = []
@@ -96,7 +105,7 @@ async def stream_item(
                 sequence_number=seq,
                 stream_id=sid,
                 item_id=mid,
-                output_index=0,
+                output_index=output_index,
                 content_index=0,
                 delta=chunk.text,
                 logprobs=[],
@@ -109,13 +118,24 @@ async def stream_item(
                 break  # the engine's generator is closed here: no token is made past the steer
         text = "".join(sent)
         yield OutputTextDone(
-            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, text=text, logprobs=[]
+            sequence_number=seq,
+            stream_id=sid,
+            item_id=mid,
+            output_index=output_index,
+            content_index=0,
+            text=text,
+            logprobs=[],
         )
         seq += 1
         yield ContentPartDone(
-            sequence_number=seq, stream_id=sid, item_id=mid, output_index=0, content_index=0, part=OutputText(text=text)
+            sequence_number=seq,
+            stream_id=sid,
+            item_id=mid,
+            output_index=output_index,
+            content_index=0,
+            part=OutputText(text=text),
         )
         seq += 1
         done = OutputMessage(id=mid, status="completed", content=[OutputText(text=text)])
     outputs.append(done)
-    yield OutputItemDone(sequence_number=seq, stream_id=sid, output_index=0, item=done)
+    yield OutputItemDone(sequence_number=seq, stream_id=sid, output_index=output_index, item=done)

@@ -151,6 +151,16 @@ TRANSPORTS: Mapping[str, Transport] = MappingProxyType(
                 summary="WebSocket mode (websockets), one persistent connection, connection-local cache",
             ),
             Transport(
+                "ws-long",
+                WS,
+                "clients.ws_long_client:WsLongClient",
+                ("connection",),
+                raw=False,
+                summary="option A over WebSocket mode: the whole rollout one long response, paused at each tool "
+                "call (response.done) and resumed by response.append; the design the seed article says was not "
+                "shipped",
+            ),
+            Transport(
                 "grpc",
                 GRPC,
                 "clients.grpc_client:GrpcClient",

@@ -34,7 +34,7 @@ from turnbench.v1.convert import EVENT_TYPES
 WAIT_S = 20 * TIMEOUT_FACTOR
 """The most one read may wait: past it the server hangs (a slow machine is far below it)."""
 
-TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete", "error", "response.steer.failed"})
 CLASS_NAME = re.compile(
     r"Traceback \(most recent call last\)|File \"[^\"]*\.py\"|<class '[^']*'>"
     r"|\b[A-Z][A-Za-z0-9]*(?:Error|Exception|Exit|Interrupt)\b|\b(?:StopIteration|StopAsyncIteration|GeneratorExit)\b"

@@ -22,6 +22,7 @@ from turnbench.v1 import codegen
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import (
     EVENT_TYPES,
+    ServerEventStruct,
     Unrepresentable,
     body_to_proto,
     event_from_proto,
@@ -133,6 +134,7 @@ EVENTS: dict[type, st.SearchStrategy[Any]] = {
             s.ResponseCompleted,
             s.ResponseFailed,
             s.ResponseIncomplete,
+            s.ResponseDone,
         )
     },
     **{
@@ -157,6 +159,26 @@ EVENTS: dict[type, st.SearchStrategy[Any]] = {
         error=st.builds(s.WsErrorDetail, type=TEXT, code=OPT_TEXT, message=TEXT, param=OPT_TEXT),
     ),
 }
+# a steer's handed-back input: typed items, or anything a refused steer held (JSON text then)
+STEER_INPUT = st.none() | TEXT | st.lists(st.one_of(*INPUT_ITEMS.values()).map(to_builtins) | JSON_OBJECT, max_size=3)
+EVENTS[s.SteerAccepted] = st.builds(
+    s.SteerAccepted, steer=st.builds(s.SteerRef, id=TEXT, previous_response_id=TEXT), **HEAD
+)
+EVENTS[s.SteerPending] = st.builds(
+    s.SteerPending,
+    steer=st.builds(s.SteerRef, id=TEXT, previous_response_id=TEXT),
+    reason=TEXT,
+    required_input=st.lists(
+        st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": TEXT, "name": TEXT}), max_size=2
+    ),
+    **HEAD,
+)
+EVENTS[s.SteerFailed] = st.builds(
+    s.SteerFailed,
+    steer=st.builds(s.SteerRef, id=OPT_TEXT, previous_response_id=TEXT, input=STEER_INPUT),
+    error=st.builds(s.SteerError, code=TEXT, message=TEXT, type=TEXT),
+    **HEAD,
+)
 
 REQUEST = st.builds(
     s.ResponseCreate,
@@ -202,7 +224,7 @@ def test_check_notices_a_changed_proto(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_every_event_and_item_kind_has_a_strategy_and_a_proto_field() -> None:
-    assert set(EVENTS) == set(get_args(s.Event)) | {s.WsErrorEvent}
+    assert set(EVENTS) == set(get_args(ServerEventStruct)) >= set(get_args(s.Event)) | {s.WsErrorEvent}
     assert set(INPUT_ITEMS) == set(get_args(s.InputItem))
     assert set(OUTPUT_ITEMS) == set(get_args(s.OutputItem))
     oneof = {f.name for f in pb.ServerEvent.DESCRIPTOR.oneofs_by_name["event"].fields}

@@ -99,7 +99,7 @@ def test_migration_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     out = capsys.readouterr().out
     assert "## Migration cost" in out and "Official SDK user" in out
     data = orjson.loads((tmp_path / "m.json").read_bytes())
-    assert [c["transport"] for c in data["clients"]] == ["ws", "grpc", "grpc-json"]
+    assert [c["transport"] for c in data["clients"]] == ["ws", "grpc", "grpc-json", "ws-long"]
     assert data["runtime"] is None and "not measured" in out.lower()
 
 

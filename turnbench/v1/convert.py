@@ -3,16 +3,16 @@
 Requests (``body_to_proto``, ``request_to_proto``, ``request_from_proto``) live in
 :mod:`turnbench.v1.convert_request` and are re-exported here. Events travel as the core's structs:
 :func:`event_to_proto` on the server, :func:`event_from_proto` on the client (and :func:`event_type` when
-only the JSON ``type`` is needed: the hot path of a client). Free-form JSON values (tool ``parameters``, an
-object ``tool_choice``, annotations, logprobs) are JSON text in the proto. ``Response.error`` and
-``incomplete_details`` are typed as the Responses API defines them (``{code, message}``, ``{reason}``): the
-only shapes the core emits.
+only the JSON ``type`` is needed: the hot path of a client), the steering answers (``response.steer.*``)
+included. Free-form JSON values (tool ``parameters``, an object ``tool_choice``, annotations, logprobs) are
+JSON text in the proto. ``Response.error`` and ``incomplete_details`` are typed as the Responses API defines
+them (``{code, message}``, ``{reason}``): the only shapes the core emits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -37,10 +37,16 @@ from turnbench.schema import (
     Response,
     ResponseCompleted,
     ResponseCreated,
+    ResponseDone,
     ResponseFailed,
     ResponseIncomplete,
     ResponseInProgress,
     StageStat,
+    SteerAccepted,
+    SteerError,
+    SteerFailed,
+    SteerPending,
+    SteerRef,
     TurnbenchExt,
     Usage,
     WsErrorDetail,
@@ -52,13 +58,18 @@ from turnbench.v1.convert_request import (
     body_to_proto,
     choice_from_proto,
     choice_to_proto,
+    input_from_proto,
+    input_to_proto,
     json_text,
     request_from_proto,
     request_to_proto,
+    steer_from_proto,
+    steer_to_proto,
 )
 
 __all__ = [
     "EVENT_TYPES",
+    "ServerEventStruct",
     "Unrepresentable",
     "body_to_proto",
     "event_from_proto",
@@ -68,6 +79,8 @@ __all__ = [
     "request_to_proto",
     "response_from_proto",
     "response_to_proto",
+    "steer_from_proto",
+    "steer_to_proto",
 ]
 
 _json_decode = msgspec.json.decode
@@ -78,6 +91,7 @@ EVENT_TYPES: dict[str, str] = {
     "completed": "response.completed",
     "failed": "response.failed",
     "incomplete": "response.incomplete",
+    "done": "response.done",
     "output_item_added": "response.output_item.added",
     "output_item_done": "response.output_item.done",
     "content_part_added": "response.content_part.added",
@@ -88,8 +102,14 @@ EVENT_TYPES: dict[str, str] = {
     "function_call_arguments_done": "response.function_call_arguments.done",
     "error": "error",
     "ws_error": "error",
+    "steer_accepted": "response.steer.accepted",
+    "steer_pending": "response.steer.pending",
+    "steer_failed": "response.steer.failed",
 }
 """``ServerEvent`` oneof name → the event's JSON ``type``."""
+
+ServerEventStruct: TypeAlias = Event | WsErrorEvent | SteerAccepted | SteerPending | SteerFailed
+"""Every struct a typed ``ServerEvent`` carries: a response's events, the connection's error, the steer answers."""
 
 
 # ---------------------------------------------------------------------------------------------- response
@@ -309,10 +329,46 @@ def _ws_error(ev: WsErrorEvent, se: pb.ServerEvent) -> None:
         m.error.param = ev.error.param
 
 
+def _steer_ref_to_proto(ref: SteerRef, out: pb.SteerRef) -> None:
+    """The handed-back ``input`` is typed when it comes back from the proto exactly, else JSON text: it may be
+    what was refused (an empty item, one missing its content)."""
+    out.previous_response_id = ref.previous_response_id
+    if ref.id is not None:
+        out.id = ref.id
+    if ref.input is None:
+        return
+    try:
+        input_to_proto(ref.input, out)
+        if input_from_proto(out) == ref.input:
+            return
+    except Unrepresentable:
+        pass
+    out.json = json_text(ref.input)  # a oneof: replaces whatever was set
+
+
+def _steer_accepted(ev: SteerAccepted, se: pb.ServerEvent) -> None:
+    _steer_ref_to_proto(ev.steer, _head(ev, se.steer_accepted).steer)
+
+
+def _steer_pending(ev: SteerPending, se: pb.ServerEvent) -> None:
+    m = _head(ev, se.steer_pending)
+    _steer_ref_to_proto(ev.steer, m.steer)
+    m.reason = ev.reason
+    for stub in ev.required_input:  # {type: "function_call_output", call_id, name}
+        m.required_input.add(call_id=stub["call_id"], name=stub["name"])
+
+
+def _steer_failed(ev: SteerFailed, se: pb.ServerEvent) -> None:
+    m = _head(ev, se.steer_failed)
+    _steer_ref_to_proto(ev.steer, m.steer)
+    m.error.code, m.error.message, m.error.type = ev.error.code, ev.error.message, ev.error.type
+
+
 _TO_PROTO: dict[type, _ToProto] = {
     ResponseCreated: _lifecycle("created"),
     ResponseInProgress: _lifecycle("in_progress"),
     ResponseCompleted: _lifecycle("completed"),
+    ResponseDone: _lifecycle("done"),
     ResponseFailed: _lifecycle("failed"),
     ResponseIncomplete: _lifecycle("incomplete"),
     OutputItemAdded: _item_event("output_item_added"),
@@ -325,10 +381,13 @@ _TO_PROTO: dict[type, _ToProto] = {
     FunctionCallArgumentsDone: _args_done,
     ErrorEvent: _stream_error,
     WsErrorEvent: _ws_error,
+    SteerAccepted: _steer_accepted,
+    SteerPending: _steer_pending,
+    SteerFailed: _steer_failed,
 }
 
 
-def event_to_proto(ev: Event | WsErrorEvent) -> pb.ServerEvent:
+def event_to_proto(ev: ServerEventStruct) -> pb.ServerEvent:
     """One core event as a typed ``ServerEvent``."""
     se = pb.ServerEvent()
     _TO_PROTO[type(ev)](ev, se)
@@ -343,11 +402,13 @@ def _common(m: Any) -> dict[str, Any]:
     return {"sequence_number": m.sequence_number, "stream_id": _opt(m, "stream_id")}
 
 
-_FromProto = Callable[[Any], Event | WsErrorEvent]
+_FromProto = Callable[[Any], ServerEventStruct]
 
 
 def _lifecycle_from(
-    cls: type[ResponseCreated | ResponseInProgress | ResponseCompleted | ResponseFailed | ResponseIncomplete],
+    cls: type[
+        ResponseCreated | ResponseInProgress | ResponseCompleted | ResponseFailed | ResponseIncomplete | ResponseDone
+    ],
 ) -> _FromProto:
     return lambda m: cls(**_common(m), response=response_from_proto(m.response))
 
@@ -366,10 +427,27 @@ def _part_from(cls: type[ContentPartAdded | ContentPartDone]) -> _FromProto:
     )
 
 
+def _steer_ref_from_proto(m: pb.SteerRef) -> SteerRef:
+    value = _json_decode(m.json) if m.WhichOneof("input") == "json" else input_from_proto(m)
+    return SteerRef(id=_opt(m, "id"), previous_response_id=m.previous_response_id, input=value)
+
+
+def _steer_pending_from(m: pb.SteerPending) -> SteerPending:
+    return SteerPending(
+        **_common(m),
+        steer=_steer_ref_from_proto(m.steer),
+        reason=m.reason,
+        required_input=[
+            {"type": "function_call_output", "call_id": r.call_id, "name": r.name} for r in m.required_input
+        ],
+    )
+
+
 _FROM_PROTO: dict[str, _FromProto] = {
     "created": _lifecycle_from(ResponseCreated),
     "in_progress": _lifecycle_from(ResponseInProgress),
     "completed": _lifecycle_from(ResponseCompleted),
+    "done": _lifecycle_from(ResponseDone),
     "failed": _lifecycle_from(ResponseFailed),
     "incomplete": _lifecycle_from(ResponseIncomplete),
     "output_item_added": _item_from(OutputItemAdded),
@@ -407,6 +485,13 @@ _FROM_PROTO: dict[str, _FromProto] = {
             type=m.error.type, code=_opt(m.error, "code"), message=m.error.message, param=_opt(m.error, "param")
         ),
     ),
+    "steer_accepted": lambda m: SteerAccepted(**_common(m), steer=_steer_ref_from_proto(m.steer)),
+    "steer_pending": _steer_pending_from,
+    "steer_failed": lambda m: SteerFailed(
+        **_common(m),
+        steer=_steer_ref_from_proto(m.steer),
+        error=SteerError(code=m.error.code, message=m.error.message, type=m.error.type),
+    ),
 }
 
 
@@ -416,7 +501,7 @@ def event_type(se: pb.ServerEvent) -> str | None:
     return None if kind is None or kind == "json" else EVENT_TYPES[kind]
 
 
-def event_from_proto(se: pb.ServerEvent) -> Event | WsErrorEvent:
+def event_from_proto(se: pb.ServerEvent) -> ServerEventStruct:
     """A typed ``ServerEvent`` as the core's struct. Raises ``ValueError`` for the json variant or none."""
     kind = se.WhichOneof("event")
     if kind is None or kind == "json":

@@ -1,9 +1,11 @@
-"""The request half of :mod:`turnbench.v1.convert`: a ``response.create`` body ↔ ``CreateRequest``.
+"""The request half of :mod:`turnbench.v1.convert`: a ``response.create`` body ↔ ``CreateRequest``, and a
+``response.steer`` event ↔ ``SteerRequest``.
 
 Requests travel as JSON-shaped builtins, because that is what the core's ``parse`` stage takes
 (:meth:`ResponsesService.parse_obj`): :func:`body_to_proto` / :func:`request_to_proto` on the client,
 :func:`request_from_proto` on the server. Unset proto fields are left out of the dict, so the core applies
-its own defaults (``store`` true, ``tool_choice`` "auto", …).
+its own defaults (``store`` true, ``tool_choice`` "auto", …). A ``SteerRequest`` becomes the members of the
+JSON ``response.steer`` event (:func:`steer_from_proto`), which the connection checks as it checks that event.
 
 :func:`body_to_proto` is strict: a body the typed schema cannot carry *exactly* (an unknown parameter, a
 value of the wrong type, an item kind the proto does not know, a missing required field) raises
@@ -23,7 +25,17 @@ from turnbench.errors import InvalidRequestError
 from turnbench.schema import ResponseCreate
 from turnbench.v1 import responses_pb2 as pb
 
-__all__ = ["Unrepresentable", "body_to_proto", "json_text", "request_from_proto", "request_to_proto"]
+__all__ = [
+    "Unrepresentable",
+    "body_to_proto",
+    "input_from_proto",
+    "input_to_proto",
+    "json_text",
+    "request_from_proto",
+    "request_to_proto",
+    "steer_from_proto",
+    "steer_to_proto",
+]
 
 
 def _json_text(text: str, param: str) -> Any:
@@ -39,7 +51,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 # parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
 # parameters the typed schema does not carry: left null they are dropped, set they send the body as JSON
 _IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any) | {"background"}
-_BOOLS = ("store", "stream", "parallel_tool_calls", "generate")
+_BOOLS = ("store", "stream", "parallel_tool_calls", "generate", "long_response")
 _REQUIRED = {
     "message": ("role", "content"),
     "function_call": ("call_id", "name", "arguments"),
@@ -238,6 +250,30 @@ def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
     return d
 
 
+def input_to_proto(v: object, out: pb.CreateRequest | pb.SteerRequest | pb.SteerRef | pb.AppendRequest) -> None:
+    """An ``input`` (a string: one user message; or a list of items) into ``out``'s ``input`` oneof."""
+    if type(v) is str:
+        out.text = v
+    elif isinstance(v, list):
+        out.items.SetInParent()
+        for raw in v:
+            item_to_proto(raw, out.items.items.add())
+    else:
+        raise Unrepresentable("input: expected a string or a list")
+
+
+def input_from_proto(
+    m: pb.CreateRequest | pb.SteerRequest | pb.SteerRef | pb.AppendRequest,
+) -> str | list[dict[str, Any]] | None:
+    """``m``'s ``input`` oneof as the core takes it: the text, a list of item dicts, or None when unset."""
+    which = m.WhichOneof("input")
+    if which == "text":
+        return m.text
+    if which == "items":
+        return [item_from_proto(i) for i in m.items.items]
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- request
 
 
@@ -253,14 +289,7 @@ def body_to_proto(body: Mapping[str, Any]) -> pb.CreateRequest:
         if key == "model":
             out.model = _str(v, "model")
         elif key == "input":
-            if type(v) is str:
-                out.text = v
-            elif isinstance(v, list):
-                out.items.SetInParent()
-                for raw in v:
-                    item_to_proto(raw, out.items.items.add())
-            else:
-                raise Unrepresentable("input: expected a string or a list")
+            input_to_proto(v, out)
         elif key == "tools":
             if not isinstance(v, list):
                 raise Unrepresentable("tools: expected a list")
@@ -295,11 +324,8 @@ def request_to_proto(req: ResponseCreate) -> pb.CreateRequest:
 def request_from_proto(req: pb.CreateRequest) -> dict[str, Any]:
     """A typed ``CreateRequest`` as the builtins :meth:`ResponsesService.parse_obj` takes."""
     d: dict[str, Any] = {"model": req.model}
-    which = req.WhichOneof("input")
-    if which == "text":
-        d["input"] = req.text
-    elif which == "items":
-        d["input"] = [item_from_proto(i) for i in req.items.items]
+    if (value := input_from_proto(req)) is not None:
+        d["input"] = value
     if req.tools:
         d["tools"] = [tool_from_proto(t) for t in req.tools]
     if req.HasField("tool_choice"):
@@ -322,6 +348,38 @@ def request_from_proto(req: pb.CreateRequest) -> dict[str, Any]:
         d["parallel_tool_calls"] = req.parallel_tool_calls
     if req.HasField("generate"):
         d["generate"] = req.generate
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- steer
+
+
+def steer_to_proto(event: Mapping[str, Any]) -> pb.SteerRequest:
+    """A ``response.steer`` event (JSON-shaped builtins, ``type`` optional) as a typed ``SteerRequest``.
+
+    Raises: :class:`Unrepresentable` when the typed schema cannot carry it exactly (send it as JSON then).
+    """
+    if not isinstance(event, Mapping) or event.get("type", "response.steer") != "response.steer":
+        raise Unrepresentable("event: expected a response.steer object")
+    out = pb.SteerRequest()
+    for key, v in event.items():
+        if key == "previous_response_id":
+            out.previous_response_id = _str(v, key)
+        elif key == "input":
+            input_to_proto(v, out)
+        elif key != "type":
+            raise Unrepresentable(f"response.steer.{key}: no typed field")
+    if "previous_response_id" not in event:
+        raise Unrepresentable("response.steer.previous_response_id: missing")  # "" would name no response
+    return out
+
+
+def steer_from_proto(steer: pb.SteerRequest) -> dict[str, Any]:
+    """A typed ``SteerRequest`` as the members of the JSON ``response.steer`` event, which the connection
+    validates (an empty or absent input, a non-user item: ``invalid_input``, as over WebSocket)."""
+    d: dict[str, Any] = {"type": "response.steer", "previous_response_id": steer.previous_response_id}
+    if (value := input_from_proto(steer)) is not None:
+        d["input"] = value
     return d
 
 

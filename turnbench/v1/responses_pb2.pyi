@@ -36,23 +36,35 @@ class ClientEvent(_message.Message):
 
     CREATE_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
+    STEER_FIELD_NUMBER: _builtins.int
+    APPEND_FIELD_NUMBER: _builtins.int
     json: _builtins.str
-    """a response.create JSON object, as sent over WebSocket"""
+    """a response.create or response.steer JSON object, as sent over WebSocket"""
     @_builtins.property
     def create(self) -> Global___CreateRequest:
         """response.create"""
+
+    @_builtins.property
+    def steer(self) -> Global___SteerRequest:
+        """response.steer: Connect only"""
+
+    @_builtins.property
+    def append(self) -> Global___AppendRequest:
+        """option A's response.append: Connect only"""
 
     def __init__(
         self,
         *,
         create: Global___CreateRequest | None = ...,
         json: _builtins.str = ...,
+        steer: Global___SteerRequest | None = ...,
+        append: Global___AppendRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "event", b"event", "json", b"json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "create", b"create", "event", b"event", "json", b"json", "steer", b"steer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "event", b"event", "json", b"json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "create", b"create", "event", b"event", "json", b"json", "steer", b"steer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["create", "json"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["create", "json", "steer", "append"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -98,6 +110,7 @@ class CreateRequest(_message.Message):
     STREAM_ID_FIELD_NUMBER: _builtins.int
     GENERATE_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
+    LONG_RESPONSE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     text: _builtins.str
     """input as one user message"""
@@ -114,6 +127,8 @@ class CreateRequest(_message.Message):
     """false: warm up (prefill) only; unset: true"""
     stream: _builtins.bool
     """accepted and ignored: gRPC always streams"""
+    long_response: _builtins.bool
+    """option A: the rollout is this one response (Connect only)"""
     @_builtins.property
     def items(self) -> Global___InputItems: ...
     @_builtins.property
@@ -141,15 +156,18 @@ class CreateRequest(_message.Message):
         stream_id: _builtins.str | None = ...,
         generate: _builtins.bool | None = ...,
         stream: _builtins.bool | None = ...,
+        long_response: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_generate", b"_generate", "_instructions", b"_instructions", "_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_previous_response_id", b"_previous_response_id", "_store", b"_store", "_stream", b"_stream", "_stream_id", b"_stream_id", "generate", b"generate", "input", b"input", "instructions", b"instructions", "items", b"items", "max_output_tokens", b"max_output_tokens", "parallel_tool_calls", b"parallel_tool_calls", "previous_response_id", b"previous_response_id", "store", b"store", "stream", b"stream", "stream_id", b"stream_id", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_generate", b"_generate", "_instructions", b"_instructions", "_long_response", b"_long_response", "_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_previous_response_id", b"_previous_response_id", "_store", b"_store", "_stream", b"_stream", "_stream_id", b"_stream_id", "generate", b"generate", "input", b"input", "instructions", b"instructions", "items", b"items", "long_response", b"long_response", "max_output_tokens", b"max_output_tokens", "parallel_tool_calls", b"parallel_tool_calls", "previous_response_id", b"previous_response_id", "store", b"store", "stream", b"stream", "stream_id", b"stream_id", "text", b"text", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_generate", b"_generate", "_instructions", b"_instructions", "_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_previous_response_id", b"_previous_response_id", "_store", b"_store", "_stream", b"_stream", "_stream_id", b"_stream_id", "generate", b"generate", "input", b"input", "instructions", b"instructions", "items", b"items", "max_output_tokens", b"max_output_tokens", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "previous_response_id", b"previous_response_id", "store", b"store", "stream", b"stream", "stream_id", b"stream_id", "text", b"text", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_generate", b"_generate", "_instructions", b"_instructions", "_long_response", b"_long_response", "_max_output_tokens", b"_max_output_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_previous_response_id", b"_previous_response_id", "_store", b"_store", "_stream", b"_stream", "_stream_id", b"_stream_id", "generate", b"generate", "input", b"input", "instructions", b"instructions", "items", b"items", "long_response", b"long_response", "max_output_tokens", b"max_output_tokens", "metadata", b"metadata", "model", b"model", "parallel_tool_calls", b"parallel_tool_calls", "previous_response_id", b"previous_response_id", "store", b"store", "stream", b"stream", "stream_id", b"stream_id", "text", b"text", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__generate: _TypeAlias = _typing.Literal["generate"]  # noqa: Y015
     _WhichOneofArgType__generate: _TypeAlias = _typing.Literal["_generate", b"_generate"]  # noqa: Y015
     _WhichOneofReturnType__instructions: _TypeAlias = _typing.Literal["instructions"]  # noqa: Y015
     _WhichOneofArgType__instructions: _TypeAlias = _typing.Literal["_instructions", b"_instructions"]  # noqa: Y015
+    _WhichOneofReturnType__long_response: _TypeAlias = _typing.Literal["long_response"]  # noqa: Y015
+    _WhichOneofArgType__long_response: _TypeAlias = _typing.Literal["_long_response", b"_long_response"]  # noqa: Y015
     _WhichOneofReturnType__max_output_tokens: _TypeAlias = _typing.Literal["max_output_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_output_tokens: _TypeAlias = _typing.Literal["_max_output_tokens", b"_max_output_tokens"]  # noqa: Y015
     _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
@@ -168,6 +186,8 @@ class CreateRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__generate) -> _WhichOneofReturnType__generate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__instructions) -> _WhichOneofReturnType__instructions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__long_response) -> _WhichOneofReturnType__long_response | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_output_tokens) -> _WhichOneofReturnType__max_output_tokens | None: ...
     @_typing.overload
@@ -522,6 +542,70 @@ class FunctionCallOutput(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
 
 Global___FunctionCallOutput: _TypeAlias = FunctionCallOutput  # noqa: Y015
+
+@_typing.final
+class AppendRequest(_message.Message):
+    """response.steer: user input queued for a continuation of a response running on this Connect stream. No
+    stream_id: the response it names decides the lane. The server checks it as the JSON event (a non-empty
+    text, or user messages only; anything else is `steer_failed` with `invalid_input`).
+    option A: the input (tool outputs) appended to the paused long response, which then resumes sampling
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    response_id: _builtins.str
+    text: _builtins.str
+    @_builtins.property
+    def items(self) -> Global___InputItems: ...
+    def __init__(
+        self,
+        *,
+        response_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        items: Global___InputItems | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "items", b"items", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "items", b"items", "response_id", b"response_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "items"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___AppendRequest: _TypeAlias = AppendRequest  # noqa: Y015
+
+@_typing.final
+class SteerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    previous_response_id: _builtins.str
+    """the running response to steer"""
+    text: _builtins.str
+    """input as one user message"""
+    @_builtins.property
+    def items(self) -> Global___InputItems: ...
+    def __init__(
+        self,
+        *,
+        previous_response_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        items: Global___InputItems | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "items", b"items", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "items", b"items", "previous_response_id", b"previous_response_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "items"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___SteerRequest: _TypeAlias = SteerRequest  # noqa: Y015
 
 @_typing.final
 class OutputItem(_message.Message):
@@ -946,6 +1030,10 @@ class ServerEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     WS_ERROR_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
+    STEER_ACCEPTED_FIELD_NUMBER: _builtins.int
+    STEER_PENDING_FIELD_NUMBER: _builtins.int
+    STEER_FAILED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
     json: _builtins.str
     """the json codec: one event as the JSON object the WebSocket server sends"""
     @_builtins.property
@@ -982,6 +1070,16 @@ class ServerEvent(_message.Message):
     def ws_error(self) -> Global___WsError:
         """the WebSocket error: {type:"error", status, error:{…}}; request-scoped faults"""
 
+    @_builtins.property
+    def steer_accepted(self) -> Global___SteerAccepted: ...
+    @_builtins.property
+    def steer_pending(self) -> Global___SteerPending: ...
+    @_builtins.property
+    def steer_failed(self) -> Global___SteerFailed: ...
+    @_builtins.property
+    def done(self) -> Global___ResponseEvent:
+        """option A: a long response paused at its tool call(s), status requires_action"""
+
     def __init__(
         self,
         *,
@@ -1001,12 +1099,16 @@ class ServerEvent(_message.Message):
         error: Global___StreamError | None = ...,
         ws_error: Global___WsError | None = ...,
         json: _builtins.str = ...,
+        steer_accepted: Global___SteerAccepted | None = ...,
+        steer_pending: Global___SteerPending | None = ...,
+        steer_failed: Global___SteerFailed | None = ...,
+        done: Global___ResponseEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "created", b"created", "error", b"error", "event", b"event", "failed", b"failed", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "in_progress", b"in_progress", "incomplete", b"incomplete", "json", b"json", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "ws_error", b"ws_error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "created", b"created", "done", b"done", "error", b"error", "event", b"event", "failed", b"failed", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "in_progress", b"in_progress", "incomplete", b"incomplete", "json", b"json", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "steer_accepted", b"steer_accepted", "steer_failed", b"steer_failed", "steer_pending", b"steer_pending", "ws_error", b"ws_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "created", b"created", "error", b"error", "event", b"event", "failed", b"failed", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "in_progress", b"in_progress", "incomplete", b"incomplete", "json", b"json", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "ws_error", b"ws_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "content_part_added", b"content_part_added", "content_part_done", b"content_part_done", "created", b"created", "done", b"done", "error", b"error", "event", b"event", "failed", b"failed", "function_call_arguments_delta", b"function_call_arguments_delta", "function_call_arguments_done", b"function_call_arguments_done", "in_progress", b"in_progress", "incomplete", b"incomplete", "json", b"json", "output_item_added", b"output_item_added", "output_item_done", b"output_item_done", "output_text_delta", b"output_text_delta", "output_text_done", b"output_text_done", "steer_accepted", b"steer_accepted", "steer_failed", b"steer_failed", "steer_pending", b"steer_pending", "ws_error", b"ws_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["created", "in_progress", "completed", "failed", "incomplete", "output_item_added", "output_item_done", "content_part_added", "content_part_done", "output_text_delta", "output_text_done", "function_call_arguments_delta", "function_call_arguments_done", "error", "ws_error", "json"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["created", "in_progress", "completed", "failed", "incomplete", "output_item_added", "output_item_done", "content_part_added", "content_part_done", "output_text_delta", "output_text_done", "function_call_arguments_delta", "function_call_arguments_done", "error", "ws_error", "json", "steer_accepted", "steer_pending", "steer_failed", "done"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1374,3 +1476,198 @@ class ErrorDetail(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__param) -> _WhichOneofReturnType__param | None: ...
 
 Global___ErrorDetail: _TypeAlias = ErrorDetail  # noqa: Y015
+
+@_typing.final
+class SteerRef(_message.Message):
+    """The steer an event answers: `id` once accepted; `input` only on steer_failed (the input handed back, to
+    resend in a response.create).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RESPONSE_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    previous_response_id: _builtins.str
+    text: _builtins.str
+    json: _builtins.str
+    """an input the typed schema cannot carry exactly (it was refused), as JSON text"""
+    @_builtins.property
+    def items(self) -> Global___InputItems: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str | None = ...,
+        previous_response_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        items: Global___InputItems | None = ...,
+        json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id", "input", b"input", "items", b"items", "json", b"json", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_id", b"_id", "id", b"id", "input", b"input", "items", b"items", "json", b"json", "previous_response_id", b"previous_response_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__id: _TypeAlias = _typing.Literal["id"]  # noqa: Y015
+    _WhichOneofArgType__id: _TypeAlias = _typing.Literal["_id", b"_id"]  # noqa: Y015
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["text", "items", "json"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__id) -> _WhichOneofReturnType__id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___SteerRef: _TypeAlias = SteerRef  # noqa: Y015
+
+@_typing.final
+class SteerError(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """e.g. response_not_found, invalid_input, response_already_completed"""
+    message: _builtins.str
+    type: _builtins.str
+    """invalid_request_error"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SteerError: _TypeAlias = SteerError  # noqa: Y015
+
+@_typing.final
+class RequiredInput(_message.Message):
+    """An input the steered response waits for: a function_call_output stub,
+    {type:"function_call_output", call_id, name}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequiredInput: _TypeAlias = RequiredInput  # noqa: Y015
+
+@_typing.final
+class SteerAccepted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    STEER_FIELD_NUMBER: _builtins.int
+    sequence_number: _builtins.int
+    stream_id: _builtins.str
+    @_builtins.property
+    def steer(self) -> Global___SteerRef: ...
+    def __init__(
+        self,
+        *,
+        sequence_number: _builtins.int = ...,
+        stream_id: _builtins.str | None = ...,
+        steer: Global___SteerRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "sequence_number", b"sequence_number", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stream_id: _TypeAlias = _typing.Literal["stream_id"]  # noqa: Y015
+    _WhichOneofArgType__stream_id: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stream_id) -> _WhichOneofReturnType__stream_id | None: ...
+
+Global___SteerAccepted: _TypeAlias = SteerAccepted  # noqa: Y015
+
+@_typing.final
+class SteerPending(_message.Message):
+    """The steered response stopped for the client's tool: the steering input joins the client's continuation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    STEER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUIRED_INPUT_FIELD_NUMBER: _builtins.int
+    sequence_number: _builtins.int
+    stream_id: _builtins.str
+    reason: _builtins.str
+    """waiting_for_required_input"""
+    @_builtins.property
+    def steer(self) -> Global___SteerRef: ...
+    @_builtins.property
+    def required_input(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequiredInput]: ...
+    def __init__(
+        self,
+        *,
+        sequence_number: _builtins.int = ...,
+        stream_id: _builtins.str | None = ...,
+        steer: Global___SteerRef | None = ...,
+        reason: _builtins.str = ...,
+        required_input: _abc.Iterable[Global___RequiredInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "reason", b"reason", "required_input", b"required_input", "sequence_number", b"sequence_number", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stream_id: _TypeAlias = _typing.Literal["stream_id"]  # noqa: Y015
+    _WhichOneofArgType__stream_id: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stream_id) -> _WhichOneofReturnType__stream_id | None: ...
+
+Global___SteerPending: _TypeAlias = SteerPending  # noqa: Y015
+
+@_typing.final
+class SteerFailed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_NUMBER_FIELD_NUMBER: _builtins.int
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    STEER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    sequence_number: _builtins.int
+    stream_id: _builtins.str
+    @_builtins.property
+    def steer(self) -> Global___SteerRef: ...
+    @_builtins.property
+    def error(self) -> Global___SteerError: ...
+    def __init__(
+        self,
+        *,
+        sequence_number: _builtins.int = ...,
+        stream_id: _builtins.str | None = ...,
+        steer: Global___SteerRef | None = ...,
+        error: Global___SteerError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "error", b"error", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id", "error", b"error", "sequence_number", b"sequence_number", "steer", b"steer", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__stream_id: _TypeAlias = _typing.Literal["stream_id"]  # noqa: Y015
+    _WhichOneofArgType__stream_id: _TypeAlias = _typing.Literal["_stream_id", b"_stream_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stream_id) -> _WhichOneofReturnType__stream_id | None: ...
+
+Global___SteerFailed: _TypeAlias = SteerFailed  # noqa: Y015

@@ -28,7 +28,9 @@ if _version_not_supported:
 class ResponsesStub:
     """`Connect` is a Responses WebSocket-mode connection: requests are answered in order per `stream_id` lane,
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
-    `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
+    `ws_error` and the stream goes on. A `steer` redirects a response running on the stream (answered at once
+    with `steer_accepted` or `steer_failed`, on the lane of the response it names). Each request is answered
+    in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
     with the request in either codec (typically `json`). A unary call that is refused before its response
     starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
@@ -61,7 +63,9 @@ class ResponsesStub:
 class ResponsesServicer:
     """`Connect` is a Responses WebSocket-mode connection: requests are answered in order per `stream_id` lane,
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
-    `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
+    `ws_error` and the stream goes on. A `steer` redirects a response running on the stream (answered at once
+    with `steer_accepted` or `steer_failed`, on the lane of the response it names). Each request is answered
+    in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
     with the request in either codec (typically `json`). A unary call that is refused before its response
     starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
@@ -115,7 +119,9 @@ def add_ResponsesServicer_to_server(servicer, server):
 class Responses:
     """`Connect` is a Responses WebSocket-mode connection: requests are answered in order per `stream_id` lane,
     `previous_response_id` is served from a stream-local cache, a bad request is answered with an in-stream
-    `ws_error` and the stream goes on. Each request is answered in the codec it came in (typed or json).
+    `ws_error` and the stream goes on. A `steer` redirects a response running on the stream (answered at once
+    with `steer_accepted` or `steer_failed`, on the lane of the response it names). Each request is answered
+    in the codec it came in (typed or json).
     `Create` is one stateless request, like POST /v1/responses with stream=true; `CreateJson` is the same
     with the request in either codec (typically `json`). A unary call that is refused before its response
     starts ends with a gRPC status (INVALID_ARGUMENT, …) and the Responses error code in the trailing
