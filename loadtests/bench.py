@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtests import migration, report, runner
+from loadtests import extras, migration, report, runner
 from loadtests.model import Cell, RunConfig, plan_cells
 from loadtests.rundir import RunDir, write_json
 from loadtests.scenarios import load_scenario
@@ -132,7 +132,8 @@ def full_matrix() -> list[Group]:
     (``turnbench run --scenario coding-agent-50 --concurrency 4`` measures the rest)."""
     # grpc-json separates serialization from transport; https-raw (a minimal HTTP/1.1 client) separates the
     # cost of the httpx client library from the cost of HTTPS itself
-    main = {**MAIN_STATES, "grpc-json": ("connection",), "https-raw": ("full",)}
+    # ws-long: option A (one long response per rollout) beside option B, the report's A vs B section
+    main = {**MAIN_STATES, "grpc-json": ("connection",), "https-raw": ("full",), "ws-long": ("connection",)}
     # the servers are warm from round 0 (every cell's warm-up), so slow cells skip their own warm-up
     c1 = {"instant": _size(6, 3, 1), "fast": _size(6, 3, 1), "frontier": _size(2, 2, 0, answer_tokens=8)}
     c4 = {"instant": _size(8, 2, 1), "fast": _size(8, 2, 1)}
@@ -177,7 +178,7 @@ def quick_matrix() -> list[Group]:
             scenario="agent-20",
             profile="fast",
             concurrency=1,
-            states={**core, "https": ("full", "store")},
+            states={**core, "https": ("full", "store"), "ws-long": ("connection",)},
             sizing=sizing,
         ),
         Group(
@@ -287,6 +288,10 @@ BUDGET_S = 600.0
 """``make bench`` ends within this many seconds, however busy the machine (see :func:`bench`)."""
 RESERVE_S = {False: 90.0, True: 45.0}
 """Seconds kept for the migration measurement and the report after the matrix (full, quick), on a busy machine."""
+EXTRAS_S = {False: 120.0, True: 45.0}
+"""Seconds kept for the measurements beyond the matrix (:mod:`loadtests.extras`; full, quick)."""
+REPORT_S = 30.0
+"""Of :data:`RESERVE_S`, what rendering the report needs: the extras must end this long before the budget."""
 
 
 def bench(
@@ -297,6 +302,7 @@ def bench(
     quiet: bool = False,
     migration_runtime: bool = True,
     budget_s: float | None = BUDGET_S,
+    run_extras: bool = True,
 ) -> Path:
     """Run the matrix, measure migration cost (``migration.json``), render the report, all into
     ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``.
@@ -304,12 +310,16 @@ def bench(
     ``budget_s``: the whole command's time budget (None: none). The matrix must end :data:`RESERVE_S` before
     it: on a machine so busy that a measured round would overrun, that round and every later one are dropped
     whole (every cell keeps the same rounds; round 1 always runs), run.json ``trimmed`` says what was
-    dropped, and the report says so before anything else.
+    dropped, and the report says so before anything else. After the migration cost, the measurements beyond
+    the matrix (``run_extras``: cross-host state, steering, fan-out, warm-up; :mod:`loadtests.extras`) get
+    :data:`EXTRAS_S`; one that no longer fits the budget is skipped, and its section says so.
     """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = out_root / "runs" / f"{stamp}-bench{'-quick' if quick else ''}"
     t0 = time.perf_counter()
-    deadline = time.monotonic() + budget_s - RESERVE_S[quick] if budget_s else None
+    end = time.monotonic() + budget_s if budget_s else None
+    reserve = RESERVE_S[quick] + (EXTRAS_S[quick] if run_extras else 0.0)
+    deadline = end - reserve if end is not None else None
     run_matrix(
         quick_matrix() if quick else full_matrix(),
         run_dir,
@@ -321,6 +331,8 @@ def bench(
     )
     runtime = asyncio.run(migration.measure_recovery("ws", rollouts=1 if quick else 3)) if migration_runtime else None
     write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
+    if run_extras:
+        extras.run_extras(run_dir, quick=quick, deadline=end - REPORT_S if end is not None else None, quiet=quiet)
     report.write_report(run_dir)
     latest = out_root / "latest"
     if latest.exists():
@@ -340,6 +352,7 @@ def cmd_bench(args: Any) -> int:
         quiet=args.quiet,
         migration_runtime=args.migration_runtime,
         budget_s=getattr(args, "budget_s", BUDGET_S) or None,
+        run_extras=getattr(args, "extras", True),
     )
     print(latest / "report.html")
     return 0

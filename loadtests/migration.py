@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-MIGRATED = ("ws", "grpc", "grpc-json")
+MIGRATED = ("ws", "grpc", "grpc-json", "ws-long")
 """The transports whose migration from ``https`` is costed."""
 SDK_EXAMPLES = ("loadtests/examples/sdk_http_loop.py", "loadtests/examples/sdk_ws_loop.py")
 PROJECT_PACKAGES = frozenset({"turnbench", "servers", "clients", "loadtests"})

@@ -46,6 +46,7 @@ __all__ = [
     "process_keys",
     "settings_flags",
     "start_endpoints",
+    "start_redis_server",
     "start_server_process",
     "stop_endpoints",
     "target_endpoint",
@@ -311,6 +312,51 @@ def start_server_process(
         settings={"profile": profile, "tls": tls, **(settings or {})},
         cpus=tuple(cpus),
     )
+
+
+def start_redis_server(exe: str, workdir: Path, timeout_s: float = 5.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``exe`` (a ``redis-server``) on a free loopback port, persisting nothing (no RDB snapshot, no
+    append-only file; ``workdir`` is its working folder), and wait until it answers PING.
+
+    The store that server hosts share in the cross-host measurements and the Redis store's tests. The caller
+    stops it (``terminate()`` then ``wait()``). Returns: (the process, ``redis://127.0.0.1:PORT/0``).
+    Raises :class:`ServerError` when it exits or does not answer within ``timeout_s`` (it is killed then).
+    """
+    import redis  # only the Redis paths need the client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:  # not there, not executable
+        raise ServerError(f"redis-server {exe!r} did not start: {exc}") from exc
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1.0, socket_timeout=1.0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc, f"redis://127.0.0.1:{port}/0"
+            except redis.RedisError as exc:
+                if proc.poll() is not None:
+                    raise ServerError(f"redis-server {exe!r} exited with {proc.returncode} before answering") from exc
+                if time.monotonic() >= deadline:
+                    raise ServerError(f"redis-server {exe!r} did not answer PING in {timeout_s:g} s: {exc}") from exc
+            time.sleep(0.01)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        client.close()
 
 
 def target_endpoint(server: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:

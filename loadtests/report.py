@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from loadtests import plots, stats
+from loadtests import extras, option_a, plots, stats
 from loadtests.doc import Doc, format_number, round_frame
 from loadtests.rundir import RunDir, write_json
 from loadtests.verdict import CLAIM, Verdict
@@ -437,6 +437,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     d.table(_ablation_view(a), empty="This run has no ablation variants.")
     if "ablations" in figures:
         d.figure(figures["ablations"], plots.FIGURES["ablations"][1])
+    a_vs_b = option_a.comparison(run.rollouts, run.turns, run.meta.get("cells", []), summary.cells)
+    has_a = any(c.get("transport") == option_a.A[0] for c in run.meta.get("cells", []))
+    option_a.add_section(d, a_vs_b, migration, run_has_a=has_a)
+    extras.add_sections(d, run.path)
     d.h2("All cells")
     d.table(round_frame(stats.cell_table(summary.cells)), empty="No cells.")
     _calibration_section(d, summary.calibration)

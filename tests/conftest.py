@@ -84,33 +84,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real ``redis-server`` on a free loopback port for the session, stopped after it; ``redis://…/0``.
     Skipped where redis-server is not installed, except in CI (``CI=true``), where it must be."""
     import shutil
-    import socket
-    import subprocess
-    import time
+
+    from loadtests.procs import ServerError, start_redis_server
 
     exe = shutil.which("redis-server")
     if exe is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed: .ci/run installs Debian's package")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path_factory.mktemp("redis")
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(500):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None:
-                pytest.fail(f"redis-server exited with {proc.returncode}")
-            time.sleep(0.01)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
+    try:
+        proc, url = start_redis_server(exe, tmp_path_factory.mktemp("redis"))
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    yield url
     proc.terminate()
     proc.wait(timeout=10)

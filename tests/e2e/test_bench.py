@@ -52,11 +52,23 @@ def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
         "Bytes per turn",
         "Throughput vs concurrency",
         "Ablations",
+        "Option A vs B",
+        "Steering",
+        "Fan-out",
+        "Warm-up",
+        "Cross-host state",
         "Calibration",
         "Migration cost",
         "Environment",
     ):
         assert f"## {heading}" in md and f"<h2>{heading}" in page, heading
+    # option A beside B, measured in the matrix; every measurement beyond it ran (Redis: wherever CI installs it)
+    a_vs_b = md.split("## Option A vs B")[1].split("\n## ")[0]
+    assert "ws-long" in a_vs_b and "A ÷ B" in a_vs_b and "took" in a_vs_b
+    for name in ("steering", "fanout", "warmup", "crosshost"):
+        data = json.loads((latest / f"{name}.json").read_text())
+        assert not {"error", "skipped"} & set(data), (name, data)
+    assert "The measurement failed" not in md
     for png in (latest / "plots").glob("*.png"):
         assert png.read_bytes().startswith(PNG_MAGIC)
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
