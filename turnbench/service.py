@@ -651,8 +651,11 @@ class ResponsesService:
         row = UsageRow(resp.id, req.model, session.transport, p.state, totals[0], totals[1], totals[2], status)
         # post overlaps the next request only where connection state lets the next request start without
         # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
-        # its response ends, as the seed article describes. A store=true chain still waits for the write.
-        if s.overlap_post and session.cache is not None:
+        # its response ends, as the seed article describes. A store=true chain on this process waits for the
+        # write; one on a store other processes read (SQLite file, Redis: another host, a reconnect) would
+        # not, so there the write lands before the response completes.
+        durable_first = stored is not None and self.store.shared
+        if s.overlap_post and session.cache is not None and not durable_first:
             self.post.spawn(stored, row, timer)
         else:
             await self.post.run(stored, row, timer)

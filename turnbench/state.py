@@ -191,6 +191,11 @@ _stored_decoder = msgspec.json.Decoder(StoredResponse)
 
 
 class ResponseStore(Protocol):
+    """Where ``store=true`` responses live. ``shared``: other processes (other hosts) read what this one
+    writes, so a write must land before the response completes (the service never overlaps it then)."""
+
+    shared: bool
+
     def put(self, stored: StoredResponse) -> None: ...
     def get(self, response_id: str) -> StoredResponse | None: ...
     def delete(self, response_id: str) -> bool: ...
@@ -215,6 +220,8 @@ def tenant_of(api_key: str | None) -> str:
 class MemoryResponseStore:
     """In-process store, bounded (:class:`StoreLimits`: the oldest responses go first). Entries are kept
     encoded, so a hydration pays the same decode as SQLite."""
+
+    shared = False  # one process: a reader of a write still in flight waits for it in-process
 
     def __init__(self, limits: StoreLimits = StoreLimits(), tenant: str = "") -> None:
         self.limits = limits
@@ -344,6 +351,7 @@ class SQLiteResponseStore(_SQLite):
             " tenant TEXT NOT NULL DEFAULT '');",
         )
         self.limits, self.tenant = limits, tenant
+        self.shared = not self.uri  # a file: every process of the host opens it
         columns = {row[1] for row in self._conn().execute("PRAGMA table_info(responses)")}
         if "tenant" not in columns:  # a file from before namespaces: its rows belong to no key
             self._conn().execute("ALTER TABLE responses ADD COLUMN tenant TEXT NOT NULL DEFAULT ''")
@@ -396,6 +404,7 @@ class RedisResponseStore:
     round trip to Redis)."""
 
     PRUNE_EVERY = 256
+    shared = True
 
     def __init__(self, url: str, limits: StoreLimits = StoreLimits(), tenant: str = "") -> None:
         import redis  # only a Redis store needs it

@@ -80,6 +80,25 @@ async def test_two_services_on_one_store_continue_each_others_chains(store_url: 
     host_b.close()
 
 
+async def test_a_connection_response_is_in_a_shared_store_when_it_completes(store_url: str) -> None:
+    """On a store other processes read, a connection's store=true write is not overlapped with the next
+    request: it lands before ``response.completed`` (another host may get the next turn at once). The post
+    stage burns 50 ms so an overlapped write would still be in flight when the response is read back."""
+    if store_url == "memory":
+        pytest.skip("a memory store is this process's alone: a reader here waits for a write in flight")
+    host_a = make_service(store=store_url, burn_us={"post": 50_000.0})
+    session = host_a.new_session("ws", connection=True)
+    events = await turn(host_a, session, {"model": "m", "input": "hi", "store": True})
+    rid = events[-1].response.id
+    other = open_store(store_url)  # another process's view: no in-process wait for a pending write
+    try:
+        assert other.shared and other.get(rid) is not None
+    finally:
+        other.close()
+        await host_a.drain()
+        host_a.close()
+
+
 def _open_usage_log(path: str, start: float, results: Any) -> None:
     import time
 
