@@ -2,9 +2,9 @@
 
 :class:`PostWriter` runs it inline (on the critical path) or as a background task that overlaps the next
 request (connection transports, unless a store=true response goes to a store other processes read: then the
-service runs it inline, so the write is durable before the response completes). Overlapped posts are never lost: :meth:`PostWriter.drain` waits for them
-(graceful shutdown), and a reader of a response still being written (:meth:`PostWriter.wait_for`) waits for
-its write instead of missing it.
+service runs it inline, so the write is durable before the response completes). Overlapped posts are never
+lost: :meth:`PostWriter.drain` waits for them (graceful shutdown), and a reader of a response still being
+written (:meth:`PostWriter.wait_for`) waits for its write instead of missing it.
 """
 
 from __future__ import annotations

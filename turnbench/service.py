@@ -319,13 +319,7 @@ class ResponsesService:
 
     async def _prepare(self, req: ResponseCreate, parsed: ParsedRequest, session: Session) -> Prepared:
         s, timer = self.settings, parsed.timer
-        if isinstance(req.input, list) and len(req.input) > s.max_input_items:
-            raise InvalidRequestError(
-                f"Invalid 'input': array too long. Expected an array with maximum length {s.max_input_items}, "
-                f"but got an array with length {len(req.input)} instead.",
-                "input",
-                code="array_above_max_length",
-            )
+        self._check_length(req.input)
         await timer.inject("validate")
 
         def validate() -> list[InputItem]:
@@ -447,6 +441,17 @@ class ResponsesService:
             response,
             control=parsed.control,
         )
+
+    def _check_length(self, value: str | list[dict[str, Any]]) -> None:
+        """An ``input`` array of at most ``max_input_items`` items, else ``array_above_max_length``."""
+        limit = self.settings.max_input_items
+        if isinstance(value, list) and len(value) > limit:
+            raise InvalidRequestError(
+                f"Invalid 'input': array too long. Expected an array with maximum length {limit}, "
+                f"but got an array with length {len(value)} instead.",
+                "input",
+                code="array_above_max_length",
+            )
 
     def _options(
         self, req: ResponseCreate, session: Session, tools: list[FunctionTool], metadata: dict[str, str]
@@ -701,12 +706,7 @@ class ResponsesService:
         the increment only, timed into the append's own stages. Raises: the :class:`TurnbenchError` that
         refuses it."""
         s, timer, raw = self.settings, append.timer, append.input
-        if isinstance(raw, list) and len(raw) > s.max_input_items:
-            raise InvalidRequestError(
-                f"Invalid 'input': array too long ({len(raw)} items; at most {s.max_input_items}).",
-                "input",
-                code="array_above_max_length",
-            )
+        self._check_length(raw)
         await timer.inject("validate")
 
         def validate() -> list[InputItem]:

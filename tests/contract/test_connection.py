@@ -121,7 +121,10 @@ class GrpcDriver(Driver):
         if message is grpc.aio.EOF:
             self.ended = f"status {(await self.call.code()).name}"
             return None
-        event = pb.ServerEvent.FromString(message)
+        return self.decode(pb.ServerEvent.FromString(message))
+
+    def decode(self, event: pb.ServerEvent) -> dict[str, Any]:
+        """A server event as the JSON object it stands for (the json codec's, or a typed event's)."""
         if event.WhichOneof("event") == "json":
             return dict(orjson.loads(event.json))
         return dict(msgspec.to_builtins(event_from_proto(event)))

@@ -8,19 +8,17 @@ messages only: ``CreateRequest`` and ``SteerRequest`` in, and every event that c
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import msgspec
 import pytest
 
 from servers.base import RunningServer
 from servers.grpc_server import ERROR_CODE_KEY
 from tests.conftest import TIMEOUT_FACTOR
-from tests.contract.test_connection import WAIT_S, GrpcDriver, create, open_grpc, steer
+from tests.contract.test_connection import GrpcDriver, create, open_grpc, steer
 from turnbench.schema import TERMINAL_TYPES, SteerAccepted, SteerError, SteerFailed, SteerPending, SteerRef
 from turnbench.v1 import responses_pb2 as pb
 from turnbench.v1.convert import body_to_proto, event_from_proto, event_to_proto, steer_from_proto, steer_to_proto
@@ -54,19 +52,9 @@ class TypedDriver(GrpcDriver):
         """A ``SteerRequest`` as built (one the JSON shape cannot describe: an unset input)."""
         await self.call.write(pb.ClientEvent(steer=message).SerializeToString())
 
-    async def recv(self) -> dict[str, Any] | None:
-        try:
-            async with asyncio.timeout(WAIT_S):
-                message = await self.call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._ended_by(exc)
-            return None
-        if message is grpc.aio.EOF:
-            self.ended = f"status {(await self.call.code()).name}"
-            return None
-        event = pb.ServerEvent.FromString(message)
+    def decode(self, event: pb.ServerEvent) -> dict[str, Any]:
         assert event.WhichOneof("event") not in (None, "json"), event  # answered in the codec it was asked in
-        return dict(msgspec.to_builtins(event_from_proto(event)))
+        return super().decode(event)
 
 
 @asynccontextmanager

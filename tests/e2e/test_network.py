@@ -33,8 +33,9 @@ def test_rtt_cells_pay_their_round_trips(tmp_path: Path) -> None:
         near = t[(t["transport"] == transport) & (t["rtt_ms"] == 0)]
         far = t[(t["transport"] == transport) & (t["rtt_ms"] == 30)]
         assert len(far) == len(near) > 0
-        # a request and its first event cross the network once each way: at least one RTT per turn
-        assert far["ttft_ms"].min() >= 30.0 > near["ttft_ms"].median()
+        # a request and its first event cross the network once each way: at least one RTT per turn (a lower
+        # bound, whatever the load); beside it, in the same run, the loopback cell is the faster one
+        assert far["ttft_ms"].min() >= 30.0 and far["ttft_ms"].median() > near["ttft_ms"].median()
     proxied = [s for s in run.meta["servers"].values() if s["network"]]
     assert len(proxied) == 3 and all(s["network"]["rtt_ms"] == 30 for s in proxied)
     far_ids = [cid for cid, c in cells.items() if c["rtt_ms"] == 30]
