@@ -17,6 +17,7 @@ On a budget (``deadline``) an extra whose estimated time no longer fits is skipp
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 import traceback
@@ -113,8 +114,6 @@ def run_extras(
 
 def add_sections(d: Doc, run_dir: Path) -> None:
     """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there."""
-    import json
-
     for extra in all_extras():
         d.h2(extra.title)
         path = run_dir / f"{extra.name}.json"

@@ -93,7 +93,7 @@ def comparison(
 
 
 def _num(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) and v is not None else math.nan
+    return float(v) if isinstance(v, int | float) else math.nan
 
 
 def _view(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -30,10 +30,7 @@ def _profile_text(profile: str) -> str:
     from turnbench.engine.sim import PROFILES
 
     p = PROFILES.get(profile)
-    if p is None:
-        return f"`{profile}`"
-    rate = "no model time" if not math.isfinite(p.tok_s) else f"~{p.tok_s:,.0f} tok/s"
-    return f"`{profile}` ({rate})"
+    return f"`{profile}`" if p is None else f"`{profile}` ({p.rate_text})"
 
 
 def headline_sentences(h: pd.DataFrame, cells: tuple[str, ...] = SENTENCE_CELLS) -> list[str]:

@@ -168,12 +168,9 @@ def _ms(v: Any) -> str:
 
 
 def _profile_text(profile: str) -> str:
-    """``the simulated `fast` profile (~1,000 tok/s decode)``: a profile's name and speed, for a sentence."""
+    """``the simulated `fast` profile (~1,000 tok/s)``: a profile's name and speed, for a sentence."""
     p = PROFILES.get(profile)
-    if p is None:
-        return f"the `{profile}` profile"
-    rate = "no model time" if not math.isfinite(p.tok_s) else f"~{p.tok_s:,.0f} tok/s decode"
-    return f"the simulated `{profile}` profile ({rate})"
+    return f"the `{profile}` profile" if p is None else f"the simulated `{profile}` profile ({p.rate_text})"
 
 
 LOOPBACK = (

@@ -1,7 +1,7 @@
 """WebSocket mode (spec §a): ``GET /v1/responses`` upgraded, one JSON object per text frame, both ways.
 
 The adapter is I/O only: each frame becomes a :class:`~turnbench.connection.Submission`
-(``service.parse_event``), the core's :class:`~turnbench.connection.Connection` does the rest (lanes, the
+(``service.parse_client_event``), the core's :class:`~turnbench.connection.Connection` does the rest (lanes, the
 in-flight limit, the request timeout, the lifetime limit, error order, drain), and how a connection ended
 becomes a close code (:data:`CLOSE`). A frame over ``max_message_bytes`` is closed 1009 with a reason by the
 WebSocket library itself, before it reaches the connection.

@@ -410,8 +410,8 @@ class Connection:
         lane = target[1] if target is not None else None
         err: Exception | None
         if target is None or not target[0].long:
-            err = NotFoundError(f"No long response '{rid}' is running on this connection.", "response_id")
-            err.code = "response_not_found"  # type: ignore[misc]
+            msg = f"No long response '{rid}' is running on this connection."
+            err = NotFoundError(msg, "response_id", code="response_not_found")
         elif target[0].waiting is None or target[0].waiting.done():
             err = InvalidRequestError(
                 f"Response '{rid}' is not paused at a tool call: send response.append after its response.done.",

@@ -2,7 +2,7 @@
 
 Every transport calls the same methods::
 
-    parsed = service.parse(payload_bytes)               # parse stage (parse_event: a connection's frame;
+    parsed = service.parse(payload_bytes)               # parse stage (parse_client_event: a connection's frame;
                                                         #   parse_obj: codecs that decoded already)
     prepared = await service.prepare(parsed, session)   # validate … route; raises TurnbenchError
     async for event in service.generate(prepared):      # response.created … prefill, decode … terminal, post
@@ -155,46 +155,23 @@ class ResponsesService:
             st.chars += len(payload)
         return ParsedRequest(req, timer, len(payload))
 
-    def parse_event(self, payload: bytes | str) -> ParsedRequest:
-        """``parse`` for a connection's client event (a WebSocket frame, gRPC ``Connect``'s json codec): the
-        ``response.create`` body flat beside ``"type": "response.create"``.
+    def parse_client_event(self, payload: bytes | str) -> ParsedRequest | Append | dict[str, Any]:
+        """``parse`` for a connection's client event (a WebSocket frame, gRPC ``Connect``'s json codec):
+        ``response.create`` (its body flat beside ``"type": "response.create"``) as a :class:`ParsedRequest`;
+        option A's ``response.append`` as an :class:`Append` (its parse stage timed from the first attempt on);
+        a ``response.steer`` event as its members, as sent (the connection that holds the response it names
+        checks them and answers with ``response.steer.accepted|failed``).
 
         Raises: :class:`InvalidRequestError` with ``stream_id`` set to the lane the event named (if it could be
         read), so the error is answered in that lane's order, and ``previous_response_id`` to the parent it
-        named (a refused same-lane continuation evicts it, spec a.5); ``unknown_event_type`` for another ``type``.
+        named (a refused same-lane continuation evicts it, spec a.5); ``unknown_event_type`` for another
+        ``type``; for a malformed append, the member it names (answered at once: ``in_lane`` False).
         """
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         try:
             parsed = self.parse(payload)
         except InvalidRequestError as exc:
             kind, stream_id, parent = peek_envelope(payload)  # error path only: a skip-scan of three members
-            err = unknown_event_type(kind) if kind != "response.create" and isinstance(kind, str) else exc
-            err.stream_id = stream_id if isinstance(stream_id, str) else None
-            if err is exc and isinstance(parent, str):
-                err.previous_response_id = parent
-            if err is exc:
-                raise
-            raise err from exc
-        kind = parsed.request.type
-        if kind != "response.create":
-            err = unknown_event_type(kind)
-            err.stream_id = parsed.request.stream_id
-            raise err
-        return parsed
-
-    def parse_client_event(self, payload: bytes | str) -> ParsedRequest | Append | dict[str, Any]:
-        """:meth:`parse_event`; for option A's ``response.append`` the parsed :class:`Append` (its parse stage
-        timed from the first attempt on); for a ``response.steer`` event its members, as sent (the connection
-        that holds the response it names checks them and answers with ``response.steer.accepted|failed``).
-
-        Raises: :class:`InvalidRequestError` (``invalid_request_error`` naming the member for a malformed
-        append)."""
-        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-        try:
-            return self.parse_event(payload)
-        except InvalidRequestError as exc:
-            if exc.code != "unknown_event_type":
-                raise
-            kind = peek_envelope(payload)[0]
             if kind == "response.append":
                 try:
                     append = decode_append(payload)
@@ -203,10 +180,24 @@ class ResponsesService:
                     raise
                 wall, cpu = time.perf_counter_ns() - t0, time.thread_time_ns() - c0
                 return self.append_from(append.response_id, append.input, nbytes=len(payload), parse_ns=(wall, cpu))
-            if kind != "response.steer":
-                raise
-            members: dict[str, Any] = msgspec.json.decode(payload)  # valid JSON: the envelope was read
-            return members
+            if kind == "response.steer":
+                members: dict[str, Any] = msgspec.json.decode(payload)  # valid JSON: the envelope was read
+                return members
+            lane = stream_id if isinstance(stream_id, str) else None
+            if kind != "response.create" and isinstance(kind, str):
+                err = unknown_event_type(kind)
+                err.stream_id = lane
+                raise err from exc
+            exc.stream_id = lane
+            if isinstance(parent, str):
+                exc.previous_response_id = parent
+            raise
+        kind = parsed.request.type
+        if kind != "response.create":
+            err = unknown_event_type(kind)
+            err.stream_id = parsed.request.stream_id
+            raise err
+        return parsed
 
     def append_from(
         self, response_id: str, value: str | list[dict[str, Any]], *, nbytes: int, parse_ns: tuple[int, int]

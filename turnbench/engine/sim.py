@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -55,6 +56,11 @@ class SimProfile:
     @property
     def tok_s(self) -> float:
         return 1000.0 / self.decode_ms_per_token if self.decode_ms_per_token else float("inf")
+
+    @property
+    def rate_text(self) -> str:
+        """Its decode speed for a sentence: ``~1,000 tok/s``, or ``no model time``."""
+        return "no model time" if not math.isfinite(self.tok_s) else f"~{self.tok_s:,.0f} tok/s"
 
 
 # 8B model on one H200 (bf16, eager), fitted by turnbench.engine.fit
