@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak stream load clean
+.PHONY: setup test test-fast lint fmt check bench bench-quick gate baseline proto soak stream load clean
 
 setup: $(STAMP)
 
@@ -21,12 +21,21 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
-# ruff (lint and format), mypy strict, and the import contracts of pyproject.toml (layers, no cycles)
+# ruff (lint and format), mypy strict (scripts/ too), and the import contracts of pyproject.toml (the layers
+# between packages and inside loadtests/, no cycles); CI runs it before the tests
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# rewrite the code as `make lint` wants it (ruff's fixes and format)
+fmt: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# what to run before each commit
+check: lint test
 
 # the fuzz suite at full size, then 10 min of mixed rollouts per transport and 10,000 churned connections with
 # the server's memory sampled (reports/soak/: soak.json, soak.csv, soak.png); SOAK_ARGS="--minutes 2" for a shorter one

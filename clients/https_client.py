@@ -13,7 +13,7 @@ Options (``ClientConfig.options``):
   ``anyio`` is httpx's stock one; ``asyncio`` (:class:`StreamsBackend`) is the same httpx, httpcore and h11
   over plain asyncio streams, without anyio's cancel scopes and extra loop passes, and with the request
   head and body written in one ``send``: about 20% less client CPU per request (see
-  ``scripts/https_overhead.py``). With HTTP/2 writes are flushed on the next loop pass instead (several
+  ``scripts/probes/https_overhead.py``). With HTTP/2 writes are flushed on the next loop pass instead (several
   requests share the connection; one must not wait for another's read).
 
 Bytes: ``bytes_up`` is the JSON body plus the request head (approximated from the headers sent);

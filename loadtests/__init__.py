@@ -1,20 +1,33 @@
-"""The harness: scenarios, the run model and runner, the run directory, statistics, reports, gate, migration.
+"""The harness: everything that drives the servers, measures them and reports what it measured.
 
-One module per idea, lower layers first (each imports only modules above it in this list)::
+Packages from the top down; a module imports only from its own package or from the packages below it
+(``make lint`` checks this with import-linter: ``pyproject.toml``, "Harness layers")::
 
-    scenarios   a workload as a TOML file, loaded and validated
-    monitor     the load generator watching its own CPU and event-loop lag
-    model       the run model: cells (with their server settings), run config, what execution gathers
-    loops       closed and open loops, and the round-by-round order of cells
-    stats       every number: estimators, per-cell summaries, headline, ablations, calibration
-    rundir      the run directory, written and read by one class
-    procs       the servers a run talks to: processes, targets, the in-process reference
-    runner      the one rollout and the one start/execute/stop path; ``turnbench run``
-    doc, plots  the report's document model and its figures
-    report      the report of a run directory (renders migration JSON, never measures it)
-    migration   migration cost, computed from the code and measured at runtime, as JSON
-    bench       the benchmark matrix; orchestrates run, migration and report
-    gate        the CI gate and ``turnbench compare``
-    run_cli     ``turnbench run`` flags and printed output; cli: the ``turnbench`` command
-    locustfile  Locust users, one per transport of the table, on the runner's rollout
+    cli/          the ``turnbench`` command: main (the parser, SUBCOMMANDS), one module per command owning its
+                  flags (run, bench, report, gate, migration, record, advise), common (lazy command imports)
+    commands/     what a command does beyond one run: bench (the matrix, then its report), gate (the CI latency
+                  gate and ``compare``), advise (the cost model and its predictions), migration (what moving a
+                  client off HTTPS costs)
+    report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
+                  option A section)
+    extras/       measurements beyond the matrix, one per module with measure() + render(): steering, fanout,
+                  warmup, crosshost; registry (the Extra record, running them, their sections), common (what
+                  the WebSocket-mode ones share)
+    users/        Locust: locustfile (a user per transport on the runner's rollout), merge (the workers' raw
+                  samples into one run)
+    runs/         a run end to end: runner (one rollout; the start/execute/stop path), rundir (the run directory)
+    analysis/     numbers from raw samples: estimators, cells, decomposition, headline, calibration, summary,
+                  verdict
+    execution/    the means of a run: plan (cells, run config, what execution gathers), loops, procs (server
+                  processes and targets), netem (WAN emulation), monitor and machine (the load generator and the
+                  machine watched), loadgen (the load generator's verdict over a run)
+    workload/     what is run: scenarios (TOML files in scenarios/), trace (traces, importers in traces/),
+                  record_proxy (``turnbench record``)
+    present/      how numbers are shown: doc (the document model, number formatting), plots
+    examples/     agent loops as their users write them: sdk_http_loop and sdk_ws_loop (the official SDK over
+                  HTTPS and WebSocket mode), agents_sdk (the Agents SDK); the tests run them
+
+A new transport touches ``turnbench/transports.py`` (the table), a server and a client, not this package; a
+new scenario is a TOML file in ``workload/scenarios/``; a new report section is a module in ``extras/``
+registered in ``extras/registry.py`` (see CONTRIBUTING.md).
 """

@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtests.cli.run import print_warnings
+from loadtests.execution.plan import RunConfig, plan_cells
+from loadtests.runs import runner
+from loadtests.workload.scenarios import load_scenario
 
-from loadtests import runner  # noqa: E402
-from loadtests.model import RunConfig, plan_cells  # noqa: E402
-from loadtests.run_cli import print_warnings  # noqa: E402
-from loadtests.scenarios import load_scenario  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STATE = {"https": "full", "ws": "connection", "grpc": "connection"}
 """The state each transport is measured in: how its users run it (WebSocket mode and gRPC Connect keep the

@@ -3,7 +3,7 @@
 Two server processes stand for two hosts, sharing one store (Redis, or one SQLite file); the same agent
 rollouts run as ``https/store, one host``, ``https/store, alternating``, ``ws/store, reconnect each turn`` and
 ``ws/connection, one host`` (the connection cache, the reference). The measurement is
-:func:`loadtests.crosshost.measure_cross_host` (its docstring says what each configuration means);
+:func:`loadtests.extras.crosshost.measure` (its docstring says what each configuration means);
 ``turnbench bench`` runs the same one as a section of its report.
 
 Printed per store and configuration: the median of the server's ``resolve`` stage (the hydration) per turn,
@@ -25,12 +25,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from loadtests.crosshost import COMPARED, FULL_ROLLOUTS, REFERENCE, STORES, measure_cross_host  # noqa: E402
-from loadtests.extras import Unavailable  # noqa: E402
-from loadtests.rundir import write_json  # noqa: E402
+from loadtests.extras.crosshost import COMPARED, FULL_ROLLOUTS, REFERENCE, STORES, measure
+from loadtests.extras.registry import Unavailable
+from loadtests.runs.rundir import write_json
 
 
 def _f(v: float | None, spec: str) -> str:
@@ -46,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stores = [s for s in args.stores.split(",") if s]
     try:
-        data = measure_cross_host(stores, rollouts=args.rollouts, tool_calls=args.tool_calls)
+        data = measure(stores, rollouts=args.rollouts, tool_calls=args.tool_calls)
     except Unavailable as exc:
         print(f"cross_host: nothing to measure: {exc}", file=sys.stderr)
         return 2

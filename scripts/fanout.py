@@ -13,7 +13,7 @@ Each sub-agent writes ``--answer-tokens`` tokens after a parent of ``--parent-kb
 way, over ``--rounds`` interleaved rounds: the fan-out's wall time (the first fork sent → the last one
 completed; median) and the server process's CPU (means: the kernel counts CPU time in 10 ms ticks) over the
 whole round (the parent request and the way's connection set-up included) and over the fan-out alone. The
-measurement is :func:`loadtests.wsmode.measure_fanout`; ``turnbench bench`` runs it (the defaults here) as a
+measurement is :func:`loadtests.extras.fanout.measure`; ``turnbench bench`` runs it (the defaults here) as a
 section of its report, and ``--json PATH`` writes the same data as bench's ``fanout.json``. Exit status 1 when
 a sub-agent did not complete.
 
@@ -27,13 +27,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtests.extras.fanout import SIZES, measure
+from loadtests.runs.rundir import write_json
 
-from loadtests.rundir import write_json  # noqa: E402
-from loadtests.wsmode import FANOUT_SIZES, measure_fanout  # noqa: E402
-
-FULL = FANOUT_SIZES["full"]
+FULL = SIZES["full"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="fast")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the data (as bench's fanout.json)")
     args = p.parse_args(argv)
-    data = measure_fanout(
+    data = measure(
         subagents=args.subagents,
         rounds=args.rounds,
         answer_tokens=args.answer_tokens,

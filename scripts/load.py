@@ -5,7 +5,7 @@ For each transport of ``--transports``: a server process (as ``turnbench run`` s
 ``locust --master`` here and ``locust --worker --master-host HOST`` there, with the same ``--tb-samples``
 prefix on a shared disk) driving ``--users`` agents of ``--scenario`` for ``--run-time``; rollouts already
 started finish (``--stop-timeout``). Locust writes its CSV and HTML (a live view: it rounds response times);
-every worker writes its raw rollouts, and they are merged into one run's samples (:mod:`loadtests.load`), from
+every worker writes its raw rollouts, and they are merged into one run's samples (:mod:`loadtests.users.merge`), from
 which the table is computed: rollouts, rollouts/s over the run time, p50/p99 of turn time, TTFT and rollout
 time. Output in ``--out``: ``<transport>_stats.csv``, ``<transport>.html``, ``<transport>/turns.parquet`` and
 ``rollouts.parquet``, ``load.md``, ``load.json``.
@@ -28,12 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtests.execution.procs import start_server_process, stop_endpoints
+from loadtests.users.merge import summary, write_merged
+from turnbench.transports import TRANSPORTS
 
-from loadtests.load import summary, write_merged  # noqa: E402
-from loadtests.procs import start_server_process, stop_endpoints  # noqa: E402
-from turnbench.transports import TRANSPORTS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def seconds(spec: str) -> float:

@@ -35,18 +35,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+from tqdm import tqdm
+
+from clients.base import TurnRecorder, make_client
+from loadtests.execution.plan import Cell
+from loadtests.execution.procs import Endpoint, start_server_process
+from loadtests.runs.runner import one_rollout
+from loadtests.workload.scenarios import load_scenario
+from turnbench.transports import TRANSPORTS as TABLE
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import psutil  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from clients.base import TurnRecorder, make_client  # noqa: E402
-from loadtests.model import Cell  # noqa: E402
-from loadtests.procs import Endpoint, start_server_process  # noqa: E402
-from loadtests.runner import one_rollout  # noqa: E402
-from loadtests.scenarios import load_scenario  # noqa: E402
-from turnbench.transports import TRANSPORTS as TABLE  # noqa: E402
 
 TRANSPORTS = ("https", "ws", "grpc")
 SCENARIO = load_scenario("agent-20").replace(

@@ -12,7 +12,7 @@ Against a ws server process (TLS on, ``--profile``, default ``fast``: ~1,000 tok
 Printed per way, medians over ``--rounds`` rounds: the time from the correction to the corrected answer's
 first token and to its end, and the tokens of the first answer the client received (what the correction
 wasted; a server that does not notice the close at once generates a little more). The measurement is
-:func:`loadtests.wsmode.measure_steering`; ``turnbench bench`` runs it (the defaults here) as a section of its
+:func:`loadtests.extras.steering.measure`; ``turnbench bench`` runs it (the defaults here) as a section of its
 report, and ``--json PATH`` writes the same data as bench's ``steering.json``.
 
   python scripts/steer_bench.py
@@ -22,16 +22,12 @@ report, and ``--json PATH`` writes the same data as bench's ``steering.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtests.extras.steering import SIZES, measure
+from loadtests.runs.rundir import write_json
 
-from loadtests.rundir import write_json  # noqa: E402
-from loadtests.wsmode import STEERING_SIZES, measure_steering  # noqa: E402
-
-FULL = STEERING_SIZES["full"]
+FULL = SIZES["full"]
 FIGURES = (("first_ms", "18.1f"), ("done_ms", "23.1f"), ("wasted_tokens", "14.0f"))
 
 
@@ -43,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="fast")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the data (as bench's steering.json)")
     args = p.parse_args(argv)
-    data = measure_steering(
-        rounds=args.rounds, answer_tokens=args.answer_tokens, after=args.after, profile=args.profile
-    )
+    data = measure(rounds=args.rounds, answer_tokens=args.answer_tokens, after=args.after, profile=args.profile)
     if args.json is not None:
         write_json(args.json, data)
     print(f"a correction after {args.after} of {args.answer_tokens} tokens, profile {args.profile}, "

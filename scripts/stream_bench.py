@@ -21,11 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from loadtests.bench import Group, run_matrix  # noqa: E402
-from loadtests.run_cli import format_table, print_warnings  # noqa: E402
+from loadtests.cli.run import format_table, print_warnings
+from loadtests.commands.bench import Group, run_matrix
 
 TRANSPORTS = ("https", "https-raw", "ws", "grpc")
 FAST_TOKENS = 1000

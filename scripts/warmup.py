@@ -12,7 +12,7 @@ model prefills it, nothing is generated), and then start the first real turn fro
 
 Printed: the median first-turn TTFT of each (and the input tokens the server reports as cached) and the
 warm-up request's own time, over ``--rounds`` rounds, with ``--instructions-kb`` of instructions (the system
-prompt) and the agent-20 tool set. The measurement is :func:`loadtests.wsmode.measure_warmup`; ``turnbench
+prompt) and the agent-20 tool set. The measurement is :func:`loadtests.extras.warmup.measure`; ``turnbench
 bench`` runs it (the defaults here) as a section of its report, and ``--json PATH`` writes the same data as
 bench's ``warmup.json``.
 
@@ -23,16 +23,12 @@ bench's ``warmup.json``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from loadtests.extras.warmup import SIZES, measure
+from loadtests.runs.rundir import write_json
 
-from loadtests.rundir import write_json  # noqa: E402
-from loadtests.wsmode import WARMUP_SIZES, measure_warmup  # noqa: E402
-
-FULL = WARMUP_SIZES["full"]
+FULL = SIZES["full"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="fast")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the data (as bench's warmup.json)")
     args = p.parse_args(argv)
-    data = measure_warmup(rounds=args.rounds, instructions_kb=args.instructions_kb, profile=args.profile)
+    data = measure(rounds=args.rounds, instructions_kb=args.instructions_kb, profile=args.profile)
     if args.json is not None:
         write_json(args.json, data)
     med = {k: float("nan") if v is None else v for k, v in data["medians"].items()}

@@ -85,7 +85,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     Skipped where redis-server is not installed, except in CI (``CI=true``), where it must be."""
     import shutil
 
-    from loadtests.procs import ServerError, start_redis_server
+    from loadtests.execution.procs import ServerError, start_redis_server
 
     exe = shutil.which("redis-server")
     if exe is None:

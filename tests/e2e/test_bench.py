@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from loadtests import gate
 from loadtests.cli import main
-from loadtests.rundir import RunDir
+from loadtests.commands import gate
+from loadtests.runs.rundir import RunDir
 from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 * TIMEOUT_FACTOR)]
@@ -109,7 +109,7 @@ def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> 
     # halves of one short run (https/full: 1 and 2 rollouts) are noisier than a whole run against a baseline:
     # with two CPU hogs beside make test, one half's rollout ratio read +31% and its speed factor 0.77 (which
     # divides the whole-chunk process CPU both halves share). The gate's own false-fail rate against a baseline
-    # is measured by scripts/gate_rates.py; here the unchanged half gets double tolerances on those two kinds
+    # is measured by scripts/probes/gate_rates.py; here the unchanged half gets double tolerances on those two kinds
     loose = {**gate.TOLERANCES, "ratio": 2 * gate.TOLERANCES["ratio"], "process": 2 * gate.TOLERANCES["process"]}
     table, passed = gate.judge(unchanged, baseline, loose)
     assert passed, gate.format_judgement(table)

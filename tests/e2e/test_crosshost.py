@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.crosshost import CONFIGS, REFERENCE, measure_cross_host, render_cross_host
-from loadtests.doc import Doc
-from loadtests.extras import Unavailable
-from loadtests.procs import ServerError, start_redis_server
+from loadtests.execution.procs import ServerError, start_redis_server
+from loadtests.extras.crosshost import CONFIGS, REFERENCE, measure, render
+from loadtests.extras.registry import Unavailable
+from loadtests.present.doc import Doc
 from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = pytest.mark.timeout(180 * TIMEOUT_FACTOR)
@@ -36,7 +36,7 @@ def test_cross_host_rollouts_hydrate_from_the_store(store: str, request: pytest.
     configuration and the cost sentence for the store."""
     if store == "redis":
         request.getfixturevalue("redis_url")  # skipped where redis-server is missing, failed in CI
-    data = measure_cross_host((store,), rollouts=1, tool_calls=3)
+    data = measure((store,), rollouts=1, tool_calls=3)
     json.dumps(data, allow_nan=False)  # strict JSON as bench writes it
     assert data["parameters"]["stores"] == [store] and data["parameters"]["tool_calls"] == 3
     assert data["stores_unavailable"] == {}
@@ -55,7 +55,7 @@ def test_cross_host_rollouts_hydrate_from_the_store(store: str, request: pytest.
     assert cost["https/store, alternating"]["resolve_ms"] > 0
 
     doc = Doc("cross-host")
-    render_cross_host(doc, data)
+    render(doc, data)
     md = doc.markdown(tmp_path)
     for c in CONFIGS:
         assert f"| {store} | {c.name} | 1/1 |" in md, md
@@ -67,13 +67,13 @@ def test_without_redis_server_sqlite_is_still_measured(monkeypatch: pytest.Monke
     why Redis is not; asked for Redis alone, the extra is unavailable."""
     _no_redis(monkeypatch)
     with pytest.raises(Unavailable, match="redis-server is not installed"):
-        measure_cross_host(("redis",), rollouts=1, tool_calls=1)
-    data = measure_cross_host(("redis", "sqlite"), rollouts=1, tool_calls=1)
+        measure(("redis",), rollouts=1, tool_calls=1)
+    data = measure(("redis", "sqlite"), rollouts=1, tool_calls=1)
     assert data["parameters"]["stores"] == ["sqlite"]
     assert set(data["stores_unavailable"]) == {"redis"}
     assert {r["store"] for r in data["rows"]} == {"sqlite"} and all(r["ok"] == 1 for r in data["rows"])
     doc = Doc("cross-host")
-    render_cross_host(doc, data)
+    render(doc, data)
     assert "redis not measured: redis-server is not installed" in doc.markdown(tmp_path)
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import runner
-from loadtests.model import RunConfig
-from loadtests.run_cli import print_warnings
-from loadtests.scenarios import load_scenario
+from loadtests.cli.run import print_warnings
+from loadtests.execution.plan import RunConfig
+from loadtests.runs import runner
+from loadtests.workload.scenarios import load_scenario
 from tests.foreign import WORDS, Foreign
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import runner
-from loadtests.model import RunConfig
-from loadtests.scenarios import load_scenario
+from loadtests.execution.plan import RunConfig
+from loadtests.runs import runner
+from loadtests.workload.scenarios import load_scenario
 from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = pytest.mark.timeout(240 * TIMEOUT_FACTOR)

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import uvicorn
 
-from loadtests import runner
 from loadtests.examples import agents_sdk
-from loadtests.model import RunConfig
-from loadtests.record import Recorder, build_app
-from loadtests.trace import conversations, read_trace, scenario_from_trace
+from loadtests.execution.plan import RunConfig
+from loadtests.runs import runner
+from loadtests.workload.record_proxy import Recorder, build_app
+from loadtests.workload.trace import conversations, read_trace, scenario_from_trace
 
 pytestmark = pytest.mark.timeout(240)
 TRACES = Path(__file__).resolve().parents[2] / "loadtests" / "traces"

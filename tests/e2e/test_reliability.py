@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from clients.base import TurnRecorder, make_client
-from loadtests.procs import Endpoint, start_server_process, target_endpoint
+from loadtests.execution.procs import Endpoint, start_server_process, target_endpoint
 from tests.conftest import TIMEOUT_FACTOR
 from tests.fuzz.strategies import KEEP_LANE, nested
 from tests.fuzz.wire import (

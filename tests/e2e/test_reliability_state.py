@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clients.agent import Toolbox, run_rollout
 from clients.base import make_client
-from loadtests.procs import Endpoint, start_server_process
+from loadtests.execution.procs import Endpoint, start_server_process
 from servers.base import RunningServer
 from servers.grpc_server import ERROR_CODE_KEY
 from tests.conftest import TIMEOUT_FACTOR

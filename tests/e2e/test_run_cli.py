@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from loadtests import machine, runner
 from loadtests.cli import build_parser, main
-from loadtests.model import RunConfig
-from loadtests.procs import Endpoint, ServerError, start_server_process
-from loadtests.rundir import RunDir
-from loadtests.scenarios import load_scenario
+from loadtests.execution import machine
+from loadtests.execution.plan import RunConfig
+from loadtests.execution.procs import Endpoint, ServerError, start_server_process
+from loadtests.runs import runner
+from loadtests.runs.rundir import RunDir
+from loadtests.workload.scenarios import load_scenario
 from tests.conftest import TIMEOUT_FACTOR
 from turnbench.transports import DEFAULT_TRANSPORTS
 

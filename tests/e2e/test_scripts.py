@@ -43,7 +43,7 @@ def test_stream_bench_coalescing_carries_more_tokens_per_event(tmp_path: Path) -
 
 
 def test_stream_floor_measures_every_library() -> None:
-    out = script("stream_floor.py", "--events", "400")
+    out = script("probes/stream_floor.py", "--events", "400")
     rows = {m.group(1): (float(m.group(2).replace(",", "")), float(m.group(3))) for m in
             re.finditer(r"^(\w+)\s+\d+\s+([\d,]+)\s+([\d.]+)$", out, re.M)}  # fmt: skip
     assert set(rows) == {"asyncio", "sse", "websockets", "grpc"}
@@ -64,7 +64,7 @@ def test_capacity_at_one_and_two_workers(tmp_path: Path) -> None:
 
 
 def test_many_connections_held_open_all_answer() -> None:
-    out = script("many_connections.py", "--connections", "30", "--wave", "10")
+    out = script("probes/many_connections.py", "--connections", "30", "--wave", "10")
     lines = [line for line in out.splitlines() if "opened" in line]
     assert len(lines) == 2 and all("requests ok    30  errors 0" in line and "exit 0" in line for line in lines), out
 

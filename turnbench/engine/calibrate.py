@@ -4,7 +4,7 @@ For each context length ``ctx`` it measures, through the engine protocol only (a
 
 * for each ``new`` in ``--new``: ``full_prefill_ms``, the whole ``ctx + new`` tokens with no cache (a
   stateless request), and ``incremental_prefill_ms``, the ``new`` tokens appended to a conversation that holds
-  ``ctx`` (its KV handle: a stateful connection), as in ``anchors/gpu_prefill_decode_h200.json``;
+  ``ctx`` (its KV handle: a stateful connection), as in ``turnbench/data/anchors/gpu_prefill_decode_h200.json``;
 * ``decode_tok_s``: batch-1 decode of ``--decode-tokens`` tokens onto that conversation, wall clock per token
   as the service sees it (``decode_device_tok_s``: the engine's device time, where it reports one).
 

@@ -8,7 +8,7 @@ Not a sleep table: the time an engine call takes is a function of the work it is
 The model's GPU time is spent as an ``asyncio.sleep`` until an absolute deadline (the GPU works while the
 host waits; deadlines do not drift). The token-level work around it is real: a block-hashed prefix cache
 (64-token blocks, LRU), KV handles per conversation, token accounting. ``h200-8b`` is fitted to
-``anchors/gpu_prefill_decode_h200.json`` by :mod:`turnbench.engine.fit` (weighted least squares on the six
+``turnbench/data/anchors/gpu_prefill_decode_h200.json`` by :mod:`turnbench.engine.fit` (weighted least squares on the six
 full/incremental points of the 8B model; every point within ±13%). ``turnbench calibrate`` measures an engine
 the same way and writes a profile that ``--profile file:PATH.json`` serves (:func:`load_profile`).
 """
@@ -94,7 +94,7 @@ PROFILES: dict[str, SimProfile] = {
         ),
         SimProfile(
             "h200-8b",
-            "fitted to anchors/gpu_prefill_decode_h200.json: 8B model, H200, batch 1, eager decode",
+            "fitted to turnbench/data/anchors/gpu_prefill_decode_h200.json: 8B model, H200, batch 1, eager decode",
             decode_ms_per_token=18.26,
             decode_ms_per_token_kctx=0.0781,
             **_H200_8B,  # type: ignore[arg-type]

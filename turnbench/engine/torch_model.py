@@ -2,7 +2,7 @@
 
 Random-init weights (nothing is downloaded); RMSNorm, rotary positions, grouped-query attention over an
 explicit KV tensor, SwiGLU MLP. Configs: ``cpu-tiny`` (float32, 4 layers, d=256) and, in bf16, the shapes of
-the anchors' models (``anchors/gpu_decode_cudagraph_h200.json``): ``cuda-0.2b``, ``cuda-1b`` (llama-1.1b)
+the anchors' models (``turnbench/data/anchors/gpu_decode_cudagraph_h200.json``): ``cuda-0.2b``, ``cuda-1b`` (llama-1.1b)
 and ``cuda-8b`` (llama-8b), their vocabularies padded to the reference models' so that the weight bytes, and
 with them the memory-bandwidth limit of batch-1 decode, are the anchors'.
 

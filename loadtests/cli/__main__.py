@@ -1,0 +1,5 @@
+"""``python -m loadtests.cli``: the ``turnbench`` command."""
+
+from loadtests.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,363 @@
+"""``turnbench bench``: the fixed, seeded benchmark matrix → ``reports/latest/`` and ``reports/runs/<stamp>/``.
+
+Bench orchestrates: it runs the matrix (one run directory), measures migration cost into its
+``migration.json`` (:mod:`loadtests.commands.migration`), renders the report (:mod:`loadtests.report.render`)
+and copies the whole directory to ``latest``.
+
+The matrix is data (:func:`full_matrix`, :func:`quick_matrix`): groups of cells that share a scenario
+sizing, a profile, a concurrency level and server settings. Every group becomes runner cells
+(:func:`loadtests.model.plan_cells`, with the group's variant and settings); all cells of all groups run in
+**one** interleaved execution (A B C A B C …), so the ablations are measured beside the cells they are
+compared with. A cell's server settings decide its server (:attr:`loadtests.model.Cell.endpoint_key`):
+each ablation variant, like ``https-h2``, gets a server process of its own.
+
+Sizing (2 cores): rollout counts are small where a rollout is slow (``frontier``: ~65 tok/s, ~8 s for 20
+tool calls) and larger where it is cheap (``instant``, ``fast``). Full: within 10 min on a busy 2-core
+machine; ``--quick`` ≈ 40 s quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtests.commands import migration
+from loadtests.execution.plan import Cell, RunConfig, plan_cells
+from loadtests.extras import registry as extras
+from loadtests.report import render as report
+from loadtests.runs import runner
+from loadtests.runs.rundir import RunDir, write_json
+from loadtests.workload.scenarios import load_scenario
+
+__all__ = [
+    "ABLATIONS",
+    "BUDGET_S",
+    "Group",
+    "bench",
+    "cmd_bench",
+    "full_matrix",
+    "matrix_cells",
+    "matrix_record",
+    "quick_matrix",
+    "run_matrix",
+]
+
+MAIN_STATES: dict[str, tuple[str, ...]] = {
+    "https": ("full", "store"),
+    "ws": ("connection", "store"),
+    "grpc": ("connection",),
+}
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no-incremental_checks": {"incremental_checks": False},
+    "no-token_cache": {"token_cache": False},
+    "no-overlap_post": {"overlap_post": False},
+    "no-prefix_cache": {"prefix_cache": False},
+    "tokens_per_chunk-8": {"tokens_per_chunk": 8},
+}
+"""Variant label → server settings, each on ``ws``/``connection`` (framing also on ``grpc``). The connection
+cache is ablated on ``ws``/``store``: with it off a ``connection`` chain has nothing to fall back on."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Group:
+    """Cells sharing one scenario sizing, profile, concurrency and server settings.
+
+    ``states``: transport → state strategies; ``sizing``: :class:`Scenario` fields overridden (``rollouts``,
+    ``rounds``, ``warmup``, ``answer_tokens`` …); ``profile`` None keeps the scenario's own.
+    """
+
+    scenario: str
+    profile: str | None
+    concurrency: int
+    states: Mapping[str, tuple[str, ...]]
+    sizing: Mapping[str, Any] = field(default_factory=dict)
+    variant: str = "default"
+    server_settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _size(rollouts: int, rounds: int, warmup: int, **extra: Any) -> dict[str, Any]:
+    return {"rollouts": rollouts, "rounds": rounds, "warmup": warmup, **extra}
+
+
+def _ablations(scenario: str, sizing: Mapping[str, Any]) -> list[Group]:
+    out = [
+        Group(
+            scenario=scenario,
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("connection",)},
+            sizing=sizing,
+            variant=v,
+            server_settings=s,
+        )
+        for v, s in ABLATIONS.items()
+    ]
+    out[-1] = Group(
+        scenario=scenario,
+        profile="fast",
+        concurrency=1,
+        sizing=sizing,
+        variant="tokens_per_chunk-8",
+        states={"ws": ("connection",), "grpc": ("connection",)},
+        server_settings={"tokens_per_chunk": 8},
+    )
+    out.append(
+        Group(
+            scenario=scenario,
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("store",)},
+            sizing=sizing,
+            variant="no-connection_cache",
+            server_settings={"connection_cache": False},
+        )
+    )
+    return out
+
+
+def full_matrix() -> list[Group]:
+    """``make bench``: agent-20 × {instant, fast, frontier} at concurrency 1 and agent-20 × {instant, fast}
+    at concurrency 4 over https full/store, ws connection/store, grpc connection (+ grpc-json and https-raw
+    at concurrency 1 below frontier); coding-agent-50 × {instant, fast} at concurrency 1; the ablations on
+    agent-20 at ``fast``; and the calibration scenario.
+
+    Sized to finish within 10 minutes on a busy 2-core machine (measured: 13 min for the previous matrix with
+    other processes holding 1.3 of 2 cores): a frontier rollout is ~8 s of model time and coding-agent-50's
+    full resend grows with the square of its 50 turns, so those run at concurrency 1 only
+    (``turnbench run --scenario coding-agent-50 --concurrency 4`` measures the rest)."""
+    # grpc-json separates serialization from transport; https-raw (a minimal HTTP/1.1 client) separates the
+    # cost of the httpx client library from the cost of HTTPS itself
+    # ws-long: option A (one long response per rollout) beside option B, the report's A vs B section
+    main = {**MAIN_STATES, "grpc-json": ("connection",), "https-raw": ("full",), "ws-long": ("connection",)}
+    # the servers are warm from round 0 (every cell's warm-up), so slow cells skip their own warm-up
+    c1 = {"instant": _size(6, 3, 1), "fast": _size(6, 3, 1), "frontier": _size(2, 2, 0, answer_tokens=8)}
+    c4 = {"instant": _size(8, 2, 1), "fast": _size(8, 2, 1)}
+    groups: list[Group] = []
+    for prof in ("instant", "fast", "frontier"):
+        groups.append(
+            Group(
+                scenario="agent-20",
+                profile=prof,
+                concurrency=1,
+                sizing=c1[prof],
+                states=main if prof != "frontier" else MAIN_STATES,
+            )
+        )
+        if prof in c4:
+            groups.append(Group(scenario="agent-20", profile=prof, concurrency=4, states=MAIN_STATES, sizing=c4[prof]))
+    for prof in ("instant", "fast"):
+        groups.append(
+            Group(scenario="coding-agent-50", profile=prof, concurrency=1, states=MAIN_STATES, sizing=_size(3, 3, 0))
+        )
+    groups += _ablations("agent-20", _size(4, 2, 1))
+    groups.append(
+        Group(
+            scenario="calibration",
+            profile=None,
+            concurrency=1,
+            sizing=_size(3, 3, 1),
+            states={"https": ("full",), "ws": ("connection",), "grpc": ("connection",)},
+        )
+    )
+    return groups
+
+
+def quick_matrix() -> list[Group]:
+    """``make bench-quick`` (~1 min): agent-20 at concurrency 1 — ``instant`` over https full, ws connection,
+    grpc connection; ``fast`` adding https store — and one ablation (token cache off on ws/connection)."""
+    sizing = _size(3, 3, 1)
+    core = {"https": ("full",), "ws": ("connection",), "grpc": ("connection",)}
+    return [
+        Group(scenario="agent-20", profile="instant", concurrency=1, states=core, sizing=sizing),
+        Group(
+            scenario="agent-20",
+            profile="fast",
+            concurrency=1,
+            states={**core, "https": ("full", "store"), "ws-long": ("connection",)},
+            sizing=sizing,
+        ),
+        Group(
+            scenario="agent-20",
+            profile="fast",
+            concurrency=1,
+            states={"ws": ("connection",)},
+            sizing=sizing,
+            variant="no-token_cache",
+            server_settings={"token_cache": False},
+        ),
+    ]
+
+
+def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
+    """Every group's cells, numbered in one series (it makes each cell's prompts its own). A group's cells
+    get its variant, and its server settings over ``config.server_settings`` (run-wide, e.g. the gate's burn).
+
+    Raises: ``ValueError`` for an unknown transport, or when two groups make the same cell.
+    """
+    cells: list[Cell] = []
+    for g in groups:
+        sc = load_scenario(g.scenario).replace(**g.sizing, states=dict(g.states))
+        cfg = dataclasses.replace(
+            config,
+            scenarios=[sc],
+            transports=list(g.states),
+            states=None,
+            profiles=(g.profile,) if g.profile else None,
+            concurrency=(g.concurrency,),
+            variant=g.variant,
+            server_settings={**config.server_settings, **g.server_settings},
+        )
+        cells += plan_cells(cfg, first_number=len(cells))
+    ids = [c.cell for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"two groups make the same cells: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return cells
+
+
+def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Any) -> dict[str, Any]:
+    """``run.json["bench"]``: the groups as run, the wall time in s, and ``extra`` (``quick`` …)."""
+    return {
+        "groups": [
+            {
+                **dataclasses.asdict(g),
+                "states": {k: list(v) for k, v in g.states.items()},
+                "sizing": dict(g.sizing),
+                "server_settings": dict(g.server_settings),
+            }
+            for g in groups
+        ],
+        "wall_s": wall_s,
+        **extra,
+    }
+
+
+def matrix_config(
+    out: Path,
+    *,
+    argv: Sequence[str] = (),
+    quiet: bool = True,
+    server_settings: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
+) -> RunConfig:
+    """The run configuration a matrix runs under (``server_settings``: for every server; ``deadline``: the
+    ``time.monotonic()`` by which measuring ends, see :func:`loadtests.runner.execute`)."""
+    return RunConfig(
+        scenarios=[],
+        transports=[],
+        quiet=quiet,
+        argv=list(argv),
+        server_settings=dict(server_settings or {}),
+        out_dir=out,
+        deadline=deadline,
+    )
+
+
+def run_matrix(
+    groups: Sequence[Group],
+    out: Path,
+    *,
+    argv: Sequence[str] = (),
+    quiet: bool = True,
+    server_settings: Mapping[str, Any] | None = None,
+    deadline: float | None = None,
+    **record: Any,
+) -> RunDir:
+    """Run every group's cells in one interleaved execution and write the run directory ``out``; its
+    run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries) and, if ``deadline`` dropped
+    rounds, ``trimmed``."""
+    t0 = time.perf_counter()
+    config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings, deadline=deadline)
+    cells = matrix_cells(groups, config)
+    if not quiet:
+        print(
+            f"bench: {len(cells)} cells, {sum(c.scenario.rollouts + c.scenario.warmup for c in cells)} rollouts",
+            file=sys.stderr,
+        )
+    collected = runner.measure(config, cells)
+    return RunDir.write(
+        out, config, cells, collected, {"bench": matrix_record(groups, time.perf_counter() - t0, **record)}
+    )
+
+
+BUDGET_S = 600.0
+"""``make bench`` ends within this many seconds, however busy the machine (see :func:`bench`)."""
+RESERVE_S = {False: 90.0, True: 45.0}
+"""Seconds kept for the migration measurement and the report after the matrix (full, quick), on a busy machine."""
+EXTRAS_S = {False: 60.0, True: 30.0}
+"""Seconds kept for the measurements beyond the matrix (:mod:`loadtests.extras.registry`; full, quick): measured 43 s
+and 27 s on a quiet 2-core machine; on a busy one the matrix is trimmed first, and an extra that still does not
+fit is skipped."""
+REPORT_S = 30.0
+"""Of :data:`RESERVE_S`, what rendering the report needs: the extras must end this long before the budget."""
+
+
+def bench(
+    *,
+    quick: bool = False,
+    out_root: Path = Path("reports"),
+    argv: Sequence[str] = (),
+    quiet: bool = False,
+    migration_runtime: bool = True,
+    budget_s: float | None = BUDGET_S,
+    run_extras: bool = True,
+) -> Path:
+    """Run the matrix, measure migration cost (``migration.json``), render the report, all into
+    ``out_root/runs/<stamp>/``, and copy that to ``out_root/latest/`` (replaced). Returns: ``latest``.
+
+    ``budget_s``: the whole command's time budget (None: none). The matrix must end :data:`RESERVE_S` before
+    it: on a machine so busy that a measured round would overrun, that round and every later one are dropped
+    whole (every cell keeps the same rounds; round 1 always runs), run.json ``trimmed`` says what was
+    dropped, and the report says so before anything else. After the migration cost, the measurements beyond
+    the matrix (``run_extras``: cross-host state, steering, fan-out, warm-up; :mod:`loadtests.extras.registry`) get
+    :data:`EXTRAS_S`; one that no longer fits the budget is skipped, and its section says so.
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = out_root / "runs" / f"{stamp}-bench{'-quick' if quick else ''}"
+    t0 = time.perf_counter()
+    end = time.monotonic() + budget_s if budget_s else None
+    reserve = RESERVE_S[quick] + (EXTRAS_S[quick] if run_extras else 0.0)
+    deadline = end - reserve if end is not None else None
+    run_matrix(
+        quick_matrix() if quick else full_matrix(),
+        run_dir,
+        argv=argv,
+        quiet=quiet,
+        deadline=deadline,
+        quick=quick,
+        budget_s=budget_s,
+    )
+    runtime = asyncio.run(migration.measure_recovery("ws", rollouts=1 if quick else 3)) if migration_runtime else None
+    write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
+    if run_extras:
+        extras.run_extras(run_dir, quick=quick, deadline=end - REPORT_S if end is not None else None, quiet=quiet)
+    report.write_report(run_dir)
+    latest = out_root / "latest"
+    if latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(run_dir, latest)
+    if not quiet:
+        print(f"bench: {time.perf_counter() - t0:.0f} s; report: {latest / 'report.html'} (copy: {run_dir})")
+    return latest
+
+
+def cmd_bench(args: Any) -> int:
+    """``turnbench bench``: see :func:`bench`."""
+    latest = bench(
+        quick=args.quick,
+        out_root=args.out,
+        argv=sys.argv,
+        quiet=args.quiet,
+        migration_runtime=args.migration_runtime,
+        budget_s=getattr(args, "budget_s", BUDGET_S) or None,
+        run_extras=getattr(args, "extras", True),
+    )
+    print(latest / "report.html")
+    return 0

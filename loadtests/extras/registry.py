@@ -1,0 +1,129 @@
+"""Measurements beyond the matrix: each one runs after it in ``turnbench bench`` and is a section of the report.
+
+The matrix answers one question (an agent loop's rollout time per transport and state). Some questions need
+a setup of their own: two server hosts sharing a Redis store (cross-host hydration), a user steering a running
+answer, one orchestrator fanning out to sub-agents, a warmed-up first turn. Each is an :class:`Extra`:
+
+- ``measure(quick)`` starts what it needs (server processes, ``redis-server``), measures, stops it all and
+  returns JSON-able data (its parameters, its rows); bench writes it to ``<run dir>/<name>.json``;
+- ``render(doc, data)`` writes the section's body from that data, so ``turnbench report DIR`` reruns nothing;
+- ``command`` measures it alone (a ``scripts/`` tool prints the same rows).
+
+An extra that cannot run on this machine raises :class:`Unavailable` (no ``redis-server``): its file says why
+and so does the report. One that fails is recorded with its error and the report says so; the others still run.
+On a budget (``deadline``) an extra whose estimated time no longer fits is skipped, and its section says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests.present.doc import Doc
+from loadtests.runs.rundir import write_json
+
+__all__ = ["EXTRA_MODULES", "Extra", "Unavailable", "add_sections", "all_extras", "run_extras"]
+
+log = logging.getLogger("turnbench.extras")
+
+
+class Unavailable(Exception):
+    """This machine cannot run the measurement (a missing program); the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One measurement beyond the matrix (see the module docstring).
+
+    ``est_s``: its rough time in seconds on a quiet 2-core machine, (quick, full), for the budget.
+    """
+
+    name: str
+    title: str
+    measure: Callable[[bool], Mapping[str, Any]]
+    render: Callable[[Doc, Mapping[str, Any]], None]
+    command: str
+    est_s: tuple[float, float]
+
+
+EXTRA_MODULES: tuple[str, ...] = (
+    "loadtests.extras.steering",
+    "loadtests.extras.fanout",
+    "loadtests.extras.warmup",
+    "loadtests.extras.crosshost",
+)
+"""Modules whose ``EXTRA`` (an :class:`Extra`) bench runs, in this order; the report's sections follow the same
+order. Imported by name when needed: each of them imports this module for :class:`Extra`."""
+
+
+def all_extras() -> list[Extra]:
+    """Every extra of :data:`EXTRA_MODULES`, in order."""
+    return [importlib.import_module(name).EXTRA for name in EXTRA_MODULES]
+
+
+def run_extras(
+    run_dir: Path,
+    *,
+    quick: bool = False,
+    deadline: float | None = None,
+    quiet: bool = True,
+    only: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Measure every extra (``only``: those named) into ``run_dir/<name>.json``. ``deadline``: the
+    ``time.monotonic()`` by which they must be done; an extra whose estimate no longer fits is skipped.
+    Returns: name → outcome (``ok``, ``unavailable``, ``skipped``, ``error``)."""
+    outcomes: dict[str, str] = {}
+    for extra in all_extras():
+        if only is not None and extra.name not in only:
+            continue
+        est = extra.est_s[0 if quick else 1]
+        left = None if deadline is None else deadline - time.monotonic()
+        t0 = time.perf_counter()
+        data: dict[str, Any]
+        if left is not None and left < est:
+            data = {"skipped": f"the time budget had {max(0.0, left):.0f} s left; it needs ~{est:.0f} s"}
+            outcome = "skipped"
+        else:
+            if not quiet:
+                print(f"bench: {extra.title} (~{est:.0f} s)", flush=True)
+            try:
+                data = dict(extra.measure(quick))
+                outcome = "ok"
+            except Unavailable as exc:
+                data, outcome = {"unavailable": str(exc)}, "unavailable"
+            except Exception as exc:  # one extra failing must not lose the others, nor the report
+                log.exception("extra %s failed", extra.name)
+                data = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
+                outcome = "error"
+            data["wall_s"] = time.perf_counter() - t0
+        write_json(run_dir / f"{extra.name}.json", data)
+        outcomes[extra.name] = outcome
+        if not quiet and outcome != "ok":
+            print(f"bench: {extra.title}: {outcome} ({next(iter(data.values()))})", flush=True)
+    return outcomes
+
+
+def add_sections(d: Doc, run_dir: Path) -> None:
+    """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there."""
+    for extra in all_extras():
+        d.h2(extra.title)
+        path = run_dir / f"{extra.name}.json"
+        if not path.is_file():
+            d.p(f"*Not measured in this run: `turnbench bench` measures it, `{extra.command}` alone.*")
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if "unavailable" in data:
+            d.p(f"*Not measured: this machine cannot run it ({data['unavailable']}).*")
+        elif "skipped" in data:
+            d.p(f"*Skipped to keep the time budget ({data['skipped']}); `{extra.command}` measures it alone.*")
+        elif "error" in data:
+            d.p(f"**The measurement failed:** `{data['error']}` (traceback in `{path.name}`).")
+        else:
+            extra.render(d, data)

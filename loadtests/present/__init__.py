@@ -1,0 +1,1 @@
+"""How numbers are shown: the document model (Markdown and HTML), number formatting, plots."""

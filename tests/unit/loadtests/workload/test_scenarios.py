@@ -1,0 +1,122 @@
+"""Scenario files: every shipped one loads; a bad one fails with its file and field named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests.workload.scenarios import (
+    PROFILES,
+    Scenario,
+    ScenarioError,
+    available_scenarios,
+    load_scenario,
+    states_for,
+)
+from turnbench.engine import sim
+from turnbench.transports import TRANSPORTS
+
+REQUIRED = ("chat-1", "agent-5", "agent-20", "coding-agent-50", "calibration")
+
+
+def test_required_scenarios_ship_and_load() -> None:
+    names = available_scenarios()
+    assert set(REQUIRED) <= set(names)
+    for name in names:
+        sc = load_scenario(name)
+        assert sc.name == name and sc.description
+        assert sc.rollouts >= sc.rounds >= 1
+
+
+def test_the_tool_call_counts_of_the_issue() -> None:
+    assert {load_scenario(n).tool_calls for n in REQUIRED} >= {1, 5, 20, 50}
+    assert load_scenario("calibration").profile == "calibration"
+    assert load_scenario("agent-20").profile == "fast"
+
+
+def test_open_and_closed_loop_modes() -> None:
+    assert load_scenario("agent-20").mode == "closed"
+    opened = load_scenario("open-agent-5")
+    assert opened.mode == "open" and opened.arrival_rate_rps and opened.arrival_rate_rps > 0
+
+
+def test_metadata_drives_the_scripted_model() -> None:
+    sc = load_scenario("agent-5")
+    assert sc.metadata() == {"tool_calls": "5", "seed": str(sc.seed), "answer_tokens": str(sc.answer_tokens)}
+
+
+def test_default_states_per_transport() -> None:
+    sc = load_scenario("agent-5")
+    assert states_for(sc, "https") == ("full", "store")
+    assert states_for(sc, "ws") == TRANSPORTS["ws"].states == ("connection", "store", "full")
+    assert states_for(sc, "sdk-https") == ("full", "store")
+    assert states_for(sc, "sdk-ws") == ("connection", "store")
+    custom = sc.replace(states={"ws": ("store",)})
+    assert states_for(custom, "ws") == ("store",)
+
+
+def _write(tmp_path: Path, body: str, name: str = "x") -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(body, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('name = "x"\ntool_calls = -1\n', "'tool_calls'"),
+        ('name = "x"\nprofile = "warp"\n', "'profile'"),
+        ('name = "x"\nrollouts = 1\nrounds = 3\n', "'rollouts'"),
+        ('name = "x"\ntool_calls = 3\nbogus = 1\n', "unknown field(s) bogus"),
+        ('name = "x"\narrival_rate_rps = 0\n', "'arrival_rate_rps'"),
+        ('name = "x"\ntls = "yes"\n', "'tls'"),
+        ('name = "x"\n[states]\nhttps = ["connection"]\n', "'states.https'"),
+        ('name = "x"\n[states]\nsdk-https = ["store", "connection"]\n', "sdk-https has no connection state"),
+        ('name = "x"\n[states]\nws = ["warp"]\n', "'states.ws'"),
+        ('description = "no name"\n', "'name' is required"),
+        ('name = "x"\ntool_output_sigma = -0.5\n', "'tool_output_sigma'"),
+        ('name = "x"\nconcurrency = true\n', "'concurrency'"),
+        ("name = \n", "invalid TOML"),
+    ],
+)
+def test_invalid_files_name_the_field(tmp_path: Path, body: str, needle: str) -> None:
+    path = _write(tmp_path, body)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert needle in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_name_lists_the_available_ones() -> None:
+    with pytest.raises(ScenarioError, match="agent-20"):
+        load_scenario("no-such-scenario")
+
+
+def test_name_must_match_file_in_the_scenario_folder(tmp_path: Path) -> None:
+    _write(tmp_path, 'name = "other"\n', name="mine")
+    with pytest.raises(ScenarioError, match="must match the file name"):
+        load_scenario("mine", directory=tmp_path)
+    _write(tmp_path, 'name = "mine"\ntool_calls = 2\ntool_latency_ms = 3\n', name="mine")
+    sc = load_scenario("mine", directory=tmp_path)
+    assert sc.tool_calls == 2 and sc.tool_latency_ms == 3.0 and isinstance(sc.tool_latency_ms, float)
+
+
+def test_replace_validates_again() -> None:
+    sc = load_scenario("agent-5")
+    assert sc.replace(rollouts=9).rollouts == 9
+    with pytest.raises(ScenarioError, match="'concurrency'"):
+        sc.replace(concurrency=0)
+
+
+def test_scenario_is_frozen_and_serialisable() -> None:
+    sc = load_scenario("agent-20")
+    with pytest.raises(AttributeError):
+        sc.rollouts = 3  # type: ignore[misc]
+    d = sc.as_dict()
+    assert d["name"] == "agent-20" and d["mode"] == "closed" and isinstance(d["states"], dict)
+    assert isinstance(Scenario(name="bare"), Scenario)
+
+
+def test_the_profiles_are_the_sim_engine_s() -> None:
+    assert PROFILES == tuple(sim.PROFILES)
