@@ -21,7 +21,7 @@ from loadtests.workload.record_proxy import Recorder, build_app
 from loadtests.workload.trace import conversations, read_trace, scenario_from_trace
 
 pytestmark = pytest.mark.timeout(240)
-TRACES = Path(__file__).resolve().parents[2] / "loadtests" / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "loadtests" / "workload" / "traces"
 
 
 class Proxy:

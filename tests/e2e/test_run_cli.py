@@ -211,7 +211,7 @@ def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
             [
                 locust,
                 "-f",
-                "loadtests/locustfile.py",
+                "loadtests/users/locustfile.py",
                 "--headless",
                 "-u",
                 "2",
