@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast lint bench bench-quick gate baseline proto soak stream load clean
+.PHONY: check fmt docs
 
 setup: $(STAMP)
 
@@ -42,6 +43,18 @@ stream: setup
 # (reports/load/: load.md, Locust's CSV and HTML); LOAD_ARGS="--run-time 10s --users 4" for a shorter one
 load: setup
 	$(BIN)/python scripts/load.py $(LOAD_ARGS)
+
+# lint, then the tests: what to run before a commit
+check: lint test
+
+# the formatting and the lint fixes `make lint` asks for
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# the documentation site (mkdocs.yml, docs/), built with --strict: a warning fails it
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen
