@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint fmt check bench bench-quick gate baseline proto soak stream load clean
+.PHONY: setup test test-fast lint fmt check docs bench bench-quick gate baseline proto soak stream load clean
 
 setup: $(STAMP)
 
@@ -29,14 +29,6 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# rewrite the code as `make lint` wants it (ruff's fixes and format)
-fmt: setup
-	$(BIN)/ruff check --fix .
-	$(BIN)/ruff format .
-
-# what to run before each commit
-check: lint test
-
 # the fuzz suite at full size, then 10 min of mixed rollouts per transport and 10,000 churned connections with
 # the server's memory sampled (reports/soak/: soak.json, soak.csv, soak.png); SOAK_ARGS="--minutes 2" for a shorter one
 soak: setup
@@ -51,6 +43,18 @@ stream: setup
 # (reports/load/: load.md, Locust's CSV and HTML); LOAD_ARGS="--run-time 10s --users 4" for a shorter one
 load: setup
 	$(BIN)/python scripts/load.py $(LOAD_ARGS)
+
+# lint, then the tests: what to run before a commit
+check: lint test
+
+# the formatting and the lint fixes `make lint` asks for
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# the documentation site (mkdocs.yml, docs/), built with --strict: a warning fails it
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen
