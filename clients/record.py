@@ -2,7 +2,8 @@
 
 Every transport client (``https``, ``ws``, ``grpc``, ``sdk-*``) hands the events of one ``response.create``
 to a :class:`TurnRecorder` and gets back the same :class:`TurnResult`, so the metrics, the report and the
-gate never know which transport produced a sample (DESIGN §6). The recorder is also the one place that
+gate never know which transport produced a sample (docs/concepts/measurements.md). The recorder is also the one place
+that
 interprets what an event means (:meth:`TurnRecorder.interpret`); a client only frames and decodes. A
 recorder never raises: a failure is ``success=False`` plus ``error`` text and an ``error_code``.
 

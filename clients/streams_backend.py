@@ -4,7 +4,7 @@ httpx's stock backend is anyio's. This one is the same httpx, httpcore and h11 o
 ``asyncio.open_connection`` (asyncio and uvloop loops), without anyio's cancel scopes and extra loop
 passes, and with the request head and body written in one ``send``: about 20% less client CPU per request
 (see ``scripts/probes/https_overhead.py``), so the benchmark does not blame HTTPS for a client library's cost
-(DESIGN §9). httpx takes no backend argument: :class:`clients.https_client.HttpsClient` puts it into the
+(docs/design.md). httpx takes no backend argument: :class:`clients.https_client.HttpsClient` puts it into the
 pool of the transport it builds.
 """
 

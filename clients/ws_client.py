@@ -18,7 +18,7 @@ a frame that is no JSON object ``client_malformed_event`` (and the connection is
 ============================== ==============================================================
 
 Options (``ClientConfig.options``): ``ping_interval_s`` (default 20; None disables keep-alive pings),
-``open_timeout_s`` (default 10). Compression is off, as in the official SDK (DESIGN §9).
+``open_timeout_s`` (default 10). Compression is off, as in the official SDK (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``ws-long``: option A over WebSocket mode: the whole rollout is one response (the design the seed article
+"""``ws-long``: option A over WebSocket mode: the whole rollout is one response (the design OpenAI's WebSocket-mode
+write-up
 says OpenAI considered and did not ship).
 
 The agent loop is every transport's (:func:`clients.agent.run_rollout`, state ``connection``): it calls

@@ -1,4 +1,4 @@
-"""Cross-host state: what a conversation pays when its turns reach different server hosts (issue #16).
+"""Cross-host state: what a conversation pays when its turns reach different server hosts.
 
 Two server processes stand for two hosts, sharing one store (Redis, or one SQLite file); the same agent
 rollouts run as ``https/store, one host``, ``https/store, alternating``, ``ws/store, reconnect each turn`` and

@@ -1,4 +1,4 @@
-"""Fan-out: one orchestrator response, then N sub-agents forked from it at once (issue #17).
+"""Fan-out: one orchestrator response, then N sub-agents forked from it at once.
 
 Three ways to do the same work, against server processes started as ``turnbench run`` starts them (TLS on,
 ``--profile``, default ``fast``):

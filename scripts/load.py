@@ -49,7 +49,8 @@ def run_transport(transport: str, args: argparse.Namespace, out: Path, workdir: 
     locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or "locust"
     prefix = out / f"{transport}-samples"
     argv = [
-        locust, "-f", str(ROOT / "loadtests" / "users" / "locustfile.py"), "--headless", "--processes", str(args.processes),
+        locust, "-f", str(ROOT / "loadtests" / "users" / "locustfile.py"), "--headless", "--processes",
+        str(args.processes),
         "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.run_time, "--stop-timeout", "120",
         "--host", ep.url, "--tb-ca", str(ep.ca_path), "--tb-scenario", args.scenario, "--tb-samples", str(prefix),
         "--csv", str(out / transport), "--html", str(out / f"{transport}.html"), "--only-summary",

@@ -1,4 +1,4 @@
-"""Steering against its alternative (issue #17): a user corrects an agent mid-answer.
+"""Steering against its alternative: a user corrects an agent mid-answer.
 
 Against a ws server process (TLS on, ``--profile``, default ``fast``: ~1,000 tok/s), per round: an answer of
 ``--answer-tokens`` is streaming; after ``--after`` tokens the user's correction arrives, and it is applied

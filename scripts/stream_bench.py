@@ -1,4 +1,4 @@
-"""The streaming path at the limit (issue #14): tokens/s and server CPU per token on every transport, with
+"""The streaming path at the limit: tokens/s and server CPU per token on every transport, with
 adaptive coalescing off and on, from one interleaved run.
 
 One answer of ``--tokens`` tokens per request, no tool call, one connection, TLS on (the shipped ``stream``

@@ -1,4 +1,4 @@
-"""Warm-up: first-turn TTFT with and without ``generate: false`` (issue #17).
+"""Warm-up: first-turn TTFT with and without ``generate: false``.
 
 An agent's first request carries its instructions and tool definitions before the task. WebSocket mode lets a
 client send them ahead, as ``response.create`` with ``generate: false`` (the server prepares the state, the

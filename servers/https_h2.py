@@ -1,5 +1,5 @@
 """The HTTP/2 variant of the HTTPS transport: the same Starlette app (:func:`servers.https_server.build_app`)
-served by hypercorn instead of uvicorn (``Settings.http2``; DESIGN §9: a variant, not the default).
+served by hypercorn instead of uvicorn (``Settings.http2``; docs/design.md: a variant, not the default).
 
 - TLS: the same ``TLSMaterial.server_ssl_context()`` as the uvicorn path, with ALPN ``h2`` then
   ``http/1.1`` (a client without ALPN, like the runner's health check, gets HTTP/1.1). No key file is

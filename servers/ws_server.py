@@ -9,7 +9,7 @@ WebSocket library itself, before it reaches the connection.
 Two I/O flavours share :func:`serve_websocket` through :class:`FrameIO`: the standalone ``websockets`` server
 (:func:`start`, the benchmark default) and :func:`handle_starlette_websocket`, which the HTTPS server mounts
 on its own ``/v1/responses`` so an SDK user changes only the call. Per-message compression is off on purpose:
-+25% latency on small frames (DESIGN §9), and the official SDK turns it off too.
++25% latency on small frames (docs/design.md), and the official SDK turns it off too.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ async def start(settings: Settings, service: ResponsesService, tls: TLSMaterial 
         settings.port,
         ssl=tls.server_ssl_context() if tls is not None else None,
         process_request=process_request,
-        compression=None,  # deliberate: DESIGN §9, and what the official SDK negotiates
+        compression=None,  # deliberate (docs/design.md), and what the official SDK negotiates
         max_size=settings.max_message_bytes,
         ping_interval=settings.ping_interval_s,
         ping_timeout=settings.ping_timeout_s,

@@ -6,7 +6,8 @@ task of its own. ``GET /v1/responses/{id}`` reads its state from the store (``qu
 ``completed`` | ``incomplete`` | ``failed``, or ``cancelled`` by ``POST /v1/responses/{id}/cancel``). With
 ``stream: true`` its events are streamed as usual, and a client that goes away leaves the response running;
 :meth:`BackgroundJob.follow` replays them from any sequence number while the response runs (the real API's
-``starting_after``). Over WebSocket mode and gRPC ``Connect`` background is refused (spec a.2).
+``starting_after``). Over WebSocket mode and gRPC ``Connect`` background is refused (docs/protocol/websocket-mode.md,
+Client events).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ class TurnbenchError(Exception):
         self.stream_id: str | None = None
         self.error_id: str | None = None
         self.in_lane = True  # False: the refusal of a control event (response.append), answered at once
-        self.previous_response_id: str | None = None  # a refused continuation's parent (spec a.5 eviction)
+        # a refused continuation's parent (eviction: docs/protocol/websocket-mode.md, The connection cache)
+        self.previous_response_id: str | None = None
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
 

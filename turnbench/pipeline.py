@@ -1,4 +1,4 @@
-"""The request stages of DESIGN §2, each timed (wall and CPU, ns) and counted.
+"""The request stages (docs/concepts/pipeline.md), each timed (wall and CPU, ns) and counted.
 
 A :class:`StageTimer` travels with one request from the adapter's ``parse`` to the service's ``post``. Each
 stage records wall time (``perf_counter_ns``), the CPU time of this thread (``thread_time_ns``), and what it

@@ -5,7 +5,7 @@ Validation library: **msgspec**. It decodes and validates JSON straight into typ
 without reflection, and its error messages carry a JSON path (``at `$.input[3].call_id```), which we
 turn into the Responses error's ``param``.
 
-Two layers, matching the pipeline's ``parse`` and ``validate`` stages (DESIGN §2):
+Two layers, matching the pipeline's ``parse`` and ``validate`` stages (docs/concepts/pipeline.md):
 
 * :class:`ResponseCreate` is the request envelope. ``parse`` decodes the bytes into it; the top-level fields
   are typed (a wrong type fails here) but each input item stays a plain ``dict``.
@@ -82,11 +82,12 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: dict[str, str] = {}
     max_output_tokens: int | None = None
     parallel_tool_calls: bool = True
-    # WebSocket-only (spec a.2); harmless elsewhere
+    # WebSocket-only (docs/protocol/websocket-mode.md, Client events); harmless elsewhere
     type: str | None = None
     stream_id: str | None = None
     generate: bool = True
-    # option A (seed article; never shipped): the whole rollout is this one response, paused at each tool call
+    # option A (docs/guides/option-a.md; never shipped): the whole rollout is this one response, paused at each tool
+    # call
     # (``response.done``) until the client's ``response.append``. Persistent connections only.
     long_response: bool = False
     # accepted and ignored: real Responses parameters the SDKs may send (background and text are acted on; a
@@ -295,7 +296,8 @@ class Response(msgspec.Struct, kw_only=True):
 
 
 # ---------------------------------------------------------------------------------------------- events
-# `stream_id` is present only on events of a named WebSocket lane (spec a.3): omit_defaults drops the None.
+# `stream_id` is present only on events of a named WebSocket lane (docs/protocol/websocket-mode.md, Server events):
+# omit_defaults drops the None.
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=True):
@@ -416,7 +418,8 @@ class WsErrorEvent(msgspec.Struct, kw_only=True, tag_field="type", tag="error", 
 
 
 class ResponseSteer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``response.steer`` (spec a.2): queue user input for a continuation of an active response on this
+    """``response.steer`` (docs/protocol/websocket-mode.md, Client events): queue user input for a continuation of an
+    active response on this
     connection. Only these three members; the target response decides the lane."""
 
     type: str
@@ -462,7 +465,8 @@ _append_decoder = msgspec.json.Decoder(ResponseAppend)
 
 
 def ws_error_event(err: TurnbenchError, stream_id: str | None = None) -> WsErrorEvent:
-    """The WebSocket/gRPC-Connect ``error`` frame for ``err`` (spec a.3), on ``stream_id``'s lane."""
+    """The WebSocket/gRPC-Connect ``error`` frame for ``err`` (docs/protocol/websocket-mode.md, Server events), on
+    ``stream_id``'s lane."""
     return WsErrorEvent(
         status=err.http_status,
         stream_id=stream_id,

@@ -1,6 +1,7 @@
 """TLS material generated at run time: a throw-away CA and one leaf certificate for the loopback names.
 
-Benchmarks run with TLS on by default (DESIGN §5), and nothing secret is committed: each run makes a fresh CA
+Benchmarks run with TLS on by default (docs/concepts/transports.md), and nothing secret is committed: each run makes
+a fresh CA
 with ``trustme``. A server started in another shell writes its CA PEM to a path it prints, and the client
 trusts it with :func:`load_ca`. gRPC takes PEM bytes rather than ``ssl`` contexts, hence the ``*_pem_bytes``
 properties. No sockets here: contexts and files only.

@@ -157,7 +157,7 @@ TRANSPORTS: Mapping[str, Transport] = MappingProxyType(
                 ("connection",),
                 raw=False,
                 summary="option A over WebSocket mode: the whole rollout one long response, paused at each tool "
-                "call (response.done) and resumed by response.append; the design the seed article says was not "
+                "call (response.done) and resumed by response.append; the design OpenAI's write-up says was not "
                 "shipped",
             ),
             Transport(

@@ -1,7 +1,7 @@
 """The answer a run gives, in words: the claim under test, the measured answer with its interval, whether it
 holds, and then what limits it (a quick run, few rollouts, a contended machine, a saturated load generator).
 
-The claim (the seed article): WebSocket mode, which keeps the conversation on the connection, gives *up to
+The claim (docs/background.md): WebSocket mode, which keeps the conversation on the connection, gives *up to
 ~40% lower end-to-end latency* for agent rollouts of 20+ tool calls than HTTPS re-sending the history. The
 cell pair that tests it is ``ws/connection`` against ``https/full`` in the headline
 (:func:`loadtests.stats.headline`).

@@ -1,4 +1,5 @@
-"""Migration cost (DESIGN §7): what moving a client off HTTPS takes, computed from the code, and what losing
+"""Migration cost (docs/guides/migration.md): what moving a client off HTTPS takes, computed from the code, and what
+losing
 a connection mid-rollout costs, measured. Both end up as JSON (:func:`migration_report`); the report
 renders it (:func:`loadtests.report.add_migration_section`).
 

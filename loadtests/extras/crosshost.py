@@ -1,4 +1,4 @@
-"""Cross-host state: what a conversation pays when its turns reach different server hosts (issue #16).
+"""Cross-host state: what a conversation pays when its turns reach different server hosts.
 
 Two server processes stand for two hosts (each the HTTPS server, which also serves WebSocket mode on its
 port), sharing one store: Redis (a real ``redis-server`` started on a free loopback port, persisting nothing)

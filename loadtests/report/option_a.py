@@ -153,7 +153,8 @@ def add_section(
     migration cost of A beside B's."""
     d.h2("Option A vs B: one long response against previous_response_id")
     d.p(
-        "The seed article's two designs, measured on one WebSocket server in one run. **Option A** "
+        "WebSocket mode's two designs (docs/guides/option-a.md), measured on one WebSocket server in one run. "
+        "**Option A** "
         "(`ws-long/connection`, never shipped): the rollout is one response; the server pauses sampling at each "
         "tool call (`response.done`), the client appends the tool output to the same response "
         "(`response.append`, the increment only) and sampling resumes. **Option B** (`ws/connection`, what "

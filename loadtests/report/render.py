@@ -1,4 +1,5 @@
-"""The report of a run directory (DESIGN §8): ``report.md``, a self-contained ``report.html``, ``plots/*.png``
+"""The report of a run directory (docs/guides/bench.md): ``report.md``, a self-contained ``report.html``,
+``plots/*.png``
 and ``summary.json``, rendered from the run's raw samples and records (so ``turnbench report DIR`` reruns
 nothing). The numbers come from :mod:`loadtests.stats`, the same functions the runner's table and
 ``summary.json`` use; migration cost is rendered from the run's ``migration.json`` (what
@@ -123,7 +124,7 @@ def _injected_text(meta: Mapping[str, Any]) -> str:
     inj = meta.get("injected") or {}
     if not inj:
         return "Injected latency: **none** (every `inject_ms` and `burn_us` is zero)."
-    return "Injected latency (explicit knobs, DESIGN §2): **" + json.dumps(inj, sort_keys=True) + "**."
+    return "Injected latency (explicit knobs: docs/concepts/pipeline.md): **" + json.dumps(inj, sort_keys=True) + "**."
 
 
 def _saturation_text(meta: Mapping[str, Any]) -> str:
@@ -434,7 +435,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     _decomposition_section(d, summary.decomposition, run.meta)
     plots.add_sections(d, figures, [n for n in plots.FIGURES if n != "ablations"])
     d.h2("Ablations: which mechanism buys what")
-    d.p("Each row changes one server setting of DESIGN §2 (a switch off, or the framing) on one cell, all else equal.")
+    d.p("Each row changes one server setting of the pipeline (a switch off, or the framing) on one cell.")
     d.table(_ablation_view(a), empty="This run has no ablation variants.")
     if "ablations" in figures:
         d.figure(figures["ablations"], plots.FIGURES["ablations"][1])

@@ -1,4 +1,4 @@
-"""The gate's false-fail and false-pass rates on a busy machine (issue #13's acceptance figure).
+"""The gate's false-fail and false-pass rates on a busy machine.
 
 Runs ``turnbench gate`` against the committed baseline ``--runs`` times unchanged (a failure is a false fail)
 and ``--runs`` times with a CPU burn in one stage (``--burn``, default ``render=2000``: 2 ms per request; a

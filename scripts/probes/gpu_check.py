@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The GPU check of the ``torch`` engine (issue #18): one script, run once on a device machine, JSON to ``--out``.
+"""The GPU check of the ``torch`` engine: one script, run once on a device machine, JSON to ``--out``.
 
 Parts, in this order, each in its own process (its own process group) with a time limit cut from one budget
 (``--budget-s``), so that a slow compile or an out-of-memory costs that part only; each part's results are

@@ -1,5 +1,5 @@
 """What one small event costs each library on loopback, without turnbench: the floor our streaming path is
-measured against (issue #14).
+measured against.
 
 For each library a server process (TLS on, the same certificates as turnbench's servers) streams ``--events``
 messages of the size turnbench's token deltas have on that transport, awaiting each send as turnbench's

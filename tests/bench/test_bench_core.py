@@ -7,7 +7,7 @@
 The conversation is the agent loop's own shape (user message, then ``function_call`` /
 ``function_call_output`` pairs with ~4 KB tool outputs over the shipped corpus); ``full`` works on every item,
 ``connection`` only on the items a cached continuation adds (the last tool output), which is the
-stateless request's extra cost that DESIGN §9 points at.
+stateless request's extra cost that docs/design.md points at.
 """
 
 from __future__ import annotations

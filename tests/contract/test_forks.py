@@ -1,4 +1,5 @@
-"""Forks and the eviction rules of the connection cache (spec a.5), one contract over WebSocket mode and gRPC
+"""Forks and the eviction rules of the connection cache (docs/protocol/websocket-mode.md, The connection cache), one
+contract over WebSocket mode and gRPC
 ``Connect`` (json codec), driven as ``test_connection.py`` drives them.
 
 What the spec says, and what is asserted here:

@@ -40,7 +40,8 @@ CLIENTS = [
     pytest.param("https", {"network_backend": "anyio"}, id="httpx-anyio"),
     pytest.param("https-raw", {}, id="raw"),
 ]
-SPEC_ORDER = re.compile(  # spec b.2, one output item per response (the scripted model's shape)
+# docs/protocol/http-sse.md, Order rules: one output item per response (the scripted model's shape)
+SPEC_ORDER = re.compile(
     r"created in_progress output_item\.added "
     r"(content_part\.added (output_text\.delta )*output_text\.done content_part\.done "
     r"|(function_call_arguments\.delta )*function_call_arguments\.done )"

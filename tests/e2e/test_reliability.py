@@ -1,4 +1,4 @@
-"""Issue #12's findings under load, one test each, on real servers: huge knobs, a big request beside a probe, a
+"""The reliability findings under load, one test each, on real servers: huge knobs, a big request beside a probe, a
 flood of queued frames, poison frames beside a second lane, slow headers.
 
 Nothing here asserts a wall-clock limit. A speed claim is a ratio measured in the same test (a refusal against a

@@ -1,4 +1,4 @@
-"""Issue #12's findings about state and identity, one test each, on real servers: a restart mid-rollout, two
+"""The reliability findings about state and identity, one test each, on real servers: a restart mid-rollout, two
 tenants on one store, the ``Authorization`` header read alike everywhere, gRPC health and reflection without a
 key, a second request mid-flight, a connection dropped mid-response.
 """

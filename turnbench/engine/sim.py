@@ -8,7 +8,8 @@ Not a sleep table: the time an engine call takes is a function of the work it is
 The model's GPU time is spent as an ``asyncio.sleep`` until an absolute deadline (the GPU works while the
 host waits; deadlines do not drift). The token-level work around it is real: a block-hashed prefix cache
 (64-token blocks, LRU), KV handles per conversation, token accounting. ``h200-8b`` is fitted to
-``turnbench/data/anchors/gpu_prefill_decode_h200.json`` by :mod:`turnbench.engine.fit` (weighted least squares on the six
+``turnbench/data/anchors/gpu_prefill_decode_h200.json`` by :mod:`turnbench.engine.fit` (weighted least squares on the
+six
 full/incremental points of the 8B model; every point within ±13%). ``turnbench calibrate`` measures an engine
 the same way and writes a profile that ``--profile file:PATH.json`` serves (:func:`load_profile`).
 """

@@ -1,4 +1,5 @@
-"""TurnRecorder with a scripted clock: the timing identities of DESIGN §6, the one event interpreter every
+"""TurnRecorder with a scripted clock: the timing identities of docs/concepts/measurements.md, the one event
+interpreter every
 client hands its events to (both error shapes, terminal outcomes, malformed input, events after the end),
 usage parsing, failures; and the client interface's ``reconnect`` as the agent loop uses it."""
 

@@ -1,4 +1,4 @@
-"""Issue #12's bounds in the core, without sockets: stores bounded by entries, bytes and age and namespaced
+"""The bounds in the core, without sockets: stores bounded by entries, bytes and age and namespaced
 by API key; a request refused for its item count or context length; long texts tokenized in pieces with the
 same result; deep or cyclic tool schemas refused or cut, never a crash."""
 

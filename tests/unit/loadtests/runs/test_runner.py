@@ -1,7 +1,8 @@
 """The run model and the runner's clocks and schedules: scripted time, so every figure is known exactly.
 
 A scripted client plays one fixed event timeline per turn on a fake clock; the agent loop and the recorder
-turn it into samples, and the tests check the identities of DESIGN §6 (``turn_ms == ttft_ms + sum(itl_ms)
+turn it into samples, and the tests check the identities of docs/concepts/measurements.md (``turn_ms == ttft_ms +
+sum(itl_ms)
 + tail``, ``latency_ms == queue_ms + turn_ms``) and that an open loop whose generator runs late counts the
 wait instead of hiding it. Planning: which cells a run makes, with which server settings, on which server.
 """
