@@ -23,6 +23,7 @@ import dataclasses
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -338,7 +339,10 @@ def bench(
     write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
     if run_extras:
         extras.run_extras(run_dir, quick=quick, deadline=end - REPORT_S if end is not None else None, quiet=quiet)
-    report.write_report(run_dir)
+    try:
+        report.write_report(run_dir)
+    except Exception:  # the measured run is on disk whatever happens here; say why it has no report
+        (run_dir / "report.log").write_text(traceback.format_exc(), encoding="utf-8")
     latest = out_root / "latest"
     if latest.exists():
         shutil.rmtree(latest)
@@ -360,4 +364,11 @@ def cmd_bench(args: Any) -> int:
         run_extras=getattr(args, "extras", True),
     )
     print(latest / "report.html")
+    if (latest / "report.log").is_file():
+        print(
+            f"turnbench: error: the run is complete but some report sections failed; see {latest / 'report.log'} "
+            f"(then re-render with `turnbench report {latest}`)",
+            file=sys.stderr,
+        )
+        return 1
     return 0

@@ -16,6 +16,7 @@ On a budget (``deadline``) an extra whose estimated time no longer fits is skipp
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -111,19 +112,24 @@ def run_extras(
 
 
 def add_sections(d: Doc, run_dir: Path) -> None:
-    """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there."""
+    """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there. Each
+    is built on its own (:meth:`Doc.section`): an extra whose file or renderer fails costs only its section."""
     for extra in all_extras():
-        d.h2(extra.title)
-        path = run_dir / f"{extra.name}.json"
-        if not path.is_file():
-            d.p(f"*Not measured in this run: `turnbench bench` measures it, `{extra.command}` alone.*")
-            continue
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if "unavailable" in data:
-            d.p(f"*Not measured: this machine cannot run it ({data['unavailable']}).*")
-        elif "skipped" in data:
-            d.p(f"*Skipped to keep the time budget ({data['skipped']}); `{extra.command}` measures it alone.*")
-        elif "error" in data:
-            d.p(f"**The measurement failed:** `{data['error']}` (traceback in `{path.name}`).")
-        else:
-            extra.render(d, data)
+        d.section(extra.title, functools.partial(_section, d, extra, run_dir))
+
+
+def _section(d: Doc, extra: Extra, run_dir: Path) -> None:
+    d.h2(extra.title)
+    path = run_dir / f"{extra.name}.json"
+    if not path.is_file():
+        d.p(f"*Not measured in this run: `turnbench bench` measures it, `{extra.command}` alone.*")
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "unavailable" in data:
+        d.p(f"*Not measured: this machine cannot run it ({data['unavailable']}).*")
+    elif "skipped" in data:
+        d.p(f"*Skipped to keep the time budget ({data['skipped']}); `{extra.command}` measures it alone.*")
+    elif "error" in data:
+        d.p(f"**The measurement failed:** `{data['error']}` (traceback in `{path.name}`).")
+    else:
+        extra.render(d, data)

@@ -8,6 +8,7 @@ PNG through the Agg canvas. Every axis says its unit; a cell's colour is the sam
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from loadtests.present.doc import Doc
+from loadtests.present.doc import Doc, SectionError
 from turnbench.settings import STAGES
 
 __all__ = ["FIGURES", "add_sections", "all_figures"]
@@ -240,7 +241,42 @@ def ablation_bars(abl: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def headline_ratios(head: pd.DataFrame, path: Path) -> Path | None:
+    """The headline at a glance: per cell, its median rollout time ÷ the HTTPS baseline's in the same run, with
+    the 95% CI, one panel per baseline (``vs`` column); left of 1 is faster. None without finite ratios."""
+    if head.empty or "ratio" not in head:
+        return None
+    h = head[np.isfinite(pd.to_numeric(head["ratio"], errors="coerce"))]
+    if h.empty:
+        return None
+    bases = list(dict.fromkeys(h["vs"]))
+    height = sum(0.34 * n + 1.1 for n in h.groupby("vs").size())
+    fig = Figure(figsize=(10.0, height), dpi=_DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(bases), 1, sharex=True))
+    for ax, base in zip(axes, bases, strict=True):
+        g = h[h["vs"] == base].iloc[::-1]
+        names = [f"{r.cell} · {r.profile} · {r.scenario}" for r in g.itertuples()]
+        ratio = g["ratio"].to_numpy(dtype=float)
+        err = np.vstack([ratio - g["lo"].to_numpy(dtype=float), g["hi"].to_numpy(dtype=float) - ratio])
+        bounds = zip(g["lo"], g["hi"], strict=True)
+        colors = ["tab:green" if hi < 1 else "tab:red" if lo > 1 else "tab:gray" for lo, hi in bounds]
+        xerr = np.nan_to_num(err.clip(min=0))
+        for i, (x, y, color) in enumerate(zip(ratio, names, colors, strict=True)):
+            ax.errorbar([x], [y], xerr=xerr[:, i : i + 1], fmt="o", color=color, ecolor=color, capsize=3)
+        for x, y in zip(ratio, names, strict=True):
+            ax.annotate(f"{(x - 1) * 100:+.0f}%", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=8)
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set(xlabel=f"rollout time ÷ {base} (95% CI)", title=f"vs {base}")
+        ax.grid(True, axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
 FIGURES: dict[str, tuple[str, str]] = {
+    "headline": (
+        "Headline at a glance",
+        "Median rollout time of each cell ÷ the HTTPS baseline's in the same run; bars are 95% CIs, left of 1 "
+        "is faster (green: the whole interval below 1, red: above).",
+    ),
     "ttft_by_turn": ("TTFT by turn", "Median time to first content token at each turn index."),
     "rollout_ecdf": ("Rollout latency distribution", "Empirical CDF of end-to-end rollout time."),
     "stage_stack": ("Server time per turn by stage", "Mean wall time per turn in each pipeline stage."),
@@ -250,9 +286,13 @@ FIGURES: dict[str, tuple[str, str]] = {
 }
 
 
-def all_figures(turns: pd.DataFrame, rollouts: pd.DataFrame, abl: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """Draw every figure the data allows into ``out`` (PNG). Returns: name → path, missing ones omitted."""
+def all_figures(
+    turns: pd.DataFrame, rollouts: pd.DataFrame, abl: pd.DataFrame, out: Path, head: pd.DataFrame | None = None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw every figure the data allows into ``out`` (PNG). Returns: (name → path, missing ones omitted;
+    name → the traceback of a figure that failed to draw: the others are still drawn)."""
     makers: dict[str, Callable[[], Path | None]] = {
+        "headline": lambda: headline_ratios(head if head is not None else pd.DataFrame(), out / "headline.png"),
         "ttft_by_turn": lambda: ttft_by_turn(turns, out / "ttft_by_turn.png"),
         "rollout_ecdf": lambda: rollout_ecdf(rollouts, out / "rollout_ecdf.png"),
         "stage_stack": lambda: stage_stack(turns, out / "stage_stack.png"),
@@ -260,16 +300,32 @@ def all_figures(turns: pd.DataFrame, rollouts: pd.DataFrame, abl: pd.DataFrame, 
         "throughput": lambda: throughput(rollouts, out / "throughput.png"),
         "ablations": lambda: ablation_bars(abl, out / "ablations.png"),
     }
-    made = {name: make() for name, make in makers.items()}
-    return {k: v for k, v in made.items() if v is not None}
+    made: dict[str, Path] = {}
+    failed: dict[str, str] = {}
+    for name, make in makers.items():
+        try:
+            path = make()
+        except Exception:  # one figure's failure must not cost the report
+            failed[name] = traceback.format_exc()
+            continue
+        if path is not None:
+            made[name] = path
+    return made, failed
 
 
-def add_sections(doc: Doc, figures: Mapping[str, Path], names: Sequence[str] | None = None) -> None:
-    """One section per figure (heading, caption, image); a figure the data did not allow says so."""
+def add_sections(
+    doc: Doc, figures: Mapping[str, Path], names: Sequence[str] | None = None, failed: Mapping[str, str] | None = None
+) -> None:
+    """One section per figure (heading, caption, image); a figure the data did not allow says so, and one that
+    failed to draw (``failed``: name → traceback) says so and is counted among the document's errors."""
     for name in names or list(FIGURES):
         title, caption = FIGURES[name]
         doc.h2(title)
         if name in figures:
             doc.figure(figures[name], caption)
+        elif failed and name in failed:
+            error = failed[name].strip().splitlines()[-1]
+            doc.p(f"**This figure failed to draw:** `{error}` (traceback in report.log).")
+            doc.errors.append(SectionError(title, error, failed[name]))
         else:
             doc.p(f"*Not drawn: this run has no data for it ({caption.lower()})*")

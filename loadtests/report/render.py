@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pandas as pd
 
 from loadtests.analysis.cells import cell_table
 from loadtests.analysis.headline import BASELINES
+from loadtests.analysis.summary import RunSummary
 from loadtests.analysis.verdict import CLAIM, Verdict
 from loadtests.extras import registry as extras
 from loadtests.present import plots
@@ -400,26 +402,8 @@ def _runtime_section(d: Doc, runtime: Mapping[str, Any] | None) -> None:
     d.table(round_frame(table))
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Render ``report.md``, ``report.html``, ``plots/*.png`` and ``summary.json`` of a run directory into
-    ``out_dir`` (default: the run directory itself). Returns: the paths written, by name.
-
-    Raises: :class:`loadtests.rundir.RunDirError` when ``run_dir`` is not a run directory.
-    """
-    run = RunDir(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path
-    out.mkdir(parents=True, exist_ok=True)
-    summary = run.statistics()
-    mig_path = run.path / "migration.json"
-    migration = json.loads(mig_path.read_text(encoding="utf-8")) if mig_path.is_file() else None
-    h, a = summary.headline, summary.ablations
-    figures = plots.all_figures(run.turns, run.rollouts, a, out / "plots")
-    d = Doc("turnbench report")
-    _verdict_section(d, summary.verdicts, run.meta)
-    d.p(
-        f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
-        f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}."
-    )
+def _headline_section(d: Doc, run: RunDir, summary: RunSummary) -> None:
+    h = summary.headline
     d.h2("Headline: end-to-end rollout time against HTTPS")
     d.p(_injected_text(run.meta) + " " + _saturation_text(run.meta))
     conc = f"concurrency {int(h['concurrency'].iloc[0])}" if not h.empty else "the lowest concurrency"
@@ -432,29 +416,109 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     )
     d.table(_headline_view(h), empty="No cell had an HTTPS baseline to compare with.")
     d.bullets(headline_sentences(h))
-    _decomposition_section(d, summary.decomposition, run.meta)
-    plots.add_sections(d, figures, [n for n in plots.FIGURES if n != "ablations"])
+
+
+def _ablation_section(d: Doc, summary: RunSummary, figures: Mapping[str, Path]) -> None:
     d.h2("Ablations: which mechanism buys what")
     d.p("Each row changes one server setting of the pipeline (a switch off, or the framing) on one cell.")
-    d.table(_ablation_view(a), empty="This run has no ablation variants.")
+    d.table(_ablation_view(summary.ablations), empty="This run has no ablation variants.")
     if "ablations" in figures:
         d.figure(figures["ablations"], plots.FIGURES["ablations"][1])
-    a_vs_b = option_a.comparison(run.rollouts, run.turns, run.meta.get("cells", []), summary.cells)
-    has_a = any(c.get("transport") == option_a.A[0] for c in run.meta.get("cells", []))
+
+
+def _option_a_section(d: Doc, run: RunDir, summary: RunSummary, migration: Mapping[str, Any] | None) -> None:
+    cells = run.meta.get("cells", [])
+    a_vs_b = option_a.comparison(run.rollouts, run.turns, cells, summary.cells)
+    has_a = any(c.get("transport") == option_a.A[0] for c in cells)
     option_a.add_section(d, a_vs_b, migration, run_has_a=has_a)
-    extras.add_sections(d, run.path)
+
+
+def _all_cells_section(d: Doc, summary: RunSummary) -> None:
     d.h2("All cells")
     d.table(round_frame(cell_table(summary.cells)), empty="No cells.")
-    _calibration_section(d, summary.calibration)
-    add_migration_section(d, migration)
-    _environment_section(d, run.meta)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _raise(exc: BaseException) -> Callable[[], None]:
+    def build() -> None:
+        raise exc
+
+    return build
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Render ``report.md``, ``report.html``, ``plots/*.png`` and ``summary.json`` of a run directory into
+    ``out_dir`` (default: the run directory itself). Returns: the paths written, by name.
+
+    Each section is built and rendered on its own (:meth:`Doc.section`): one that raises becomes a note in the
+    report saying so, the rest is written, and ``report.log`` (key ``log``) holds the tracebacks; its presence
+    is how a caller knows the report is incomplete. The statistics feed most sections: when they cannot be
+    computed, those sections say so and ``summary.json`` is not written.
+
+    Raises: :class:`loadtests.runs.rundir.RunDirError` when ``run_dir`` is not a run directory.
+    """
+    run = RunDir(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    d = Doc("turnbench report")
+    summary: RunSummary | None = None
+    try:
+        summary = run.statistics()
+    except Exception as exc:  # the report still says what it can: the run, the environment
+        d.section("Statistics of the run", _raise(exc))
+    migration = None
+    try:
+        migration = _read_json(run.path / "migration.json")
+    except Exception as exc:
+        d.section("Migration cost (computed from the code)", _raise(exc))
+    figures: dict[str, Path] = {}
+    failed: dict[str, str] = {}
+    if summary is not None:
+        figures, failed = plots.all_figures(
+            run.turns, run.rollouts, summary.ablations, out / "plots", head=summary.headline
+        )
+        s = summary
+        d.section("Verdict", lambda: _verdict_section(d, s.verdicts, run.meta))
+        plots.add_sections(d, figures, ["headline"], failed)
+    d.p(
+        f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
+        f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}."
+    )
+    if summary is not None:
+        s = summary
+        d.section("Headline: end-to-end rollout time against HTTPS", lambda: _headline_section(d, run, s))
+        d.section(
+            "Where the time went: model, CPU and the rest",
+            lambda: _decomposition_section(d, s.decomposition, run.meta),
+        )
+        names = [n for n in plots.FIGURES if n not in ("ablations", "headline")]
+        d.section("Figures", lambda: plots.add_sections(d, figures, names, failed))
+        d.section("Ablations: which mechanism buys what", lambda: _ablation_section(d, s, figures))
+        d.section("Option A vs B", lambda: _option_a_section(d, run, s, migration))
+    extras.add_sections(d, run.path)
+    if summary is not None:
+        s = summary
+        d.section("All cells", lambda: _all_cells_section(d, s))
+        d.section("Calibration: the harness measuring itself", lambda: _calibration_section(d, s.calibration))
+    d.section("Migration cost (computed from the code)", lambda: add_migration_section(d, migration))
+    d.section("Environment: enough to rerun it", lambda: _environment_section(d, run.meta))
     paths = d.write(out)
-    paths["summary"] = write_json(out / "summary.json", {"run": str(run.path), **summary.as_json()})
+    if summary is not None:
+        paths["summary"] = write_json(out / "summary.json", {"run": str(run.path), **summary.as_json()})
     return paths
 
 
 def cmd_report(args: Any) -> int:
-    """``turnbench report DIR [--out OUT]``: render the report of a run directory."""
-    for path in write_report(args.run_dir, args.out).values():
+    """``turnbench report DIR [--out OUT]``: render the report of a run directory. Exit 1 when a section
+    failed (the report is written all the same, with a note where the section would be; tracebacks in
+    ``report.log``)."""
+    paths = write_report(args.run_dir, args.out)
+    for path in paths.values():
         print(path)
+    if "log" in paths:
+        print(f"turnbench: error: some report sections failed; see {paths['log']}", file=sys.stderr)
+        return 1
     return 0

@@ -157,6 +157,7 @@ def test_report_renders_every_section_with_embedded_pngs(run_dir: Path, tmp_path
         assert f"<h2>{heading}" in page, heading
     pngs = sorted((out / "plots").glob("*.png"))
     assert {p.stem for p in pngs} == {
+        "headline",
         "ttft_by_turn",
         "rollout_ecdf",
         "stage_stack",
