@@ -48,7 +48,9 @@ from turnbench.errors import (
     TurnbenchError,
     as_turnbench_error,
 )
-from turnbench.prepared import Append, ParsedRequest, SteerControl
+from turnbench.item_events import new_id
+from turnbench.lifecycle import Append, ResponseLifecycle
+from turnbench.prepared import ParsedRequest
 from turnbench.schema import (
     Event,
     ResponseCreated,
@@ -63,7 +65,6 @@ from turnbench.schema import (
 from turnbench.schema import encode as encode_json
 from turnbench.service import ResponsesService
 from turnbench.state import valid_lane
-from turnbench.stream import new_id
 
 __all__ = ["Connection", "ConnectionGone", "ConnectionSet", "Encode", "Ending", "Send", "Submission"]
 
@@ -148,9 +149,10 @@ class Connection:
         self._refuse: Callable[[], TurnbenchError] | None = None  # set at the lifetime limit or a drain
         self._queued = 0  # requests submitted and not yet running (waiting for their lane or a slot)
         self._queued_bytes = 0
-        # steering (spec a.2): the running responses a steer may target, those that finished here, and the
-        # steers left queued for a client's continuation (response.steer.pending)
-        self._active: dict[str, tuple[SteerControl, str | None]] = {}
+        # steering (docs/guides/steering.md): the running responses a steer or an append may target (with their
+        # lanes), those that finished here, and the steers left queued for a client's continuation
+        # (response.steer.pending)
+        self._active: dict[str, tuple[ResponseLifecycle, str | None]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._held_steers: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
         self._stop: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
@@ -304,7 +306,7 @@ class Connection:
             parsed = await self._respond_one(parsed, lane, sub)
 
     async def _respond_one(self, parsed: ParsedRequest, lane: str | None, sub: Submission) -> ParsedRequest | None:
-        ctl = parsed.control = SteerControl(long=parsed.request.long_response)
+        lifecycle = parsed.lifecycle = ResponseLifecycle(long=bool(parsed.request.long_response))
         held = self._held_steers.pop(parsed.request.previous_response_id or "", None)
         if held:  # steering input left pending on the parent: prepended, in submission order
             parsed.request.input = [i for _, items in held for i in items] + _as_items(parsed.request.input)
@@ -316,7 +318,7 @@ class Connection:
             nonlocal rid, last
             if isinstance(event, ResponseCreated):
                 rid = event.response.id
-                self._active[rid] = (ctl, lane)
+                self._active[rid] = (lifecycle, lane)
             last = type(event).__struct_config__.tag or ""  # type: ignore[assignment]
             await self.send(event, sub.encode)
 
@@ -332,35 +334,50 @@ class Connection:
             if not err.request_scoped:
                 self._end(Ending("error", err))
         finally:
-            _abandon_append(ctl)
+            lifecycle.finish()
             if rid is not None:
                 self._active.pop(rid, None)
                 self._finished[rid] = None
                 while len(self._finished) > FINISHED_KEPT:
                     self._finished.popitem(last=False)
-        if rid is None or not ctl.steers:
+        if rid is None or not lifecycle.steers:
             return None
-        if last != "response.completed" and not ctl.stopped:  # failed, or cut by its timeout: nothing to continue
-            for steer_id, items in ctl.steers:
+        return await self._after_steers(parsed, lifecycle, rid, last == "response.completed", lane, sub)
+
+    async def _after_steers(
+        self,
+        parsed: ParsedRequest,
+        lifecycle: ResponseLifecycle,
+        rid: str,
+        completed: bool,
+        lane: str | None,
+        sub: Submission,
+    ) -> ParsedRequest | None:
+        """What becomes of the steers a finished response ``rid`` holds: refused if it neither completed nor
+        was cut for them; held (``response.steer.pending``) if it stopped for the client's tool; else the
+        successor to run next on ``lane``, continued from it with the steering input."""
+        steers, encode = lifecycle.steers, lifecycle.steer_encode or sub.encode
+        if not completed and not lifecycle.cut_short:  # failed, or cut by its timeout: nothing to continue
+            for steer_id, items in steers:
                 ref = SteerRef(id=steer_id, previous_response_id=rid, input=items)
                 msg = f"Response '{rid}' did not complete."
-                await self._steer_failed(ref, "successor_creation_failed", msg, lane, ctl.encode or sub.encode)
+                await self._steer_failed(ref, "successor_creation_failed", msg, lane, encode)
             return None
-        if ctl.calls and not ctl.stopped:  # it stopped for the client's tool: the steers wait for its output
-            self._held_steers[rid] = ctl.steers
-            for steer_id, _ in ctl.steers:
+        if lifecycle.calls and not lifecycle.cut_short:  # it stopped for the client's tool: wait for its output
+            self._held_steers[rid] = steers
+            for steer_id, _ in steers:
                 pending = SteerPending(
                     sequence_number=0,
                     steer=SteerRef(id=steer_id, previous_response_id=rid),
                     reason="waiting_for_required_input",
-                    required_input=list(ctl.calls),
+                    required_input=lifecycle.calls,
                     stream_id=lane,
                 )
-                await self.send(pending, ctl.encode or sub.encode)
+                await self.send(pending, encode)
             return None
         # the successor: the steered response's settings, continued from it with the queued input
         successor = msgspec.structs.replace(
-            parsed.request, input=[i for _, items in ctl.steers for i in items], previous_response_id=rid, generate=True
+            parsed.request, input=[i for _, items in steers for i in items], previous_response_id=rid, generate=True
         )
         return self.service.parse_obj(msgspec.to_builtins(successor))
 
@@ -389,11 +406,9 @@ class Connection:
                 msg = f"Response '{pid}' already has {MAX_PENDING_STEERS} steering inputs pending."
                 await self._steer_failed(ref, "too_many_pending_steers", msg, lane, sub.encode)
             else:
-                ctl = target[0]
                 steer_id = new_id("steer")
-                ctl.steers.append((steer_id, _as_items(members["input"])))
-                ctl.stop = True  # a message stops at the next token; a function call finishes (then: pending)
-                ctl.encode = sub.encode
+                # a message stops at the next token; a function call finishes (then: pending)
+                target[0].steer(steer_id, _as_items(members["input"]), sub.encode)
                 accepted = SteerAccepted(
                     sequence_number=0, steer=SteerRef(id=steer_id, previous_response_id=str(pid)), stream_id=lane
                 )
@@ -412,16 +427,14 @@ class Connection:
         if target is None or not target[0].long:
             msg = f"No long response '{rid}' is running on this connection."
             err = NotFoundError(msg, "response_id", code="response_not_found")
-        elif target[0].waiting is None or target[0].waiting.done():
+        elif not target[0].accepts_append:
             err = InvalidRequestError(
                 f"Response '{rid}' is not paused at a tool call: send response.append after its response.done.",
                 "response_id",
                 code="response_not_paused",
             )
         else:
-            append.reply = asyncio.get_running_loop().create_future()
-            target[0].waiting.set_result(append)
-            err = await append.reply
+            err = await target[0].hand(append)
         if err is not None:
             with contextlib.suppress(ConnectionGone):
                 await self._send_error(as_turnbench_error(err), lane, sub)
@@ -460,17 +473,6 @@ _STEER_MEMBERS = frozenset({"type", "previous_response_id", "input"})
 _STEER_PARTS = frozenset({"input_text", "input_image", "input_file"})
 
 
-def _abandon_append(ctl: SteerControl) -> None:
-    """A long response ended (completed, failed, cancelled) while an append it was handed waited for its
-    answer: the append is refused, so its sender is answered and its task ends."""
-    waiting = ctl.waiting
-    if waiting is None or not waiting.done() or waiting.cancelled():
-        return
-    reply = waiting.result().reply
-    if reply is not None and not reply.done():
-        reply.set_result(ServiceUnavailableError("The response ended before this response.append was applied."))
-
-
 def _as_items(value: Any) -> list[dict[str, Any]]:
     """A request's or a steer's ``input`` as a list of items (a string is one user message)."""
     if isinstance(value, str):
@@ -479,7 +481,7 @@ def _as_items(value: Any) -> list[dict[str, Any]]:
 
 
 def _steer_problem(members: dict[str, Any]) -> str | None:
-    """Why a ``response.steer`` event is ``invalid_input`` (None: it is valid), per the spec's rules."""
+    """Why a ``response.steer`` event is ``invalid_input`` (None: it is valid), per docs/guides/steering.md."""
     extra = sorted(set(members) - _STEER_MEMBERS)
     if extra:
         return f"response.steer takes only type, previous_response_id and input; got {', '.join(extra)}"

@@ -27,8 +27,9 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -36,8 +37,8 @@ import msgspec
 from turnbench import pipeline
 from turnbench.background import BackgroundJob, BackgroundJobs
 from turnbench.engine import make_engine
-from turnbench.engine.base import KVHandle, ModelEngine
-from turnbench.engine.policy import Knobs, TextFormat, ToolChoice, plan_output
+from turnbench.engine.base import KVHandle, ModelEngine, PrefillResult
+from turnbench.engine.policy import Knobs, OutputPlan, TextFormat, ToolChoice, plan_output
 from turnbench.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -47,9 +48,12 @@ from turnbench.errors import (
     as_turnbench_error,
     unknown_event_type,
 )
+from turnbench.input_checks import ITEM_WEIGHT_BYTES, InputChecks
+from turnbench.item_events import item_events, new_id, split_pieces
+from turnbench.lifecycle import Append
 from turnbench.pipeline import StageTimer
 from turnbench.post import PostWriter
-from turnbench.prepared import Append, Options, ParsedRequest, Prepared, SteerControl
+from turnbench.prepared import Options, ParsedRequest, Prepared
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
     Event,
@@ -92,13 +96,11 @@ from turnbench.state import (
     open_store,
     tenant_of,
 )
-from turnbench.stream import new_id, split_pieces, stream_item
 from turnbench.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger("turnbench.service")
 T = TypeVar("T")
 OFFLOAD_ITEMS = 1000  # a history this long is revalidated on a worker thread
-ITEM_WEIGHT_BYTES = 1024  # an item costs the check and the render about as much as 1 KB of text, whatever its length
 MIN_OUTPUT_TOKENS = 16  # the Responses API's minimum for max_output_tokens
 MAX_OUTPUT_TOKENS = 1 << 20  # no model here has more; a larger value (400 digits) would not survive a JSON client
 Emit = Callable[[Event], Awaitable[None]]
@@ -129,6 +131,7 @@ class ResponsesService:
         self.safety = safety or default_classifier()
         self.post = PostWriter(self.store, self.usage, s.burn_us)
         self._workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="turnbench-cpu")
+        self.checks = InputChecks(s, self.safety, self.tokenizer, self._cpu)
         self.background = BackgroundJobs(self)
         self.knob_defaults = Knobs(
             tool_calls=s.tool_calls, answer_tokens=s.answer_tokens, arg_words=s.arg_words, seed=s.seed
@@ -164,8 +167,9 @@ class ResponsesService:
 
         Raises: :class:`InvalidRequestError` with ``stream_id`` set to the lane the event named (if it could be
         read), so the error is answered in that lane's order, and ``previous_response_id`` to the parent it
-        named (a refused same-lane continuation evicts it, spec a.5); ``unknown_event_type`` for another
-        ``type``; for a malformed append, the member it names (answered at once: ``in_lane`` False).
+        named (a refused same-lane continuation evicts it: (docs/protocol/websocket-mode.md, "The connection
+        cache")); ``unknown_event_type`` for another ``type``; for a malformed append, the member it names
+        (answered at once: ``in_lane`` False).
         """
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         try:
@@ -223,7 +227,7 @@ class ResponsesService:
         """``validate`` … ``route``: everything that may refuse the request, before ``response.created``.
 
         Raises: a :class:`TurnbenchError` (bad input, unknown parent, flagged content, state limit …); a
-        failed continuation evicts its parent on the same lane (a cross-lane fork keeps it, spec a.5).
+        failed continuation evicts its parent on the same lane (a cross-lane fork keeps it: docs/guides/forks.md).
         """
         req = parsed.request
         check_stream_id(req.stream_id)
@@ -309,110 +313,29 @@ class ResponsesService:
         return await asyncio.get_running_loop().run_in_executor(self._workers, work)
 
     async def _prepare(self, req: ResponseCreate, parsed: ParsedRequest, session: Session) -> Prepared:
-        s, timer = self.settings, parsed.timer
-        self._check_length(req.input)
-        await timer.inject("validate")
-
-        def validate() -> list[InputItem]:
-            with timer.stage("validate") as st:
-                return pipeline.validate_items(req.input, st)
-
-        new_items = await self._cpu(parsed.nbytes, validate)
-        await timer.inject("resolve")
-        parent, state = None, "full"
-        with timer.stage("resolve") as st:
-            if req.previous_response_id:
-                if session.cache is not None:
-                    parent = session.cache.get(req.previous_response_id)
-                    state = "connection" if parent is not None else state
-        if req.previous_response_id and parent is None:
-            w0 = time.perf_counter_ns()
-            parent = await self._hydrate(req.previous_response_id, timer)
-            timer.add("resolve", wall_ns=time.perf_counter_ns() - w0)
-            if parent is None:
-                raise PreviousResponseNotFoundError(req.previous_response_id)
-            state = "store"
-        history = parent.items if parent is not None else []
-        items = [*history, *new_items]
+        """Every stage that may refuse ``req``, in the order their errors take precedence: the new input
+        validated, the parent resolved, the options and call ids checked, (full checks) the history
+        revalidated, the connection's state limit, safety, render and the context window, route."""
+        timer = parsed.timer
+        new_items = await self.checks.validate(req.input, parsed.nbytes, timer)
+        parent, state = await self._resolve(req, session, timer)
+        cached = parent if state == "connection" else None  # the parent on this connection: tokens, KV, route
         tools = req.tools or (parent.tools if parent is not None else [])
         metadata = req.metadata or (parent.response.metadata if parent is not None else {})
         with timer.stage("validate"):
             options = self._options(req, session, tools, metadata)
             call_ids = pipeline.check_call_ids(new_items, parent.call_ids if parent is not None else frozenset())
-        incremental = parent is not None and s.incremental_checks
-        if parent is not None and not s.incremental_checks:
-
-            def revalidate() -> None:
-                with timer.stage("validate") as st:
-                    pipeline.revalidate(history, st)
-
-            await self._cpu(s.offload_bytes if len(history) > OFFLOAD_ITEMS else 0, revalidate)
+        await self._revalidate(parent, timer)
         new_bytes = sum(len(msgspec.json.encode(i)) for i in new_items)
         if session.cache is not None:
-            session.cache.check_fits((parent.nbytes if state == "connection" and parent else 0) + new_bytes)
-
-        await timer.inject("safety")
-        checked = new_items if incremental else items
-        texts = [item_text(i) for i in checked]
-        if not incremental and req.instructions:
-            texts.append(req.instructions)
-        checked_chars = sum(map(len, texts))
-        # what the check and the render cost, as bytes: each item also has a fixed cost (~120 µs of safety,
-        # as much as ~1 KB of text), so 100k one-character items go to a worker thread like 10 MB of text
-        weight = checked_chars + ITEM_WEIGHT_BYTES * len(texts)
-
-        def safety() -> None:
-            with timer.stage("safety") as st:
-                pipeline.safety_check(self.safety, texts, st)
-
-        await self._cpu(weight, safety)
-
-        await timer.inject("render")
+            session.cache.check_fits((cached.nbytes if cached is not None else 0) + new_bytes)
+        items = [*(parent.items if parent is not None else []), *new_items]
+        incremental = parent is not None and self.settings.incremental_checks
+        weight = await self._screen(req, new_items if incremental else items, timer, instructions=not incremental)
         key, blob = pipeline.tools_key(tools, req.instructions)
-        cached_tokens = parent.tokens if (state == "connection" and s.token_cache and parent) else None
-        reuse = cached_tokens is not None and parent is not None and parent.tools_key == key
-
-        def render() -> list[int]:
-            with timer.stage("render") as st:
-                if reuse and cached_tokens is not None:
-                    return [*cached_tokens, *pipeline.render_items(self.tokenizer, new_items, st)]
-                return pipeline.render_header(self.tokenizer, blob, st) + pipeline.render_items(
-                    self.tokenizer, items, st
-                )
-
-        tokens = await self._cpu(
-            new_bytes + ITEM_WEIGHT_BYTES * len(new_items) if reuse else weight + new_bytes, render
-        )
-        if len(tokens) > s.max_context_tokens:
-            raise InvalidRequestError(
-                f"Your input exceeds the context window of this model ({len(tokens):,} tokens; at most "
-                f"{s.max_context_tokens:,}). Please adjust your input and try again.",
-                "input",
-                code="context_length_exceeded",
-            )
-
-        await timer.inject("route")
-        with timer.stage("route") as st:
-            if state == "connection" and parent is not None and parent.route is not None and parent.tools_key == key:
-                route = parent.route
-            else:
-                route = pipeline.route(req.model, self.engine.name, tools, st)
-        response = Response(
-            id=new_id("resp"),
-            created_at=int(time.time()),
-            status="in_progress",
-            model=req.model,
-            tools=tools,
-            tool_choice=req.tool_choice,
-            previous_response_id=req.previous_response_id,
-            store=req.store,
-            instructions=req.instructions,
-            metadata=metadata,
-            max_output_tokens=req.max_output_tokens,
-            parallel_tool_calls=req.parallel_tool_calls,
-            background=bool(req.background),
-            text=req.text if isinstance(req.text, dict) else None,
-        )
+        tokens = await self._render((key, blob), cached, new_items, items, new_bytes, weight, timer)
+        route = await self._route(req, cached, key, tools, timer)
+        response = self._new_response(req, tools, metadata)
         return Prepared(
             req,
             timer,
@@ -430,19 +353,117 @@ class ResponsesService:
             options,
             call_ids,
             response,
-            control=parsed.control,
+            lifecycle=parsed.lifecycle,
         )
 
-    def _check_length(self, value: str | list[dict[str, Any]]) -> None:
-        """An ``input`` array of at most ``max_input_items`` items, else ``array_above_max_length``."""
-        limit = self.settings.max_input_items
-        if isinstance(value, list) and len(value) > limit:
-            raise InvalidRequestError(
-                f"Invalid 'input': array too long. Expected an array with maximum length {limit}, "
-                f"but got an array with length {len(value)} instead.",
-                "input",
-                code="array_above_max_length",
-            )
+    async def _resolve(
+        self, req: ResponseCreate, session: Session, timer: StageTimer
+    ) -> tuple[ConversationRecord | None, str]:
+        """``resolve``: the parent ``previous_response_id`` names, from this connection's cache (state
+        ``"connection"``), else hydrated from the store (``"store"``); no parent: ``"full"``. Raises:
+        :class:`PreviousResponseNotFoundError`, or ``previous_response_not_finished``."""
+        await timer.inject("resolve")
+        parent, state = None, "full"
+        with timer.stage("resolve"):
+            if req.previous_response_id and session.cache is not None:
+                parent = session.cache.get(req.previous_response_id)
+                state = "connection" if parent is not None else state
+        if req.previous_response_id and parent is None:
+            w0 = time.perf_counter_ns()
+            parent = await self._hydrate(req.previous_response_id, timer)
+            timer.add("resolve", wall_ns=time.perf_counter_ns() - w0)
+            if parent is None:
+                raise PreviousResponseNotFoundError(req.previous_response_id)
+            state = "store"
+        return parent, state
+
+    async def _revalidate(self, parent: ConversationRecord | None, timer: StageTimer) -> None:
+        """With incremental checks off, the parent's history is validated again, as a stateless server must
+        (on a worker thread past ``OFFLOAD_ITEMS`` items)."""
+        if parent is None or self.settings.incremental_checks:
+            return
+        history = parent.items
+
+        def revalidate() -> None:
+            with timer.stage("validate") as st:
+                pipeline.revalidate(history, st)
+
+        await self._cpu(self.settings.offload_bytes if len(history) > OFFLOAD_ITEMS else 0, revalidate)
+
+    async def _screen(
+        self, req: ResponseCreate, checked: list[InputItem], timer: StageTimer, *, instructions: bool
+    ) -> int:
+        """``safety`` over ``checked`` (a known parent with incremental checks: the new items only, else the
+        whole conversation) and, with ``instructions``, the request's instructions. Returns: the texts' weight
+        (bytes)."""
+        texts = [item_text(i) for i in checked]
+        if instructions and req.instructions:
+            texts.append(req.instructions)
+        return await self.checks.screen(texts, timer)
+
+    async def _render(
+        self,
+        header: tuple[int, bytes],
+        cached: ConversationRecord | None,
+        new_items: list[InputItem],
+        items: list[InputItem],
+        new_bytes: int,
+        weight: int,
+        timer: StageTimer,
+    ) -> list[int]:
+        """``render``: the context as tokens — the cached parent's tokens extended by the new items where the
+        header (``pipeline.tools_key``: instructions and tools) is unchanged, else the header and every item —
+        then the context window checked. ``weight``: the screened texts' (bytes)."""
+        key, blob = header
+        tok, known = self.tokenizer, cached.tokens if (cached is not None and self.settings.token_cache) else None
+
+        def extend(st: StageStat) -> list[int]:
+            return [*(known or []), *pipeline.render_items(tok, new_items, st)]
+
+        def full(st: StageStat) -> list[int]:
+            return pipeline.render_header(tok, blob, st) + pipeline.render_items(tok, items, st)
+
+        if known is not None and cached is not None and cached.tools_key == key:
+            tokens = await self.checks.render(timer, new_bytes + ITEM_WEIGHT_BYTES * len(new_items), extend)
+        else:
+            tokens = await self.checks.render(timer, weight + new_bytes, full)
+        self.checks.check_context(len(tokens))
+        return tokens
+
+    async def _route(
+        self,
+        req: ResponseCreate,
+        cached: ConversationRecord | None,
+        key: int,
+        tools: list[FunctionTool],
+        timer: StageTimer,
+    ) -> Any:
+        """``route``: the cached parent's routing decision when its header is unchanged, else a new one."""
+        await timer.inject("route")
+        with timer.stage("route") as st:
+            if cached is not None and cached.route is not None and cached.tools_key == key:
+                return cached.route
+            return pipeline.route(req.model, self.engine.name, tools, st)
+
+    @staticmethod
+    def _new_response(req: ResponseCreate, tools: list[FunctionTool], metadata: dict[str, str]) -> Response:
+        """The response ``req`` creates, as it starts (``in_progress``)."""
+        return Response(
+            id=new_id("resp"),
+            created_at=int(time.time()),
+            status="in_progress",
+            model=req.model,
+            tools=tools,
+            tool_choice=req.tool_choice,
+            previous_response_id=req.previous_response_id,
+            store=req.store,
+            instructions=req.instructions,
+            metadata=metadata,
+            max_output_tokens=req.max_output_tokens,
+            parallel_tool_calls=req.parallel_tool_calls,
+            background=bool(req.background),
+            text=req.text if isinstance(req.text, dict) else None,
+        )
 
     def _options(
         self, req: ResponseCreate, session: Session, tools: list[FunctionTool], metadata: dict[str, str]
@@ -521,233 +542,211 @@ class ResponsesService:
         A consumer that stops early must ``aclose()`` it (:meth:`respond` does): the engine stops and the
         parent is evicted.
         """
-        s = self.settings
-        req, timer, session = p.request, p.timer, p.session
-        seq = 0
-        resp = p.response
-        sid = req.stream_id
-        ctl = p.control
-
-        def snap(**kw: Any) -> Response:
-            return msgspec.structs.replace(resp, **kw)
-
-        yield ResponseCreated(sequence_number=seq, stream_id=sid, response=snap())
-        seq += 1
-        yield ResponseInProgress(sequence_number=seq, stream_id=sid, response=snap())
-        seq += 1
-        outputs: list[OutputItem] = []
-        status = "completed"
-        items, tokens, call_ids = p.items, p.tokens, p.call_ids
-        totals = [0, 0, 0]  # a long response's input, cached and output tokens over its segments
+        run, sid = _Run.start(p), p.request.stream_id
+        yield ResponseCreated(sequence_number=run.next_seq(), stream_id=sid, response=run.snap())
+        yield ResponseInProgress(sequence_number=run.next_seq(), stream_id=sid, response=run.snap())
         try:
-            kv_in = p.parent.kv if (p.state == "connection" and p.parent is not None) else None
             while True:
-                first = len(outputs)
-                await timer.inject("prefill")
-                w0 = time.perf_counter_ns()
-                pre = await self.engine.prefill(tokens, kv_in, use_cache=s.prefix_cache)
-                timer.add("prefill", wall_ns=time.perf_counter_ns() - w0, tokens=pre.computed_tokens)
-                output_tokens, kind = 0, "message"
-                if req.generate:
-                    await timer.inject("decode")
-                    c0 = time.thread_time_ns()
-                    limit = min(req.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
-                    o = p.options
-                    plan = plan_output(
-                        items, p.tools, o.knobs, choice=o.choice, text_format=o.text_format, max_words=limit
-                    )
-                    kind = plan.kind
-                    pieces = split_pieces(self.tokenizer, plan.content)
-                    if len(pieces) > limit:
-                        pieces, status = pieces[:limit], "incomplete"
-                    timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
-                    emitted: list[int] = []
-                    if ctl is not None:
-                        ctl.response_id = resp.id
-                        if plan.kind == "function_call":
-                            ctl.calls = [{"type": "function_call_output", "call_id": plan.call_id, "name": plan.name}]
-                    w0 = time.perf_counter_ns()
-                    async for ev in stream_item(
-                        self.engine,
-                        plan,
-                        pieces,
-                        pre.kv,
-                        seq=seq,
-                        stream_id=sid,
-                        outputs=outputs,
-                        tokens_per_chunk=s.tokens_per_chunk,
-                        coalesce=s.coalesce_tokens,
-                        stop=(lambda: ctl.stop) if ctl is not None else None,
-                        emitted=emitted,
-                        output_index=first,
-                    ):
-                        seq = ev.sequence_number + 1
+                await self._prefill(run)
+                kind, output_tokens = "message", 0
+                if p.request.generate:
+                    decoding = await self._plan(run)
+                    async for ev in self._item_events(run, decoding):
+                        run.seq = ev.sequence_number + 1
                         yield ev
-                    output_tokens = sum(emitted)
-                    if ctl is not None and output_tokens < len(pieces):  # cut short at a steer's request
-                        ctl.stopped, status = True, "incomplete"
-                    timer.add("decode", wall_ns=time.perf_counter_ns() - w0, tokens=output_tokens)
-                segment = (len(tokens), pre.cached_tokens, output_tokens)
-                totals = [t + x for t, x in zip(totals, segment, strict=True)]
-                if not (req.long_response and ctl is not None and kind == "function_call" and status == "completed"):
+                    kind, output_tokens = decoding.plan.kind, self._decoded(run, decoding)
+                run.end_segment(output_tokens)
+                if not self._pauses(run, kind):
                     break
-                # option A: pause at the tool call; the appended input resumes this same response
-                with timer.stage("post") as st:  # what the next segment continues from (B: the cache record)
-                    out_items = [output_as_input(o) for o in outputs[first:]]
-                    items = [*items, *out_items]
-                    tokens = [*tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
-                    call_ids = call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)}
-                    st.items += len(out_items)
-                paused = snap(
-                    status="requires_action",
-                    output=outputs[first:],
-                    usage=_usage(*segment),
-                    turnbench=TurnbenchExt(
-                        stages=timer.snapshot(),
-                        state="connection",
-                        engine=self.engine.name,
-                        prefill_tokens=pre.computed_tokens,
-                    ),
-                )
-                loop = asyncio.get_running_loop()
-                ctl.waiting = loop.create_future()
-                yield ResponseDone(sequence_number=seq, stream_id=sid, response=paused)
-                seq += 1
-                timer, new_items, new_tokens = await self._resume(p, ctl, call_ids, len(tokens))
-                items, tokens = [*items, *new_items], [*tokens, *new_tokens]
-                call_ids = call_ids | pipeline.call_ids_of(new_items)
-                kv_in = pre.kv
+                yield self._pause(run)
+                await self._resume(run)
         except (asyncio.CancelledError, GeneratorExit):
-            self._evict_parent(req, session)
+            self._evict_parent(p.request, p.session)
             raise
         except Exception as exc:  # engine failure after response.created: the stream ends with failed
-            err = as_turnbench_error(exc)
-            log.exception("response %s failed", resp.id)
-            self._evict_parent(req, session)
-            yield ResponseFailed(
-                sequence_number=seq,
-                stream_id=sid,
-                response=snap(status="failed", output=outputs, error={"code": err.code, "message": err.message}),
-            )
+            yield self._failed(run, exc)
             return
+        yield await self._conclude(run)
 
-        usage = _usage(*totals)
-        with timer.stage("post") as st:  # the in-memory part of post: caching is on the critical path
-            response = snap(status=status, output=outputs, usage=usage)
-            record = self._record(req, p, response, pre.kv, items, tokens, first, call_ids)
-            if session.cache is not None:
-                session.cache.put(record)
+    async def _prefill(self, run: _Run) -> None:
+        """``prefill``: the segment's context into the engine's KV (from the cached parent's, or the previous
+        segment's)."""
+        timer = run.timer
+        await timer.inject("prefill")
+        w0 = time.perf_counter_ns()
+        run.pre = pre = await self.engine.prefill(run.tokens, run.kv_in, use_cache=self.settings.prefix_cache)
+        timer.add("prefill", wall_ns=time.perf_counter_ns() - w0, tokens=pre.computed_tokens)
+
+    async def _plan(self, run: _Run) -> _Decoding:
+        """What the segment samples (the scripted model's plan, cut at the output limit: then ``incomplete``),
+        as token pieces; a function call is told to the lifecycle (held steers wait for its output)."""
+        s, p, timer = self.settings, run.p, run.timer
+        await timer.inject("decode")
+        c0 = time.thread_time_ns()
+        limit = min(p.request.max_output_tokens or s.max_output_tokens, s.max_output_tokens)
+        o = p.options
+        plan = plan_output(run.items, p.tools, o.knobs, choice=o.choice, text_format=o.text_format, max_words=limit)
+        pieces = split_pieces(self.tokenizer, plan.content)
+        if len(pieces) > limit:
+            pieces, run.status = pieces[:limit], "incomplete"
+        timer.add("decode", cpu_ns=time.thread_time_ns() - c0)
+        if p.lifecycle is not None and plan.kind == "function_call":
+            p.lifecycle.call(plan.call_id, plan.name)
+        return _Decoding(plan, pieces, [], time.perf_counter_ns())
+
+    def _item_events(self, run: _Run, decoding: _Decoding) -> AsyncIterator[Event]:
+        """The segment's output item as events, from ``run.seq`` on; a message stops early once the lifecycle
+        is steered."""
+        s, lifecycle = self.settings, run.p.lifecycle
+        return item_events(
+            self.engine,
+            decoding.plan,
+            decoding.pieces,
+            run.prefilled.kv,
+            seq=run.seq,
+            stream_id=run.p.request.stream_id,
+            outputs=run.outputs,
+            tokens_per_chunk=s.tokens_per_chunk,
+            coalesce=s.coalesce_tokens,
+            stop=lifecycle.should_stop if lifecycle is not None else None,
+            emitted=decoding.emitted,
+            output_index=run.first,
+        )
+
+    def _decoded(self, run: _Run, decoding: _Decoding) -> int:
+        """Close the ``decode`` stage. An answer cut short (a steer) ends the response incomplete. Returns:
+        the output tokens sent."""
+        output_tokens = sum(decoding.emitted)
+        if run.p.lifecycle is not None and output_tokens < len(decoding.pieces):  # cut short at a steer's request
+            run.p.lifecycle.cut()
+            run.status = "incomplete"
+        run.timer.add("decode", wall_ns=time.perf_counter_ns() - decoding.w0, tokens=output_tokens)
+        return output_tokens
+
+    @staticmethod
+    def _pauses(run: _Run, kind: str) -> bool:
+        """Option A: a long response pauses at each function call it completed."""
+        long = bool(run.p.request.long_response) and run.p.lifecycle is not None
+        return long and kind == "function_call" and run.status == "completed"
+
+    def _pause(self, run: _Run) -> ResponseDone:
+        """Option A: the segment's output joins the context the next segment continues from (as option B's
+        cache record would), the lifecycle is paused, and ``response.done`` (``requires_action``, this
+        segment's output, usage and stages) is the event to send."""
+        assert run.p.lifecycle is not None
+        pre = run.prefilled
+        with run.timer.stage("post") as st:
+            out_items = [output_as_input(o) for o in run.outputs[run.first :]]
+            run.items = [*run.items, *out_items]
+            run.tokens = [*run.tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
+            run.call_ids = run.call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)}
+            st.items += len(out_items)
+        paused = run.snap(
+            status="requires_action",
+            output=run.outputs[run.first :],
+            usage=_usage(*run.segment),
+            turnbench=TurnbenchExt(
+                stages=run.timer.snapshot(),
+                state="connection",
+                engine=self.engine.name,
+                prefill_tokens=pre.computed_tokens,
+            ),
+        )
+        run.p.lifecycle.pause()  # before response.done is sent: an append sent on reading it finds it paused
+        return ResponseDone(sequence_number=run.next_seq(), stream_id=run.p.request.stream_id, response=paused)
+
+    async def _resume(self, run: _Run) -> None:
+        """Option A: wait for the ``response.append`` that resumes the paused response and check it
+        (:meth:`InputChecks.increment`). A refused append is answered with its error and the response waits
+        for the next; an accepted one starts the next segment: its timer (from the append's parse on), and
+        its items and tokens appended to the context."""
+        lifecycle = run.p.lifecycle
+        assert lifecycle is not None
+        while True:
+            append = await lifecycle.appended()
+            try:
+                new_items, new_tokens = await self.checks.increment(
+                    append.input, append.nbytes, append.timer, run.call_ids, len(run.tokens)
+                )
+            except TurnbenchError as err:
+                lifecycle.refuse(append, err)
+                continue
+            lifecycle.resume(append)
+            break
+        run.timer = append.timer
+        run.items, run.tokens = [*run.items, *new_items], [*run.tokens, *new_tokens]
+        run.call_ids = run.call_ids | pipeline.call_ids_of(new_items)
+        run.kv_in, run.first = run.prefilled.kv, len(run.outputs)  # the next segment's output starts here
+
+    def _failed(self, run: _Run, exc: Exception) -> ResponseFailed:
+        """An engine failure after ``response.created`` (call while handling ``exc``: it is logged): the parent
+        is evicted and the stream ends with ``response.failed``."""
+        err = as_turnbench_error(exc)
+        log.exception("response %s failed", run.p.response.id)
+        self._evict_parent(run.p.request, run.p.session)
+        return ResponseFailed(
+            sequence_number=run.seq,
+            stream_id=run.p.request.stream_id,
+            response=run.snap(status="failed", output=run.outputs, error={"code": err.code, "message": err.message}),
+        )
+
+    async def _conclude(self, run: _Run) -> ResponseCompleted | ResponseIncomplete:
+        """``post``: the conversation cached (in memory, on the critical path), then stored and its usage
+        logged (:meth:`_post`). Returns: the terminal event, with the stages of the last segment."""
+        p = run.p
+        usage = _usage(*run.totals)
+        with run.timer.stage("post") as st:
+            record = self._record(run, run.snap(status=run.status, output=run.outputs, usage=usage))
+            if p.session.cache is not None:
+                p.session.cache.put(record)
             st.items += 1
-        session.responses += 1
+        p.session.responses += 1
+        await self._post(run, record)
+        final = run.snap(
+            status=run.status,
+            output=run.outputs,
+            usage=usage,
+            turnbench=TurnbenchExt(
+                stages=run.timer.snapshot(),
+                state=p.state,
+                engine=self.engine.name,
+                prefill_tokens=run.prefilled.computed_tokens,
+            ),
+        )
+        sid = p.request.stream_id
+        if run.status == "incomplete":
+            steered = p.lifecycle is not None and p.lifecycle.cut_short
+            final.incomplete_details = {"reason": "steered" if steered else "max_output_tokens"}
+            return ResponseIncomplete(sequence_number=run.seq, stream_id=sid, response=final)
+        return ResponseCompleted(sequence_number=run.seq, stream_id=sid, response=final)
+
+    async def _post(self, run: _Run, record: ConversationRecord) -> None:
+        """The store's write (``store``) and the usage row.
+
+        They overlap the next request only where connection state lets the next request start without them
+        (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before its
+        response ends (docs/concepts/pipeline.md). A store=true chain on this process waits for the write; one
+        on a store other processes read (SQLite file, Redis: another host, a reconnect) would not, so there
+        the write lands before the response completes (docs/concepts/state.md)."""
+        p, req, totals = run.p, run.p.request, run.totals
         stored = (
             StoredResponse(response=record.response, items=record.items, tools=p.tools, instructions=req.instructions)
             if req.store
             else None
         )
-        row = UsageRow(resp.id, req.model, session.transport, p.state, totals[0], totals[1], totals[2], status)
-        # post overlaps the next request only where connection state lets the next request start without
-        # it (WebSocket, gRPC Connect); a stateless request (HTTPS, gRPC Create) finishes every stage before
-        # its response ends, as the seed article describes. A store=true chain on this process waits for the
-        # write; one on a store other processes read (SQLite file, Redis: another host, a reconnect) would
-        # not, so there the write lands before the response completes.
+        row = UsageRow(p.response.id, req.model, p.session.transport, p.state, *totals, run.status)
         durable_first = stored is not None and self.store.shared
-        if s.overlap_post and session.cache is not None and not durable_first:
-            self.post.spawn(stored, row, timer)
+        if self.settings.overlap_post and p.session.cache is not None and not durable_first:
+            self.post.spawn(stored, row, run.timer)
         else:
-            await self.post.run(stored, row, timer)
-        final = snap(
-            status=status,
-            output=outputs,
-            usage=usage,
-            turnbench=TurnbenchExt(
-                stages=timer.snapshot(), state=p.state, engine=self.engine.name, prefill_tokens=pre.computed_tokens
-            ),
-        )
-        if status == "incomplete":
-            steered = ctl is not None and ctl.stopped
-            final.incomplete_details = {"reason": "steered" if steered else "max_output_tokens"}
-            yield ResponseIncomplete(sequence_number=seq, stream_id=sid, response=final)
-        else:
-            yield ResponseCompleted(sequence_number=seq, stream_id=sid, response=final)
+            await self.post.run(stored, row, run.timer)
 
-    async def _resume(
-        self, p: Prepared, ctl: SteerControl, call_ids: frozenset[str], context_tokens: int
-    ) -> tuple[StageTimer, list[InputItem], list[int]]:
-        """Option A: wait (``ctl.waiting``) for the ``response.append`` that resumes a paused long response and
-        check it (:meth:`_check_append`). A refused append is answered with its error (``reply``) and the
-        response waits for the next. Returns: the next segment's timer (from the append's parse on), the
-        appended items and their tokens."""
-        while True:
-            assert ctl.waiting is not None
-            append = await ctl.waiting
-            try:
-                new_items, new_tokens = await self._check_append(append, call_ids, context_tokens)
-            except TurnbenchError as err:
-                ctl.waiting = asyncio.get_running_loop().create_future()
-                _answer(append, err)
-                continue
-            ctl.waiting = None
-            _answer(append, None)
-            return append.timer, new_items, new_tokens
-
-    async def _check_append(
-        self, append: Append, call_ids: frozenset[str], context_tokens: int
-    ) -> tuple[list[InputItem], list[int]]:
-        """What a continuation's new input goes through, on an append: validate, call ids, safety and render of
-        the increment only, timed into the append's own stages. Raises: the :class:`TurnbenchError` that
-        refuses it."""
-        s, timer, raw = self.settings, append.timer, append.input
-        self._check_length(raw)
-        await timer.inject("validate")
-
-        def validate() -> list[InputItem]:
-            with timer.stage("validate") as st:
-                return pipeline.validate_items(raw, st)
-
-        new_items = await self._cpu(append.nbytes, validate)
-        with timer.stage("validate"):
-            pipeline.check_call_ids(new_items, call_ids)
-        texts = [item_text(i) for i in new_items]
-        weight = sum(map(len, texts)) + ITEM_WEIGHT_BYTES * len(texts)
-        await timer.inject("safety")
-
-        def safety() -> None:
-            with timer.stage("safety") as st:
-                pipeline.safety_check(self.safety, texts, st)
-
-        await self._cpu(weight, safety)
-        await timer.inject("render")
-
-        def render() -> list[int]:
-            with timer.stage("render") as st:
-                return pipeline.render_items(self.tokenizer, new_items, st)
-
-        new_tokens = await self._cpu(weight, render)
-        total = context_tokens + len(new_tokens)
-        if total > s.max_context_tokens:
-            raise InvalidRequestError(
-                f"Your input exceeds the context window of this model ({total:,} tokens; at most "
-                f"{s.max_context_tokens:,}). Please adjust your input and try again.",
-                "input",
-                code="context_length_exceeded",
-            )
-        return new_items, new_tokens
-
-    def _record(
-        self,
-        req: ResponseCreate,
-        p: Prepared,
-        response: Response,
-        kv: KVHandle,
-        items: list[InputItem],
-        tokens: list[int],
-        first: int,
-        call_ids: frozenset[str],
-    ) -> ConversationRecord:
-        """The conversation after ``response``, for the connection cache and the store: ``items`` and
-        ``tokens`` are the context its last segment was sampled from (a plain response: the request's), whose
-        output, ``response.output[first:]``, follows them."""
-        out_items: list[InputItem] = [output_as_input(o) for o in response.output[first:]]
+    def _record(self, run: _Run, response: Response) -> ConversationRecord:
+        """The conversation after ``response``, for the connection cache and the store: ``run.items`` and
+        ``run.tokens`` are the context its last segment was sampled from (a plain response: the request's),
+        whose output, ``response.output[run.first:]``, follows them."""
+        p, req, items = run.p, run.p.request, run.items
+        out_items: list[InputItem] = [output_as_input(o) for o in response.output[run.first :]]
         known = p.items[: len(p.items) - len(p.new_items)]
         base = (
             p.parent.nbytes
@@ -758,7 +757,7 @@ class ResponsesService:
         nbytes = base + p.new_bytes + sum(len(msgspec.json.encode(i)) for i in [*later, *out_items])
         cached: list[int] | None = None
         if self.settings.token_cache:
-            cached = [*tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
+            cached = [*run.tokens, *pipeline.render_items(self.tokenizer, out_items, StageStat())]
             nbytes += 8 * len(cached)
         return ConversationRecord(
             response=response,
@@ -768,10 +767,10 @@ class ResponsesService:
             tokens=cached,
             tools_key=p.tools_key,
             route=p.route,
-            kv=kv,
+            kv=run.prefilled.kv,
             lane=req.stream_id,
             nbytes=nbytes,
-            call_ids=call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
+            call_ids=run.call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
         )
 
     # ------------------------------------------------------------------------------------------ misc
@@ -842,7 +841,58 @@ def _usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> Usage:
     )
 
 
-def _answer(append: Append, error: Exception | None) -> None:
-    """Resolve an append's ``reply``: None (it resumed the response) or the error that refused it."""
-    if append.reply is not None and not append.reply.done():
-        append.reply.set_result(error)
+@dataclass(slots=True)
+class _Run:
+    """One response while :meth:`ResponsesService.generate` runs it: where its events, output and context
+    stand. A long response (option A) runs several segments; these carry over between them."""
+
+    p: Prepared
+    timer: StageTimer  # the segment's stages (a resumed segment's: from its append's parse on)
+    items: list[InputItem]  # the context the segment samples from, as items and as tokens
+    tokens: list[int]
+    call_ids: frozenset[str]  # every function call of the conversation so far
+    kv_in: KVHandle | None  # the KV the segment's prefill continues (the cached parent's, the last segment's)
+    seq: int = 0  # the next event's sequence number
+    status: str = "completed"
+    outputs: list[OutputItem] = field(default_factory=list)
+    first: int = 0  # where the segment's output starts in ``outputs``
+    pre: PrefillResult | None = None  # the segment's prefill
+    segment: tuple[int, int, int] = (0, 0, 0)  # the segment's input, cached and output tokens
+    totals: tuple[int, int, int] = (0, 0, 0)  # the same, over every segment so far
+
+    @classmethod
+    def start(cls, p: Prepared) -> _Run:
+        """The run of ``p``; its lifecycle (a connection's response) starts now."""
+        if p.lifecycle is not None:
+            p.lifecycle.start(p.response.id)
+        kv_in = p.parent.kv if (p.state == "connection" and p.parent is not None) else None
+        return cls(p, p.timer, p.items, p.tokens, p.call_ids, kv_in)
+
+    @property
+    def prefilled(self) -> PrefillResult:
+        assert self.pre is not None, "the segment is not prefilled yet"
+        return self.pre
+
+    def next_seq(self) -> int:
+        seq, self.seq = self.seq, self.seq + 1
+        return seq
+
+    def snap(self, **changes: Any) -> Response:
+        """The response as it stands, with ``changes``."""
+        return msgspec.structs.replace(self.p.response, **changes)
+
+    def end_segment(self, output_tokens: int) -> None:
+        i, c, o = self.segment = (len(self.tokens), self.prefilled.cached_tokens, output_tokens)
+        ti, tc, to = self.totals
+        self.totals = (ti + i, tc + c, to + o)
+
+
+@dataclass(slots=True)
+class _Decoding:
+    """One segment's decode: the plan, its token pieces, the tokens of each delta sent, and when the deltas
+    started (``perf_counter_ns``)."""
+
+    plan: OutputPlan
+    pieces: list[tuple[int, str]]
+    emitted: list[int]
+    w0: int

@@ -1,4 +1,6 @@
-"""The events of one output item, in spec order (b.2), with deltas paced by the engine."""
+"""The events of one output item (``response.output_item.added`` … ``response.output_item.done``), in the
+order of (docs/protocol/http-sse.md, "Order rules"), with deltas paced by the engine; and the ids and token
+pieces they are made of."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def split_pieces(tokenizer: Tokenizer, content: str) -> list[tuple[int, str]]:
     return pieces
 
 
-async def stream_item(
+async def item_events(
     engine: ModelEngine,
     plan: OutputPlan,
     pieces: list[tuple[int, str]],
