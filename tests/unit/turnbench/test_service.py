@@ -297,7 +297,7 @@ async def test_stream_id_is_validated_and_echoed() -> None:
     assert all(e.stream_id == "lane-1" for e in events)
     assert b'"stream_id":"lane-1"' in encode(events[0])
     plain = await turn(service, session, {"model": "m", "input": "hi", "metadata": {"tool_calls": "0"}})
-    assert b"stream_id" not in encode(plain[0])  # default lane: omitted (spec a.3)
+    assert b"stream_id" not in encode(plain[0])  # default lane: omitted (docs/protocol/websocket-mode.md)
     with pytest.raises(InvalidRequestError) as info:
         await turn(service, session, {"model": "m", "input": "hi", "stream_id": "bad id!"})
     assert info.value.code == "invalid_stream_id"
