@@ -6,7 +6,8 @@ Packages from the top down; a module imports only from its own package or from t
     cli/          the ``turnbench`` command: main (the parser, SUBCOMMANDS), one module per command owning its
                   flags (run, bench, report, gate, migration, record, advise), common (lazy command imports)
     commands/     what a command does beyond one run: bench (the matrix, then its report), gate (the CI latency
-                  gate and ``compare``), advise (the cost model and its predictions), migration (what moving a
+                  gate against a stored baseline, and ``compare``), gate_paired (the gate against its base
+                  revision in the same run), advise (the cost model and its predictions), migration (what moving a
                   client off HTTPS costs)
     report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
                   option A section)

@@ -22,14 +22,27 @@ def register(sub: Any) -> None:
     c.set_defaults(func=lazy("loadtests.commands.gate", "cmd_compare"))
     g = sub.add_parser(
         "gate",
-        help="compare a quick run with reports/baseline.json; non-zero on regression",
-        description="Run a short matrix (under a minute on a busy 2-core machine: agent-20's workload, "
-        "instant profile) and judge it against the baseline: each pipeline stage's CPU per turn and "
-        "the server's and client's other CPU, divided by the cell's speed factor (the median of its "
-        "stages' current/baseline CPU, so a slower or busier machine does not fail it), ratios of "
-        "median rollout time between cells, and total CPU per turn scaled by a reference workload, "
-        "with bootstrap 95% CIs. Exit 0: pass; 1: a metric regressed beyond its tolerance; 2: usage "
-        "error or missing baseline.",
+        help="judge this checkout against its base revision in one run; non-zero on regression",
+        description="The latency gate. By default (paired): the base revision (--against, else the commit "
+        "reports/baseline.json names, else the merge base with origin/main) is checked out in a git worktree, "
+        "its servers run beside this checkout's, the gate's short matrix (agent-20's workload, instant "
+        "profile) runs on both, interleaved round by round, and each pipeline stage's CPU per turn, the "
+        "stages' total and the rollout time are judged as candidate ÷ base with paired bootstrap 95% CIs. "
+        "With --stored (or when the base cannot be checked out or served, which the output says), the run "
+        "is judged against reports/baseline.json instead: stage and process CPU divided by the cell's speed "
+        "factor, ratios of rollout time between cells, and CPU per turn scaled by a reference workload. "
+        "Exit 0: pass; 1: a metric regressed beyond its tolerance; 2: usage error or missing baseline.",
+    )
+    g.add_argument(
+        "--against",
+        metavar="REV",
+        help="the base revision of the paired gate (any revision git names; default: the commit the "
+        "baseline names, else origin/main's merge base, else HEAD)",
+    )
+    g.add_argument(
+        "--stored",
+        action="store_true",
+        help="judge against the stored baseline (--baseline) instead of the base revision in the same run",
     )
     g.add_argument(
         "--baseline",
@@ -79,4 +92,4 @@ def register(sub: Any) -> None:
         help="the tolerance of a metric kind: stage (a pipeline stage's CPU, default 0.3), process (the "
         "server's CPU outside the stages, the client's, default 0.3), ratio, cpu; repeatable",
     )
-    g.set_defaults(func=lazy("loadtests.commands.gate", "cmd_gate"))
+    g.set_defaults(func=lazy("loadtests.commands.gate_paired", "cmd_gate"))

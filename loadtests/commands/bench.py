@@ -82,6 +82,7 @@ class Group:
     sizing: Mapping[str, Any] = field(default_factory=dict)
     variant: str = "default"
     server_settings: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the source tree its servers run from (the paired gate's base); None: this one
 
 
 def _size(rollouts: int, rounds: int, warmup: int, **extra: Any) -> dict[str, Any]:
@@ -215,6 +216,7 @@ def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
             concurrency=(g.concurrency,),
             variant=g.variant,
             server_settings={**config.server_settings, **g.server_settings},
+            source=g.source,
         )
         cells += plan_cells(cfg, first_number=len(cells))
     ids = [c.cell for c in cells]

@@ -121,12 +121,14 @@ def reference_cpu_ms(repeats: int = 5) -> float:
     return min(times)
 
 
-def gate_groups(burn_us: Mapping[str, float] | None = None, variant: str = "default") -> list[Group]:
+def gate_groups(
+    burn_us: Mapping[str, float] | None = None, variant: str = "default", source: str | None = None
+) -> list[Group]:
     """The gate's short run: agent-20's workload at the ``instant`` profile (API overhead only, the part a
     transport or pipeline change moves), concurrency 1, cut to fit a minute on a busy 2-core runner:
     :data:`GATE_STATES`, 12 tool calls per rollout; the cheap connection cells run 6 measured rollouts, the
     full-resend and store cells (whose CPU grows with the history) 3, and only one cell per server warms
-    it up."""
+    it up. ``source``: the source tree the servers run from (the paired gate's base revision)."""
     settings = {"burn_us": dict(burn_us)} if burn_us else {}
     common = {"tool_calls": 12}
 
@@ -139,6 +141,7 @@ def gate_groups(burn_us: Mapping[str, float] | None = None, variant: str = "defa
             variant=variant,
             sizing={"rollouts": rollouts, "rounds": 3, "warmup": warmup, **common},
             server_settings=settings,
+            source=source,
         )
 
     return [
@@ -428,7 +431,7 @@ def machine_summary(run: RunDir) -> dict[str, Any]:
     return {"background": window, "contended": contention(window), "isolation": run.meta.get("isolation")}
 
 
-def machine_text(summary: Mapping[str, Any]) -> str:
+def machine_text(summary: Mapping[str, Any], *, paired: bool = False) -> str:
     """One line on the machine: other processes' CPU, idle cores, CPU pressure, and what that means here."""
     bg = summary.get("background")
     if not bg:
@@ -440,9 +443,10 @@ def machine_text(summary: Mapping[str, Any]) -> str:
     if bg.get("pressure") is not None:
         text += f", some task waited for a CPU {bg['pressure']:.0%} of the time"
     if summary.get("contended"):
-        text += (
-            f" → CONTENDED ({summary['contended']}): rollout-time ratios include waiting for a CPU; CPU "
-            "figures are judged after each cell's speed factor, as usual"
+        text += f" → CONTENDED ({summary['contended']}): rollout times include waiting for a CPU; " + (
+            "both arms ran in the same rounds, so it weighed on each alike"
+            if paired
+            else "CPU figures are judged after each cell's speed factor, as usual"
         )
     return text
 
@@ -528,7 +532,8 @@ def cmd_compare(args: Any) -> int:
 
 
 def cmd_gate(args: Any) -> int:
-    """``turnbench gate``: 0 pass, 1 regression, 2 (raised as GateError/OSError) no baseline or bad run."""
+    """``turnbench gate --stored`` (and ``--run``, ``--write-baseline``): a run judged against the stored
+    baseline. 0 pass, 1 regression, 2 (raised as GateError/OSError) no baseline or bad run."""
     burn: dict[str, float] = {}
     for part in args.burn:
         burn.update(part)

@@ -98,9 +98,12 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-def chunk_plan(cells: Sequence[Cell]) -> list[tuple[int, Cell, list[int], bool]]:
+def chunk_plan(cells: Sequence[Cell], *, counterbalance: bool = False) -> list[tuple[int, Cell, list[int], bool]]:
     """The run order: round 0 holds every cell's warm-up, then rounds 1..R each run a slice of every
-    cell's measured rollouts, cells in the same order each round. Items: (round, cell, indices, warmup)."""
+    cell's measured rollouts, cells in the same order each round, or with ``counterbalance`` in reverse order
+    every second round (ABBA: over an even number of rounds each cell runs as often before a neighbour as
+    after it, so what the machine does as a round goes on does not favour the cells listed first).
+    Items: (round, cell, indices, warmup)."""
     per_cell: list[list[tuple[int, Cell, list[int], bool]]] = []
     for c in cells:
         sc, chunks = c.scenario, []
@@ -111,4 +114,10 @@ def chunk_plan(cells: Sequence[Cell]) -> list[tuple[int, Cell, list[int], bool]]
             chunks.append((r, c, list(range(start, start + n)), False))
             start += n
         per_cell.append(chunks)
-    return sorted((ch for chunks in per_cell for ch in chunks), key=lambda ch: ch[0])  # stable: cell order
+    position = {id(c): i for i, c in enumerate(cells)}
+
+    def order(ch: tuple[int, Cell, list[int], bool]) -> tuple[int, int]:
+        pos = position[id(ch[1])]
+        return ch[0], (-pos if counterbalance and ch[0] % 2 == 0 else pos)
+
+    return sorted((ch for chunks in per_cell for ch in chunks), key=order)

@@ -92,6 +92,7 @@ class Cell:
     number: int = 0  # position in the plan: makes this cell's task text (and so its prompts) its own
     rtt_ms: float = 0.0  # the emulated network between client and server (loadtests.execution.netem); 0: loopback
     bandwidth_mbps: float | None = None  # its link rate each way; None: unlimited
+    source: str | None = None  # the source tree its server runs from (the paired gate's base); None: this one
 
     @property
     def server(self) -> str:
@@ -108,6 +109,7 @@ class Cell:
         ``https/fast/tls`` and, for ``https-h2``, ``https/fast/tls/http2=true``."""
         base = f"{self.server}/{self.profile}/{'tls' if self.tls else 'plain'}"
         base = f"{base}/{settings_text(self.server_settings)}" if self.server_settings else base
+        base = f"{base}/src={Path(self.source).name}" if self.source else base
         return base + self.network_suffix("/rtt=", "/bw=")
 
     def network_suffix(self, rtt: str, bw: str) -> str:
@@ -153,6 +155,7 @@ class Cell:
             "settings": dict(self.server_settings),
             "rtt_ms": self.rtt_ms,
             "bandwidth_mbps": self.bandwidth_mbps,
+            **({"source": self.source} if self.source else {}),
         }
 
 
@@ -172,6 +175,8 @@ class RunConfig:
     rates_rps: tuple[float, ...] | None = None  # open-loop override (wins over concurrency)
     variant: str = "default"
     server_settings: dict[str, Any] = field(default_factory=dict)  # Settings fields for every server
+    source: str | None = None  # the source tree the servers run from (None: this checkout)
+    counterbalance: bool = False  # reverse the cells' order every second round (loadtests.execution.loops)
     targets: dict[str, str] = field(default_factory=dict)  # transport or server protocol -> URL of a server
     ca_path: str | None = None
     api_key: str | None = None
@@ -250,6 +255,7 @@ def plan_cells(config: RunConfig, *, first_number: int = 0) -> list[Cell]:
                             number=first_number + len(cells),
                             rtt_ms=rtt,
                             bandwidth_mbps=config.bandwidth_mbps,
+                            source=config.source,
                         )
                     )
     if not cells:

@@ -249,11 +249,15 @@ def start_server_process(
     host: str = "127.0.0.1",
     timeout_s: float = 30.0,
     cpus: tuple[int, ...] = (),
+    source: str | Path | None = None,
 ) -> Endpoint:
     """Start a ``server`` (protocol: ``https``, ``ws``, ``grpc``) in a child process on a free port and
     return its healthy endpoint.
 
     ``cpus``: pin the process (every thread it will make) to these CPUs; () leaves it free.
+
+    ``source``: the source tree the server's code is imported from (the paired gate's base revision, checked
+    out in a worktree); None: this checkout. Both use this interpreter and its installed dependencies.
 
     ``settings``: extra :class:`~turnbench.settings.Settings` fields, passed as ``turnbench serve`` flags
     (``{"http2": True}`` → ``--http2``). Its files go to ``workdir``: ``server-<server>-<profile>.log``, the CA
@@ -284,6 +288,9 @@ def start_server_process(
     argv += settings_flags(settings or {})
     log_path = workdir / f"server-{tag}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    root = Path(source).resolve() if source is not None else Path(__file__).resolve().parents[2]
+    if source is not None:  # its packages before this checkout's (installed in development mode)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     with log_path.open("wb") as log, pinned_thread(cpus):  # the child inherits this thread's CPUs
         popen = subprocess.Popen(
             argv,
@@ -291,7 +298,7 @@ def start_server_process(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=root,
         )
     proc = ServerProcess(server, argv, popen, log_path)
     proc.workers = int((settings or {}).get("workers", 1))
@@ -479,6 +486,7 @@ def start_endpoints(
                 api_key=api_key,
                 timeout_s=timeout_s,
                 cpus=tuple(server_cpus.get(key, ())),
+                source=c.source,
             )
             for i, (key, c) in enumerate(to_start.items())
         }

@@ -197,7 +197,7 @@ async def execute(
     """Run every chunk of :func:`chunk_plan` in order under one :class:`LoadMonitor`. With
     ``config.deadline``, a round that would not end by then is dropped with every later one (see
     :func:`_trim`; ``Collected.trimmed`` says what was dropped)."""
-    plan = chunk_plan(cells)
+    plan = chunk_plan(cells, counterbalance=config.counterbalance)
     trimmed: dict[str, Any] | None = None
     samples: list[Sample] = []
     chunks: list[ChunkStat] = []

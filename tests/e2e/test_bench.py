@@ -1,11 +1,14 @@
 """``turnbench bench --quick`` and ``turnbench gate`` end to end, over real server processes on loopback.
 
-Slow (about a minute each on 2 cores): marked ``slow``. The gate test reuses one short run that holds the
-gate's cells twice — as they are, and with 2 ms of CPU burnt per request in the render stage
-(``Settings.burn_us``, passed to the servers through the runner) — and judges halves of the unchanged cells
-against each other (must pass) and the slowed cells against them (must fail); a second run checks the
-``--burn`` flag end to end. 2 ms is the regression the gate promises to catch on a busy runner (its stage
-CPU is judged after the cell's speed factor, so a slow or contended machine does not hide it).
+Slow (about a minute each on 2 cores): marked ``slow``. These test the gate's mechanism, not the machine's
+mood: a regression large enough to be unmistakable (20 ms of CPU burnt per request in the render stage,
+``Settings.burn_us``, against ~3 ms of real render work) must fail and an unchanged run must pass, in both
+modes. How small a regression the gate catches, and how often it cries wolf under which load, is a figure
+that ``scripts/probes/gate_rates.py`` measures (docs/guides/gate.md), not an assertion here.
+
+The stored-baseline test reuses one short run that holds the gate's cells twice (as they are, and burnt) and
+judges halves of the unchanged cells against each other and the burnt cells against them; the paired tests
+run ``turnbench gate`` against ``HEAD`` checked out in a worktree.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from tests.conftest import TIMEOUT_FACTOR
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600 * TIMEOUT_FACTOR)]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# µs of CPU per request in the render stage (whose own cost is ~3 ms per turn in the gate's cells)
-BURN = {"render": 2000.0}
+# µs of CPU per request in the render stage (whose own cost is ~3 ms per turn in the gate's cells): unmistakable
+BURN = {"render": 20000.0}
 
 
 def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
@@ -117,8 +120,7 @@ def test_gate_passes_unchanged_and_fails_slowed(gate_run: tuple[Any, float]) -> 
     table, passed = gate.judge(slowed, baseline)
     assert not passed
     regressed = set(table.loc[table["status"] == "REGRESSED", "metric"])
-    # the slowed stage fails in some cell (in which depends on the noise: +38% to +60% for each on a busy
-    # machine, against a 30% tolerance), and no other stage does
+    # the slowed stage fails, and no other stage does
     stages = {m.split()[2] for m in regressed if m.startswith("cpu ms/turn ") and "(reference-scaled)" not in m}
     assert stages == {"render"}, gate.format_judgement(table)
 
@@ -129,7 +131,31 @@ def test_gate_command_burn_flag_fails(
     run, ref = gate_run
     baseline = tmp_path / "baseline.json"
     gate.write_baseline(baseline, gate.gate_metrics(run, cpu_ref_ms=ref), run, ref)
-    code = main(["gate", "--baseline", str(baseline), "--burn", "render=2000", "--out", str(tmp_path / "burnt")])
+    argv = ["gate", "--stored", "--baseline", str(baseline), "--burn", "render=20000", "--out", str(tmp_path / "b")]
+    code = main(argv)
     out = capsys.readouterr().out
     assert code == 1, out
     assert "REGRESSED  cpu ms/turn render" in out and "gate: FAIL" in out and "machine: other processes" in out
+
+
+@pytest.mark.parametrize("burn", [None, "render=20000"], ids=["unchanged", "burnt"])
+def test_paired_gate_against_head(burn: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``turnbench gate --against HEAD``: HEAD checked out in a worktree, its servers beside this checkout's,
+    interleaved; unchanged code passes, the burnt render stage fails in every cell and nothing else does."""
+    argv = ["gate", "--against", "HEAD", "--out", str(tmp_path / "run"), *(["--burn", burn] if burn else [])]
+    code = main(argv)
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "paired mode cannot run" not in captured.err, captured.err
+    run = RunDir(tmp_path / "run")
+    sources = {c.get("source") is not None for c in run.cells}
+    assert sources == {True, False} and {c["variant"] for c in run.cells} == {"candidate", "base"}
+    if burn is None:
+        assert code == 0, out
+        assert "gate: PASS (paired" in out
+        return
+    assert code == 1, out
+    regressed = [line.split()[1:3] for line in out.splitlines() if line.startswith("REGRESSED")]
+    assert {cell for _, cell in regressed} >= {"ws/connection", "grpc/connection", "https/store"}
+    assert {m for m, _ in regressed} <= {"stage:render", "turn:all-stages", "rollout"}, out
+    assert not list(Path(".git/worktrees").glob("base*")) if Path(".git/worktrees").is_dir() else True
