@@ -12,8 +12,9 @@ after each (load, mode) block:
 - ``tests``: the project's unit and contract tests running in a loop beside the gate (``make test``'s
   heaviest neighbours, without its multi-minute end-to-end tail).
 
-Modes: ``paired`` (the default gate: the base revision's servers beside this checkout's, interleaved) and
-``stored`` (``turnbench gate --stored``: against ``reports/baseline.json``). Prints one line per gate run and
+Modes: ``paired`` (``turnbench gate --against HEAD``: HEAD's servers beside this checkout's, interleaved; run
+it from a clean checkout so that "unchanged" means the same code in both arms) and ``stored`` (``turnbench
+gate --stored``: against ``reports/baseline.json``). Prints one line per gate run and
 a table of the rates; writes everything to ``--out`` (JSON).
 
   python scripts/probes/gate_rates.py                                  # 10 runs each: hours on 2 cores
@@ -85,7 +86,8 @@ def load(name: str) -> Iterator[None]:
 
 def gate_once(mode: str, burn: str | None, out: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "loadtests.cli", "gate", "--out", str(out)]
-    argv += ["--stored"] if mode == "stored" else []
+    # paired: against HEAD, so "unchanged" is the same code in both arms (the burn goes to the candidate only)
+    argv += ["--stored"] if mode == "stored" else ["--against", "HEAD"]
     argv += ["--burn", burn] if burn else []
     t0 = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
