@@ -54,7 +54,7 @@ fmt: setup
 
 # the documentation site (mkdocs.yml, docs/), built with --strict: a warning fails it
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 proto: setup
 	$(BIN)/python -m turnbench.v1.codegen
