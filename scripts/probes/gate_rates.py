@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     p.add_argument(
         "--burns",
-        default="render=2000,safety=2000",
+        default="render=2000;safety=2000",
         help="the regressions injected, ';'-separated STAGE=US[,...] (default: 2 ms in render; 2 ms in safety)",
     )
     p.add_argument("--out", type=Path, default=Path("gate-rates.json"))
