@@ -14,6 +14,7 @@ from typing import Any
 from turnbench.engine.policy import Knobs, TextFormat, ToolChoice
 from turnbench.pipeline import StageTimer
 from turnbench.schema import InputItem, Response, ResponseCreate
+from turnbench.settings import StateStrategy
 from turnbench.state import ConversationRecord, Session
 
 __all__ = ["Append", "Options", "ParsedRequest", "Prepared", "SteerControl"]
@@ -67,7 +68,7 @@ class Prepared:
     timer: StageTimer
     session: Session
     parent: ConversationRecord | None
-    state: str
+    state: StateStrategy
     new_items: list[InputItem]
     items: list[InputItem]
     tools: list[Any]

@@ -78,7 +78,7 @@ from turnbench.schema import (
     peek_envelope,
     request_from_builtins,
 )
-from turnbench.settings import Settings
+from turnbench.settings import Settings, StateStrategy
 from turnbench.state import (
     ConversationRecord,
     ResponseStore,
@@ -319,7 +319,8 @@ class ResponsesService:
 
         new_items = await self._cpu(parsed.nbytes, validate)
         await timer.inject("resolve")
-        parent, state = None, "full"
+        parent: ConversationRecord | None = None
+        state: StateStrategy = "full"
         with timer.stage("resolve") as st:
             if req.previous_response_id:
                 if session.cache is not None:
