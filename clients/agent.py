@@ -34,7 +34,7 @@ import orjson
 
 from clients.base import ResponsesClient
 from clients.record import RolloutResult, TurnRecorder, TurnResult
-from turnbench.tokenizer import DEFAULT_CORPUS
+from turnbench.tokenizer import DEFAULT_CORPUS, corpus_name
 
 CORPUS_DIR = DEFAULT_CORPUS
 SEARCH_TERMS = ("def ", "return", "import", "class ", "self", "raise", "yield", "lambda", "async", "None")
@@ -44,15 +44,23 @@ RECOVERABLE = frozenset(
 
 
 @cache
-def corpus_files(root: str = str(CORPUS_DIR)) -> tuple[str, ...]:
+def _corpus(root: str) -> tuple[tuple[str, Path], ...]:
+    """(presented name, stored path) of each file under `root`, by name, MANIFEST.txt and the licence left out."""
     base = Path(root)
     return tuple(
         sorted(
-            str(p.relative_to(base))
+            (corpus_name(p.relative_to(base).as_posix()), p)
             for p in base.rglob("*")
             if p.is_file() and p.name not in ("MANIFEST.txt", "LICENSE-PSF.txt")
         )
     )
+
+
+def corpus_files(root: str = str(CORPUS_DIR)) -> tuple[str, ...]:
+    """Returns: the corpus-relative names the tools offer, sorted; a source stored as ``src/abc.py.txt`` is
+    offered as ``src/abc.py`` (:func:`turnbench.tokenizer.corpus_name`), so the tool definitions and outputs an
+    agent sees do not depend on how the corpus is stored."""
+    return tuple(name for name, _ in _corpus(root))
 
 
 class Toolbox:
@@ -72,6 +80,7 @@ class Toolbox:
         seed: int = 0,
     ) -> None:
         self.root = Path(corpus_dir)
+        self._paths = dict(_corpus(str(self.root)))
         self.files = corpus_files(str(self.root))
         if not self.files:
             raise ValueError(f"no corpus files under {self.root}")
@@ -111,9 +120,10 @@ class Toolbox:
 
     def _read(self, rel: str) -> str:
         if rel not in self._text:
-            if rel not in self.files:
+            path = self._paths.get(rel)
+            if path is None:
                 raise FileNotFoundError(rel)
-            self._text[rel] = (self.root / rel).read_text(encoding="utf-8", errors="replace")
+            self._text[rel] = path.read_text(encoding="utf-8", errors="replace")
         return self._text[rel]
 
     def target_bytes(self, call_index: int) -> int:

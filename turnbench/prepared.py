@@ -15,6 +15,7 @@ from turnbench.engine.policy import Knobs, TextFormat, ToolChoice
 from turnbench.lifecycle import Append, ResponseLifecycle
 from turnbench.pipeline import StageTimer
 from turnbench.schema import InputItem, Response, ResponseCreate
+from turnbench.settings import StateStrategy
 from turnbench.state import ConversationRecord, Session
 
 __all__ = ["Append", "Options", "ParsedRequest", "Prepared"]
@@ -36,7 +37,7 @@ class Prepared:
     timer: StageTimer
     session: Session
     parent: ConversationRecord | None
-    state: str
+    state: StateStrategy
     new_items: list[InputItem]
     items: list[InputItem]
     tools: list[Any]

@@ -267,7 +267,7 @@ class TurnbenchExt(msgspec.Struct, kw_only=True):
     """Extension field ``turnbench`` on the Response object; the official SDK keeps unknown fields."""
 
     stages: dict[str, StageStat] = {}
-    state: str = "full"  # how the conversation was resolved: full | store | connection
+    state: str = "full"  # how the conversation was resolved: one of settings.STATE_STRATEGIES
     engine: str = ""
     prefill_tokens: int = 0  # tokens the engine had to prefill (not in its KV/prefix cache)
 

@@ -82,7 +82,7 @@ from turnbench.schema import (
     peek_envelope,
     request_from_builtins,
 )
-from turnbench.settings import Settings
+from turnbench.settings import Settings, StateStrategy
 from turnbench.state import (
     ConversationRecord,
     ResponseStore,
@@ -358,12 +358,13 @@ class ResponsesService:
 
     async def _resolve(
         self, req: ResponseCreate, session: Session, timer: StageTimer
-    ) -> tuple[ConversationRecord | None, str]:
+    ) -> tuple[ConversationRecord | None, StateStrategy]:
         """``resolve``: the parent ``previous_response_id`` names, from this connection's cache (state
         ``"connection"``), else hydrated from the store (``"store"``); no parent: ``"full"``. Raises:
         :class:`PreviousResponseNotFoundError`, or ``previous_response_not_finished``."""
         await timer.inject("resolve")
-        parent, state = None, "full"
+        parent: ConversationRecord | None = None
+        state: StateStrategy = "full"
         with timer.stage("resolve"):
             if req.previous_response_id and session.cache is not None:
                 parent = session.cache.get(req.previous_response_id)

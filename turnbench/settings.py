@@ -11,9 +11,17 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
-STATE_STRATEGIES = ("full", "store", "connection")
+StateStrategy = Literal["full", "store", "connection"]
+"""How a turn carries its conversation, the one spelling of the three names: ``full`` resends every item
+(``store=false``); ``store`` chains by ``previous_response_id`` through the ResponseStore (``store=true``);
+``connection`` chains through the connection-local cache (WebSocket, gRPC ``Connect``). The service reports
+which one resolved a request in the same words (``TurnbenchExt.state``). mypy (strict equality) checks every
+literal assigned to a value of this type or compared with one by ``==``."""
+STATE_STRATEGIES: tuple[StateStrategy, ...] = get_args(StateStrategy)
+"""The state strategies in their canonical order; :data:`turnbench.transports.STATES` is this tuple."""
+
 STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "prefill", "decode", "post")
 
 
@@ -46,16 +54,19 @@ class Settings:
     answer_tokens: int = 64  # words in the final answer
     arg_words: int = 3  # words per free-text tool argument
 
-    # state
-    store: str = "memory"  # memory | sqlite:PATH
+    # state (these defaults are the only ones: state.StateCache and state.StoreLimits take theirs from here)
+    # the ResponseStore of store=true responses (state.open_store): memory (this process), sqlite:PATH (the
+    # processes of one host) or redis://HOST:PORT/DB (any number of hosts; also rediss:// and unix://)
+    store: str = "memory"
     usage_db: str = "auto"  # sqlite path for durable usage records; auto = a per-process temp file
     cache_entries: int = 256  # connection cache: responses kept per connection
     cache_bytes: int = 64 * 1024 * 1024  # connection cache: bytes kept per connection
-    store_max_entries: int = 20_000  # memory store: responses kept (the oldest go first)
-    store_max_bytes: int = 128 * 1024 * 1024  # memory store: encoded bytes kept
-    store_ttl_s: float = 86_400.0  # stored responses older than this are forgotten (memory and SQLite)
+    # responses kept, the oldest dropped first: at once in memory; SQLite and Redis trim every 256 writes
+    store_max_entries: int = 20_000
+    store_max_bytes: int = 128 * 1024 * 1024  # encoded bytes kept: the memory store only
+    store_ttl_s: float = 86_400.0  # stored responses older than this are gone, in every store
 
-    # pipeline switches (the ablations of DESIGN §2)
+    # pipeline switches (the ablations: docs/concepts/pipeline.md)
     connection_cache: bool = True  # off: a WS/gRPC continuation must hydrate from the store
     incremental_checks: bool = True  # validate + safety only the new items on a cached continuation
     token_cache: bool = True  # keep rendered tokens, tokenize only new text

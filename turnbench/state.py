@@ -1,10 +1,12 @@
 """Conversation state: the connection-local cache and the durable response store.
 
 * :class:`StateCache` lives in one WebSocket connection or gRPC ``Connect`` stream and dies with it. Each
-  lane (``stream_id``; ``None`` is the default lane) keeps its latest response (spec a.5), bounded by
+  lane (``stream_id``; ``None`` is the default lane) keeps its latest response (docs/protocol/websocket-mode.md), bounded by
   entries and bytes. A failed continuation evicts its parent on the same lane.
 * :class:`ResponseStore` keeps responses created with ``store=true`` for any transport:
-  :class:`MemoryResponseStore` or :class:`SQLiteResponseStore` (WAL, safe across processes on one host).
+  :class:`MemoryResponseStore`, :class:`SQLiteResponseStore` (WAL, safe across processes on one host) or
+  :class:`RedisResponseStore` (shared by servers on any number of hosts); :func:`open_store` picks one by URL.
+  Their bounds (:class:`StoreLimits`) and the connection cache's default to the ``Settings`` fields.
 * :class:`UsageLog` writes one durable usage row per response (the ``post`` stage's accounting).
 """
 
@@ -25,6 +27,9 @@ import msgspec
 
 from turnbench.errors import InvalidStreamIdError, StateLimitError, StreamLimitError
 from turnbench.schema import FunctionTool, InputItem, Response
+from turnbench.settings import Settings
+
+_DEFAULTS = Settings()  # the defaults of the bounds below are the settings' (one place to change them)
 
 
 @dataclass(slots=True)
@@ -55,7 +60,7 @@ class ConversationRecord:
 class StateCache:
     """Latest response per lane, for one connection. Not thread-safe: one event loop owns it."""
 
-    def __init__(self, max_entries: int = 256, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_entries: int = _DEFAULTS.cache_entries, max_bytes: int = _DEFAULTS.cache_bytes) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._records: OrderedDict[str, ConversationRecord] = OrderedDict()
@@ -103,7 +108,7 @@ class StateCache:
 
     def evict_on_lane(self, response_id: str, lane: str | None) -> bool:
         """Evict ``response_id`` if it was created on ``lane``: a failed same-lane continuation loses its
-        parent, a failed cross-lane fork keeps it (spec a.5). Returns: whether it was evicted."""
+        parent, a failed cross-lane fork keeps it (docs/guides/forks.md). Returns: whether it was evicted."""
         rec = self._records.get(response_id)
         return rec is not None and rec.lane == lane and self.evict(response_id)
 
@@ -204,11 +209,12 @@ class ResponseStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
-    """Bounds of a :class:`ResponseStore`: responses kept, their encoded bytes, and how long (s)."""
+    """Bounds of a :class:`ResponseStore`: responses kept, their encoded bytes (the memory store only), and how
+    long (s). Defaults: ``Settings.store_max_entries``, ``store_max_bytes``, ``store_ttl_s``."""
 
-    max_entries: int = 100_000
-    max_bytes: int = 512 * 1024 * 1024
-    ttl_s: float = 86_400.0
+    max_entries: int = _DEFAULTS.store_max_entries
+    max_bytes: int = _DEFAULTS.store_max_bytes
+    ttl_s: float = _DEFAULTS.store_ttl_s
 
 
 def tenant_of(api_key: str | None) -> str:

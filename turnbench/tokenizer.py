@@ -29,10 +29,13 @@ if TYPE_CHECKING:
     import tokenizers
 
 __all__ = [
+    "DEFAULT_CORPUS",
     "DEFAULT_PATH",
     "DEFAULT_VOCAB_SIZE",
+    "STORED_SUFFIX",
     "Tokenizer",
     "corpus_files",
+    "corpus_name",
     "load_tokenizer",
     "main",
     "save",
@@ -44,6 +47,11 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "tokenizer.json"
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 """The fixture corpus the committed model was trained on; the agent's tools read it too."""
+
+STORED_SUFFIX = ".txt"
+"""Appended to the name of each of the corpus's Python sources (``src/abc.py`` is stored as ``src/abc.py.txt``):
+the corpus is data, and no linter, type checker, IDE index or code search takes it for the project's code.
+The bytes are the original's; :func:`corpus_name` gives the name without it."""
 
 DEFAULT_VOCAB_SIZE = 8192
 MIN_FREQUENCY = 2
@@ -154,8 +162,17 @@ def load_tokenizer(path: str | None = None) -> Tokenizer:
 
 
 def corpus_files(corpus: Path) -> list[Path]:
-    """Returns: the corpus's text files in a fixed (sorted) order, MANIFEST.txt left out."""
+    """Returns: the corpus's text files in a fixed (sorted) order, MANIFEST.txt left out. The storage suffix
+    changes no file's place in that order (no stored name is a prefix of another), so it trains the same model."""
     return sorted(p for p in corpus.rglob("*") if p.is_file() and p.name != "MANIFEST.txt")
+
+
+def corpus_name(rel: str) -> str:
+    """Returns: the name a corpus file is presented under (the agent's tools show it): its corpus-relative
+    path `rel` with the storage suffix of a stored source dropped (``src/abc.py.txt`` → ``src/abc.py``);
+    other names (``docs/idle_news.txt``) unchanged."""
+    stem = rel.removesuffix(STORED_SUFFIX)
+    return stem if stem != rel and stem.endswith(".py") else rel
 
 
 def _read_texts(files: Sequence[Path]) -> Iterator[str]:

@@ -13,7 +13,8 @@ Two kinds of thing are named:
   settings that protocol needs for it (``https-h2``: ``http2=true``), its default state strategies.
 
 This module is pure data: it imports no adapter (the core never does); modules are named as strings and
-imported by whoever starts a server or makes a client.
+imported by whoever starts a server or makes a client. The state strategies' names are
+:data:`turnbench.settings.STATE_STRATEGIES` (here :data:`STATES`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+from turnbench.settings import STATE_STRATEGIES, StateStrategy
 
 __all__ = [
     "DEFAULT_TRANSPORTS",
@@ -36,8 +39,9 @@ __all__ = [
     "get_transport",
 ]
 
-STATES = ("full", "store", "connection")
-"""State strategies: resend everything, chain through the ResponseStore, chain through the connection cache."""
+STATES: tuple[StateStrategy, ...] = STATE_STRATEGIES
+"""State strategies: resend everything, chain through the ResponseStore, chain through the connection cache
+(:data:`turnbench.settings.STATE_STRATEGIES`, the one definition)."""
 
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -83,7 +87,7 @@ class Transport:
     name: str
     server: ServerProtocol | None
     client: str
-    states: tuple[str, ...]
+    states: tuple[StateStrategy, ...]
     summary: str
     server_settings: Mapping[str, Any] = field(default_factory=_frozen)
     raw: bool = True
@@ -112,8 +116,8 @@ class Transport:
         return self.client_module.replace(".", "/") + ".py"
 
 
-_CONNECTION = ("connection", "store", "full")
-_STATELESS = ("full", "store")
+_CONNECTION: tuple[StateStrategy, ...] = ("connection", "store", "full")
+_STATELESS: tuple[StateStrategy, ...] = ("full", "store")
 
 TRANSPORTS: Mapping[str, Transport] = MappingProxyType(
     {

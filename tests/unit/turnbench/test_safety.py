@@ -21,7 +21,7 @@ from turnbench.safety import (
 ROOT = Path(__file__).resolve().parents[3]
 CORPUS = ROOT / "turnbench" / "data" / "corpus"
 CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file())
-BIG = (CORPUS / "src" / "argparse.py").read_text()
+BIG = (CORPUS / "src" / "argparse.py.txt").read_text()
 
 NEAR_MISSES = [
     "ignore previous",
@@ -93,7 +93,7 @@ def test_bad_threshold_is_refused(threshold: float) -> None:
 
 def test_seed_changes_the_noise_not_the_triggers(clf: SafetyClassifier) -> None:
     other = SafetyClassifier(seed=7)
-    text = (CORPUS / "src" / "textwrap.py").read_text()
+    text = (CORPUS / "src" / "textwrap.py.txt").read_text()
     assert other.check(text).score != clf.check(text).score
     assert all(other.check(p).flagged for p in TRIGGER_PHRASES)
 
@@ -113,7 +113,7 @@ def test_any_unicode_is_checked(clf: SafetyClassifier) -> None:
 
 
 def test_features_grow_linearly_with_text(clf: SafetyClassifier) -> None:
-    unit = (CORPUS / "src" / "bisect.py").read_text()
+    unit = (CORPUS / "src" / "bisect.py.txt").read_text()
     assert unit.endswith("\n")
     one = clf.check(unit).features
     for k in (2, 3, 10, 30):

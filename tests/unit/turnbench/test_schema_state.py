@@ -16,8 +16,9 @@ from turnbench.schema import (
     decode_request,
     encode,
 )
-from turnbench.settings import Settings, parse_stage_map
-from turnbench.state import ConversationRecord, StateCache
+from turnbench.settings import STATE_STRATEGIES, Settings, parse_stage_map
+from turnbench.state import ConversationRecord, StateCache, StoreLimits
+from turnbench.transports import STATES, TRANSPORTS
 
 
 def test_request_accepts_sdk_fields_and_rejects_unknown_ones() -> None:
@@ -114,3 +115,15 @@ def test_settings_from_env_and_stage_maps() -> None:
     assert Settings(api_key="k").as_dict()["api_key"] == "***"
     with pytest.raises(ValueError):
         parse_stage_map("nosuchstage=1")
+
+
+def test_state_bounds_and_strategies_are_defined_once() -> None:
+    """The store's and the connection cache's default bounds are the settings'; the transport table's state
+    names are the settings' vocabulary."""
+    d = Settings()
+    lim = StoreLimits()
+    assert (lim.max_entries, lim.max_bytes, lim.ttl_s) == (d.store_max_entries, d.store_max_bytes, d.store_ttl_s)
+    cache = StateCache()
+    assert (cache.max_entries, cache.max_bytes) == (d.cache_entries, d.cache_bytes)
+    assert STATES is STATE_STRATEGIES and STATE_STRATEGIES == ("full", "store", "connection")
+    assert all(t.states and set(t.states) <= set(STATE_STRATEGIES) for t in TRANSPORTS.values())

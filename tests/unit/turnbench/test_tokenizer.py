@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from turnbench.tokenizer import DEFAULT_PATH, Tokenizer, corpus_files, load_tokenizer, main
+from turnbench.tokenizer import DEFAULT_PATH, Tokenizer, corpus_files, corpus_name, load_tokenizer, main
 
 ROOT = Path(__file__).resolve().parents[3]
 CORPUS = ROOT / "turnbench" / "data" / "corpus"
@@ -57,7 +58,14 @@ def test_corpus_is_shipped() -> None:
     assert 30 <= len(CORPUS_FILES) <= 45
     total = sum(p.stat().st_size for p in CORPUS_FILES)
     assert 300_000 <= total <= 1_200_000
-    assert not list(CORPUS.rglob("__init__.py"))
+    assert not list(CORPUS.rglob("*.py"))  # sources are stored as NAME.py.txt: data, not the project's code
+
+
+def test_corpus_name_drops_the_storage_suffix_of_sources_only() -> None:
+    assert corpus_name("src/abc.py.txt") == "src/abc.py"
+    assert corpus_name("docs/idle_news.txt") == "docs/idle_news.txt"
+    assert corpus_name("LICENSE-PSF.txt") == "LICENSE-PSF.txt"
+    assert corpus_name("docs/email_architecture.rst") == "docs/email_architecture.rst"
 
 
 def test_manifest_lists_every_file_with_its_size() -> None:
@@ -65,6 +73,13 @@ def test_manifest_lists_every_file_with_its_size() -> None:
     listed = {path: int(size) for size, path in rows}
     actual = {p.relative_to(CORPUS).as_posix(): p.stat().st_size for p in CORPUS_FILES}
     assert listed == actual
+
+
+def test_package_data_ships_every_corpus_file() -> None:
+    """The wheel's package-data globs (pyproject) cover every corpus file, MANIFEST.txt included."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["turnbench"]
+    shipped = {p for g in globs for p in (ROOT / "turnbench").glob(g)}
+    assert set(CORPUS_FILES) | {CORPUS / "MANIFEST.txt"} <= shipped
 
 
 def test_vocab_size_and_model_file(tok: Tokenizer) -> None:
@@ -112,10 +127,10 @@ def test_encode_batch_count_and_encode_agree(tok: Tokenizer) -> None:
 
 
 def test_count_grows_with_text(tok: Tokenizer) -> None:
-    text = (CORPUS / "src" / "argparse.py").read_text()
+    text = (CORPUS / "src" / "argparse.py.txt").read_text()
     counts = [tok.count(text[:n]) for n in (1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    unit = (CORPUS / "src" / "bisect.py").read_text()
+    unit = (CORPUS / "src" / "bisect.py.txt").read_text()
     one = tok.count(unit)
     for k in (2, 5, 10):
         assert 0.95 * k * one <= tok.count(unit * k) <= 1.05 * k * one
@@ -171,7 +186,7 @@ def test_encode_runs_on_the_calling_thread(tok: Tokenizer) -> None:
     of several texts would), or render would look cheaper than it is."""
     import time
 
-    text = (CORPUS / "src" / "argparse.py").read_text()[:60_000]  # 15 pieces of 4 KiB
+    text = (CORPUS / "src" / "argparse.py.txt").read_text()[:60_000]  # 15 pieces of 4 KiB
     tok.encode(text)
     t0, p0 = time.thread_time(), time.process_time()
     for _ in range(5):

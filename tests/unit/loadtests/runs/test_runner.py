@@ -19,6 +19,7 @@ from clients.base import ClientConfig, ResponsesClient, TurnRecorder
 from loadtests.execution.loops import chunk_plan, closed_loop, open_loop, poisson_offsets, split_rounds
 from loadtests.execution.plan import Cell, RunConfig, plan_cells
 from loadtests.workload.scenarios import load_scenario
+from turnbench.tokenizer import DEFAULT_CORPUS
 
 MS = 1_000_000  # ns
 
@@ -94,6 +95,19 @@ class ScriptedClient(ResponsesClient):
         }
         recorder.on_response(response)
         return response
+
+
+def test_toolbox_offers_stored_sources_under_their_python_names() -> None:
+    """The corpus stores its sources as ``NAME.py.txt``; the tools offer and read them as ``NAME.py``, so the
+    definitions and outputs an agent sees (and a benchmark's bytes) do not depend on the storage suffix."""
+    files = corpus_files()
+    assert "src/abc.py" in files and "docs/idle_news.txt" in files
+    assert not [f for f in files if f.endswith(".py.txt")]
+    assert list(files) == sorted(files)
+    tb = Toolbox(output_bytes=0)
+    assert tb.definitions()[0]["parameters"]["properties"]["path"]["enum"] == list(files)
+    assert tb.execute("read_file", '{"path": "src/abc.py"}') == (DEFAULT_CORPUS / "src" / "abc.py.txt").read_text()
+    assert tb.execute("read_file", '{"path": "src/abc.py.txt"}') == "error: FileNotFoundError: src/abc.py.txt"
 
 
 async def test_turn_identity_with_a_scripted_clock() -> None:
