@@ -18,12 +18,13 @@ Packages from the top down; a module imports only from its own package or from t
                   samples into one run)
     runs/         a run end to end: runner (one rollout; the start/execute/stop path), rundir (the run directory)
     analysis/     numbers from raw samples: estimators, cells, decomposition, headline, calibration, summary,
-                  verdict
-    execution/    the means of a run: plan (cells, run config, what execution gathers), loops, procs (server
-                  processes and targets), netem (WAN emulation), monitor and machine (the load generator and the
-                  machine watched), loadgen (the load generator's verdict over a run)
-    workload/     what is run: scenarios (TOML files in scenarios/), trace (traces, importers in traces/),
-                  record_proxy (``turnbench record``)
+                  verdict; records (what summary.json holds, as typed records)
+    execution/    the means of a run: plan (cells and their run.json records, run config, what execution
+                  gathers), loops, procs (server processes and targets), netem (WAN emulation), monitor and
+                  machine (the load generator and the machine watched), loadgen (the load generator's verdict
+                  over a run)
+    workload/     what is run: scenarios (TOML files in scenarios/; State, a state strategy as a type), trace
+                  (traces, importers in traces/), record_proxy (``turnbench record``)
     present/      how numbers are shown: doc (the document model, number formatting), plots
     examples/     agent loops as their users write them: sdk_http_loop and sdk_ws_loop (the official SDK over
                   HTTPS and WebSocket mode), agents_sdk (the Agents SDK); the tests run them

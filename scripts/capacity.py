@@ -33,11 +33,11 @@ from typing import Any
 from loadtests.cli.run import print_warnings
 from loadtests.execution.plan import RunConfig, plan_cells
 from loadtests.runs import runner
-from loadtests.workload.scenarios import load_scenario
+from loadtests.workload.scenarios import State, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
-STATE = {"https": "full", "ws": "connection", "grpc": "connection"}
+STATE: dict[str, State] = {"https": "full", "ws": "connection", "grpc": "connection"}
 """The state each transport is measured in: how its users run it (WebSocket mode and gRPC Connect keep the
 conversation on the connection)."""
 
@@ -74,7 +74,7 @@ def measure(args: argparse.Namespace, workers: int, out: Path) -> list[dict[str,
         print_warnings(run, sys.stdout)
         achieved = _achieved(run)
         for cid, c in run.summary["cells"].items():
-            ttft = c["metrics"].get("ttft_ms") or {}
+            ttft = c["metrics"].get("ttft_ms")
             rows.append(
                 {
                     "workers": workers,
@@ -85,8 +85,8 @@ def measure(args: argparse.Namespace, workers: int, out: Path) -> list[dict[str,
                     "concurrency": c["concurrency"],
                     "rollouts_per_s": c.get("rollouts_per_s"),
                     "achieved_rps": achieved.get(cid),
-                    "ttft_p50_ms": ttft.get("p50"),
-                    "ttft_p99_ms": ttft.get("p99"),
+                    "ttft_p50_ms": ttft["p50"] if ttft else None,
+                    "ttft_p99_ms": ttft["p99"] if ttft else None,
                     "failed": c["failed_rollouts"],
                     "server_cpu_ms_per_turn": c.get("server_cpu_ms_per_turn"),
                 }

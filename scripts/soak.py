@@ -42,7 +42,8 @@ from clients.base import TurnRecorder, make_client
 from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, start_server_process
 from loadtests.runs.runner import one_rollout
-from loadtests.workload.scenarios import load_scenario
+from loadtests.workload.scenarios import State, is_state, load_scenario
+from turnbench.transports import STATES
 from turnbench.transports import TRANSPORTS as TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ SCENARIO = load_scenario("agent-20").replace(
 )
 
 
-def cell(transport: str, state: str) -> Cell:
+def cell(transport: str, state: State) -> Cell:
     return Cell(
         cell=f"{transport}/{state}",
         scenario=SCENARIO,
@@ -64,7 +65,7 @@ def cell(transport: str, state: str) -> Cell:
         arrival_rate_rps=None,
         variant="default",
         tls=True,
-        number=TRANSPORTS.index(transport) * 10 + ("full", "store", "connection").index(state),
+        number=TRANSPORTS.index(transport) * 10 + STATES.index(state),
     )
 
 
@@ -127,7 +128,7 @@ async def soak_transport(transport: str, args: argparse.Namespace, workdir: Path
     sampler = Sampler(endpoint.process.pid, transport, args.sample_s, time.monotonic())
     start_mb = sampler.sample()
     task = asyncio.create_task(sampler.run())
-    states = TABLE[transport].states
+    states = tuple(s for s in TABLE[transport].states if is_state(s))
     report: dict[str, Any] = {"transport": transport, "states": list(states), "rss_start_mb": start_mb}
     errors: list[str] = []
     try:

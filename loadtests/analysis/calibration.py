@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from loadtests.analysis.cells import N_BOOT_CELL, Record, itl_frame
+from loadtests.analysis.cells import N_BOOT_CELL, itl_frame
 from loadtests.analysis.estimators import bootstrap_ci
+from loadtests.analysis.records import Calibration, CalibrationBlock, CalibrationCell
+from loadtests.execution.plan import CellRecord
 
 PRE_PREFILL = ("parse", "validate", "resolve", "safety", "render", "route")
 CALIBRATION_PREFILL_MS = 20.0
 CALIBRATION_TOKEN_MS = 5.0
 
 
-def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] | None:
+def calibration(turns: pd.DataFrame, cells: Sequence[CellRecord]) -> Calibration | None:
     """Measured minus known on the ``calibration`` profile, per cell and per transport (median, ms).
 
     The server's part is known exactly: prefill 20 ms when there are uncached tokens, then chunk k of
@@ -44,7 +45,7 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
     itl = itl_frame(t)
     itl["itl_residual_ms"] = itl["itl_ms"] - itl["cell"].map(step_of)
 
-    def block(sel: pd.DataFrame, gaps: pd.DataFrame) -> dict[str, Any]:
+    def block(sel: pd.DataFrame, gaps: pd.DataFrame) -> CalibrationBlock:
         est, lo, hi = bootstrap_ci(sel["ttft_residual_ms"], n_boot=N_BOOT_CELL)
         return {
             "n_turns": len(sel),
@@ -57,7 +58,7 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
             "ttft_residual_net_ms": est - float(sel["server_pre_ms"].median()),
         }
 
-    per_cell = {
+    per_cell: dict[str, CalibrationCell] = {
         c["cell"]: {
             "transport": c["transport"],
             "state": c["state"],
@@ -66,7 +67,7 @@ def calibration(turns: pd.DataFrame, cells: Sequence[Record]) -> dict[str, Any] 
         for c in cal
         if (t["cell"] == c["cell"]).any()
     }
-    by_transport: dict[str, Any] = {}
+    by_transport: dict[str, CalibrationBlock] = {}
     for tr in dict.fromkeys(c["transport"] for c in cal):
         ids = [c["cell"] for c in cal if c["transport"] == tr]
         sel = t[t["cell"].isin(ids)]

@@ -12,11 +12,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from loadtests.analysis.cells import Record, cell_rows, successful
+from loadtests.analysis.cells import cell_rows, successful
 from loadtests.analysis.estimators import finite
+from loadtests.analysis.records import CellDecomposition
+from loadtests.execution.plan import CellRecord, ChunkRecord
 
 
-def _chunk_shares(chunks: Sequence[Record]) -> dict[tuple[str, int], tuple[float, float | None]]:
+def _chunk_shares(chunks: Sequence[ChunkRecord]) -> dict[tuple[str, int], tuple[float, float | None]]:
     """(cell, round) → (client CPU ms, server process CPU ms) per rollout of that measured chunk."""
     out: dict[tuple[str, int], tuple[float, float | None]] = {}
     for ch in chunks:
@@ -54,7 +56,7 @@ def _sim_model_ms(turns: pd.DataFrame, settings: Mapping[str, Any]) -> npt.NDArr
 
 
 def rollout_decomposition(
-    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[Record], chunks: Sequence[Record]
+    turns: pd.DataFrame, rollouts: pd.DataFrame, cells: Sequence[CellRecord], chunks: Sequence[ChunkRecord]
 ) -> pd.DataFrame:
     """Where each measured, successful rollout's time went, in ms — a split that does not depend on how busy
     the machine was, next to the wall clock that does.
@@ -121,39 +123,40 @@ def rollout_decomposition(
     return out[[*columns, *cpu_cols]].reset_index(drop=True)
 
 
-def decomposition(frame: pd.DataFrame, cells: Sequence[Record]) -> dict[str, dict[str, Any]]:
+def decomposition(frame: pd.DataFrame, cells: Sequence[CellRecord]) -> dict[str, CellDecomposition]:
     """``summary.json["decomposition"]``: per cell, the *means* over rollouts of :func:`rollout_decomposition`
     (means add up: rollout = model + tool + server CPU + client CPU + rest), the server CPU per stage, and
     the median measured and predicted rollout times (what the headline's ratios use)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, CellDecomposition] = {}
     for c in cells:
         rows = cell_rows(frame, str(c["cell"]))
-        if not len(rows):
-            continue
-        stage_cols = [k for k in rows.columns if k.startswith("stage_") and k.endswith("_cpu_ms")]
-
-        def mean(col: str, rows: pd.DataFrame = rows) -> float:
-            vals = finite(rows[col])
-            return float(vals.mean()) if vals.size else math.nan
-
-        out[str(c["cell"])] = {
-            "n": len(rows),
-            "concurrency": c["concurrency"],
-            **{
-                k: mean(k)
-                for k in (
-                    "rollout_ms",
-                    "model_ms",
-                    "tool_ms",
-                    "server_cpu_ms",
-                    "server_stage_cpu_ms",
-                    "client_cpu_ms",
-                    "predicted_ms",
-                    "rest_ms",
-                )
-            },
-            "stages_cpu_ms": {k[6:-7]: mean(k) for k in stage_cols},
-            "rollout_p50_ms": float(np.median(m)) if (m := finite(rows["rollout_ms"])).size else math.nan,
-            "predicted_p50_ms": float(np.median(p)) if (p := finite(rows["predicted_ms"])).size else math.nan,
-        }
+        if len(rows):
+            out[str(c["cell"])] = _cell_decomposition(rows, c["concurrency"])
     return out
+
+
+def _cell_decomposition(rows: pd.DataFrame, concurrency: int | None) -> CellDecomposition:
+    def mean(col: str) -> float:
+        vals = finite(rows[col])
+        return float(vals.mean()) if vals.size else math.nan
+
+    def median(col: str) -> float:
+        vals = finite(rows[col])
+        return float(np.median(vals)) if vals.size else math.nan
+
+    stage_cols = [k for k in rows.columns if k.startswith("stage_") and k.endswith("_cpu_ms")]
+    return {
+        "n": len(rows),
+        "concurrency": concurrency,
+        "rollout_ms": mean("rollout_ms"),
+        "model_ms": mean("model_ms"),
+        "tool_ms": mean("tool_ms"),
+        "server_cpu_ms": mean("server_cpu_ms"),
+        "server_stage_cpu_ms": mean("server_stage_cpu_ms"),
+        "client_cpu_ms": mean("client_cpu_ms"),
+        "predicted_ms": mean("predicted_ms"),
+        "rest_ms": mean("rest_ms"),
+        "stages_cpu_ms": {k[6:-7]: mean(k) for k in stage_cols},
+        "rollout_p50_ms": median("rollout_ms"),
+        "predicted_p50_ms": median("predicted_ms"),
+    }

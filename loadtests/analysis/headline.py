@@ -10,11 +10,13 @@ from typing import Any
 
 import pandas as pd
 
-from loadtests.analysis.cells import Record, cell_label, cell_rows, same_load, successful
+from loadtests.analysis.cells import cell_label, cell_rows, same_load, successful
 from loadtests.analysis.estimators import finite, ratio_ci
+from loadtests.execution.plan import CellRecord
+from loadtests.workload.scenarios import State
 
 N_BOOT_RATIO = 2000  # headline and ablation ratios
-BASELINES: tuple[tuple[str, str], ...] = (("https", "full"), ("https", "store"))
+BASELINES: tuple[tuple[str, State], ...] = (("https", "full"), ("https", "store"))
 """The (transport, state) cells every other cell is compared with in the headline."""
 
 
@@ -41,7 +43,7 @@ def _tool_calls(rollouts: pd.DataFrame) -> int:
 
 def headline(
     rollouts: pd.DataFrame,
-    cells: Sequence[Record],
+    cells: Sequence[CellRecord],
     *,
     concurrency: int | None = None,
     predicted: pd.DataFrame | None = None,
@@ -69,7 +71,7 @@ def headline(
     ]
     if not main or rollouts.empty:
         return pd.DataFrame()
-    conc = concurrency if concurrency is not None else min(int(c["concurrency"]) for c in main)
+    conc = concurrency if concurrency is not None else min(int(c["concurrency"] or 0) for c in main)  # closed loop: set
     main = [c for c in main if c["concurrency"] == conc]
     rows: list[dict[str, Any]] = []
     for scenario, profile in sorted({(c["scenario"], c["profile"]) for c in main}):
@@ -137,7 +139,7 @@ def _setting_change(name: str, value: Any) -> str:
 
 
 def ablations(
-    rollouts: pd.DataFrame, cells: Sequence[Record], *, n_boot: int = N_BOOT_RATIO, seed: int = 0
+    rollouts: pd.DataFrame, cells: Sequence[CellRecord], *, n_boot: int = N_BOOT_RATIO, seed: int = 0
 ) -> pd.DataFrame:
     """Each variant cell against the default cell of the same scenario, profile, load, transport and
     state: ``setting`` = the server settings in which they differ; ``change_pct`` = (median rollout_ms
@@ -145,7 +147,7 @@ def ablations(
     to HTTPS ``full`` in the same run (how much of the transport's advantage the mechanism explains;
     shares need not add up to 100%)."""
 
-    def key(c: Record) -> tuple[Any, ...]:
+    def key(c: CellRecord) -> tuple[Any, ...]:
         return (c["scenario"], c["profile"], c["concurrency"] or 0, c["transport"], c["state"], c["variant"])
 
     rows: list[dict[str, Any]] = []

@@ -9,24 +9,26 @@ from typing import Any
 import pandas as pd
 
 from loadtests.analysis.calibration import calibration
-from loadtests.analysis.cells import Record, cell_summaries
+from loadtests.analysis.cells import cell_summaries
 from loadtests.analysis.decomposition import decomposition, rollout_decomposition
 from loadtests.analysis.headline import ablations, headline
+from loadtests.analysis.records import Calibration, CellDecomposition, CellSummary, SummaryFile
 from loadtests.analysis.verdict import Verdict, verdicts
+from loadtests.execution.plan import CellRecord, ChunkRecord
 
 
 @dataclass(frozen=True)
 class RunSummary:
     """Every statistic of one run; :meth:`as_json` is ``summary.json``."""
 
-    cells: dict[str, dict[str, Any]]
+    cells: dict[str, CellSummary]
     headline: pd.DataFrame
     ablations: pd.DataFrame
-    calibration: dict[str, Any] | None
-    decomposition: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calibration: Calibration | None
+    decomposition: dict[str, CellDecomposition] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> SummaryFile:
         def records(df: pd.DataFrame) -> list[dict[str, Any]]:
             return [{str(k): v for k, v in r.items()} for r in df.to_dict("records")]
 
@@ -43,8 +45,8 @@ class RunSummary:
 def summarize_run(
     turns: pd.DataFrame,
     rollouts: pd.DataFrame,
-    cells: Sequence[Record],
-    chunks: Sequence[Record],
+    cells: Sequence[CellRecord],
+    chunks: Sequence[ChunkRecord],
     meta: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Per-cell summaries, headline (measured and predicted), the decomposition, ablations, calibration, and

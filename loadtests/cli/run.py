@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from loadtests.analysis.records import CellSummary, MetricStats, TurnStats, stat
 from loadtests.workload.scenarios import PROFILES, Scenario, available_scenarios, load_scenario
 from turnbench.transports import DEFAULT_TRANSPORTS, STATES
 
@@ -105,7 +107,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--states",
         type=_csv(str),
         metavar="LIST",
-        help="state strategies to keep, from full, store, connection (default: per transport — "
+        help=f"state strategies to keep, from {', '.join(STATES)} (default: per transport — "
         "https: full,store; ws/grpc: connection,store,full)",
     )
     w.add_argument(
@@ -366,7 +368,7 @@ def _f(v: Any, digits: int = 1) -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
-def _pair(stats: dict[str, Any] | None, digits: int = 1) -> str:
+def _pair(stats: MetricStats | TurnStats | None, digits: int = 1) -> str:
     if not stats:
         return "-"
     return f"{_f(stats.get('p50'), digits)}/{_f(stats.get('p99'), digits)}"
@@ -391,17 +393,20 @@ STREAM_MIN_TOKENS = 256
 """Cells whose answers average at least this many tokens get the streaming table."""
 
 
-def _stream_block(cells: dict[str, Any]) -> list[str]:
+def _stream_block(cells: Mapping[str, CellSummary]) -> list[str]:
     """The streaming path of long-answer cells (the ``stream`` scenario): tokens/s after the first delta,
     tokens per delta event, server CPU and bytes down per token, ITL between delta events."""
-    rows = [c for c in cells.values() if (c.get("stream") or {}).get("tokens_per_turn", 0) >= STREAM_MIN_TOKENS]
+    rows = [
+        (c, s)
+        for c in cells.values()
+        if (s := c.get("stream")) is not None and s.get("tokens_per_turn", 0) >= STREAM_MIN_TOKENS
+    ]
     if not rows:
         return []
     header = ["profile", "transport", "state", "variant", "tok/s p50 (min)", "tok/delta", "srv µs/tok", "down B/tok"]
     header.append("itl p50/p99")
     table = [header]
-    for c in rows:
-        s = c["stream"]
+    for c, s in rows:
         table.append(
             [
                 c["profile"],
@@ -426,9 +431,9 @@ def _stream_block(cells: dict[str, Any]) -> list[str]:
 
 def format_table(run: RunDir) -> str:
     """Plain aligned text: one block per scenario/profile/load, one row per transport and state."""
-    cells: dict[str, Any] = run.summary.get("cells", {})
-    blocks: dict[str, list[dict[str, Any]]] = {}
-    for cid, c in cells.items():
+    cells = run.summary.get("cells", {})
+    blocks: dict[str, list[CellSummary]] = {}
+    for c in cells.values():
         load = f"rate {c['arrival_rate_rps']:g}/s" if c["mode"] == "open" else f"concurrency {c['concurrency']}"
         head = f"{c['scenario']} · profile {c['profile']} · {load}" + (
             f" · variant {c['variant']}" if c["variant"] != "default" else ""
@@ -437,7 +442,7 @@ def format_table(run: RunDir) -> str:
             head += f" · network rtt {c.get('rtt_ms') or 0:g} ms" + (
                 f", {c['bandwidth_mbps']:g} Mbit/s" if c.get("bandwidth_mbps") else ""
             )
-        blocks.setdefault(head, []).append({"cell": cid, **c})
+        blocks.setdefault(head, []).append(c)
     header = [
         "transport",
         "state",
@@ -461,10 +466,10 @@ def format_table(run: RunDir) -> str:
                     f"{c['n_rollouts']}" + (f" ({c['failed_rollouts']} failed)" if c["failed_rollouts"] else ""),
                     _pair(c["metrics"].get("rollout_ms")),
                     *(_pair(by_turn.get(str(k))) for k in TABLE_TURNS),
-                    _f((c["metrics"].get("bytes_up") or {}).get("mean"), 0),
-                    _f((c["metrics"].get("bytes_down") or {}).get("mean"), 0),
+                    _f(stat(c, "bytes_up", "mean"), 0),
+                    _f(stat(c, "bytes_down", "mean"), 0),
                     _f(c.get("server_cpu_ms_per_turn"), 2),
-                    _f((c["metrics"].get("connect_ms") or {}).get("p50"), 2),
+                    _f(stat(c, "connect_ms", "p50"), 2),
                 ]
             )
         widths = [max(len(r[i]) for r in table) for i in range(len(header))]

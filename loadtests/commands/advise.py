@@ -35,14 +35,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["CELLS", "Workload", "cmd_advise", "fit", "predict", "validate"]
+from loadtests.workload.scenarios import State
 
-CELLS: tuple[tuple[str, str], ...] = (
+__all__ = ["CELLS", "CellFit", "CostModel", "Prediction", "Workload", "cmd_advise", "fit", "predict", "validate"]
+
+CELLS: tuple[tuple[str, State], ...] = (
     ("https", "full"),
     ("https", "store"),
     ("ws", "connection"),
@@ -54,6 +56,39 @@ HANDSHAKE_RTTS = {"https": 2, "ws": 3, "grpc": 2}
 FIT_SIZES_KB = (1, 8)
 MODEL_PATH = Path("reports") / "advise" / "model.json"
 ITEM_OVERHEAD_BYTES = 300  # a function call and its output item's JSON around the tool's text
+
+
+class CellFit(TypedDict):
+    """One ``transport/state`` of the cost model: a turn's overhead ``a + b·up_KB + c·history_KB`` in ms, the
+    fit's RMS residual, the turns fitted, the median connect time and the client's time between turns."""
+
+    a_ms: float
+    b_ms_per_up_kb: float
+    c_ms_per_history_kb: float
+    residual_ms: float
+    turns: int
+    connect_ms: float
+    between_turns_ms: float
+
+
+class CostModel(TypedDict):
+    """``reports/advise/model.json`` (:func:`fit`): the fit per ``transport/state`` and where it was measured."""
+
+    version: int
+    created_at: str
+    machine: dict[str, str]
+    first_request_kb: float
+    cells: dict[str, CellFit]
+
+
+class Prediction(TypedDict):
+    """A predicted rollout (:func:`predict`) and its parts, in ms."""
+
+    rollout_ms: float
+    overhead_ms: float
+    model_ms: float
+    network_ms: float
+    tool_ms: float
 
 
 @dataclass(frozen=True)
@@ -84,13 +119,13 @@ def _history_kb(t: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(t["state"] == "full", up, running.reindex(t.index)), index=t.index)
 
 
-def fit(turns: pd.DataFrame, rollouts: pd.DataFrame) -> dict[str, Any]:
+def fit(turns: pd.DataFrame, rollouts: pd.DataFrame) -> CostModel:
     """Coefficients per transport/state from a fit run's measured rows (see the module docstring)."""
     t = turns[turns["success"].astype(bool) & ~turns["warmup"].astype(bool)].copy()
     r = rollouts[rollouts["success"].astype(bool) & ~rollouts["warmup"].astype(bool)]
     t["up_kb"] = t["bytes_up"].astype(float) / 1024.0
     t["hist_kb"] = _history_kb(t)
-    cells: dict[str, Any] = {}
+    cells: dict[str, CellFit] = {}
     for (tr, st), g in t.groupby(["transport", "state"]):
         x = np.column_stack([np.ones(len(g)), g["up_kb"], g["hist_kb"]])
         y = g["turn_ms"].astype(float).to_numpy()
@@ -117,11 +152,11 @@ def fit(turns: pd.DataFrame, rollouts: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def run_fit(out: Path) -> dict[str, Any]:
+def run_fit(out: Path) -> CostModel:
     """Run the fit matrix into ``out`` (a run directory) and fit it."""
     from loadtests.commands.bench import Group, run_matrix
 
-    states: dict[str, tuple[str, ...]] = {}
+    states: dict[str, tuple[State, ...]] = {}
     for tr, st in CELLS:
         states[tr] = (*states.get(tr, ()), st)
     groups = [
@@ -156,7 +191,7 @@ def _model_ms(w: Workload, new_tokens: float, context_tokens: float, out_tokens:
     return prof.prefill_ms(int(new_tokens), int(context_tokens)) + out_tokens * 1000.0 / w.tok_s
 
 
-def predict(model: Mapping[str, Any], w: Workload) -> dict[str, dict[str, float]]:
+def predict(model: CostModel, w: Workload) -> dict[str, Prediction]:
     """Per ``transport/state``: predicted rollout ms and its parts (overhead, model, network, tool)."""
     calls = max(0, w.turns - 1)
     sizes = list(w.sizes_kb) or [w.tool_output_kb] * calls
@@ -165,7 +200,7 @@ def predict(model: Mapping[str, Any], w: Workload) -> dict[str, dict[str, float]
     per_call = [s + ITEM_OVERHEAD_BYTES / 1024.0 for s in sizes]
     hist = [first + sum(per_call[:k]) for k in range(len(sizes) + 1)]  # KB of conversation at turn k
     rate = w.bandwidth_mbps * 1e6 / 8 / 1024.0 if w.bandwidth_mbps else None  # KB per second
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Prediction] = {}
     for key, c in model["cells"].items():
         tr, st = key.split("/")
         overhead = model_ms = net = 0.0
@@ -190,15 +225,13 @@ def predict(model: Mapping[str, Any], w: Workload) -> dict[str, dict[str, float]
     return out
 
 
-def gains(pred: Mapping[str, Mapping[str, float]], base: str) -> dict[str, float]:
+def gains(pred: Mapping[str, Prediction], base: str) -> dict[str, float]:
     """Per cell: predicted rollout time vs ``base`` − 1, in %."""
     b = pred[base]["rollout_ms"]
     return {k: 100.0 * (v["rollout_ms"] / b - 1.0) for k, v in pred.items()}
 
 
-def crossover(
-    model: Mapping[str, Any], w: Workload, cell: str = "ws/connection", base: str = "https/full"
-) -> int | None:
+def crossover(model: CostModel, w: Workload, cell: str = "ws/connection", base: str = "https/full") -> int | None:
     """The fewest turns (1–200) at which ``cell`` is predicted faster than ``base``."""
     for n in range(1, 201):
         p = predict(model, _with_turns(w, n))
@@ -214,7 +247,7 @@ def _with_turns(w: Workload, n: int) -> Workload:
 # ------------------------------------------------------------------------------------------------ validate
 
 
-def validate(model: Mapping[str, Any], runs: Sequence[Path]) -> pd.DataFrame:
+def validate(model: CostModel, runs: Sequence[Path]) -> pd.DataFrame:
     """Predicted vs measured median rollout time for every concurrency-1 cell of ``runs`` that the model
     covers; columns: run, cell, measured_ms, predicted_ms, error_pct."""
     from clients.agent import Toolbox
@@ -294,7 +327,7 @@ def _workload(args: argparse.Namespace) -> Workload:
     )
 
 
-def _plot(model: Mapping[str, Any], w: Workload, path: Path) -> None:
+def _plot(model: CostModel, w: Workload, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,6 +353,7 @@ def _plot(model: Mapping[str, Any], w: Workload, path: Path) -> None:
 
 def cmd_advise(args: argparse.Namespace) -> int:
     path: Path = args.model
+    model: CostModel
     if args.fit or not path.is_file():
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         print(f"advise: measuring the cost model (~1 min) → {path}", file=sys.stderr)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from loadtests.commands import migration
 from loadtests.execution.plan import Cell, RunConfig, plan_cells
@@ -36,12 +36,14 @@ from loadtests.extras import registry as extras
 from loadtests.report import render as report
 from loadtests.runs import runner
 from loadtests.runs.rundir import RunDir, write_json
-from loadtests.workload.scenarios import load_scenario
+from loadtests.workload.scenarios import State, load_scenario
 
 __all__ = [
     "ABLATIONS",
     "BUDGET_S",
+    "BenchRecord",
     "Group",
+    "GroupRecord",
     "bench",
     "cmd_bench",
     "full_matrix",
@@ -51,7 +53,7 @@ __all__ = [
     "run_matrix",
 ]
 
-MAIN_STATES: dict[str, tuple[str, ...]] = {
+MAIN_STATES: dict[str, tuple[State, ...]] = {
     "https": ("full", "store"),
     "ws": ("connection", "store"),
     "grpc": ("connection",),
@@ -78,11 +80,51 @@ class Group:
     scenario: str
     profile: str | None
     concurrency: int
-    states: Mapping[str, tuple[str, ...]]
+    states: Mapping[str, tuple[State, ...]]
     sizing: Mapping[str, Any] = field(default_factory=dict)
     variant: str = "default"
     server_settings: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None  # the source tree its servers run from (the paired gate's base); None: this one
+
+    def record(self) -> GroupRecord:
+        """The group as ``run.json["bench"]["groups"]`` lists it: every field, in order."""
+        return {
+            "scenario": self.scenario,
+            "profile": self.profile,
+            "concurrency": self.concurrency,
+            "states": {k: list(v) for k, v in self.states.items()},
+            "sizing": dict(self.sizing),
+            "variant": self.variant,
+            "server_settings": dict(self.server_settings),
+            "source": self.source,
+        }
+
+
+class GroupRecord(TypedDict):
+    """A :class:`Group` in ``run.json["bench"]["groups"]``."""
+
+    scenario: str
+    profile: str | None
+    concurrency: int
+    states: dict[str, list[State]]
+    sizing: dict[str, Any]
+    variant: str
+    server_settings: dict[str, Any]
+    source: str | None
+
+
+class BenchInfo(TypedDict, total=False):
+    """What a matrix's maker adds to ``run.json["bench"]``: ``turnbench bench``'s ``quick`` and ``budget_s``."""
+
+    quick: bool
+    budget_s: float | None
+
+
+class BenchRecord(BenchInfo):
+    """``run.json["bench"]`` (:func:`matrix_record`): the groups as run and the wall time in s."""
+
+    groups: list[GroupRecord]
+    wall_s: float
 
 
 def _size(rollouts: int, rounds: int, warmup: int, **extra: Any) -> dict[str, Any]:
@@ -176,7 +218,7 @@ def quick_matrix() -> list[Group]:
     """``make bench-quick`` (~1 min): agent-20 at concurrency 1 — ``instant`` over https full, ws connection,
     grpc connection; ``fast`` adding https store — and one ablation (token cache off on ws/connection)."""
     sizing = _size(3, 3, 1)
-    core = {"https": ("full",), "ws": ("connection",), "grpc": ("connection",)}
+    core: dict[str, tuple[State, ...]] = {"https": ("full",), "ws": ("connection",), "grpc": ("connection",)}
     return [
         Group(scenario="agent-20", profile="instant", concurrency=1, states=core, sizing=sizing),
         Group(
@@ -225,21 +267,9 @@ def matrix_cells(groups: Sequence[Group], config: RunConfig) -> list[Cell]:
     return cells
 
 
-def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Any) -> dict[str, Any]:
+def matrix_record(groups: Sequence[Group], wall_s: float, **extra: Unpack[BenchInfo]) -> BenchRecord:
     """``run.json["bench"]``: the groups as run, the wall time in s, and ``extra`` (``quick`` …)."""
-    return {
-        "groups": [
-            {
-                **dataclasses.asdict(g),
-                "states": {k: list(v) for k, v in g.states.items()},
-                "sizing": dict(g.sizing),
-                "server_settings": dict(g.server_settings),
-            }
-            for g in groups
-        ],
-        "wall_s": wall_s,
-        **extra,
-    }
+    return {"groups": [g.record() for g in groups], "wall_s": wall_s, **extra}
 
 
 def matrix_config(
@@ -271,7 +301,7 @@ def run_matrix(
     quiet: bool = True,
     server_settings: Mapping[str, Any] | None = None,
     deadline: float | None = None,
-    **record: Any,
+    **record: Unpack[BenchInfo],
 ) -> RunDir:
     """Run every group's cells in one interleaved execution and write the run directory ``out``; its
     run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries) and, if ``deadline`` dropped

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -56,11 +56,15 @@ from loadtests.commands.bench import Group, matrix_cells, matrix_config, matrix_
 from loadtests.execution.machine import combine, contention
 from loadtests.runs import runner
 from loadtests.runs.rundir import RunDir
+from loadtests.workload.scenarios import State
 from turnbench.settings import STAGES
 
 __all__ = [
     "TOLERANCES",
+    "Baseline",
     "GateError",
+    "MachineSummary",
+    "Metric",
     "compare_runs",
     "gate_groups",
     "gate_metrics",
@@ -73,6 +77,7 @@ __all__ = [
 ]
 
 BASELINE_VERSION = 2
+MetricKind = Literal["stage", "process", "ratio", "cpu"]
 TOLERANCES: dict[str, float] = {"stage": 0.30, "process": 0.30, "ratio": 0.25, "cpu": 1.0}
 CPU_FLOOR_MS = 0.5
 """A CPU metric fails only if it rose by more than this much CPU per turn."""
@@ -82,7 +87,7 @@ SPEED_KINDS = ("stage", "process")
 """The kinds :func:`judge` divides by the cell's speed factor."""
 NORMAL_REF_MS = 10.0
 """CPU metrics are in ms per turn *on a machine where the reference workload takes this long*."""
-GATE_STATES: dict[str, tuple[str, ...]] = {
+GATE_STATES: dict[str, tuple[State, ...]] = {
     "https": ("full", "store"),
     "ws": ("connection", "store"),
     "grpc": ("connection",),
@@ -94,8 +99,46 @@ RATIOS: tuple[tuple[str, str], ...] = (
     ("https/store", "https/full"),
 )
 """(numerator, denominator) cells; each ratio rises when the numerator's path regresses."""
-Metric = dict[str, Any]
 COMPARE_KEYS = ("scenario", "profile", "mode", "concurrency", "arrival_rate_rps", "variant", "transport", "state")
+
+
+class Metric(TypedDict):
+    """One metric of the gate (see the module docstring), as ``baseline.json["metrics"]`` holds it: ``value``
+    with its 95% CI (``lo``, ``hi``; a point estimate has lo = hi = value) and ``floor``, the smallest rise
+    that counts, in the metric's unit; the CPU kinds name their ``cell`` and ``cpu`` its unscaled ``raw_ms``."""
+
+    kind: MetricKind
+    cell: NotRequired[str]
+    value: float
+    lo: float
+    hi: float
+    raw_ms: NotRequired[float]
+    floor: float
+
+
+class MachineSummary(TypedDict):
+    """The machine while the gate's cells ran (:func:`machine_summary`)."""
+
+    background: dict[str, Any] | None
+    contended: str | None
+    isolation: dict[str, Any] | None
+
+
+class Baseline(TypedDict):
+    """``reports/baseline.json`` (:func:`write_baseline`)."""
+
+    version: int
+    created_at: str
+    git_commit: str | None
+    cpu: Any
+    python: str | None
+    cpu_reference_ms: float
+    tolerances: dict[str, float]
+    cpu_floor_ms: float
+    run_dir: str
+    machine: MachineSummary
+    matrix: str
+    metrics: dict[str, Metric]
 
 
 class GateError(FileNotFoundError):
@@ -132,7 +175,7 @@ def gate_groups(
     settings = {"burn_us": dict(burn_us)} if burn_us else {}
     common = {"tool_calls": 12}
 
-    def group(states: Mapping[str, tuple[str, ...]], rollouts: int, warmup: int) -> Group:
+    def group(states: Mapping[str, tuple[State, ...]], rollouts: int, warmup: int) -> Group:
         return Group(
             scenario="agent-20",
             profile="instant",
@@ -281,7 +324,8 @@ def judge(
     rows = []
     for name in sorted(set(baseline) | set(current)):
         base, cur = baseline.get(name), current.get(name)
-        kind = (base or cur or {}).get("kind", "ratio")
+        either = base or cur
+        kind = either.get("kind", "ratio") if either else "ratio"
         tol = float(tolerances.get(kind, TOLERANCES.get(kind, 0.25)))
         row: dict[str, Any] = {"metric": name, "kind": kind, "tolerance": tol}
         if base is None or cur is None:
@@ -352,12 +396,12 @@ def format_judgement(table: pd.DataFrame, *, show: int = 12) -> str:
     return "\n".join(lines)
 
 
-def read_baseline(path: Path) -> dict[str, Any]:
+def read_baseline(path: Path) -> Baseline:
     """Load ``baseline.json``. Raises :class:`GateError` with what to do when it is missing or broken."""
     if not path.is_file():
         raise GateError(f"no baseline at {path}: run `make baseline` (turnbench gate --write-baseline) first")
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: Baseline = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise GateError(f"baseline {path} is not valid JSON: {exc}") from exc
     if not isinstance(data.get("metrics"), dict) or not data["metrics"]:
@@ -373,7 +417,7 @@ def read_baseline(path: Path) -> dict[str, Any]:
 def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunDir, cpu_ref_ms: float) -> None:
     """Write the baseline: the metrics, the tolerances in force, and where they came from."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
+    data: Baseline = {
         "version": BASELINE_VERSION,
         "created_at": datetime.now(UTC).isoformat(),
         "git_commit": run.meta.get("git_commit"),
@@ -422,7 +466,7 @@ def run_gate(
     return run, min(ref)
 
 
-def machine_summary(run: RunDir) -> dict[str, Any]:
+def machine_summary(run: RunDir) -> MachineSummary:
     """The machine while the gate's cells ran: their background load combined, and why it was contended
     (None: it was not)."""
     mon = run.meta.get("monitor") or {}
@@ -431,7 +475,7 @@ def machine_summary(run: RunDir) -> dict[str, Any]:
     return {"background": window, "contended": contention(window), "isolation": run.meta.get("isolation")}
 
 
-def machine_text(summary: Mapping[str, Any], *, paired: bool = False) -> str:
+def machine_text(summary: MachineSummary, *, paired: bool = False) -> str:
     """One line on the machine: other processes' CPU, idle cores, CPU pressure, and what that means here."""
     bg = summary.get("background")
     if not bg:

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +43,14 @@ import pandas as pd
 
 from loadtests.commands import gate
 from loadtests.commands.bench import Group, matrix_cells, matrix_config, matrix_record
-from loadtests.commands.gate import CPU_FLOOR_MS, gate_groups, machine_summary, machine_text, reference_cpu_ms
+from loadtests.commands.gate import (
+    CPU_FLOOR_MS,
+    Baseline,
+    gate_groups,
+    machine_summary,
+    machine_text,
+    reference_cpu_ms,
+)
 from loadtests.runs import runner
 from loadtests.runs.rundir import RunDir
 from turnbench.settings import STAGES
@@ -51,6 +58,7 @@ from turnbench.settings import STAGES
 __all__ = [
     "PAIRED_TOLERANCES",
     "BaseUnavailable",
+    "PairedMetric",
     "base_checkout",
     "judge_paired",
     "paired_metrics",
@@ -67,6 +75,21 @@ N_BOOT = 2000
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class PairedMetric(TypedDict):
+    """One metric of a paired run (:func:`paired_metrics`): its ``kind`` (``stage``, ``turn``, ``rollout``) and
+    cell, the statistic in each arm, candidate ÷ base with its paired 95% CI, and the pairs it rests on."""
+
+    metric: str
+    kind: str
+    cell: str
+    base: float
+    candidate: float
+    ratio: float
+    lo: float
+    hi: float
+    pairs: int
+
+
 class BaseUnavailable(RuntimeError):
     """The base revision cannot be checked out or served here; the message says why (the gate then falls back
     to the stored baseline)."""
@@ -79,7 +102,7 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
     return done.stdout.strip()
 
 
-def resolve_base(against: str | None, baseline: Mapping[str, Any] | None) -> tuple[str, str]:
+def resolve_base(against: str | None, baseline: Baseline | None) -> tuple[str, str]:
     """The base revision as a full commit id, and where it came from: ``against`` when given (any revision
     git names), else the commit the stored baseline was measured on, else the merge base with ``origin/main``,
     else ``HEAD`` (the working tree's uncommitted change against its last commit).
@@ -238,10 +261,10 @@ def paired_ratio(
     return est, float(lo), float(hi)
 
 
-def paired_metrics(run: RunDir, *, n_boot: int = N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
+def paired_metrics(run: RunDir, *, n_boot: int = N_BOOT, seed: int = 0) -> list[PairedMetric]:
     """One row per metric of a paired run: kind, cell, the statistic in each arm, the ratio and its CI, and
     the pairs it rests on."""
-    rows = []
+    rows: list[PairedMetric] = []
     for p in paired_samples(run):
         stat = np.mean if p.how == "mean" else np.median
         ratio, lo, hi = paired_ratio(p.candidate, p.base, p.how, n_boot=n_boot, seed=seed)
@@ -262,7 +285,7 @@ def paired_metrics(run: RunDir, *, n_boot: int = N_BOOT, seed: int = 0) -> list[
 
 
 def judge_paired(
-    rows: Sequence[Mapping[str, Any]], tolerances: Mapping[str, float] = PAIRED_TOLERANCES
+    rows: Sequence[PairedMetric], tolerances: Mapping[str, float] = PAIRED_TOLERANCES
 ) -> tuple[pd.DataFrame, bool]:
     """Each metric's status: ``REGRESSED`` (its whole interval above 1 + tolerance and, for CPU, the candidate
     above the base by more than the floor per turn), ``improved`` (symmetrically below), else ``ok``.
@@ -309,9 +332,9 @@ def format_paired(table: pd.DataFrame, *, show: int = 12) -> str:
 # ------------------------------------------------------------------------------------------------ command
 
 
-def _stored(path: Path) -> dict[str, Any] | None:
+def _stored(path: Path) -> Baseline | None:
     try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        data: Baseline = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data

@@ -19,16 +19,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from clients.agent import ReplayToolbox, Toolbox
 from clients.base import RolloutResult
 from loadtests.execution.monitor import MonitorReport
-from loadtests.workload.scenarios import Scenario, states_for
+from loadtests.workload.scenarios import Scenario, State, states_for
 from turnbench.transports import TRANSPORTS, get_transport
 
 __all__ = [
     "Cell",
+    "CellRecord",
+    "ChunkRecord",
     "ChunkStat",
     "Collected",
     "RunConfig",
@@ -71,6 +73,47 @@ def settings_text(settings: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={_setting_text(v)}" for k, v in sorted(settings.items()))
 
 
+class CellRecord(TypedDict):
+    """A cell as ``run.json["cells"]`` lists it (:meth:`Cell.record`; ``source`` only where it is not this
+    checkout); ``server_settings``: every Settings field of the server that served it, as it ran (added by
+    :mod:`loadtests.runs.rundir`)."""
+
+    cell: str
+    transport: str
+    server: str
+    state: State
+    scenario: str
+    profile: str
+    concurrency: int | None
+    arrival_rate_rps: float | None
+    mode: str
+    variant: str
+    tls: bool
+    number: int
+    endpoint: str
+    settings: dict[str, Any]
+    rtt_ms: float
+    bandwidth_mbps: float | None
+    source: NotRequired[str]
+    server_settings: NotRequired[dict[str, Any]]
+
+
+class ChunkRecord(TypedDict):
+    """A :class:`ChunkStat` as ``run.json["chunks"]`` lists it: one cell's share of one round, times in s."""
+
+    cell: str
+    round: int
+    warmup: bool
+    rollouts: int
+    turns: int
+    wall_s: float
+    client_cpu_s: float
+    server_cpu_s: float | None
+    lag_p99_ms: float | None
+    background: dict[str, Any] | None
+    reference_cpu_ms: NotRequired[float]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cell:
     """One measured combination. ``cell`` is its string id, unique in a run.
@@ -82,7 +125,7 @@ class Cell:
     cell: str
     scenario: Scenario
     transport: str  # the client transport: a row of the transport table
-    state: str
+    state: State
     profile: str
     concurrency: int | None  # closed loop
     arrival_rate_rps: float | None  # open loop
@@ -136,9 +179,9 @@ class Cell:
             "rtt_ms": self.rtt_ms,
         }
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> CellRecord:
         """The cell as ``run.json`` lists it (the report and the gate read cells from there)."""
-        return {
+        record: CellRecord = {
             "cell": self.cell,
             "transport": self.transport,
             "server": self.server,
@@ -155,8 +198,10 @@ class Cell:
             "settings": dict(self.server_settings),
             "rtt_ms": self.rtt_ms,
             "bandwidth_mbps": self.bandwidth_mbps,
-            **({"source": self.source} if self.source else {}),
         }
+        if self.source:
+            record["source"] = self.source
+        return record
 
 
 @dataclass(kw_only=True)
@@ -169,7 +214,7 @@ class RunConfig:
 
     scenarios: list[Scenario]
     transports: list[str]
-    states: tuple[str, ...] | None = None  # None: the scenario's per-transport defaults
+    states: tuple[State, ...] | None = None  # None: the scenario's per-transport defaults
     profiles: tuple[str, ...] | None = None  # None: the scenario's profile
     concurrency: tuple[int, ...] | None = None  # closed-loop override
     rates_rps: tuple[float, ...] | None = None  # open-loop override (wins over concurrency)
@@ -201,7 +246,7 @@ class RunConfig:
     task_tag: str = field(default_factory=lambda: secrets.token_hex(4))  # see runner.cell_rollout
 
 
-def _cell_id(scenario: str, transport: str, state: str, profile: str, load: str, variant: str, net: str = "") -> str:
+def _cell_id(scenario: str, transport: str, state: State, profile: str, load: str, variant: str, net: str = "") -> str:
     base = f"{scenario}:{transport}:{state}:{profile}:{load}{net}"
     return base if variant == "default" else f"{base}:{variant}"
 

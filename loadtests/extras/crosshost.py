@@ -46,8 +46,9 @@ import pandas as pd
 from clients.agent import Toolbox, run_rollout
 from clients.base import ResponsesClient, RolloutResult, TurnRecorder, TurnResult, make_client
 from loadtests.execution.procs import Endpoint, start_redis_server, start_server_process, stop_endpoints
-from loadtests.extras.registry import Extra, Unavailable
+from loadtests.extras.registry import Extra, ExtraResult, Unavailable
 from loadtests.present.doc import Doc, round_frame
+from loadtests.workload.scenarios import State
 
 __all__ = [
     "CONFIGS",
@@ -85,7 +86,7 @@ class Config:
 
     name: str
     transport: str
-    state: str
+    state: State
     alternate: bool
     reconnect: bool
 
@@ -242,7 +243,7 @@ def measure(
     rollouts: int | None = None,
     tool_calls: int = 20,
     quick: bool = False,
-) -> dict[str, Any]:
+) -> ExtraResult:
     """Measure :data:`CONFIGS` on each of ``stores`` (``redis``, ``sqlite``); see the module docstring.
 
     ``rollouts``: per store and configuration (default :data:`FULL_ROLLOUTS`, or :data:`QUICK_ROLLOUTS` when
@@ -307,7 +308,7 @@ def _signed(v: Any) -> str:
     return "n/a" if v is None else f"{v:+.2f}"
 
 
-def render(doc: Doc, data: Mapping[str, Any]) -> None:
+def render(doc: Doc, data: ExtraResult) -> None:
     """The report's section: what is compared, the table of rows, one sentence per store with the cost of
     cross-host hydration against the connection cache."""
     p = data["parameters"]

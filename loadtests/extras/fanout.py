@@ -31,7 +31,7 @@ from loadtests.extras.common import (
     profile_text,
     running_servers,
 )
-from loadtests.extras.registry import Extra
+from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, round_frame
 from turnbench.schema import TERMINAL_TYPES
 from turnbench.tls import load_ca
@@ -144,7 +144,7 @@ def measure(
     answer_tokens: int = 64,
     parent_kb: float = 8.0,
     profile: str = PROFILE,
-) -> dict[str, Any]:
+) -> ExtraResult:
     """One orchestrator response, then ``subagents`` forks of it at once, the three ways of
     :data:`WAYS`, ``rounds`` times (interleaved), against a ws and an https server process.
 
@@ -184,7 +184,7 @@ def measure(
     }
 
 
-def render(doc: Doc, data: Mapping[str, Any]) -> None:
+def render(doc: Doc, data: ExtraResult) -> None:
     """The fan-out section: the three ways, wall time and server CPU per way, the result in one sentence."""
     p, med, mean = data["parameters"], data["medians"], data["means"]
     n = p["subagents"]

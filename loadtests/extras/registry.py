@@ -22,21 +22,45 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from loadtests.present.doc import Doc
 from loadtests.runs.rundir import write_json
 
-__all__ = ["EXTRA_MODULES", "Extra", "Unavailable", "add_sections", "all_extras", "run_extras"]
+__all__ = ["EXTRA_MODULES", "Extra", "ExtraResult", "Unavailable", "add_sections", "all_extras", "run_extras"]
 
 log = logging.getLogger("turnbench.extras")
 
 
 class Unavailable(Exception):
     """This machine cannot run the measurement (a missing program); the message says what is missing."""
+
+
+class ExtraResult(TypedDict, total=False):
+    """What an extra's ``measure`` returns and ``<run dir>/<name>.json`` holds.
+
+    An extra fills some of ``parameters`` (what it ran with), ``rounds`` (one row per round and way, raw
+    values), ``medians`` and ``means`` (per way, or per value), ``rows``, ``hydration_cost`` and
+    ``stores_unavailable`` (:mod:`~loadtests.extras.crosshost`). :func:`run_extras` adds ``wall_s`` (seconds
+    it took) and, in place of the data, ``skipped``, ``unavailable`` or ``error`` (with its ``traceback``):
+    why there is none.
+    """
+
+    parameters: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    medians: dict[str, Any]
+    means: dict[str, Any]
+    rows: list[dict[str, Any]]
+    hydration_cost: dict[str, dict[str, dict[str, float | None]]]
+    stores_unavailable: dict[str, str]
+    skipped: str
+    unavailable: str
+    error: str
+    traceback: str
+    wall_s: float
 
 
 @dataclass(frozen=True)
@@ -48,8 +72,8 @@ class Extra:
 
     name: str
     title: str
-    measure: Callable[[bool], Mapping[str, Any]]
-    render: Callable[[Doc, Mapping[str, Any]], None]
+    measure: Callable[[bool], ExtraResult]
+    render: Callable[[Doc, ExtraResult], None]
     command: str
     est_s: tuple[float, float]
 
@@ -87,7 +111,7 @@ def run_extras(
         est = extra.est_s[0 if quick else 1]
         left = None if deadline is None else deadline - time.monotonic()
         t0 = time.perf_counter()
-        data: dict[str, Any]
+        data: ExtraResult
         if left is not None and left < est:
             data = {"skipped": f"the time budget had {max(0.0, left):.0f} s left; it needs ~{est:.0f} s"}
             outcome = "skipped"
@@ -95,7 +119,7 @@ def run_extras(
             if not quiet:
                 print(f"bench: {extra.title} (~{est:.0f} s)", flush=True)
             try:
-                data = dict(extra.measure(quick))
+                data = {**extra.measure(quick)}
                 outcome = "ok"
             except Unavailable as exc:
                 data, outcome = {"unavailable": str(exc)}, "unavailable"
@@ -124,7 +148,7 @@ def _section(d: Doc, extra: Extra, run_dir: Path) -> None:
     if not path.is_file():
         d.p(f"*Not measured in this run: `turnbench bench` measures it, `{extra.command}` alone.*")
         return
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data: ExtraResult = json.loads(path.read_text(encoding="utf-8"))
     if "unavailable" in data:
         d.p(f"*Not measured: this machine cannot run it ({data['unavailable']}).*")
     elif "skipped" in data:

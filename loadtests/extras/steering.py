@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -30,7 +29,7 @@ from loadtests.extras.common import (
     profile_text,
     running_servers,
 )
-from loadtests.extras.registry import Extra
+from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number, round_frame
 from turnbench.schema import TERMINAL_TYPES
 
@@ -132,7 +131,7 @@ async def _cancel_way(ep: Endpoint, answer: int, after: int, k: int) -> dict[str
                 }
 
 
-def measure(*, rounds: int = 5, answer_tokens: int = 600, after: int = 100, profile: str = PROFILE) -> dict[str, Any]:
+def measure(*, rounds: int = 5, answer_tokens: int = 600, after: int = 100, profile: str = PROFILE) -> ExtraResult:
     """A user corrects an agent mid-answer, applied both ways of :data:`WAYS`, ``rounds`` times
     (interleaved), against one ws server process.
 
@@ -165,7 +164,7 @@ def measure(*, rounds: int = 5, answer_tokens: int = 600, after: int = 100, prof
     }
 
 
-def render(doc: Doc, data: Mapping[str, Any]) -> None:
+def render(doc: Doc, data: ExtraResult) -> None:
     """The steering section: what is compared and how, the medians per way, the result in one sentence."""
     p, med, rows = data["parameters"], data["medians"], data["rounds"]
     doc.p(

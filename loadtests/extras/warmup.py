@@ -29,7 +29,7 @@ from loadtests.extras.common import (
     profile_text,
     running_servers,
 )
-from loadtests.extras.registry import Extra
+from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number, round_frame
 from turnbench.schema import TERMINAL_TYPES
 
@@ -85,7 +85,7 @@ async def _warmup_round(ep: Endpoint, instructions: str, k: int) -> dict[str, An
     return out
 
 
-def measure(*, rounds: int = 15, instructions_kb: float = 16.0, profile: str = PROFILE) -> dict[str, Any]:
+def measure(*, rounds: int = 15, instructions_kb: float = 16.0, profile: str = PROFILE) -> ExtraResult:
     """The first turn's TTFT cold and warmed by ``generate: false``, ``rounds`` times (interleaved), against one
     ws server process, with ``instructions_kb`` KB of instructions and the agent's tool set
     (:class:`clients.agent.Toolbox`).
@@ -116,7 +116,7 @@ def measure(*, rounds: int = 15, instructions_kb: float = 16.0, profile: str = P
     }
 
 
-def render(doc: Doc, data: Mapping[str, Any]) -> None:
+def render(doc: Doc, data: ExtraResult) -> None:
     """The warm-up section: cold against warmed first-turn TTFT, cached tokens, the result in one sentence."""
     p, med = data["parameters"], data["medians"]
     doc.p(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from loadtests.analysis.cells import cell_table
 from loadtests.analysis.headline import BASELINES
+from loadtests.analysis.records import Calibration, CellDecomposition
 from loadtests.analysis.summary import RunSummary
 from loadtests.analysis.verdict import CLAIM, Verdict
 from loadtests.extras import registry as extras
@@ -208,7 +209,7 @@ def _verdict_section(d: Doc, verdicts: list[Verdict], meta: Mapping[str, Any]) -
 _DECOMP_STAGES = ("parse", "validate", "resolve", "safety", "render", "post")
 
 
-def _decomposition_view(decomp: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> pd.DataFrame:
+def _decomposition_view(decomp: Mapping[str, CellDecomposition], meta: Mapping[str, Any]) -> pd.DataFrame:
     cells = {c["cell"]: c for c in meta.get("cells", []) if isinstance(c, Mapping)}
     mon = meta.get("monitor")
     mon_cells = mon.get("cells") if isinstance(mon, Mapping) and isinstance(mon.get("cells"), Mapping) else {}
@@ -246,7 +247,7 @@ def _decomposition_view(decomp: Mapping[str, Mapping[str, Any]], meta: Mapping[s
     return df
 
 
-def _decomposition_section(d: Doc, decomp: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any]) -> None:
+def _decomposition_section(d: Doc, decomp: Mapping[str, CellDecomposition], meta: Mapping[str, Any]) -> None:
     d.h2("Where the time went: model, CPU and the rest")
     d.p(
         "Per cell, the mean over rollouts in ms per rollout (means add up: rollout = model + tool + server CPU + "
@@ -261,14 +262,14 @@ def _decomposition_section(d: Doc, decomp: Mapping[str, Mapping[str, Any]], meta
     d.table(_decomposition_view(decomp, meta), empty="No successful rollouts to decompose.")
 
 
-def _calibration_section(d: Doc, calibration: Any) -> None:
+def _calibration_section(d: Doc, calibration: Calibration | None) -> None:
     d.h2("Calibration: the harness measuring itself")
     d.p(
         "The `calibration` profile has known model timings (prefill 20 ms flat, 5 ms per token); measured "
         "minus known (the residual) is what the transport and the harness add, per transport."
     )
-    by = calibration.get("by_transport") if isinstance(calibration, Mapping) else None
-    if isinstance(by, Mapping) and by:
+    if calibration and calibration.get("by_transport"):
+        by = calibration["by_transport"]
         known = {k: v for k, v in calibration.items() if not isinstance(v, Mapping | list)}
         d.p("Known: " + ", ".join(f"`{k}` = {v}" for k, v in known.items()) + ".")
         table = pd.DataFrame([{"transport": k, **v} for k, v in by.items()])

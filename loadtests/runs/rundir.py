@@ -47,9 +47,10 @@ import pandas as pd
 
 from clients.base import RolloutResult, TurnResult
 from loadtests.analysis.cells import label
+from loadtests.analysis.records import SummaryFile
 from loadtests.analysis.summary import RunSummary, summarize_run
 from loadtests.execution.loadgen import windowed_monitor
-from loadtests.execution.plan import Cell, Collected, RunConfig
+from loadtests.execution.plan import Cell, CellRecord, ChunkRecord, ChunkStat, Collected, RunConfig
 from loadtests.workload.scenarios import Scenario
 
 __all__ = [
@@ -343,23 +344,27 @@ def _meta(config: RunConfig, cells: Sequence[Cell], collected: Collected) -> dic
         "injected": _injected(servers),
         "isolation": collected.isolation,
         "trimmed": collected.trimmed,
-        "chunks": [
-            {
-                "cell": ch.cell,
-                "round": ch.round,
-                "warmup": ch.warmup,
-                "rollouts": ch.rollouts,
-                "turns": ch.turns,
-                "wall_s": ch.wall_s,
-                "client_cpu_s": ch.client_cpu_s,
-                "server_cpu_s": ch.server_cpu_s,
-                "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None,
-                "background": ch.background,
-                **({"reference_cpu_ms": ch.reference_cpu_ms} if ch.reference_cpu_ms is not None else {}),
-            }
-            for ch in collected.chunks
-        ],
+        "chunks": [_chunk_record(ch) for ch in collected.chunks],
     }
+
+
+def _chunk_record(ch: ChunkStat) -> ChunkRecord:
+    """A chunk as run.json lists it: its event-loop lag as a p99, the reference CPU only where it was timed."""
+    record: ChunkRecord = {
+        "cell": ch.cell,
+        "round": ch.round,
+        "warmup": ch.warmup,
+        "rollouts": ch.rollouts,
+        "turns": ch.turns,
+        "wall_s": ch.wall_s,
+        "client_cpu_s": ch.client_cpu_s,
+        "server_cpu_s": ch.server_cpu_s,
+        "lag_p99_ms": float(np.percentile(ch.lag_ms, 99)) if ch.lag_ms else None,
+        "background": ch.background,
+    }
+    if ch.reference_cpu_ms is not None:
+        record["reference_cpu_ms"] = ch.reference_cpu_ms
+    return record
 
 
 # ------------------------------------------------------------------------------------------------ the class
@@ -409,22 +414,22 @@ class RunDir:
         return data
 
     @cached_property
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> SummaryFile:
         """summary.json as written with the run (``{}`` if it was removed)."""
         p = self.path / "summary.json"
-        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+        data: SummaryFile = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
         return data
 
     @property
-    def cells(self) -> list[dict[str, Any]]:
+    def cells(self) -> list[CellRecord]:
         """The cell records (run.json ``cells``)."""
-        cells: list[dict[str, Any]] = self.meta["cells"]
+        cells: list[CellRecord] = self.meta["cells"]
         return cells
 
     @property
-    def chunks(self) -> list[dict[str, Any]]:
+    def chunks(self) -> list[ChunkRecord]:
         """One record per cell and round (run.json ``chunks``): rollouts, turns, wall and CPU time in s."""
-        chunks: list[dict[str, Any]] = self.meta["chunks"]
+        chunks: list[ChunkRecord] = self.meta["chunks"]
         return chunks
 
     @cached_property

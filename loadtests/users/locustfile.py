@@ -39,7 +39,7 @@ import secrets
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gevent.monkey
 import gevent.threadpool
@@ -50,7 +50,7 @@ from clients.base import RolloutResult
 from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, target_endpoint
 from loadtests.runs.runner import one_rollout
-from loadtests.workload.scenarios import load_scenario
+from loadtests.workload.scenarios import State, load_scenario
 from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, Transport
 
 # Per-request INFO lines from the client libraries would be logged from the users' native threads, through
@@ -165,7 +165,8 @@ class AgentUser(User):
             row.server.name, url, ca_path=opts.tb_ca or None, api_key=opts.tb_api_key or None
         )
         sc = load_scenario(opts.tb_scenario)
-        state: str = opts.tb_state or ("connection" if row.supports_connection_state else "full")
+        # --tb-state is not checked against STATES (a name outside them runs as "connection" does)
+        state = cast("State", opts.tb_state or ("connection" if row.supports_connection_state else "full"))
         self.cell = Cell(
             cell=f"{sc.name}:{row.name}:{state}:locust",
             scenario=sc,

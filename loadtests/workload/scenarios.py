@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeGuard, cast
 
 from turnbench.transports import STATES, TRANSPORTS, get_transport
 
@@ -40,10 +40,21 @@ __all__ = [
     "SCENARIO_DIR",
     "Scenario",
     "ScenarioError",
+    "State",
     "available_scenarios",
+    "is_state",
     "load_scenario",
     "states_for",
 ]
+
+State = Literal["full", "store", "connection"]
+"""A state strategy: one of :data:`turnbench.transports.STATES` (the core names them, as plain strings)."""
+
+
+def is_state(name: str) -> TypeGuard[State]:
+    """Whether ``name`` is a state strategy of :data:`turnbench.transports.STATES`."""
+    return name in STATES
+
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 PROFILES = ("instant", "frontier", "fast", "burst", "h200-8b", "calibration")
@@ -84,7 +95,7 @@ class Scenario:
     tls: bool = True
     seed: int = 0
     answer_tokens: int = 64
-    states: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    states: Mapping[str, tuple[State, ...]] = field(default_factory=dict)
     # a trace's conversations (``turnbench run --trace``): rollout k replays conversation k mod len; not a
     # TOML field
     replay: tuple[Conversation, ...] = ()
@@ -116,11 +127,11 @@ class Scenario:
         return out
 
 
-def states_for(scenario: Scenario, transport: str) -> tuple[str, ...]:
+def states_for(scenario: Scenario, transport: str) -> tuple[State, ...]:
     """The state strategies a cell grid uses for ``transport``: the scenario's, else the transport table's."""
     if transport in scenario.states:
         return scenario.states[transport]
-    return get_transport(transport).states
+    return tuple(s for s in get_transport(transport).states if is_state(s))
 
 
 _INT_FIELDS = {
@@ -198,11 +209,11 @@ def parse_scenario(data: Mapping[str, Any], *, source: str) -> Scenario:
     raw_states = values.pop("states", {})
     if not isinstance(raw_states, Mapping):
         raise _fail(source, f"'states' must be a table of transport = [states]; got {raw_states!r}")
-    states: dict[str, tuple[str, ...]] = {}
+    states: dict[str, tuple[State, ...]] = {}
     for transport, lst in raw_states.items():
         if not isinstance(lst, list) or not all(isinstance(x, str) for x in lst):
             raise _fail(source, f"'states.{transport}' must be a list of strings; got {lst!r}")
-        states[str(transport)] = tuple(lst)
+        states[str(transport)] = cast("tuple[State, ...]", tuple(lst))  # validate() checks each one
     for key, kind in (("name", str), ("description", str), ("profile", str)):
         if key in values and not isinstance(values[key], kind):
             raise _fail(source, f"'{key}' must be a string; got {values[key]!r}")

@@ -35,7 +35,7 @@ from clients.base import make_client
 from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, start_server_process
 from loadtests.runs.runner import cell_rollout
-from loadtests.workload.scenarios import Scenario, load_scenario
+from loadtests.workload.scenarios import Scenario, State, load_scenario
 
 
 @dataclass
@@ -103,7 +103,7 @@ def print_table(table: dict[str, dict[str, float]]) -> None:
 
 async def run(args: argparse.Namespace, servers: dict[str, Endpoint]) -> dict[str, dict[str, float]]:
     sc = scenario(args.profile)
-    configs = [("grpc", "connection"), ("grpc-json", "connection"), ("ws", "connection")]
+    configs: list[tuple[str, State]] = [("grpc", "connection"), ("grpc-json", "connection"), ("ws", "connection")]
     if args.create:
         configs.append(("grpc-create", "full"))
     cells = [

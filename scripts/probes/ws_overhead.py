@@ -39,7 +39,7 @@ from clients.base import ResponsesClient, TurnRecorder, make_client
 from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, start_server_process
 from loadtests.runs.runner import one_rollout
-from loadtests.workload.scenarios import load_scenario
+from loadtests.workload.scenarios import State, load_scenario
 
 STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "post")
 TURNS = (1, 10, 20)
@@ -47,7 +47,7 @@ SCENARIO = load_scenario("agent-20").replace(tool_output_bytes=4096, tool_output
 """20 tool calls, 4 KB tool outputs, no model time."""
 
 
-def cell(transport: str, state: str, number: int) -> Cell:
+def cell(transport: str, state: State, number: int) -> Cell:
     """One configuration as a runner cell (its number makes its prompts its own)."""
     return Cell(
         cell=f"{transport}/{state}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -10,12 +11,14 @@ from loadtests.workload.scenarios import (
     PROFILES,
     Scenario,
     ScenarioError,
+    State,
     available_scenarios,
+    is_state,
     load_scenario,
     states_for,
 )
 from turnbench.engine import sim
-from turnbench.transports import TRANSPORTS
+from turnbench.transports import STATES, TRANSPORTS
 
 REQUIRED = ("chat-1", "agent-5", "agent-20", "coding-agent-50", "calibration")
 
@@ -120,3 +123,11 @@ def test_scenario_is_frozen_and_serialisable() -> None:
 
 def test_the_profiles_are_the_sim_engine_s() -> None:
     assert PROFILES == tuple(sim.PROFILES)
+
+
+def test_the_state_type_names_the_cores_strategies() -> None:
+    """``State`` is the core's ``STATES`` as a type: the same names in the same order, and every transport
+    row's states are among them (``states_for`` drops none)."""
+    assert get_args(State) == STATES
+    assert all(is_state(s) for row in TRANSPORTS.values() for s in row.states)
+    assert not is_state("memory")
