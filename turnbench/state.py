@@ -1,8 +1,9 @@
 """Conversation state: the connection-local cache and the durable response store.
 
 * :class:`StateCache` lives in one WebSocket connection or gRPC ``Connect`` stream and dies with it. Each
-  lane (``stream_id``; ``None`` is the default lane) keeps its latest response (docs/protocol/websocket-mode.md), bounded by
-  entries and bytes. A failed continuation evicts its parent on the same lane.
+  lane (``stream_id``; ``None`` is the default lane) keeps its latest response
+  (docs/protocol/websocket-mode.md), bounded by entries and bytes. A failed continuation evicts its parent on
+  the same lane.
 * :class:`ResponseStore` keeps responses created with ``store=true`` for any transport:
   :class:`MemoryResponseStore`, :class:`SQLiteResponseStore` (WAL, safe across processes on one host) or
   :class:`RedisResponseStore` (shared by servers on any number of hosts); :func:`open_store` picks one by URL.
