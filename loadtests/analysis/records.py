@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
+from loadtests.execution.plan import CellFields
 from loadtests.workload.scenarios import State
 
 __all__ = [
@@ -88,24 +89,6 @@ class Ratios(TypedDict, total=False):
     rollout_ms: Interval
     ttft_ms: Interval
     turn_ms: Interval
-
-
-class CellFields(TypedDict):
-    """The fields of a cell's ``run.json`` record that its summary repeats."""
-
-    transport: str
-    server: str
-    state: State
-    scenario: str
-    profile: str
-    concurrency: int | None
-    arrival_rate_rps: float | None
-    mode: str
-    variant: str
-    tls: bool
-    endpoint: str
-    rtt_ms: float
-    bandwidth_mbps: float | None
 
 
 class CellSummary(CellFields):

@@ -29,6 +29,7 @@ from turnbench.transports import TRANSPORTS, get_transport
 
 __all__ = [
     "Cell",
+    "CellFields",
     "CellRecord",
     "ChunkRecord",
     "ChunkStat",
@@ -73,12 +74,9 @@ def settings_text(settings: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={_setting_text(v)}" for k, v in sorted(settings.items()))
 
 
-class CellRecord(TypedDict):
-    """A cell as ``run.json["cells"]`` lists it (:meth:`Cell.record`; ``source`` only where it is not this
-    checkout); ``server_settings``: every Settings field of the server that served it, as it ran (added by
-    :mod:`loadtests.runs.rundir`)."""
+class CellFields(TypedDict):
+    """The fields of a cell's record that its summary repeats (``summary.json["cells"]``)."""
 
-    cell: str
     transport: str
     server: str
     state: State
@@ -89,11 +87,19 @@ class CellRecord(TypedDict):
     mode: str
     variant: str
     tls: bool
-    number: int
     endpoint: str
-    settings: dict[str, Any]
     rtt_ms: float
     bandwidth_mbps: float | None
+
+
+class CellRecord(CellFields):
+    """A cell as ``run.json["cells"]`` lists it (:meth:`Cell.record`; ``source`` only where it is not this
+    checkout); ``server_settings``: every Settings field of the server that served it, as it ran (added by
+    :mod:`loadtests.runs.rundir`)."""
+
+    cell: str
+    number: int
+    settings: dict[str, Any]
     source: NotRequired[str]
     server_settings: NotRequired[dict[str, Any]]
 
