@@ -66,8 +66,12 @@ __all__ = [
     "run_paired",
 ]
 
-PAIRED_TOLERANCES: dict[str, float] = {"stage": 0.25, "turn": 0.25, "rollout": 0.25}
-"""A metric fails when its ratio's CI lies wholly above 1 + this (and above the floor, for the CPU kinds)."""
+PAIRED_TOLERANCES: dict[str, float] = {"stage": 0.35, "turn": 0.35, "rollout": 0.35}
+"""A metric fails when its ratio's CI lies wholly above 1 + this (and above the floor, for the CPU kinds).
+Pairing cancels what the machine does over time, not what differs between two server processes: identical
+code read up to +16% in one stage between the arms (the processes' own layout and hash seeds), and a run
+against a revision 30 commits back read +26% [+18%, +34%] in ``render``, so +35% leaves that spread room; a
+2 ms burn in a 3 ms stage reads about +65% [+57%, +75%]."""
 CANDIDATE, BASE = "candidate", "base"
 ROUNDS = 4
 """Rounds of the paired run (even, for ABBA counterbalancing)."""
