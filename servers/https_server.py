@@ -9,6 +9,8 @@ Routes::
     GET    /v1/responses/{id}                a stored (store=true) response, 404 otherwise; ?stream=true
                                              [&starting_after=N] follows a running background response
     DELETE /v1/responses/{id}                delete a stored response (a running background one is cancelled)
+    POST   /v1/responses/input_tokens        the input tokens a response.create would count
+    POST   /v1/responses/compact             the conversation compacted: its user messages, one compaction item
     POST   /v1/responses/{id}/cancel         cancel a background response
     GET    /v1/responses/{id}/input_items    its input items, paged (limit, order, after)
     GET    /v1/models, /v1/models/{id}       the model names it suggests (any name is served)
@@ -317,6 +319,18 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
+    async def body(request: Request) -> bytes:
+        payload = await read_body(request.scope, request.receive, settings.max_body_bytes)
+        if payload is None:  # the client left before sending its whole body: whatever we answer, nobody reads it
+            raise errors.InvalidRequestError("The request body was not received in full.", None)
+        return payload
+
+    async def input_tokens(request: Request) -> Any:
+        return await service.count_input_tokens(await body(request))
+
+    async def compact(request: Request) -> Any:
+        return await service.compact(await body(request))
+
     async def delete(request: Request) -> dict[str, Any]:
         response_id = request.path_params["response_id"]
         await service.delete(response_id)
@@ -398,6 +412,8 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
         exception_handlers={404: no_route, 405: no_route},
         routes=[
             Route("/v1/responses", endpoint, methods=["POST"]),
+            Route("/v1/responses/input_tokens", api(input_tokens), methods=["POST"]),
+            Route("/v1/responses/compact", api(compact), methods=["POST"]),
             Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
             Route("/v1/responses/{response_id}", api(delete), methods=["DELETE"]),
             Route("/v1/responses/{response_id}/cancel", api(cancel), methods=["POST"]),

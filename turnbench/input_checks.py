@@ -5,8 +5,9 @@ either path.
 
 Each check is a timed stage (docs/concepts/pipeline.md)::
 
-    validate   the input's length (array_above_max_length), then its items typed (invalid_request_error)
-               and every function_call_output answering a known call (param input[n].call_id)
+    validate   the input's length (array_above_max_length), then its items typed (invalid_request_error), each
+               compaction item expanded into the items it stands for (invalid_encrypted_content), and every
+               function_call_output answering a known call (param input[n].call_id)
     safety     one classifier pass over the checked texts (content_flagged)
     render     the items as tokens
     context    the rendered context within max_context_tokens (context_length_exceeded)
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from turnbench import pipeline
+from turnbench.compaction import Compactor, compaction_key
 from turnbench.errors import InvalidRequestError
 from turnbench.pipeline import StageTimer
 from turnbench.safety import SafetyClassifier
@@ -52,16 +54,22 @@ class InputChecks:
 
     def __init__(self, settings: Settings, safety: SafetyClassifier, tokenizer: Tokenizer, cpu: RunCpu) -> None:
         self.settings, self.safety, self.tokenizer, self._cpu = settings, safety, tokenizer, cpu
+        # a compaction payload inflates to at most this: a context larger than any request body would be
+        self.compactor = Compactor(compaction_key(settings.api_key), max(16 * settings.max_body_bytes, 1 << 20))
 
-    async def validate(self, raw: str | list[dict[str, Any]], nbytes: int, timer: StageTimer) -> list[InputItem]:
-        """``validate``: the input's length, then its items typed (on a worker thread from ``nbytes`` of
-        payload on). Raises: :class:`InvalidRequestError` naming the offending member."""
+    async def validate(
+        self, raw: str | list[dict[str, Any]], nbytes: int, timer: StageTimer
+    ) -> tuple[list[InputItem], list[int] | None]:
+        """``validate``: the input's length, then its items typed and its compaction items expanded (on a worker
+        thread from ``nbytes`` of payload on). Returns: the items, and the ``input`` index each came from where a
+        compaction was expanded (:func:`pipeline.validate_items`). Raises: :class:`InvalidRequestError` naming
+        the offending member."""
         self.check_length(raw)
         await timer.inject("validate")
 
-        def work() -> list[InputItem]:
+        def work() -> tuple[list[InputItem], list[int] | None]:
             with timer.stage("validate") as st:
-                return pipeline.validate_items(raw, st)
+                return pipeline.validate_items(raw, st, self.compactor.expand)
 
         return await self._cpu(nbytes, work)
 
@@ -123,9 +131,9 @@ class InputChecks:
         (``call_ids``: the conversation's calls so far), safety and render of the new items only, then the
         context window (``context_tokens`` already rendered). Returns: the new items and their tokens.
         Raises: the :class:`InvalidRequestError` that refuses the input."""
-        new_items = await self.validate(raw, nbytes, timer)
+        new_items, origins = await self.validate(raw, nbytes, timer)
         with timer.stage("validate"):
-            pipeline.check_call_ids(new_items, call_ids)
+            pipeline.check_call_ids(new_items, call_ids, origins)
         weight = await self.screen([item_text(i) for i in new_items], timer)
         new_tokens = await self.render(timer, weight, lambda st: pipeline.render_items(self.tokenizer, new_items, st))
         self.check_context(context_tokens + len(new_tokens))

@@ -15,8 +15,9 @@ spins the CPU (a slower implementation) — both per named stage, zero by defaul
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,24 @@ import msgspec
 from turnbench.errors import ContentFlaggedError, InvalidRequestError
 from turnbench.safety import SafetyClassifier
 from turnbench.schema import (
+    FILE_TOKENS,
+    IMAGE_TOKENS,
+    CompactionItem,
+    ContentPart,
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
+    InputFile,
+    InputImage,
     InputItem,
+    MessageItem,
     StageStat,
+    convert_compaction,
     convert_item,
+    has_media,
+    item_kind,
     item_text,
+    part_text,
     to_builtins,
 )
 from turnbench.tokenizer import Tokenizer
@@ -103,13 +115,38 @@ def spin_us(us: float) -> None:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def validate_items(raw: str | Sequence[Any], st: StageStat) -> list[InputItem]:
-    """``validate``: the request's input (a string is one user message) into typed items."""
+Expand = Callable[[CompactionItem, int], list[InputItem]]
+"""Expands a compaction item (``input[index]``) into the items it stands for (``turnbench.compaction``)."""
+
+
+def validate_items(
+    raw: str | Sequence[Any], st: StageStat, expand: Expand | None = None
+) -> tuple[list[InputItem], list[int] | None]:
+    """``validate``: the request's input (a string is one user message) into typed items, each compaction item
+    expanded by ``expand`` (without one, a compaction item is refused). Returns: the items, and where a
+    compaction was expanded, the ``input`` index each item came from (None: item k is ``input[k]``)."""
     if isinstance(raw, str):
         raw = [{"type": "message", "role": "user", "content": raw}]
-    items = [convert_item(r, i) for i, r in enumerate(raw)]
+    items: list[InputItem] = []
+    origins: list[int] | None = None
+    for i, r in enumerate(raw):
+        if item_kind(r) != "compaction":
+            items.append(convert_item(r, i))
+            if origins is not None:
+                origins.append(i)
+            continue
+        compaction = convert_compaction(r, i)
+        if expand is None:
+            raise InvalidRequestError(
+                f"Invalid value for 'input[{i}].type': compaction items are not accepted here.", f"input[{i}].type"
+            )
+        if origins is None:
+            origins = list(range(len(items)))
+        expanded = expand(compaction, i)
+        items.extend(expanded)
+        origins.extend([i] * len(expanded))
     st.items += len(items)
-    return items
+    return items, origins
 
 
 def revalidate(items: Sequence[InputItem], st: StageStat) -> None:
@@ -124,16 +161,19 @@ def call_ids_of(items: Sequence[InputItem]) -> frozenset[str]:
     return frozenset(i.call_id for i in items if isinstance(i, FunctionCallItem))
 
 
-def check_call_ids(new_items: Sequence[InputItem], known: frozenset[str]) -> frozenset[str]:
+def check_call_ids(
+    new_items: Sequence[InputItem], known: frozenset[str], origins: Sequence[int] | None = None
+) -> frozenset[str]:
     """Every ``function_call_output`` of ``new_items`` must answer a function call of the conversation
-    (``known``, or one of ``new_items``), as the Responses API requires. Returns: the calls known after them.
+    (``known``, or one of ``new_items``), as the Responses API requires. ``origins``: the ``input`` index of
+    each item, where a compaction was expanded (:func:`validate_items`). Returns: the calls known after them.
     Raises: :class:`InvalidRequestError` naming the output's ``call_id``."""
     calls = known | call_ids_of(new_items)
     for n, item in enumerate(new_items):
         if isinstance(item, FunctionCallOutputItem) and item.call_id not in calls:
             raise InvalidRequestError(
                 f"No tool call found for function call output with call_id {item.call_id}.",
-                f"input[{n}].call_id",
+                f"input[{n if origins is None else origins[n]}].call_id",
             )
     return calls
 
@@ -159,10 +199,44 @@ def render_items(tok: Tokenizer, items: Sequence[InputItem], st: StageStat) -> l
     """``render``: tokenize items into one token list."""
     out: list[int] = []
     for item in items:  # one at a time: encode_batch fans out to threads that thread_time_ns cannot see
-        out.extend(tok.encode(item_render_text(item)))
+        if isinstance(item, MessageItem) and has_media(item):
+            out.extend(_render_parts(tok, item))
+        else:
+            out.extend(tok.encode(item_render_text(item)))
     st.items += len(items)
     st.tokens += len(out)
     return out
+
+
+def _render_parts(tok: Tokenizer, item: MessageItem) -> list[int]:
+    """A message with image or file parts, part by part: its text parts as text (an all-text message renders as
+    one text, exactly as before), an image as :data:`IMAGE_TOKENS` placeholder tokens, a file as its text's
+    tokens or :data:`FILE_TOKENS` placeholders (docs/guides/limits.md, Images and files)."""
+    out: list[int] = []
+    text = f"<|{item.role}|>"
+    assert not isinstance(item.content, str), "a message with media has a list of parts"
+    for part in item.content:
+        if not isinstance(part, InputImage | InputFile):
+            text += part_text(part)
+            continue
+        out.extend(tok.encode(text) if text else [])
+        text = ""
+        file_text = part.text() if isinstance(part, InputFile) else None
+        out.extend(tok.encode(file_text) if file_text is not None else media_tokens(part, tok.vocab_size))
+    out.extend(tok.encode(text) if text else [])
+    return out
+
+
+def media_tokens(part: ContentPart, vocab_size: int) -> list[int]:
+    """The placeholder tokens of an image or an unreadable file: as many as it costs, drawn from a hash of its
+    reference, so the same image is the same tokens (a prefix cache hit) and different images differ."""
+    if isinstance(part, InputImage):
+        n, ref = IMAGE_TOKENS[part.detail], f"image\0{part.detail}\0{part.image_url or ''}\0{part.file_id or ''}"
+    else:
+        assert isinstance(part, InputFile)
+        n, ref = FILE_TOKENS, f"file\0{part.file_data or ''}\0{part.file_id or ''}\0{part.file_url or ''}"
+    stream = hashlib.shake_128(ref.encode("utf-8", "surrogatepass")).digest(2 * n)
+    return [int.from_bytes(stream[k : k + 2], "little") % vocab_size for k in range(0, 2 * n, 2)]
 
 
 def tools_key(tools: Sequence[FunctionTool], instructions: str | None) -> tuple[int, bytes]:

@@ -13,13 +13,16 @@ Two layers, matching the pipeline's ``parse`` and ``validate`` stages (docs/conc
   :func:`convert_item`. With the connection cache only the *new* items go through it: that is the
   incremental check the WebSocket mode is about.
 
-Fields the official SDK sends that turnbench does not use (``reasoning``, ``text``, ``user``, ...) are
-accepted and ignored. Output objects (:class:`Response`, output items, events) are what the servers emit;
-every event struct has ``type`` as its tag and ``sequence_number``.
+Sampling and routing parameters the scripted model has no use for (``temperature``, ``top_p``, ``reasoning``,
+``service_tier``, ``user`` ...) are typed, checked and echoed on the :class:`Response`, as the real API does for a
+model without those features; a few the SDKs send that turnbench does not implement at all (``include``,
+``prompt``, ``conversation`` ...) are accepted and ignored. Output objects (:class:`Response`, output items,
+events) are what the servers emit; every event struct has ``type`` as its tag and ``sequence_number``.
 """
 
 from __future__ import annotations
 
+import binascii
 import re
 from typing import Any, Literal, TypeAlias
 
@@ -63,12 +66,29 @@ class FunctionTool(msgspec.Struct, kw_only=True):
             raise ValueError(f"parameters are nested more than {MAX_SCHEMA_DEPTH} levels deep")
 
 
+ServiceTier: TypeAlias = Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]
+Truncation: TypeAlias = Literal["auto", "disabled"]
+CacheRetention: TypeAlias = Literal["in_memory", "24h"]
+
+
+class Reasoning(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The request's ``reasoning`` options (the SDK's ``Reasoning``): checked, then echoed on the response; the
+    scripted model does not reason (``output_tokens_details.reasoning_tokens`` stays 0)."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # deprecated alias of summary
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+    mode: str | None = None
+
+
 class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of ``POST /v1/responses``; over WebSocket the same fields sit flat beside ``type``.
 
-    Parameters of the real API that turnbench does not implement are accepted and ignored (the block at
-    the end); a name that is not a Responses parameter at all is an ``unknown_parameter`` error, as the
-    real API answers.
+    The sampling and routing parameters (``temperature`` … ``user``) are typed, range-checked in ``validate``
+    and echoed on the response. Parameters of the real API that turnbench does not implement are accepted and
+    ignored (the block at the end); a name that is not a Responses parameter at all is an
+    ``unknown_parameter`` error, as the real API answers.
     """
 
     model: str
@@ -90,6 +110,20 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # call
     # (``response.done``) until the client's ``response.append``. Persistent connections only.
     long_response: bool = False
+    # checked and echoed on the response (docs/protocol/http-sse.md, The response object)
+    temperature: float | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
+    truncation: Truncation | None = None
+    reasoning: Reasoning | None = None
+    service_tier: ServiceTier | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: CacheRetention | None = None
+    safety_identifier: str | None = None
+    user: str | None = None
     # accepted and ignored: real Responses parameters the SDKs may send (background and text are acted on; a
     # test reads the installed SDK's responses.create signature, so a new parameter fails a test, not a user)
     access_programs: Any = None
@@ -99,22 +133,45 @@ class ResponseCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     conversation: Any = None
     image: Any = None
     include: Any = None
-    max_tool_calls: Any = None
     moderation: Any = None
     prompt: Any = None
-    prompt_cache_key: Any = None
     prompt_cache_options: Any = None
-    prompt_cache_retention: Any = None
-    reasoning: Any = None
-    safety_identifier: Any = None
-    service_tier: Any = None
     stream_options: Any = None
-    temperature: Any = None
     text: Any = None
-    top_logprobs: Any = None
-    top_p: Any = None
-    truncation: Any = None
-    user: Any = None
+
+
+class InputTokensRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/responses/input_tokens`` (the SDK's ``InputTokenCountParams``): what
+    ``response.create`` would count as its input tokens. Only ``input``, ``instructions``, ``tools`` and
+    ``previous_response_id`` change the count; the rest is accepted as the real API does."""
+
+    model: str | None = None
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    tools: list[FunctionTool] | None = None
+    previous_response_id: str | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    truncation: Truncation | None = None
+    reasoning: Reasoning | None = None
+    text: Any = None
+    conversation: Any = None
+    personality: Any = None
+
+
+class CompactRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/responses/compact`` (the SDK's ``ResponseCompactParams``)."""
+
+    model: str | None
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: CacheRetention | None = None
+    safety_identifier: str | None = None
+    service_tier: ServiceTier | None = None
+    image: Any = None
+    prompt_cache_options: Any = None
 
 
 # ---------------------------------------------------------------------------------------------- items
@@ -130,7 +187,127 @@ class OutputText(msgspec.Struct, tag="output_text", kw_only=True):
     logprobs: list[Any] = []
 
 
-ContentPart: TypeAlias = InputText | OutputText
+class InputImage(msgspec.Struct, tag="input_image", kw_only=True):
+    """An image part of an input message: a URL (``https://…`` or a ``data:image/…;base64,`` URL) or a file id.
+    The sim never looks at it: it costs a fixed number of tokens per ``detail`` (:data:`IMAGE_TOKENS`)."""
+
+    detail: Literal["low", "high", "auto", "original"] = "auto"
+    image_url: str | None = None
+    file_id: str | None = None
+
+
+class InputFile(msgspec.Struct, tag="input_file", kw_only=True):
+    """A file part of an input message: its base64 ``file_data`` (bare or as a data URL), a ``file_id`` or a
+    ``file_url``. Text data costs the tokenizer's count of its text, anything else :data:`FILE_TOKENS`."""
+
+    file_data: str | None = None
+    file_id: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+    def text(self) -> str | None:
+        """The file's text when ``file_data`` holds UTF-8 text (no NUL byte), else None (binary, or by reference)."""
+        if self.file_data is None:
+            return None
+        data = _base64_payload(self.file_data)
+        try:
+            raw = binascii.a2b_base64(data, strict_mode=True)
+            text = raw.decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        return None if "\x00" in text else text
+
+
+IMAGE_TOKENS: dict[str, int] = {"low": 85, "high": 765, "auto": 765, "original": 765}
+"""Input tokens one image costs, per ``detail``: a 512×512 thumbnail at ``low``, a 1024×1024 image in four
+512-pixel tiles (85 + 4 × 170) otherwise, as the real API counts GPT-4o-class models. The sim never decodes it."""
+FILE_TOKENS = 1024
+"""Input tokens a file costs when its text cannot be read (binary data, a ``file_id`` or a ``file_url``)."""
+
+ContentPart: TypeAlias = InputText | OutputText | InputImage | InputFile
+_IMAGE_MIME = re.compile(r"data:image/(png|jpeg|jpg|gif|webp);base64,", re.I)
+_DATA_URL = re.compile(r"data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.I)
+
+
+def _base64_payload(value: str) -> str:
+    """``value`` without a leading ``data:…;base64,`` header."""
+    m = _DATA_URL.match(value)
+    return value[m.end() :] if m else value
+
+
+def _is_base64(data: str) -> bool:
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(data)
+
+
+def _is_http_url(value: str) -> bool:
+    return (value.startswith(("https://", "http://"))) and len(value.split("://", 1)[1].split("/", 1)[0]) > 0
+
+
+def _source(part: Any, where: str, names: tuple[str, ...]) -> str:
+    """The one of ``names`` ``part`` sets; refuse none (``missing_required_parameter``) or several."""
+    given = [n for n in names if getattr(part, n) is not None]
+    if not given:
+        alts = " or ".join(f"'{n}'" for n in names)
+        raise InvalidRequestError(
+            f"Missing required parameter: '{where}.{names[0]}'. A {part.__struct_config__.tag} part needs {alts}.",
+            f"{where}.{names[0]}",
+            code="missing_required_parameter",
+        )
+    if len(given) > 1:
+        raise InvalidRequestError(
+            f"Invalid '{where}': give only one of {', '.join(repr(n) for n in given)}.",
+            f"{where}.{given[1]}",
+            code="invalid_value",
+        )
+    return given[0]
+
+
+def check_part(part: ContentPart, where: str) -> None:
+    """An image or file part's source: present, one only, and well formed (``where``: its path, e.g.
+    ``input[0].content[1]``). Raises: :class:`InvalidRequestError` naming the member."""
+    if isinstance(part, InputImage):
+        name = _source(part, where, ("image_url", "file_id"))
+        value = part.image_url if name == "image_url" else part.file_id
+        assert value is not None
+        if name == "file_id":
+            ok = bool(value)
+        elif value.startswith("data:"):
+            m = _IMAGE_MIME.match(value)
+            ok = m is not None and _is_base64(value[m.end() :])
+        else:
+            ok = _is_http_url(value)
+        if not ok:
+            raise InvalidRequestError(
+                f"Invalid '{where}.{name}'. Expected a fully qualified http(s) URL or a base64-encoded data URL with "
+                f"an image MIME type (png, jpeg, gif or webp), e.g. 'data:image/png;base64,aW1n'."
+                if name == "image_url"
+                else f"Invalid '{where}.file_id': expected a non-empty file id.",
+                f"{where}.{name}",
+                code="invalid_value",
+            )
+    elif isinstance(part, InputFile):
+        name = _source(part, where, ("file_data", "file_id", "file_url"))
+        value = getattr(part, name)
+        if name == "file_data":
+            ok = _is_base64(_base64_payload(value))
+        elif name == "file_url":
+            ok = _is_http_url(value)
+        else:
+            ok = bool(value)
+        if not ok:
+            what = {
+                "file_data": "base64-encoded data, bare or as a data URL (data:application/pdf;base64,…)",
+                "file_url": "a fully qualified http(s) URL",
+                "file_id": "a non-empty file id",
+            }[name]
+            raise InvalidRequestError(
+                f"Invalid '{where}.{name}': expected {what}.", f"{where}.{name}", code="invalid_value"
+            )
 
 
 class MessageItem(msgspec.Struct, tag="message", kw_only=True):
@@ -157,18 +334,33 @@ class FunctionCallOutputItem(msgspec.Struct, tag="function_call_output", kw_only
     status: str | None = None
 
 
+class CompactionItem(msgspec.Struct, tag="compaction", kw_only=True):
+    """A compaction item (``POST /v1/responses/compact``) sent back as input: ``validate`` expands it into the
+    conversation it stands for (:mod:`turnbench.compaction`), so it never reaches the context itself."""
+
+    encrypted_content: str
+    id: str | None = None
+    created_by: str | None = None
+
+
 InputItem: TypeAlias = MessageItem | FunctionCallItem | FunctionCallOutputItem
 _ITEM_TYPES: dict[str, type[Any]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
 }
+_SUPPORTED = ", ".join([*_ITEM_TYPES, "compaction"])
 _PATH = re.compile(r"at `\$(.*)`")
 
 
 def _param(prefix: str, exc: msgspec.ValidationError) -> str:
     m = _PATH.search(str(exc))
     return prefix + (m.group(1) if m else "")
+
+
+def item_kind(raw: Any) -> Any:
+    """An input item's ``type`` as sent (a message may omit it), or None for what is not an object."""
+    return raw.get("type", "message") if isinstance(raw, dict) else None
 
 
 def convert_item(raw: dict[str, Any], index: int) -> InputItem:
@@ -180,18 +372,45 @@ def convert_item(raw: dict[str, Any], index: int) -> InputItem:
     if cls is None:
         raise InvalidRequestError(
             f"Invalid value for 'input[{index}].type': {str(kind)[:80]!r} is not a supported input item type "
-            f"(supported: {', '.join(_ITEM_TYPES)}).",
+            f"(supported: {_SUPPORTED}).",
             f"input[{index}].type",
         )
     if "type" not in raw:
         raw = {**raw, "type": kind}
-    try:
-        item: InputItem = msgspec.convert(raw, cls, strict=True)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(f"Invalid 'input[{index}]': {exc}", _param(f"input[{index}]", exc)) from exc
-    except RecursionError as exc:
-        raise InvalidRequestError(f"Invalid 'input[{index}]': nested too deeply.", f"input[{index}]") from exc
+    item: InputItem = _convert(raw, cls, f"input[{index}]")
+    if isinstance(item, MessageItem) and not isinstance(item.content, str):
+        for j, part in enumerate(item.content):
+            if isinstance(part, InputImage | InputFile):
+                check_part(part, f"input[{index}].content[{j}]")
     return item
+
+
+def convert_compaction(raw: dict[str, Any], index: int) -> CompactionItem:
+    """Validate a ``compaction`` input item's shape (its content is checked where it is expanded)."""
+    item: CompactionItem = _convert(raw, CompactionItem, f"input[{index}]")
+    return item
+
+
+def _convert(raw: dict[str, Any], cls: type[Any], where: str) -> Any:
+    try:
+        return msgspec.convert(raw, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        param = _param(where, exc)
+        missing = re.search(r"missing required field `(\w+)`", str(exc))
+        if missing and cls is CompactionItem:
+            param = f"{param}.{missing.group(1)}"
+        raise InvalidRequestError(f"Invalid '{where}': {exc}", param) from exc
+    except RecursionError as exc:
+        raise InvalidRequestError(f"Invalid '{where}': nested too deeply.", where) from exc
+
+
+def part_text(part: ContentPart) -> str:
+    """The text a content part contributes to the context (an image: none; a file: its text, if it is text)."""
+    if isinstance(part, InputText | OutputText):
+        return part.text
+    if isinstance(part, InputFile):
+        return part.text() or ""
+    return ""
 
 
 def item_text(item: InputItem | OutputItem) -> str:
@@ -199,13 +418,22 @@ def item_text(item: InputItem | OutputItem) -> str:
     if isinstance(item, MessageItem | OutputMessage):
         if isinstance(item.content, str):
             return item.content
-        return "".join(p.text for p in item.content)
+        return "".join(map(part_text, item.content))
     if isinstance(item, FunctionCallItem | OutputFunctionCall):
         return f"{item.name}({item.arguments})"
     out = item.output
     if isinstance(out, str):
         return out
     return "".join(str(p.get("text", "")) for p in out)
+
+
+def has_media(item: InputItem) -> bool:
+    """Whether ``item`` is a message with image or file parts (rendered part by part, not as one text)."""
+    return (
+        isinstance(item, MessageItem)
+        and not isinstance(item.content, str)
+        and any(isinstance(p, InputImage | InputFile) for p in item.content)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -272,7 +500,24 @@ class TurnbenchExt(msgspec.Struct, kw_only=True):
     prefill_tokens: int = 0  # tokens the engine had to prefill (not in its KV/prefix cache)
 
 
+class ResponseReasoning(msgspec.Struct, kw_only=True):
+    """``reasoning`` on the response: the request's effort and summary echoed (both null when it set none, as
+    the real API answers for a model that does not reason)."""
+
+    effort: str | None = None
+    summary: str | None = None
+
+
+def _text_config() -> dict[str, Any]:
+    return {"format": {"type": "text"}, "verbosity": "medium"}
+
+
 class Response(msgspec.Struct, kw_only=True):
+    """The Response object: every member the installed SDK's ``Response`` declares, plus ``store``,
+    ``presence_penalty`` and ``frequency_penalty`` (the real API sends them) and turnbench's ``turnbench``
+    extension (docs/protocol/http-sse.md, The response object). The defaults are what the real API answers for a
+    model without the feature; a request's own values are echoed (:meth:`ResponsesService._new_response`)."""
+
     id: str
     object: Literal["response"] = "response"
     created_at: int
@@ -291,8 +536,61 @@ class Response(msgspec.Struct, kw_only=True):
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
     background: bool = False
-    text: dict[str, Any] | None = None
+    text: dict[str, Any] | None = msgspec.field(default_factory=_text_config)
+    completed_at: int | None = None  # unix seconds; set when the status becomes completed
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int = 0
+    max_tool_calls: int | None = None
+    truncation: Truncation = "disabled"
+    reasoning: ResponseReasoning = msgspec.field(default_factory=ResponseReasoning)
+    service_tier: str = "default"
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: CacheRetention | None = None
+    safety_identifier: str | None = None
+    user: str | None = None
+    # features no turnbench model has: always null, as the real API sends them for such a model
+    access_programs: None = None
+    conversation: None = None
+    image: None = None
+    input_transformations: None = None
+    moderation: None = None
+    prompt: None = None
+    prompt_cache_diagnostics: None = None
+    prompt_cache_options: None = None
+    tool_usage: None = None
     turnbench: TurnbenchExt | None = None
+
+
+class CompactionOutput(msgspec.Struct, kw_only=True, tag_field="type", tag="compaction"):
+    """The compaction item ``POST /v1/responses/compact`` answers with; sent back as input it stands for the
+    conversation it replaced (:class:`CompactionItem`)."""
+
+    id: str
+    encrypted_content: str
+
+
+class CompactedResponse(msgspec.Struct, kw_only=True):
+    """The answer of ``POST /v1/responses/compact`` (the SDK's ``CompactedResponse``): every user message of the
+    conversation, verbatim, then one compaction item standing for everything else."""
+
+    id: str
+    object: Literal["response.compaction"] = "response.compaction"
+    created_at: int
+    output: list[dict[str, Any] | CompactionOutput]
+    usage: Usage
+    image: None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+
+
+class InputTokenCount(msgspec.Struct, kw_only=True):
+    """The answer of ``POST /v1/responses/input_tokens`` (the SDK's ``InputTokenCountResponse``)."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -501,6 +799,8 @@ TURN_END_TYPES = TERMINAL_TYPES | {"response.done"}
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(ResponseCreate)
+_input_tokens_decoder = msgspec.json.Decoder(InputTokensRequest)
+_compact_decoder = msgspec.json.Decoder(CompactRequest)
 _event_decoder = msgspec.json.Decoder(Event)
 _response_decoder = msgspec.json.Decoder(Response)
 
@@ -513,6 +813,18 @@ def encode(obj: Any) -> bytes:
 def decode_request(payload: bytes | str) -> ResponseCreate:
     """Decode a ``response.create`` body; raise :class:`InvalidRequestError` naming the bad ``param``."""
     request: ResponseCreate = _decode_checked(_request_decoder, payload, "request")
+    return request
+
+
+def decode_input_tokens(payload: bytes | str) -> InputTokensRequest:
+    """Decode a ``POST /v1/responses/input_tokens`` body; raise :class:`InvalidRequestError`."""
+    request: InputTokensRequest = _decode_checked(_input_tokens_decoder, payload, "request")
+    return request
+
+
+def decode_compact(payload: bytes | str) -> CompactRequest:
+    """Decode a ``POST /v1/responses/compact`` body; raise :class:`InvalidRequestError`."""
+    request: CompactRequest = _decode_checked(_compact_decoder, payload, "request")
     return request
 
 
@@ -530,12 +842,11 @@ def _decode_checked(decoder: msgspec.json.Decoder[Any], payload: bytes | str, wh
     except msgspec.ValidationError as exc:
         msg = str(exc)
         unknown = re.search(r"unknown field `([^`]+)`", msg)
-        if unknown:
-            raise InvalidRequestError(
-                f"Unknown parameter: '{unknown.group(1)}'.", unknown.group(1), code="unknown_parameter"
-            ) from exc
-        m = re.search(r"missing required field `(\w+)`", msg)
         where = _param("", exc).lstrip(".")
+        if unknown:
+            name = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+            raise InvalidRequestError(f"Unknown parameter: '{name}'.", name, code="unknown_parameter") from exc
+        m = re.search(r"missing required field `(\w+)`", msg)
         if m:
             param: str | None = f"{where}.{m.group(1)}" if where else m.group(1)
         else:

@@ -48,19 +48,24 @@ from turnbench.errors import (
     as_turnbench_error,
     unknown_event_type,
 )
-from turnbench.input_checks import ITEM_WEIGHT_BYTES, InputChecks
+from turnbench.input_checks import ITEM_WEIGHT_BYTES, InputChecks, text_weight
 from turnbench.item_events import item_events, new_id, split_pieces
 from turnbench.lifecycle import Append
+from turnbench.params import check_sampling, served_tier, text_config
 from turnbench.pipeline import StageTimer
 from turnbench.post import PostWriter
 from turnbench.prepared import Options, ParsedRequest, Prepared
 from turnbench.safety import SafetyClassifier, default_classifier
 from turnbench.schema import (
+    CompactedResponse,
+    CompactionOutput,
     Event,
     FunctionCallItem,
     FunctionTool,
     InputItem,
+    InputTokenCount,
     InputTokensDetails,
+    MessageItem,
     OutputItem,
     OutputTokensDetails,
     Response,
@@ -71,10 +76,13 @@ from turnbench.schema import (
     ResponseFailed,
     ResponseIncomplete,
     ResponseInProgress,
+    ResponseReasoning,
     StageStat,
     TurnbenchExt,
     Usage,
     decode_append,
+    decode_compact,
+    decode_input_tokens,
     decode_request,
     input_item_view,
     item_text,
@@ -317,14 +325,16 @@ class ResponsesService:
         validated, the parent resolved, the options and call ids checked, (full checks) the history
         revalidated, the connection's state limit, safety, render and the context window, route."""
         timer = parsed.timer
-        new_items = await self.checks.validate(req.input, parsed.nbytes, timer)
+        new_items, origins = await self.checks.validate(req.input, parsed.nbytes, timer)
         parent, state = await self._resolve(req, session, timer)
         cached = parent if state == "connection" else None  # the parent on this connection: tokens, KV, route
         tools = req.tools or (parent.tools if parent is not None else [])
         metadata = req.metadata or (parent.response.metadata if parent is not None else {})
         with timer.stage("validate"):
             options = self._options(req, session, tools, metadata)
-            call_ids = pipeline.check_call_ids(new_items, parent.call_ids if parent is not None else frozenset())
+            call_ids = pipeline.check_call_ids(
+                new_items, parent.call_ids if parent is not None else frozenset(), origins
+            )
         await self._revalidate(parent, timer)
         new_bytes = sum(len(msgspec.json.encode(i)) for i in new_items)
         if session.cache is not None:
@@ -448,7 +458,9 @@ class ResponsesService:
 
     @staticmethod
     def _new_response(req: ResponseCreate, tools: list[FunctionTool], metadata: dict[str, str]) -> Response:
-        """The response ``req`` creates, as it starts (``in_progress``)."""
+        """The response ``req`` creates, as it starts (``in_progress``): the request's parameters echoed, the
+        real API's values for a model without the feature where it set none."""
+        reasoning = req.reasoning
         return Response(
             id=new_id("resp"),
             created_at=int(time.time()),
@@ -463,7 +475,24 @@ class ResponsesService:
             max_output_tokens=req.max_output_tokens,
             parallel_tool_calls=req.parallel_tool_calls,
             background=bool(req.background),
-            text=req.text if isinstance(req.text, dict) else None,
+            text=text_config(req.text),
+            temperature=_or(req.temperature, 1.0),
+            top_p=_or(req.top_p, 1.0),
+            presence_penalty=_or(req.presence_penalty, 0.0),
+            frequency_penalty=_or(req.frequency_penalty, 0.0),
+            top_logprobs=_or(req.top_logprobs, 0),
+            max_tool_calls=req.max_tool_calls,
+            truncation=req.truncation or "disabled",
+            reasoning=ResponseReasoning(
+                effort=reasoning.effort, summary=reasoning.summary or reasoning.generate_summary
+            )
+            if reasoning is not None
+            else ResponseReasoning(),
+            service_tier=served_tier(req.service_tier),
+            prompt_cache_key=req.prompt_cache_key,
+            prompt_cache_retention=req.prompt_cache_retention,
+            safety_identifier=req.safety_identifier,
+            user=req.user,
         )
 
     def _options(
@@ -496,6 +525,7 @@ class ResponsesService:
                 raise InvalidRequestError(
                     "Background responses need store=true: they are retrieved by id.", "store", code="invalid_value"
                 )
+        check_sampling(req)
         if req.long_response and not session.connection:
             raise InvalidRequestError(
                 "long_response (option A: one response for the whole rollout) needs a persistent connection: "
@@ -696,8 +726,10 @@ class ResponsesService:
         logged (:meth:`_post`). Returns: the terminal event, with the stages of the last segment."""
         p = run.p
         usage = _usage(*run.totals)
+        done_at = int(time.time()) if run.status == "completed" else None
         with run.timer.stage("post") as st:
-            record = self._record(run, run.snap(status=run.status, output=run.outputs, usage=usage))
+            ended = run.snap(status=run.status, output=run.outputs, usage=usage, completed_at=done_at)
+            record = self._record(run, ended)
             if p.session.cache is not None:
                 p.session.cache.put(record)
             st.items += 1
@@ -707,6 +739,7 @@ class ResponsesService:
             status=run.status,
             output=run.outputs,
             usage=usage,
+            completed_at=done_at,
             turnbench=TurnbenchExt(
                 stages=run.timer.snapshot(),
                 state=p.state,
@@ -774,6 +807,70 @@ class ResponsesService:
             call_ids=run.call_ids | {o.call_id for o in out_items if isinstance(o, FunctionCallItem)},
         )
 
+    # ------------------------------------------------------------------------------------------ count, compact
+
+    async def count_input_tokens(self, payload: bytes) -> InputTokenCount:
+        """``POST /v1/responses/input_tokens``: the input tokens ``response.create`` would report for the same
+        instructions, tools, input and ``previous_response_id`` (a stored parent). Raises: the
+        :class:`TurnbenchError` that request would earn for its input or its parent."""
+        req = decode_input_tokens(payload)
+        _, tokens = await self._context(
+            req.input, req.instructions, req.tools or [], req.previous_response_id, len(payload)
+        )
+        return InputTokenCount(input_tokens=len(tokens))
+
+    async def compact(self, payload: bytes) -> CompactedResponse:
+        """``POST /v1/responses/compact``: the conversation (the input after a stored ``previous_response_id``'s)
+        as its user messages, verbatim, then one compaction item standing for everything else
+        (:mod:`turnbench.compaction`). Its usage: the conversation's tokens as input; no output is sampled."""
+        req = decode_compact(payload)
+        items, tokens = await self._context(req.input, req.instructions, [], req.previous_response_id, len(payload))
+
+        def is_user(item: InputItem) -> bool:
+            return isinstance(item, MessageItem) and item.role == "user"
+
+        replaced = [i for i in items if not is_user(i)]
+        weight = sum(len(msgspec.json.encode(i)) for i in replaced)
+        content = await self._cpu(weight, lambda: self.checks.compactor.encode(replaced))
+        kept: list[dict[str, Any] | CompactionOutput] = [input_item_view(i, new_id("msg")) for i in items if is_user(i)]
+        return CompactedResponse(
+            id=new_id("resp"),
+            created_at=int(time.time()),
+            output=[*kept, CompactionOutput(id=new_id("cmp"), encrypted_content=content)],
+            usage=_usage(len(tokens), 0, 0),
+            safety_identifier=req.safety_identifier,
+            service_tier=served_tier(req.service_tier),
+        )
+
+    async def _context(
+        self,
+        raw: str | list[dict[str, Any]] | None,
+        instructions: str | None,
+        tools: list[FunctionTool],
+        previous_response_id: str | None,
+        nbytes: int,
+    ) -> tuple[list[InputItem], list[int]]:
+        """A conversation as ``response.create`` would render it, statelessly: ``raw`` validated (compaction
+        items expanded), after the stored parent's items, with the parent's tools when ``tools`` is empty.
+        Returns: the items, and the tokens (header, then items)."""
+        timer = self._timer()
+        new_items, origins = await self.checks.validate(raw if raw is not None else [], nbytes, timer)
+        parent: ConversationRecord | None = None
+        if previous_response_id:
+            parent = await self._hydrate(previous_response_id, timer)
+            if parent is None:
+                raise PreviousResponseNotFoundError(previous_response_id)
+        pipeline.check_call_ids(new_items, parent.call_ids if parent is not None else frozenset(), origins)
+        items = [*(parent.items if parent is not None else []), *new_items]
+        _, blob = pipeline.tools_key(tools or (parent.tools if parent is not None else []), instructions)
+        tok = self.tokenizer
+
+        def build(st: StageStat) -> list[int]:
+            return pipeline.render_header(tok, blob, st) + pipeline.render_items(tok, items, st)
+
+        tokens = await self.checks.render(timer, text_weight([item_text(i) for i in items]) + len(blob), build)
+        return items, tokens
+
     # ------------------------------------------------------------------------------------------ misc
 
     async def retrieve(self, response_id: str) -> Response:
@@ -830,6 +927,10 @@ class ResponsesService:
         self.engine.close()
         self.store.close()
         self.usage.close()
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> Usage:

@@ -41,6 +41,7 @@ from turnbench.schema import (
     ResponseFailed,
     ResponseIncomplete,
     ResponseInProgress,
+    ResponseReasoning,
     StageStat,
     SteerAccepted,
     SteerError,
@@ -167,10 +168,20 @@ def response_to_proto(r: Response, out: pb.Response | None = None) -> pb.Respons
         ft = out.tools.add(name=t.name, description=t.description, strict=t.strict)
         if t.parameters is not None:
             ft.parameters = json_text(t.parameters)
-    for key in ("previous_response_id", "instructions", "max_output_tokens"):
+    for key in _OPTIONAL_SCALARS:
         v = getattr(r, key)
         if v is not None:
             setattr(out, key, v)
+    out.background, out.truncation, out.service_tier = r.background, r.truncation, r.service_tier
+    out.temperature, out.top_p, out.top_logprobs = r.temperature, r.top_p, r.top_logprobs
+    out.presence_penalty, out.frequency_penalty = r.presence_penalty, r.frequency_penalty
+    if r.text is not None:
+        out.text = json_text(r.text)
+    out.reasoning.SetInParent()
+    if r.reasoning.effort is not None:
+        out.reasoning.effort = r.reasoning.effort
+    if r.reasoning.summary is not None:
+        out.reasoning.summary = r.reasoning.summary
     if r.metadata:
         out.metadata.update(r.metadata)
     if (u := r.usage) is not None:
@@ -192,11 +203,37 @@ def response_to_proto(r: Response, out: pb.Response | None = None) -> pb.Respons
     return out
 
 
+_OPTIONAL_SCALARS = (
+    "previous_response_id",
+    "instructions",
+    "max_output_tokens",
+    "completed_at",
+    "max_tool_calls",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "user",
+)
+"""The Response's nullable scalars: ``optional`` in the proto, unset for null."""
+
+
 def response_from_proto(r: pb.Response) -> Response:
     """A typed ``Response`` as the core's struct."""
     u = r.usage if r.HasField("usage") else None
     x = r.turnbench if r.HasField("turnbench") else None
+    rs = r.reasoning
     return Response(
+        **{key: _opt(r, key) for key in _OPTIONAL_SCALARS},
+        background=r.background,
+        text=_json_decode(r.text) if r.HasField("text") else None,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        presence_penalty=r.presence_penalty,
+        frequency_penalty=r.frequency_penalty,
+        top_logprobs=r.top_logprobs,
+        truncation=r.truncation,  # type: ignore[arg-type]
+        reasoning=ResponseReasoning(effort=_opt(rs, "effort"), summary=_opt(rs, "summary")),
+        service_tier=r.service_tier,
         id=r.id,
         created_at=r.created_at,
         status=r.status,  # type: ignore[arg-type]
@@ -213,11 +250,8 @@ def response_from_proto(r: pb.Response) -> Response:
             )
             for t in r.tools
         ],
-        previous_response_id=r.previous_response_id if r.HasField("previous_response_id") else None,
         store=r.store,
-        instructions=r.instructions if r.HasField("instructions") else None,
         metadata=dict(r.metadata),
-        max_output_tokens=r.max_output_tokens if r.HasField("max_output_tokens") else None,
         usage=None
         if u is None
         else Usage(

@@ -50,13 +50,35 @@ def _json_text(text: str, param: str) -> Any:
 _INT64 = (-(2**63), 2**63 - 1)
 # parameters the core accepts and ignores (typed ``Any`` there): no typed field, dropped when null
 # parameters the typed schema does not carry: left null they are dropped, set they send the body as JSON
-_IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any) | {"background"}
+_IGNORED = frozenset(f.name for f in msgspec.structs.fields(ResponseCreate) if f.type is Any) - {"text"} | {
+    "background"
+}
 _BOOLS = ("store", "stream", "parallel_tool_calls", "generate", "long_response")
+_DOUBLES = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+_INTS = ("max_output_tokens", "top_logprobs", "max_tool_calls")
+_STRINGS = (
+    "instructions",
+    "previous_response_id",
+    "stream_id",
+    "truncation",
+    "service_tier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "user",
+)
+_REASONING = ("effort", "summary", "generate_summary", "context", "mode")
 _REQUIRED = {
     "message": ("role", "content"),
     "function_call": ("call_id", "name", "arguments"),
     "function_call_output": ("call_id", "output"),
+    "compaction": ("encrypted_content",),
 }
+_PART_FIELDS: dict[str, tuple[str, ...]] = {
+    "input_image": ("image_url", "file_id"),
+    "input_file": ("file_data", "file_id", "file_url", "filename", "detail"),
+}
+"""A media part's optional string members (``input_image``'s ``detail`` is a plain string, unset: the default)."""
 
 
 class Unrepresentable(ValueError):
@@ -79,6 +101,12 @@ def _bool(v: object, where: str) -> bool:
     if type(v) is not bool:
         raise Unrepresentable(f"{where}: expected a boolean")
     return v
+
+
+def _double(v: object, where: str) -> float:
+    if not (type(v) is float or (type(v) is int and abs(v) <= 2**53)):
+        raise Unrepresentable(f"{where}: expected a number a double holds exactly")
+    return float(v)
 
 
 def json_text(v: object) -> str:
@@ -167,8 +195,36 @@ def _content_to_proto(v: object, m: pb.InputMessage) -> None:
             part.input_text.text = _str(p.get("text"), "part.text")
         elif ptype == "output_text" and isinstance(p, Mapping):
             _text_part_to_proto(p, part.output_text)
+        elif ptype in _PART_FIELDS and isinstance(p, Mapping):
+            _media_part_to_proto(ptype, p, getattr(part, ptype))
         else:
             raise Unrepresentable(f"content part of type {ptype!r}")
+
+
+def _media_part_to_proto(ptype: str, p: Mapping[str, Any], out: pb.InputImage | pb.InputFile) -> None:
+    """An ``input_image`` or ``input_file`` part: only its known members, each a string (or null: unset)."""
+    names = _PART_FIELDS[ptype]
+    for key, v in p.items():
+        if key == "type" or (v is None and key in names):
+            continue
+        if key == "detail" and ptype == "input_image":
+            if v == "":
+                raise Unrepresentable("input_image.detail: empty")  # unset means the default: not the same
+            out.detail = _str(v, "input_image.detail")
+        elif key in names:
+            setattr(out, key, _str(v, f"{ptype}.{key}"))
+        else:
+            raise Unrepresentable(f"{ptype}.{key}: no typed field")
+
+
+def _media_part_from_proto(ptype: str, m: pb.InputImage | pb.InputFile) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": ptype}
+    if isinstance(m, pb.InputImage) and m.detail:
+        d["detail"] = m.detail
+    for key in _PART_FIELDS[ptype]:
+        if m.HasField(key):  # type: ignore[arg-type]  # every name is an optional field of its part
+            d[key] = getattr(m, key)
+    return d
 
 
 def item_to_proto(d: object, item: pb.InputItem) -> None:
@@ -179,8 +235,13 @@ def item_to_proto(d: object, item: pb.InputItem) -> None:
     required = _REQUIRED.get(kind) if isinstance(kind, str) else None
     if required is None or any(k not in d for k in required):
         raise Unrepresentable(f"input item of type {kind!r} or missing fields")  # the server names it
-    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput
-    if kind == "message":
+    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput | pb.Compaction
+    if kind == "compaction":
+        m = item.compaction
+        m.encrypted_content = _str(d["encrypted_content"], "compaction.encrypted_content")
+        if d.get("created_by") is not None:
+            m.created_by = _str(d["created_by"], "compaction.created_by")
+    elif kind == "message":
         m = item.message
         m.role = _str(d["role"], "message.role")
         _content_to_proto(d["content"], m)
@@ -202,6 +263,8 @@ def item_to_proto(d: object, item: pb.InputItem) -> None:
     if d.get("id") is not None:
         m.id = _str(d["id"], f"{kind}.id")
     if d.get("status") is not None:
+        if isinstance(m, pb.Compaction):
+            raise Unrepresentable("compaction.status: no typed field")
         m.status = _str(d["status"], f"{kind}.status")
 
 
@@ -214,24 +277,33 @@ def part_from_proto(p: pb.OutputText) -> dict[str, Any]:
     }
 
 
+def _part_from_proto(p: pb.ContentPart) -> dict[str, Any]:
+    which = p.WhichOneof("part")
+    if which == "input_text":
+        return {"type": "input_text", "text": p.input_text.text}
+    if which in ("input_image", "input_file"):
+        return _media_part_from_proto(which, getattr(p, which))
+    return part_from_proto(p.output_text)  # output_text, or an empty part: an empty output_text
+
+
 def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
     """One typed input item as the dict the core validates (an empty item gives ``{}``: the core rejects it)."""
     kind = item.WhichOneof("item")
     d: dict[str, Any]
-    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput
-    if kind == "message":
+    m: pb.InputMessage | pb.FunctionCall | pb.FunctionCallOutput | pb.Compaction
+    if kind == "compaction":
+        c = m = item.compaction
+        d = {"type": "compaction", "encrypted_content": c.encrypted_content}
+        if c.HasField("created_by"):
+            d["created_by"] = c.created_by
+    elif kind == "message":
         msg = m = item.message
         d = {"type": "message", "role": msg.role}
         which = msg.WhichOneof("content")
         if which == "text":
             d["content"] = msg.text
         elif which == "parts":
-            d["content"] = [
-                {"type": "input_text", "text": p.input_text.text}
-                if p.WhichOneof("part") == "input_text"
-                else part_from_proto(p.output_text)
-                for p in msg.parts.parts
-            ]
+            d["content"] = [_part_from_proto(p) for p in msg.parts.parts]
     elif kind == "function_call":
         f = m = item.function_call
         d = {"type": "function_call", "call_id": f.call_id, "name": f.name, "arguments": f.arguments}
@@ -245,7 +317,7 @@ def item_from_proto(item: pb.InputItem) -> dict[str, Any]:
         return {}
     if m.HasField("id"):
         d["id"] = m.id
-    if m.HasField("status"):
+    if not isinstance(m, pb.Compaction) and m.HasField("status"):
         d["status"] = m.status
     return d
 
@@ -303,17 +375,34 @@ def body_to_proto(body: Mapping[str, Any]) -> pb.CreateRequest:
             out.metadata.update(v)
         elif key in _BOOLS:
             setattr(out, key, _bool(v, key))
-        elif key in ("instructions", "previous_response_id", "stream_id"):
-            if v is not None:
-                setattr(out, key, _str(v, key))
-        elif key == "max_output_tokens":
-            if v is not None:
-                out.max_output_tokens = _int(v, key)
+        elif v is None and (key in _STRINGS or key in _INTS or key in _DOUBLES or key in ("reasoning", "text")):
+            continue  # null: the core's default, as unset
+        elif key in _STRINGS:
+            setattr(out, key, _str(v, key))
+        elif key in _INTS:
+            setattr(out, key, _int(v, key))
+        elif key in _DOUBLES:
+            setattr(out, key, _double(v, key))
+        elif key == "reasoning":
+            _reasoning_to_proto(v, out.reasoning)
+        elif key == "text":
+            out.text_config = json_text(v)
         elif (key == "type" and v in (None, "response.create")) or (key in _IGNORED and v is None):
             continue  # the WebSocket envelope tag (implied here), or an ignored parameter left null
         else:
             raise Unrepresentable(f"parameter {key!r} has no typed field")
     return out
+
+
+def _reasoning_to_proto(v: object, out: pb.Reasoning) -> None:
+    if not isinstance(v, Mapping):
+        raise Unrepresentable("reasoning: expected an object")
+    out.SetInParent()
+    for key, x in v.items():
+        if key not in _REASONING:
+            raise Unrepresentable(f"reasoning.{key}: no typed field")
+        if x is not None:
+            setattr(out, key, _str(x, f"reasoning.{key}"))
 
 
 def request_to_proto(req: ResponseCreate) -> pb.CreateRequest:
@@ -332,22 +421,14 @@ def request_from_proto(req: pb.CreateRequest) -> dict[str, Any]:
         d["tool_choice"] = choice_from_proto(req.tool_choice)
     if req.metadata:
         d["metadata"] = dict(req.metadata)
-    if req.HasField("instructions"):
-        d["instructions"] = req.instructions
-    if req.HasField("previous_response_id"):
-        d["previous_response_id"] = req.previous_response_id
-    if req.HasField("stream_id"):
-        d["stream_id"] = req.stream_id
-    if req.HasField("max_output_tokens"):
-        d["max_output_tokens"] = req.max_output_tokens
-    if req.HasField("store"):
-        d["store"] = req.store
-    if req.HasField("stream"):
-        d["stream"] = req.stream
-    if req.HasField("parallel_tool_calls"):
-        d["parallel_tool_calls"] = req.parallel_tool_calls
-    if req.HasField("generate"):
-        d["generate"] = req.generate
+    for key in (*_STRINGS, *_INTS, *_DOUBLES, "store", "stream", "parallel_tool_calls", "generate"):
+        if req.HasField(key):  # type: ignore[arg-type]  # every name above is an optional field
+            d[key] = getattr(req, key)
+    if req.HasField("reasoning"):
+        rs = req.reasoning
+        d["reasoning"] = {k: getattr(rs, k) for k in _REASONING if rs.HasField(k)}  # type: ignore[arg-type]
+    if req.HasField("text_config"):
+        d["text"] = _json_text(req.text_config, "text")
     return d
 
 

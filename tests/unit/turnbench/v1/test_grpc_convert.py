@@ -7,6 +7,7 @@ logprobs, object tool_choice, list tool output) get arbitrary JSON.
 
 from __future__ import annotations
 
+import base64
 import shutil
 from pathlib import Path
 from typing import Any, get_args
@@ -43,6 +44,7 @@ JSON = st.recursive(
     max_leaves=6,
 )
 JSON_OBJECT = st.dictionaries(TEXT, JSON, max_size=3)
+FLOAT = st.floats(allow_nan=False)  # a double carries every float, infinities included
 
 OUTPUT_TEXT = st.builds(
     s.OutputText, text=TEXT, annotations=st.lists(JSON, max_size=2), logprobs=st.lists(JSON, max_size=2)
@@ -56,11 +58,23 @@ TOOL = st.builds(
 )
 TOOL_CHOICE = TEXT | JSON_OBJECT
 
+URL = TEXT.map(lambda t: "https://example.com/" + t)
+B64 = st.binary(min_size=1, max_size=12).map(lambda b: base64.b64encode(b).decode())
+ID = TEXT.filter(bool)
+DETAIL = st.sampled_from(["low", "high", "auto", "original"])
+# a valid part has exactly one source (the server refuses the others: tests/e2e/test_content_parts.py)
+IMAGE = st.builds(s.InputImage, detail=DETAIL, image_url=URL) | st.builds(s.InputImage, detail=DETAIL, file_id=ID)
+FILE_DETAIL = st.none() | st.sampled_from(["auto", "low", "high"])
+FILE = st.one_of(
+    st.builds(s.InputFile, file_data=B64, filename=OPT_TEXT, detail=FILE_DETAIL),
+    st.builds(s.InputFile, file_id=ID, filename=OPT_TEXT, detail=FILE_DETAIL),
+    st.builds(s.InputFile, file_url=URL, filename=OPT_TEXT, detail=FILE_DETAIL),
+)
 INPUT_ITEMS: dict[type, st.SearchStrategy[Any]] = {
     s.MessageItem: st.builds(
         s.MessageItem,
         role=st.sampled_from(["user", "assistant", "system", "developer"]),
-        content=TEXT | st.lists(st.builds(s.InputText, text=TEXT) | OUTPUT_TEXT, max_size=3),
+        content=TEXT | st.lists(st.builds(s.InputText, text=TEXT) | OUTPUT_TEXT | IMAGE | FILE, max_size=3),
         id=OPT_TEXT,
         status=OPT_TEXT,
     ),
@@ -109,6 +123,22 @@ RESPONSE = st.builds(
     ),
     error=st.none() | st.fixed_dictionaries({"code": TEXT, "message": TEXT}),
     incomplete_details=st.none() | st.fixed_dictionaries({"reason": TEXT}),
+    background=st.booleans(),
+    text=st.none() | JSON_OBJECT,
+    completed_at=st.none() | INT64,
+    temperature=FLOAT,
+    top_p=FLOAT,
+    presence_penalty=FLOAT,
+    frequency_penalty=FLOAT,
+    top_logprobs=INT64,
+    max_tool_calls=st.none() | INT64,
+    truncation=st.sampled_from(["auto", "disabled"]),
+    reasoning=st.builds(s.ResponseReasoning, effort=OPT_TEXT, summary=OPT_TEXT),
+    service_tier=TEXT,
+    prompt_cache_key=OPT_TEXT,
+    prompt_cache_retention=st.sampled_from([None, "in_memory", "24h"]),
+    safety_identifier=OPT_TEXT,
+    user=OPT_TEXT,
     turnbench=st.none()
     | st.builds(
         s.TurnbenchExt,
@@ -196,6 +226,28 @@ REQUEST = st.builds(
     stream_id=OPT_TEXT,
     generate=st.booleans(),
     type=st.none() | st.just("response.create"),
+    temperature=st.none() | FLOAT,
+    top_p=st.none() | FLOAT,
+    presence_penalty=st.none() | FLOAT,
+    frequency_penalty=st.none() | FLOAT,
+    top_logprobs=st.none() | INT64,
+    max_tool_calls=st.none() | INT64,
+    truncation=st.sampled_from([None, "auto", "disabled"]),
+    reasoning=st.none()
+    | st.builds(
+        s.Reasoning,
+        effort=st.sampled_from([None, "none", "minimal", "low", "medium", "high", "xhigh", "max"]),
+        summary=st.sampled_from([None, "auto", "concise", "detailed"]),
+        generate_summary=st.sampled_from([None, "auto", "concise", "detailed"]),
+        context=st.sampled_from([None, "auto", "current_turn", "all_turns"]),
+        mode=OPT_TEXT,
+    ),
+    service_tier=st.sampled_from([None, "auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]),
+    prompt_cache_key=OPT_TEXT,
+    prompt_cache_retention=st.sampled_from([None, "in_memory", "24h"]),
+    safety_identifier=OPT_TEXT,
+    user=OPT_TEXT,
+    text=st.none() | JSON_OBJECT,
 )
 
 
@@ -279,6 +331,17 @@ def test_request_round_trip_is_lossless(req: s.ResponseCreate) -> None:
     assert back == msgspec.structs.replace(req, type=None)  # the envelope tag is implied by the message
 
 
+@given(encrypted=TEXT, item_id=OPT_TEXT, created_by=OPT_TEXT)
+def test_a_compaction_item_round_trips(encrypted: str, item_id: str | None, created_by: str | None) -> None:
+    raw: dict[str, Any] = {"type": "compaction", "encrypted_content": encrypted}
+    if item_id is not None:
+        raw["id"] = item_id
+    if created_by is not None:
+        raw["created_by"] = created_by
+    (back,) = request_from_proto(wire(body_to_proto({"model": "m", "input": [raw]})))["input"]
+    assert back == raw
+
+
 def test_unset_fields_are_left_to_the_core_defaults() -> None:
     obj = request_from_proto(wire(body_to_proto({"model": "m"})))
     assert obj == {"model": "m"}
@@ -292,7 +355,11 @@ def test_unset_fields_are_left_to_the_core_defaults() -> None:
     "body",
     [
         {"model": "m", "bogus": 1},  # unknown parameter
-        {"model": "m", "temperature": 0.5},  # accepted-and-ignored: no typed field
+        {"model": "m", "include": ["reasoning.encrypted_content"]},  # accepted-and-ignored: no typed field
+        {"model": "m", "temperature": "hot"},  # a typed parameter of the wrong type
+        {"model": "m", "temperature": 2**60},  # no double holds it exactly
+        {"model": "m", "reasoning": "low"},  # reasoning is an object
+        {"model": "m", "reasoning": {"effort": "low", "budget": 3}},  # a member the Reasoning message lacks
         {"model": 5},  # wrong type
         {"model": "m", "store": 1},  # int is not a bool
         {"model": "m", "max_output_tokens": True},  # bool is not an int
@@ -301,7 +368,12 @@ def test_unset_fields_are_left_to_the_core_defaults() -> None:
         {"model": "m", "input": 3},
         {"model": "m", "input": [{"type": "reasoning", "summary": []}]},  # an item kind the proto lacks
         {"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]},  # missing output
-        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": 5}]}]},
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "detail": ""}]}]},
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "prompt_cache_breakpoint": {}}]}]},
+        {"model": "m", "input": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]},
+        {"model": "m", "input": [{"type": "compaction"}]},  # missing encrypted_content
+        {"model": "m", "input": [{"type": "compaction", "encrypted_content": "x", "status": "completed"}]},
         {"model": "m", "tools": [{"type": "web_search"}]},
         {"model": "m", "tool_choice": None},
         {"input": "hi"},  # missing model
