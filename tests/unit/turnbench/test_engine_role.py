@@ -123,3 +123,26 @@ def test_inject_ms_takes_a_bare_number_and_burn_us_does_not() -> None:
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
 def test_any_non_negative_number_is_an_injected_delay(ms: float) -> None:
     assert parse_stage_map(repr(ms)) == {"injected": ms}
+
+
+def test_a_usage_log_of_an_older_version_gains_the_new_columns(tmp_path: Any) -> None:
+    import sqlite3
+
+    from turnbench.state import UsageLog, UsageRow
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE usage (response_id TEXT PRIMARY KEY, created_at REAL, model TEXT, transport TEXT, "
+            "state TEXT, input_tokens INT, cached_tokens INT, output_tokens INT, status TEXT)"
+        )
+        db.execute("INSERT INTO usage VALUES ('resp_old', 1.0, 'm', 'https', 'full', 10, 0, 5, 'completed')")
+    db.close()
+    log = UsageLog(str(path))
+    try:
+        log.write(UsageRow("resp_new", "m", "ws", "connection", 20, 16, 5, "completed", arrival=1, request_id="r1"))
+        rows = {r["response_id"]: r for r in log.rows()}
+    finally:
+        log.close()
+    assert rows["resp_old"]["arrival"] is None and rows["resp_old"]["input_tokens"] == 10
+    assert (rows["resp_new"]["arrival"], rows["resp_new"]["request_id"], rows["resp_new"]["stages"]) == (1, "r1", "{}")
