@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from turnbench.settings import Settings, parse_stage_map
+from turnbench.settings import ROLES, Settings, parse_burn_map, parse_stage_map
 from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS
 
 __all__ = ["SERVE_CHOICES", "add_serve_arguments", "add_settings_flags", "cmd_serve", "main", "settings_from_args"]
@@ -35,6 +35,9 @@ HELP = {
     "workers": "server processes sharing the port (SO_REUSEPORT): a connection stays in the worker that accepted "
     "it; store=true uses one SQLite store for all of them (default 1)",
     "reuse_port": "bind with SO_REUSEPORT (each --workers worker does; default off: a port of our own)",
+    "role": "what the server stands for: api (an OpenAI-like API server: safety pass, render, state store; the "
+    "default) or engine (an inference engine behind a gateway, like vLLM: tokenize the whole prompt, prefix-cache "
+    "lookup, prefill of the uncached tail, decode; nothing stored)",
     "engine": "model-serving core: sim (calibrated cost model) or torch (real model, optional extra)",
     "profile": "sim profile: instant, frontier (~65 tok/s), fast (~1000 tok/s), burst (~40,000 tok/s), h200-8b, "
     "calibration",
@@ -49,7 +52,8 @@ HELP = {
     "tokens_per_chunk": "tokens per delta event (framing knob, the same on every transport)",
     "coalesce_tokens": "adaptive coalescing: when the client or the transport lags, the tokens already generated "
     "travel in one delta event, up to N (0: off)",
-    "inject_ms": "named injected latency, e.g. safety=5,post=2 (asyncio sleep per stage, ms)",
+    "inject_ms": "injected latency in ms (asyncio sleep): N adds a synthetic regression of N ms to every model "
+    "request, timed as its own stage 'injected'; STAGE=N,... sleeps in named stages, e.g. safety=5,post=2",
     "burn_us": "named CPU burn per stage, e.g. render=200 (µs; the gate's slow-path knob)",
     "max_input_items": "items in one request's input; more is a 400 array_above_max_length (default 10000)",
     "max_context_tokens": "a conversation longer than this, rendered, is a 400 context_length_exceeded "
@@ -70,9 +74,17 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif f.name in ("inject_ms", "burn_us"):
+            inject = f.name == "inject_ms"
             parser.add_argument(
-                flag, dest=f.name, type=parse_stage_map, default=None, metavar="STAGE=N,...", help=help_text
+                flag,
+                dest=f.name,
+                type=parse_stage_map if inject else parse_burn_map,
+                default=None,
+                metavar="N|STAGE=N,..." if inject else "STAGE=N,...",
+                help=help_text,
             )
+        elif f.name == "role":
+            parser.add_argument(flag, dest=f.name, choices=ROLES, default=None, help=help_text)
         else:
             kind: Callable[[str], Any] = type(default) if isinstance(default, int | float) else str
             if f.name in ("ping_interval_s", "ping_timeout_s"):

@@ -14,7 +14,10 @@ Routes::
     POST   /v1/responses/{id}/cancel         cancel a background response
     GET    /v1/responses/{id}/input_items    its input items, paged (limit, order, after)
     GET    /v1/models, /v1/models/{id}       the model names it suggests (any name is served)
+    POST   /v1/chat/completions              Chat Completions over the same core (turnbench.chat): chat.completion,
+                                             or chat.completion.chunk events ending with ``data: [DONE]``
     GET    /healthz                          {"status": "ok", "transport": "https", "pid": N}
+    GET    /health                           200, empty body: vLLM's health route, which gateways poll
     WS     /v1/responses                     WebSocket mode, served by ``servers.ws_server`` on the same port
 
 The adapter only moves bytes: decode → :class:`ResponsesService` → encode, errors mapped in
@@ -51,6 +54,7 @@ from servers.base import RunningServer
 from servers.ws_server import handle_starlette_websocket
 from turnbench import errors
 from turnbench.auth import check_api_key
+from turnbench.chat import ChatAnswer, decode_chat, to_responses
 from turnbench.connection import ConnectionSet
 from turnbench.prepared import ParsedRequest
 from turnbench.schema import ErrorEvent, Event, ResponseFailed, encode
@@ -114,6 +118,19 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return next((v for k, v in scope["headers"] if k == name), None)
 
 
+REQUEST_ID_HEADERS = (b"x-request-id", b"x-client-request-id")
+"""Where a caller (a gateway) names its request: the first of these it sends is kept in the usage log."""
+
+
+def request_id(scope: Scope) -> str | None:
+    """The caller's id for this request (:data:`REQUEST_ID_HEADERS`), at most 200 characters; None if none."""
+    for name in REQUEST_ID_HEADERS:
+        value = _header(scope, name)
+        if value:
+            return value.decode("latin-1")[:200]
+    return None
+
+
 class ResponsesEndpoint:
     """``POST /v1/responses`` as a raw ASGI app: the hot path, so no Request/Response objects.
 
@@ -138,6 +155,7 @@ class ResponsesEndpoint:
                 return  # the client left before sending its whole body: nobody to answer
             guard.watch(receive)
             parsed = service.parse(body)
+            parsed.request_id = request_id(scope)
             session = service.new_session("https", connection=False)
             remaining = deadline - asyncio.get_running_loop().time()
             if parsed.request.background:
@@ -213,6 +231,94 @@ class ResponsesEndpoint:
         await stream.end()
 
 
+class ChatEndpoint:
+    """``POST /v1/chat/completions``: a chat request as one stateless response of the same core
+    (:mod:`turnbench.chat`), answered as ``chat.completion`` or as ``chat.completion.chunk`` events ending with
+    ``data: [DONE]``. Errors before the stream: a status and the OpenAI error body; in it: ``data: {"error"}``."""
+
+    def __init__(self, service: ResponsesService, settings: Settings) -> None:
+        self.service, self.settings = service, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = _DisconnectGuard()
+        stream = _ChatStream(send)
+        service, timeout_s = self.service, self.settings.request_timeout_s
+        try:
+            check_api_key(_header(scope, b"authorization"), self.settings.api_key)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            async with asyncio.timeout_at(deadline):
+                body = await read_body(scope, receive, self.settings.max_body_bytes)
+            if body is None:
+                return
+            guard.watch(receive)
+            t0 = time.perf_counter_ns()
+            chat = decode_chat(body)
+            parsed = service.parse_obj(to_responses(chat), nbytes=len(body), decode_ns=time.perf_counter_ns() - t0)
+            parsed.request_id, parsed.endpoint = request_id(scope), "chat.completions"
+            session = service.new_session("https", connection=False)
+            include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+            answer = ChatAnswer(chat.model, include_usage=include_usage)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not chat.stream:
+                last: list[Event] = []
+
+                async def keep(event: Event) -> None:
+                    last[:] = [event]
+
+                await service.respond(parsed, session, keep, timeout_s=remaining)
+                response = getattr(last[0], "response", None) if last else None
+                if response is None or isinstance(last[0], ResponseFailed):
+                    err = (response.error if response is not None else None) or {}
+                    raise errors.ServerError(err.get("message", "The response failed."), code=err.get("code"))
+                await send_bytes(send, 200, orjson.dumps(answer.completion(response)))
+                return
+
+            async def emit(event: Event) -> None:
+                if isinstance(event, ResponseFailed):
+                    err = event.response.error or {}
+                    await stream.data({"error": {"message": err.get("message"), "type": "server_error", **err}})
+                for chunk in answer.chunks(event):
+                    await stream.data(chunk)
+
+            await service.respond(parsed, session, emit, timeout_s=remaining)
+            await stream.done()
+        except asyncio.CancelledError:
+            if not guard.disconnected:
+                raise
+            guard.task.uncancel()
+        except Exception as exc:
+            status, body = error_reply(exc)
+            if not stream.started:
+                await send_bytes(send, status, body, close=status == 413)
+            else:
+                await stream.data(orjson.loads(body))
+                await stream.done()
+        finally:
+            guard.close()
+
+
+class _ChatStream:
+    """The SSE response of one chat request: ``data: JSON`` frames, then ``data: [DONE]``."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def _frame(self, frame: bytes, *, more: bool) -> None:
+        if not self.started:
+            await self._send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            self.started = True
+        await self._send({"type": "http.response.body", "body": frame, "more_body": more})
+
+    async def data(self, obj: dict[str, Any]) -> None:
+        await self._frame(b"data: %s\n\n" % orjson.dumps(obj), more=True)
+
+    async def done(self) -> None:
+        await self._frame(b"data: [DONE]\n\n", more=False)
+
+
 class _SseStream:
     """The SSE response of one request: headers before the first event, one frame per event, the end."""
 
@@ -275,6 +381,7 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
     """The ASGI app: Responses routes, health check and the WebSocket-mode route on one port. Its WebSocket
     connections are counted in ``connections``, so stopping the server drains them."""
     endpoint = ResponsesEndpoint(service, settings)
+    chat = ChatEndpoint(service, settings)
 
     def api(handler: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[HttpResponse]]:
         """A JSON route: auth checked first, the handler's result encoded, every error in the Responses shape."""
@@ -373,7 +480,16 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
     started = int(time.time())
 
     def model_card(model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": started, "owned_by": "turnbench"}
+        """OpenAI's model object, with vLLM's members beside (a gateway may read ``max_model_len``)."""
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": started,
+            "owned_by": "turnbench",
+            "root": model_id,
+            "parent": None,
+            "max_model_len": settings.max_context_tokens,
+        }
 
     async def models(request: Request) -> dict[str, Any]:
         """Any model name is served (the scripted model answers for each); these are the names it suggests."""
@@ -387,6 +503,10 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
 
     async def healthz(request: Request) -> HttpResponse:
         return HttpResponse(health, media_type="application/json")
+
+    async def vllm_health(request: Request) -> HttpResponse:
+        """``GET /health`` as vLLM answers it (a gateway polls it before it serves): 200, empty body."""
+        return HttpResponse(b"", 200)
 
     async def websocket_mode(websocket: WebSocket) -> None:
         await handle_starlette_websocket(websocket, service, connections)
@@ -420,7 +540,9 @@ def build_app(service: ResponsesService, settings: Settings, connections: Connec
             Route("/v1/responses/{response_id}/input_items", api(input_items), methods=["GET"]),
             Route("/v1/models", api(models), methods=["GET"]),
             Route("/v1/models/{model:path}", api(model), methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/health", vllm_health, methods=["GET"]),
             WebSocketRoute("/v1/responses", websocket_mode),
         ],
     )

@@ -97,12 +97,15 @@ class InputChecks:
         await self._cpu(weight, work)
         return weight
 
-    async def render(self, timer: StageTimer, weight: int, build: Callable[[StageStat], list[int]]) -> list[int]:
-        """``render``: ``build`` the context's tokens in the stage (on a worker thread from ``weight`` bytes)."""
-        await timer.inject("render")
+    async def render(
+        self, timer: StageTimer, weight: int, build: Callable[[StageStat], list[int]], stage: str = "render"
+    ) -> list[int]:
+        """``render``: ``build`` the context's tokens in the stage (on a worker thread from ``weight`` bytes);
+        ``stage``: its name (the engine role's is ``tokenize``)."""
+        await timer.inject(stage)
 
         def work() -> list[int]:
-            with timer.stage("render") as st:
+            with timer.stage(stage) as st:
                 return build(st)
 
         return await self._cpu(weight, work)

@@ -27,6 +27,10 @@ class ParsedRequest:
     timer: StageTimer
     nbytes: int = 0
     lifecycle: ResponseLifecycle | None = None  # set by a connection (steering, option A's pauses)
+    arrival: int = 0  # the service's count of requests parsed, this one's: the usage log's order of arrival
+    started_ns: int = 0  # perf_counter_ns when its parse began: the usage log's elapsed_ms counts from here
+    request_id: str | None = None  # the caller's id for it (HTTPS: the x-request-id header), kept in the usage log
+    endpoint: str = "responses"  # the API it came through: responses, or chat.completions
 
 
 @dataclass(slots=True)
@@ -50,6 +54,7 @@ class Prepared:
     call_ids: frozenset[str]  # every function call of the conversation so far (outputs must answer one)
     response: Response  # the response this request creates, as it starts (in_progress)
     lifecycle: ResponseLifecycle | None = None  # a connection's response: steered, paused, resumed through it
+    parsed: ParsedRequest | None = None  # what it was prepared from: its arrival, request id and endpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import tempfile
@@ -90,7 +91,7 @@ from turnbench.schema import (
     peek_envelope,
     request_from_builtins,
 )
-from turnbench.settings import Settings, StateStrategy
+from turnbench.settings import INJECTED, Settings, StateStrategy
 from turnbench.state import (
     ConversationRecord,
     ResponseStore,
@@ -144,6 +145,8 @@ class ResponsesService:
         self.knob_defaults = Knobs(
             tool_calls=s.tool_calls, answer_tokens=s.answer_tokens, arg_words=s.arg_words, seed=s.seed
         )
+        self.engine_role = s.role == "engine"
+        self._arrivals = itertools.count(1)
         self._closed = False
 
     # ------------------------------------------------------------------------------------------ sessions
@@ -160,11 +163,11 @@ class ResponsesService:
 
     def parse(self, payload: bytes | str) -> ParsedRequest:
         """``parse`` stage: JSON bytes → :class:`ResponseCreate` (raises ``InvalidRequestError``)."""
-        timer = self._timer()
+        timer, started = self._timer(), time.perf_counter_ns()
         with timer.stage("parse") as st:
             req = decode_request(payload)
             st.chars += len(payload)
-        return ParsedRequest(req, timer, len(payload))
+        return ParsedRequest(req, timer, len(payload), arrival=next(self._arrivals), started_ns=started)
 
     def parse_client_event(self, payload: bytes | str) -> ParsedRequest | Append | dict[str, Any]:
         """``parse`` for a connection's client event (a WebSocket frame, gRPC ``Connect``'s json codec):
@@ -222,12 +225,12 @@ class ResponsesService:
 
     def parse_obj(self, obj: dict[str, Any], *, nbytes: int = 0, decode_ns: int = 0) -> ParsedRequest:
         """``parse`` for codecs that decoded already (gRPC): ``decode_ns`` is their decode time."""
-        timer = self._timer()
+        timer, started = self._timer(), time.perf_counter_ns() - decode_ns
         with timer.stage("parse") as st:
             req = request_from_builtins(obj)
             st.chars += nbytes
         timer.add("parse", wall_ns=decode_ns, cpu_ns=decode_ns)
-        return ParsedRequest(req, timer, nbytes)
+        return ParsedRequest(req, timer, nbytes, arrival=next(self._arrivals), started_ns=started)
 
     # ------------------------------------------------------------------------------------------ create
 
@@ -331,7 +334,8 @@ class ResponsesService:
         tools = req.tools or (parent.tools if parent is not None else [])
         metadata = req.metadata or (parent.response.metadata if parent is not None else {})
         with timer.stage("validate"):
-            options = self._options(req, session, tools, metadata)
+            chat = parsed.endpoint == "chat.completions"  # Chat Completions allows any max_tokens from 1
+            options = self._options(req, session, tools, metadata, minimum=1 if chat else MIN_OUTPUT_TOKENS)
             call_ids = pipeline.check_call_ids(
                 new_items, parent.call_ids if parent is not None else frozenset(), origins
             )
@@ -341,7 +345,11 @@ class ResponsesService:
             session.cache.check_fits((cached.nbytes if cached is not None else 0) + new_bytes)
         items = [*(parent.items if parent is not None else []), *new_items]
         incremental = parent is not None and self.settings.incremental_checks
-        weight = await self._screen(req, new_items if incremental else items, timer, instructions=not incremental)
+        checked = new_items if incremental else items
+        if self.engine_role:  # an engine behind a gateway runs no safety pass: only the weight, for the offload
+            weight = text_weight([item_text(i) for i in checked])
+        else:
+            weight = await self._screen(req, checked, timer, instructions=not incremental)
         key, blob = pipeline.tools_key(tools, req.instructions)
         tokens = await self._render((key, blob), cached, new_items, items, new_bytes, weight, timer)
         route = await self._route(req, cached, key, tools, timer)
@@ -364,6 +372,7 @@ class ResponsesService:
             call_ids,
             response,
             lifecycle=parsed.lifecycle,
+            parsed=parsed,
         )
 
     async def _resolve(
@@ -427,6 +436,7 @@ class ResponsesService:
         then the context window checked. ``weight``: the screened texts' (bytes)."""
         key, blob = header
         tok, known = self.tokenizer, cached.tokens if (cached is not None and self.settings.token_cache) else None
+        stage = "tokenize" if self.engine_role else "render"
 
         def extend(st: StageStat) -> list[int]:
             return [*(known or []), *pipeline.render_items(tok, new_items, st)]
@@ -435,9 +445,9 @@ class ResponsesService:
             return pipeline.render_header(tok, blob, st) + pipeline.render_items(tok, items, st)
 
         if known is not None and cached is not None and cached.tools_key == key:
-            tokens = await self.checks.render(timer, new_bytes + ITEM_WEIGHT_BYTES * len(new_items), extend)
+            tokens = await self.checks.render(timer, new_bytes + ITEM_WEIGHT_BYTES * len(new_items), extend, stage)
         else:
-            tokens = await self.checks.render(timer, weight + new_bytes, full)
+            tokens = await self.checks.render(timer, weight + new_bytes, full, stage)
         self.checks.check_context(len(tokens))
         return tokens
 
@@ -456,8 +466,7 @@ class ResponsesService:
                 return cached.route
             return pipeline.route(req.model, self.engine.name, tools, st)
 
-    @staticmethod
-    def _new_response(req: ResponseCreate, tools: list[FunctionTool], metadata: dict[str, str]) -> Response:
+    def _new_response(self, req: ResponseCreate, tools: list[FunctionTool], metadata: dict[str, str]) -> Response:
         """The response ``req`` creates, as it starts (``in_progress``): the request's parameters echoed, the
         real API's values for a model without the feature where it set none."""
         reasoning = req.reasoning
@@ -469,7 +478,7 @@ class ResponsesService:
             tools=tools,
             tool_choice=req.tool_choice,
             previous_response_id=req.previous_response_id,
-            store=req.store,
+            store=req.store and not self.engine_role,
             instructions=req.instructions,
             metadata=metadata,
             max_output_tokens=req.max_output_tokens,
@@ -496,13 +505,20 @@ class ResponsesService:
         )
 
     def _options(
-        self, req: ResponseCreate, session: Session, tools: list[FunctionTool], metadata: dict[str, str]
+        self,
+        req: ResponseCreate,
+        session: Session,
+        tools: list[FunctionTool],
+        metadata: dict[str, str],
+        *,
+        minimum: int = MIN_OUTPUT_TOKENS,
     ) -> Options:
-        """The request's parameters the scripted model and the service act on, each checked (400 on a bad one)."""
-        if req.max_output_tokens is not None and req.max_output_tokens < MIN_OUTPUT_TOKENS:
+        """The request's parameters the scripted model and the service act on, each checked (400 on a bad one);
+        ``minimum``: the least ``max_output_tokens`` allowed."""
+        if req.max_output_tokens is not None and req.max_output_tokens < minimum:
             raise InvalidRequestError(
                 f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
-                f"{MIN_OUTPUT_TOKENS}, but got {req.max_output_tokens} instead.",
+                f"{minimum}, but got {req.max_output_tokens} instead.",
                 "max_output_tokens",
                 code="integer_below_min_value",
             )
@@ -603,6 +619,7 @@ class ResponsesService:
         """``prefill``: the segment's context into the engine's KV (from the cached parent's, or the previous
         segment's)."""
         timer = run.timer
+        await timer.inject(INJECTED)  # --inject-ms N: the synthetic per-request regression, a stage of its own
         await timer.inject("prefill")
         w0 = time.perf_counter_ns()
         run.pre = pre = await self.engine.prefill(run.tokens, run.kv_in, use_cache=self.settings.prefix_cache)
@@ -765,10 +782,17 @@ class ResponsesService:
         p, req, totals = run.p, run.p.request, run.totals
         stored = (
             StoredResponse(response=record.response, items=record.items, tools=p.tools, instructions=req.instructions)
-            if req.store
+            if req.store and not self.engine_role  # an engine keeps no responses
             else None
         )
         row = UsageRow(p.response.id, req.model, p.session.transport, p.state, *totals, run.status)
+        parsed = p.parsed
+        if parsed is not None:
+            row.arrival, row.request_id, row.endpoint = parsed.arrival, parsed.request_id, parsed.endpoint
+            if parsed.started_ns:
+                row.elapsed_ms = (time.perf_counter_ns() - parsed.started_ns) / 1e6
+        row.role = self.settings.role
+        row.stages = msgspec.json.encode(run.timer.snapshot()).decode()
         durable_first = stored is not None and self.store.shared
         if self.settings.overlap_post and p.session.cache is not None and not durable_first:
             self.post.spawn(stored, row, run.timer)

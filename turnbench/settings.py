@@ -22,7 +22,29 @@ literal assigned to a value of this type or compared with one by ``==``."""
 STATE_STRATEGIES: tuple[StateStrategy, ...] = get_args(StateStrategy)
 """The state strategies in their canonical order; :data:`turnbench.transports.STATES` is this tuple."""
 
-STAGES = ("parse", "validate", "resolve", "safety", "render", "route", "prefill", "decode", "post")
+Role = Literal["api", "engine"]
+"""What a server stands for: ``api`` an OpenAI-like API server (safety pass, render of the conversation, the
+state store, then the model); ``engine`` an inference engine behind a gateway (like vLLM: tokenize the whole
+prompt, look up its prefix cache, prefill the uncached tail, decode; no safety pass, nothing stored)."""
+ROLES: tuple[Role, ...] = get_args(Role)
+
+STAGES = (
+    "parse",
+    "validate",
+    "resolve",
+    "safety",
+    "render",
+    "tokenize",
+    "route",
+    "injected",
+    "prefill",
+    "decode",
+    "post",
+)
+"""Every stage a request can be timed in: ``render`` is the API role's render of the conversation, ``tokenize``
+the engine role's tokenization of the whole prompt; ``injected`` is the synthetic per-request delay of
+``--inject-ms N`` (docs/concepts/pipeline.md)."""
+INJECTED = "injected"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +60,7 @@ class Settings:
     reuse_port: bool = False  # bind with SO_REUSEPORT (set on each worker by the --workers supervisor)
 
     # engine
+    role: Role = "api"  # api: an OpenAI-like API server; engine: an inference engine behind a gateway
     engine: str = "sim"  # sim | torch
     profile: str = "fast"
     seed: int = 0
@@ -97,6 +120,8 @@ class Settings:
 
     # injected latency: named, zero by default, listed in every report. stage -> ms of asyncio sleep
     # (a remote dependency) and stage -> µs of CPU burned (a slower implementation; the gate's test knob).
+    # The stage "injected" (a bare number: --inject-ms 5) is a synthetic regression of its own: one sleep per
+    # model request, before its prefill, timed as the stage "injected".
     inject_ms: Mapping[str, float] = field(default_factory=dict)
     burn_us: Mapping[str, float] = field(default_factory=dict)
 
@@ -140,8 +165,12 @@ def parse_field(name: str, raw: str) -> Any:
     if name not in by_name:
         raise KeyError(f"unknown setting {name!r}")
     default = by_name[name].default
-    if name in ("inject_ms", "burn_us"):
+    if name == "inject_ms":
         return parse_stage_map(raw)
+    if name == "burn_us":
+        return parse_burn_map(raw)
+    if name == "role":
+        return parse_role(raw)
     if isinstance(default, bool):
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -158,12 +187,36 @@ def parse_field(name: str, raw: str) -> Any:
     return raw
 
 
-def parse_stage_map(raw: str) -> dict[str, float]:
-    """``"safety=5,post=2"`` → ``{"safety": 5.0, "post": 2.0}``; stages must be pipeline stages."""
+def parse_role(raw: str) -> Role:
+    """``api`` or ``engine`` (:data:`Role`)."""
+    for role in ROLES:
+        if raw.strip().lower() == role:
+            return role
+    raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {raw!r}")
+
+
+def parse_stage_map(raw: str, *, bare: bool = True) -> dict[str, float]:
+    """``"safety=5,post=2"`` → ``{"safety": 5.0, "post": 2.0}``; stages must be pipeline stages. With ``bare``,
+    a number alone is the stage ``injected``: ``"5"`` → ``{"injected": 5.0}`` (one delay per model request)."""
     out: dict[str, float] = {}
+    stages = STAGES if bare else tuple(s for s in STAGES if s != INJECTED)
+    form = "N or STAGE=N" if bare else "STAGE=N"
     for part in filter(None, (p.strip() for p in raw.split(","))):
         stage, sep, value = part.partition("=")
-        if not sep or stage not in STAGES:
-            raise ValueError(f"expected STAGE=NUMBER with STAGE in {', '.join(STAGES)}; got {part!r}")
-        out[stage] = float(value)
+        if not sep and bare:
+            stage, sep, value = INJECTED, "=", part
+        if not sep or stage not in stages:
+            raise ValueError(f"expected {form} with STAGE in {', '.join(stages)}; got {part!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected {form} with N a number; got {part!r}") from None
+        if not number >= 0:
+            raise ValueError(f"expected a non-negative number; got {part!r}")
+        out[stage] = number
     return out
+
+
+def parse_burn_map(raw: str) -> dict[str, float]:
+    """``burn_us``: ``"render=200"`` → ``{"render": 200.0}`` (named stages only: CPU is burned inside a stage)."""
+    return parse_stage_map(raw, bare=False)

@@ -490,39 +490,59 @@ class UsageRow:
     output_tokens: int
     status: str
     created_at: float = field(default_factory=time.time)
+    arrival: int = 0  # the request's place in the server's order of arrival (1, 2, …; per process)
+    request_id: str | None = None  # the caller's id for it (the x-request-id header), when it sent one
+    endpoint: str = "responses"  # responses or chat.completions
+    role: str = "api"  # the server's role (Settings.role)
+    elapsed_ms: float = 0.0  # from its parse to its terminal event: the server's time for it
+    stages: str = "{}"  # its stage timings, JSON: {stage: {wall_ns, cpu_ns, items, tokens, chars}}
+
+
+_USAGE_COLUMNS = (
+    ("response_id", "TEXT PRIMARY KEY"),
+    ("created_at", "REAL"),
+    ("model", "TEXT"),
+    ("transport", "TEXT"),
+    ("state", "TEXT"),
+    ("input_tokens", "INT"),
+    ("cached_tokens", "INT"),
+    ("output_tokens", "INT"),
+    ("status", "TEXT"),
+    ("arrival", "INT"),
+    ("request_id", "TEXT"),
+    ("endpoint", "TEXT"),
+    ("role", "TEXT"),
+    ("elapsed_ms", "REAL"),
+    ("stages", "TEXT"),
+)
 
 
 class UsageLog(_SQLite):
-    """Durable per-response accounting, written by the ``post`` stage."""
+    """Durable per-response accounting, written by the ``post`` stage: one row per model request, with its
+    order of arrival, the caller's request id and its stage timings, so a request a gateway made can be found
+    again (docs/guides/gateway-engine.md). A file written by an older version gains the new columns."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(
-            path,
-            "CREATE TABLE IF NOT EXISTS usage (response_id TEXT PRIMARY KEY, created_at REAL, model TEXT,"
-            " transport TEXT, state TEXT, input_tokens INT, cached_tokens INT, output_tokens INT,"
-            " status TEXT);",
-        )
+        columns = ", ".join(f"{name} {kind}" for name, kind in _USAGE_COLUMNS)
+        super().__init__(path, f"CREATE TABLE IF NOT EXISTS usage ({columns});")
+        conn = self._conn()
+        have = {r[1] for r in conn.execute("PRAGMA table_info(usage)").fetchall()}
+        for name, kind in _USAGE_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {kind}")
 
     def write(self, row: UsageRow) -> None:
+        names = [name for name, _ in _USAGE_COLUMNS]
         self._conn().execute(
-            "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.response_id,
-                row.created_at,
-                row.model,
-                row.transport,
-                row.state,
-                row.input_tokens,
-                row.cached_tokens,
-                row.output_tokens,
-                row.status,
-            ),
+            f"INSERT OR REPLACE INTO usage ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            tuple(getattr(row, name) for name in names),
         )
 
     def count(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM usage").fetchone()[0])
 
     def rows(self) -> list[dict[str, Any]]:
-        cur = self._conn().execute("SELECT * FROM usage ORDER BY created_at")
+        """Every row, in order of arrival (then of writing: rows of an older file have no arrival)."""
+        cur = self._conn().execute("SELECT * FROM usage ORDER BY arrival, created_at")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.cli.common import lazy
-from turnbench.settings import parse_stage_map
+from turnbench.settings import parse_burn_map
 
 
 def register(sub: Any) -> None:
@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
     )
     g.add_argument(
         "--burn",
-        type=parse_stage_map,
+        type=parse_burn_map,
         action="append",
         default=[],
         metavar="STAGE=US[,...]",

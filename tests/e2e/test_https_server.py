@@ -352,7 +352,7 @@ async def test_concurrent_requests_on_one_client(serve, connect):
 async def test_unknown_routes_answer_in_the_openai_shape(serve):
     server = await serve("https")
     async with httpx.AsyncClient(verify=server.tls.client_ssl_context()) as http:
-        missing = await http.get(server.url + "/chat/completions")
+        missing = await http.get(server.url + "/embeddings")
         wrong_method = await http.get(server.url + "/responses")  # POST only (GET upgrades to WebSocket)
     assert missing.status_code == 404 and wrong_method.status_code == 405
     for r in (missing, wrong_method):

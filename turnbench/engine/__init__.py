@@ -12,9 +12,11 @@ if TYPE_CHECKING:
 def make_engine(settings: Settings) -> ModelEngine:
     """The engine ``settings.engine`` names (``sim`` or ``torch``)."""
     if settings.engine == "sim":
+        from turnbench.engine.prefix_cache import BLOCK_TOKENS, ENGINE_BLOCK_TOKENS
         from turnbench.engine.sim import SimEngine
 
-        return SimEngine(settings.profile, prefix_blocks=settings.prefix_cache_blocks)
+        block = ENGINE_BLOCK_TOKENS if settings.role == "engine" else BLOCK_TOKENS  # vLLM's block in its role
+        return SimEngine(settings.profile, prefix_blocks=settings.prefix_cache_blocks, block_tokens=block)
     if settings.engine == "torch":
         from turnbench.engine.torch_engine import TorchEngine  # optional extra
 

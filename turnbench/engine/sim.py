@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from turnbench.engine.base import DecodeChunk, EngineStats, KVHandle, PrefillResult
-from turnbench.engine.prefix_cache import PrefixCache
+from turnbench.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,14 @@ def load_profile(path: str | Path) -> SimProfile:
 class SimEngine:
     """The default engine. ``speed`` scales every modeled time (0.5 = twice as fast)."""
 
-    def __init__(self, profile: SimProfile | str = "fast", *, speed: float = 1.0, prefix_blocks: int = 200_000) -> None:
+    def __init__(
+        self,
+        profile: SimProfile | str = "fast",
+        *,
+        speed: float = 1.0,
+        prefix_blocks: int = 200_000,
+        block_tokens: int = BLOCK_TOKENS,
+    ) -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         if speed != 1.0:
             p = self.profile
@@ -175,13 +182,13 @@ class SimEngine:
             )
         self.name = f"sim:{self.profile.name}"
         self.stats = EngineStats()
-        self.prefix_blocks = prefix_blocks
-        self.prefix_cache = PrefixCache(prefix_blocks)
+        self.prefix_blocks, self.block_tokens = prefix_blocks, block_tokens
+        self.prefix_cache = PrefixCache(prefix_blocks, block_tokens)
 
     async def prefill(self, context: Sequence[int], kv: KVHandle | None, *, use_cache: bool) -> PrefillResult:
         # a continuation's KV handle carries its block hashes: only the new blocks are hashed
         known = kv.payload if (kv is not None and isinstance(kv.payload, list) and kv.tokens <= len(context)) else ()
-        hashes = self.prefix_cache.chain(context, known)
+        hashes = self.prefix_cache.chain(context, known, self.block_tokens)
         cached = 0
         if use_cache:
             if kv is not None and kv.tokens <= len(context):
@@ -225,4 +232,4 @@ class SimEngine:
             yield DecodeChunk([t for t, _ in group], "".join(s for _, s in group))
 
     def close(self) -> None:
-        self.prefix_cache = PrefixCache(self.prefix_blocks)
+        self.prefix_cache = PrefixCache(self.prefix_blocks, self.block_tokens)

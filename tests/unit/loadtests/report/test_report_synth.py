@@ -43,6 +43,7 @@ ABLATIONS: dict[str, tuple[dict[str, Any], float]] = {
     "no-incremental_checks": ({"incremental_checks": False}, 1.1),
     "tokens_per_chunk-8": ({"tokens_per_chunk": 8}, 0.95),
 }
+API_STAGES = tuple(s for s in STAGES if s not in ("tokenize", "injected"))
 STAGE_CPU_MS = {
     "parse": 0.2,
     "validate": 0.3,
@@ -100,7 +101,7 @@ def _rollout(
     for t in range(n_turns):
         turn_ms = rollout_ms / n_turns
         stages = {}
-        for stage in STAGES:
+        for stage in API_STAGES:  # a turn of the API role: no tokenize (engine role), nothing injected
             cpu = stage_cpu_ms.get(stage, 0.1) * cpu_factor * float(rng.uniform(0.9, 1.1))
             cpu += extra_ms.get(stage, 0.0)  # like Settings.burn_us: fixed CPU, whatever the machine's speed
             stages[stage] = StageStat(wall_ns=round(cpu * 1.3e6), cpu_ns=round(cpu * 1e6), items=1, tokens=10)
