@@ -4,16 +4,20 @@ Packages from the top down; a module imports only from its own package or from t
 (``make lint`` checks this with import-linter: ``pyproject.toml``, "Harness layers")::
 
     cli/          the ``turnbench`` command: main (the parser, SUBCOMMANDS), one module per command owning its
-                  flags (run, bench, report, gate, migration, record, advise), common (lazy command imports)
+                  flags (run, bench, report, gate, migration, record, advise, conform), common (lazy command
+                  imports)
     commands/     what a command does beyond one run: bench (the matrix, then its report), gate (the CI latency
                   gate against a stored baseline, and ``compare``), gate_paired (the gate against its base
                   revision in the same run), advise (the cost model and its predictions), migration (what moving a
-                  client off HTTPS costs)
+                  client off HTTPS costs), conform (the conformance cases against an endpoint or turnbench's own)
     report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
                   option A section)
     extras/       measurements beyond the matrix, one per module with measure() + render(): steering, fanout,
                   warmup, crosshost; registry (the Extra record, running them, their sections), common (what
                   the WebSocket-mode ones share)
+    conform/      conformance to the public specification: spec (its OpenAPI document, shipped in data/, and
+                  JSON-Schema validation against it), wire (HTTP, SSE and WebSocket mode, raw), cases (the spec's
+                  and the contract's cases), run (outcomes, the table, JSON, the exit status)
     users/        Locust: locustfile (a user per transport on the runner's rollout), merge (the workers' raw
                   samples into one run)
     runs/         a run end to end: runner (one rollout; the start/execute/stop path), rundir (the run directory)

@@ -884,7 +884,8 @@ def input_item_view(item: Any, fallback_id: str) -> dict[str, Any]:
     message's text content as a list of parts (``input_text``, or ``output_text`` for the assistant)."""
     view: dict[str, Any] = to_builtins(item)
     view["id"] = view.get("id") or fallback_id
-    view.setdefault("status", "completed")
+    if view.get("status") is None:  # an input item sent without one (its member is there, as None)
+        view["status"] = "completed"
     if view.get("type") == "message" and isinstance(view.get("content"), str):
         kind = "output_text" if view.get("role") == "assistant" else "input_text"
         view["content"] = [{"type": kind, "text": view["content"]}]
