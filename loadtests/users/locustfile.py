@@ -51,6 +51,7 @@ from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, target_endpoint
 from loadtests.runs.runner import one_rollout
 from loadtests.workload.scenarios import State, load_scenario
+from turnbench.settings import STATE_STRATEGIES
 from turnbench.transports import SERVER_PROTOCOLS, TRANSPORTS, Transport
 
 # Per-request INFO lines from the client libraries would be logged from the users' native threads, through
@@ -161,12 +162,13 @@ class AgentUser(User):
         url = getattr(opts, f"tb_{flag.replace('-', '_')}", "") or self.host or ""
         if not url:
             raise ValueError(f"{type(self).__name__}: pass --tb-{flag} URL or --host URL")
+        state = cast("State", opts.tb_state or ("connection" if row.supports_connection_state else "full"))
+        if state not in STATE_STRATEGIES:
+            raise ValueError(f"--tb-state {state!r}: expected one of {', '.join(STATE_STRATEGIES)}")
         self.endpoint: Endpoint = target_endpoint(
             row.server.name, url, ca_path=opts.tb_ca or None, api_key=opts.tb_api_key or None
         )
         sc = load_scenario(opts.tb_scenario)
-        # --tb-state is not checked against STATES (a name outside them runs as "connection" does)
-        state = cast("State", opts.tb_state or ("connection" if row.supports_connection_state else "full"))
         self.cell = Cell(
             cell=f"{sc.name}:{row.name}:{state}:locust",
             scenario=sc,

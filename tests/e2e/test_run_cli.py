@@ -255,3 +255,41 @@ def test_locust_users_drive_separate_servers(tmp_path: Path) -> None:
     assert written, "raw samples were not written"
     first = json.loads(written[0].read_text().splitlines()[0])  # a rollout, its turns inside
     assert first["transport"] in ("https", "https-h2") and first["turns"][0]["ttft_ms"] > 0
+
+
+@pytest.mark.timeout(120 * TIMEOUT_FACTOR)
+def test_locust_refuses_an_unknown_state() -> None:
+    """``--tb-state`` outside the state strategies is an error naming them, not a run as ``connection``."""
+    locust = shutil.which("locust", path=str(Path(sys.executable).parent))
+    if locust is None:
+        pytest.skip("locust not installed")
+    proc = subprocess.run(
+        [
+            locust,
+            "-f",
+            "loadtests/users/locustfile.py",
+            "--headless",
+            "-u",
+            "1",
+            "-r",
+            "1",
+            "--run-time",
+            "2s",
+            "--tb-https",
+            "http://127.0.0.1:9/v1",
+            "--tb-state",
+            "sticky",
+            "--only-summary",
+            "--exit-code-on-error",
+            "1",
+            "HttpsUser",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=100 * TIMEOUT_FACTOR,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert "--tb-state 'sticky': expected one of full, store, connection" in out, out[-2000:]
