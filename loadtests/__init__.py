@@ -13,20 +13,21 @@ Packages from the top down; a module imports only from its own package or from t
     report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
                   option A section)
     extras/       measurements beyond the matrix, one per module with measure() + render(): steering, fanout,
-                  warmup, crosshost; registry (the Extra record, running them, their sections), common (what
-                  the WebSocket-mode ones share)
-    conform/      conformance to the public specification: spec (its OpenAPI document, shipped in data/, and
-                  JSON-Schema validation against it), wire (HTTP, SSE and WebSocket mode, raw), cases (the spec's
-                  and the contract's cases), run (outcomes, the table, JSON, the exit status)
+                  warmup, crosshost, gateway (the answer on a production gateway); registry (the Extra record,
+                  running them, their sections), common (what the WebSocket-mode ones share)
+    conform/      conformance to the public specification: spec (its schemas, derived from the
+                  openresponses-types package or read from an OpenAPI document, and JSON-Schema validation),
+                  wire (HTTP, SSE and WebSocket mode, raw), cases (the spec's and the contract's cases), run
+                  (outcomes, the table, JSON, the exit status)
     users/        Locust: locustfile (a user per transport on the runner's rollout), merge (the workers' raw
                   samples into one run)
     runs/         a run end to end: runner (one rollout; the start/execute/stop path), rundir (the run directory)
     analysis/     numbers from raw samples: estimators, cells, decomposition, headline, calibration, summary,
                   verdict; records (what summary.json holds, as typed records)
     execution/    the means of a run: plan (cells and their run.json records, run config, what execution
-                  gathers), loops, procs (server processes and targets), netem (WAN emulation), monitor and
-                  machine (the load generator and the machine watched), loadgen (the load generator's verdict
-                  over a run)
+                  gathers), loops, procs (server processes and targets), gateways (third-party gateways in front
+                  of a turnbench upstream), netem (WAN emulation), monitor and machine (the load generator and
+                  the machine watched), loadgen (the load generator's verdict over a run)
     workload/     what is run: scenarios (TOML files in scenarios/; State, a state strategy as a type), trace
                   (traces, importers in traces/), record_proxy (``turnbench record``)
     present/      how numbers are shown: doc (the document model, number formatting), plots

@@ -42,9 +42,10 @@ CPU_TICK_MS = 10.0
 
 
 async def open_ws(ep: Endpoint) -> ClientConnection:
-    """A WebSocket-mode connection to ``ep``, as the SDK opens one (no compression, no frame size limit)."""
-    assert ep.ca_path is not None
-    return await connect(f"{ep.url}/responses", ssl=load_ca(ep.ca_path), compression=None, max_size=None)
+    """A WebSocket-mode connection to ``ep``, as the SDK opens one (no compression, no frame size limit); TLS
+    with the endpoint's CA when it has one."""
+    ssl = load_ca(ep.ca_path) if ep.ca_path is not None else None
+    return await connect(f"{ep.url}/responses", ssl=ssl, compression=None, max_size=None)
 
 
 async def next_event(ws: Connection) -> dict[str, Any]:

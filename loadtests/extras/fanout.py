@@ -137,6 +137,12 @@ _FANOUT_FNS = {
 }
 
 
+async def fork_out(way: str, ep: Endpoint, parent: str, n: int, tokens: int, cpu: Cpu) -> dict[str, Any]:
+    """One fan-out of ``n`` forks, the ``way`` of :data:`WAYS`, against ``ep`` (TLS or not); ``cpu``: the
+    server's CPU time so far, in s. Its row: ``wall_ms``, ``fanout_cpu_ms``, ``completed``, ``continued``."""
+    return await _FANOUT_FNS[way][1](ep, parent, n, tokens, cpu)
+
+
 def measure(
     *,
     subagents: int = 8,

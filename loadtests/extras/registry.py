@@ -83,6 +83,7 @@ EXTRA_MODULES: tuple[str, ...] = (
     "loadtests.extras.fanout",
     "loadtests.extras.warmup",
     "loadtests.extras.crosshost",
+    "loadtests.extras.gateway",
 )
 """Modules whose ``EXTRA`` (an :class:`Extra`) bench runs, in this order; the report's sections follow the same
 order. Imported by name when needed: each of them imports this module for :class:`Extra`."""

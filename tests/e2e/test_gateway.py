@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import secrets
-import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +27,9 @@ import httpx
 import openai
 import pytest
 
+from loadtests.execution.gateways import start_gateway
 from loadtests.execution.plan import RunConfig
+from loadtests.execution.procs import target_endpoint
 from loadtests.runs import runner
 from loadtests.workload.scenarios import load_scenario
 from tests.conftest import TIMEOUT_FACTOR
@@ -52,12 +53,6 @@ def need_gateway() -> None:
         if os.environ.get("CI"):
             pytest.fail("agentic-api is not installed: .ci/run installs the [gateways] extra")
         pytest.skip("agentic-api is not installed (pip install -e '.[gateways]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -88,33 +83,15 @@ async def upstream(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[str, Path
 
 @contextlib.asynccontextmanager
 async def gateway(upstream_url: str, tmp_path: Path) -> AsyncIterator[int]:
-    """The Agentic API gateway in front of ``upstream_url``, on a free loopback port, ready (``/health`` 200)."""
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    base = upstream_url.removesuffix("/v1")
-    cmd = [sys.executable, "-m", "agentic_api", "serve", "--vllm-base-url", base, "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--startup-timeout-s", str(START_S)]
-    env = {**os.environ, "OPENAI_API_KEY": "sk-turnbench-test"}
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=out, stderr=out, env=env, cwd=tmp_path)
+    """The Agentic API gateway in front of ``upstream_url``, on a free loopback port, ready (``/health`` 200),
+    started as the gateway study starts it (:func:`loadtests.execution.gateways.start_gateway`)."""
+    up = target_endpoint("https", upstream_url, ca_path=None, api_key=None)
+    https, _ws = await asyncio.to_thread(start_gateway, up, workdir=tmp_path / "gateway", timeout_s=START_S)
+    assert https.process is not None
     try:
-        async with httpx.AsyncClient(timeout=2.0) as client, asyncio.timeout(START_S):
-            while True:
-                assert proc.returncode is None, f"the gateway exited: {log.read_text(errors='replace')[-2000:]}"
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
-        yield port
+        yield https.process.port
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        await asyncio.to_thread(https.process.stop, 15.0)
 
 
 def usage_rows(path: Path) -> list[dict[str, Any]]:
