@@ -16,6 +16,9 @@ Recovery: after a lost connection (``connection_closed``, ``connection_error``, 
 loop asks the client for a fresh connection (``reconnect()``, every transport); then, and after
 ``previous_response_not_found``, it continues by store hydration (``store``) or by re-sending the full
 context with ``previous_response_id`` null; what that cost is recorded.
+Compaction (``compact_every``): every K tool-calling turns the history is compacted by ``POST
+/v1/responses/compact`` and the conversation goes on from the compacted output, on a new chain
+(:func:`run_rollout`).
 """
 
 from __future__ import annotations
@@ -222,6 +225,13 @@ def _answer_text(response: dict[str, Any]) -> str | None:
     return None
 
 
+def _compacted_items(compacted: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output of ``POST /v1/responses/compact`` as the history that replaces the conversation: every item
+    as it came (the user messages, then the compaction item), the way a client sends it back."""
+    output = compacted.get("output")
+    return [o for o in output if isinstance(o, dict)] if isinstance(output, list) else []
+
+
 async def run_rollout(
     client: ResponsesClient,
     *,
@@ -239,6 +249,9 @@ async def run_rollout(
     transport: str | None = None,
     connect_ms: float | None = None,
     stream: bool = True,
+    compact_every: int = 0,
+    compactor: ResponsesClient | None = None,
+    compact_by_id: bool = False,
 ) -> RolloutResult:
     """Run one rollout to its final answer. Never raises for transport errors: they end up in the record.
 
@@ -248,9 +261,26 @@ async def run_rollout(
     ``reconnect_delays_s``: the waits before each reconnect attempt of one recovery (:func:`reconnect_with_backoff`).
     ``stream``: send ``"stream": true`` (as the Agents SDK always does; WebSocket servers ignore it, the
     HTTPS server then answers with SSE so TTFT and ITL exist).
+
+    Compaction (``compact_every`` K > 0), as a coding agent compacts a long history: after every K-th model
+    turn that called tools, once the tools have run, the conversation up to the model's calls is compacted by
+    ``POST /v1/responses/compact`` on ``compactor`` (default ``client``, which must then serve it), and the
+    compacted output (the user messages, one compaction item) replaces the history. The tool outputs are the
+    new input of the next turn, which starts a new chain: ``full`` sends the compacted items and the outputs,
+    ``store`` and ``connection`` send the same without ``previous_response_id`` (the connection cache restarts
+    from it). ``compact_by_id``: compact by ``previous_response_id`` (the stored response; state ``store`` on
+    a compactor of the same server) instead of sending the history; where that response is not found there,
+    the history is sent after all. A compaction call is a record of its own (phase ``compact``), the next
+    model turn is phase ``after_compact``; a failed compaction ends the rollout with its error.
+    ``max_turns`` counts requests, compaction calls included.
     """
     if state not in ("full", "store", "connection"):
         raise ValueError(f"unknown state strategy {state!r}")
+    if compact_every < 0:
+        raise ValueError(f"compact_every must be >= 0; got {compact_every}")
+    compactor = compactor if compactor is not None else client
+    if compact_every and not compactor.serves_compact:
+        raise ValueError(f"{compactor.transport} cannot compact (POST /v1/responses/compact is an HTTPS route)")
     name = transport or client.transport
     tools = toolbox.definitions()
     meta = dict(metadata or {})
@@ -260,8 +290,9 @@ async def run_rollout(
     turns: list[TurnResult] = []
     tool_calls: list[tuple[str, str]] = []
     tool_ms_total = recovery_ms = 0.0
-    recoveries = 0
+    recoveries = compactions = model_turns = 0
     pending_tool_ms = 0.0
+    phase = "turn"
     t_start = scheduled_ns if scheduled_ns is not None else clock()
     final: str | None = None
     error: str | None = None
@@ -286,20 +317,52 @@ async def run_rollout(
             "metadata": meta,
         }
 
-    for turn in range(max_turns):
-        rec = TurnRecorder(
+    def recorder(index: int, kind: str, tool_ms: float) -> TurnRecorder:
+        return TurnRecorder(
             name,
             state,
             rollout_id=rollout_id,
-            turn_index=turn,
-            tool_ms=pending_tool_ms,
-            connect_ms=connect_ms if turn == 0 else None,
+            turn_index=index,
+            tool_ms=tool_ms,
+            connect_ms=connect_ms if index == 0 else None,
             clock=clock,
+            phase=kind,
         )
-        rec.scheduled(t_start if turn == 0 else None)
-        response = await client.safe_create(body(), recorder=rec)
+
+    async def compact(index: int, conversation: list[dict[str, Any]]) -> tuple[TurnResult, dict[str, Any]]:
+        """One compaction call: by the stored response's id where it can be, else with the conversation."""
+        by_id = compact_by_id and prev_id is not None
+        request = {"model": model, **({"previous_response_id": prev_id} if by_id else {"input": conversation})}
+
+        async def call(body: dict[str, Any]) -> tuple[TurnRecorder, dict[str, Any]]:
+            rec = recorder(index, "compact", 0.0)
+            rec.scheduled()
+            try:
+                compacted = await compactor.compact(body, recorder=rec)
+            except Exception as exc:  # a client that let one escape: a failed compaction, as safe_create records
+                rec.fail(f"{type(exc).__name__}: {exc}", "client_exception")
+                compacted = {}
+            rec.input_bytes = len(orjson.dumps(body.get("input", [])))
+            return rec, compacted
+
+        rec, compacted = await call(request)
+        if by_id and rec.error_code == "previous_response_not_found":  # another process: send the history
+            rec, compacted = await call({"model": model, "input": conversation})
+        return rec.result(), compacted
+
+    index = 0
+    while True:
+        if index >= max_turns:
+            error = f"no final answer after {max_turns} turns"
+            break
+        rec = recorder(index, phase, pending_tool_ms)
+        rec.scheduled(t_start if index == 0 else None)
+        request = body()
+        response = await client.safe_create(request, recorder=rec)
+        rec.input_bytes = len(orjson.dumps(request["input"]))
         result = rec.result()
         turns.append(result)
+        index += 1
         if not result.success:
             if result.error_code in RECOVERABLE and recoveries < max_recoveries:
                 r0 = clock()
@@ -313,12 +376,15 @@ async def run_rollout(
             error = f"{result.error_code}: {result.error}"
             break
         pending_tool_ms = 0.0
+        phase = "turn"
         calls = _function_calls(response)
         if not calls:
             final = _answer_text(response)
             break
+        model_turns += 1
         prev_id = response.get("id")
-        new_items = []
+        mark = len(history)  # the conversation before this turn's calls
+        new_items, asked = [], []
         for call in calls:
             t0 = clock()
             output = await toolbox.run(call["name"], call["arguments"], len(tool_calls))
@@ -332,10 +398,21 @@ async def run_rollout(
             }
             fco = {"type": "function_call_output", "call_id": call["call_id"], "output": output}
             history += [fc, fco]
+            asked.append(fc)
             new_items.append(fco)
         tool_ms_total += pending_tool_ms
-    else:
-        error = f"no final answer after {max_turns} turns"
+        if compact_every and model_turns % compact_every == 0:
+            done, compacted = await compact(index, [*history[:mark], *asked])
+            turns.append(done)
+            index += 1
+            items = _compacted_items(compacted)
+            if not done.success or not items:
+                error = f"compaction failed: {done.error_code or 'no_output'}: {done.error or 'no compacted output'}"
+                break
+            compactions += 1
+            history = [*items, *new_items]  # the compacted conversation, then the tool outputs as new input
+            prev_id = None  # a new chain: store and connection send it all once, without previous_response_id
+            phase = "after_compact"
     return RolloutResult(
         transport=name,
         state=state,
@@ -350,4 +427,5 @@ async def run_rollout(
         connect_ms=connect_ms if connect_ms is not None else (turns[0].connect_ms if turns else None),
         final_output=final,
         tool_calls=tool_calls,
+        compactions=compactions,
     )

@@ -53,9 +53,14 @@ class ResponsesClient(abc.ABC):
 
     ``create`` must not raise for transport or protocol errors: it fills ``recorder.fail`` and returns
     ``{}``. :meth:`safe_create` enforces that for callers that must never see an exception.
+
+    ``serves_compact``: whether :meth:`compact` works on this client's own connection (``POST
+    /v1/responses/compact`` is an HTTPS route: the HTTPS clients and ``inproc`` have it; a WebSocket or gRPC
+    client compacts through an HTTPS client of the same deployment).
     """
 
     transport: ClassVar[str]
+    serves_compact: ClassVar[bool] = False
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -79,6 +84,18 @@ class ResponsesClient(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection; idempotent."""
+
+    async def compact(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        """``POST /v1/responses/compact`` with ``body``, recorded on ``recorder`` like a turn (the reply is one
+        JSON object, recorded as the terminal event). Never raises for transport or protocol errors.
+
+        Returns: the compacted response (``output``: the user messages, then one compaction item), or ``{}``
+        after a failure. Raises: ``NotImplementedError`` where :attr:`serves_compact` is false.
+        """
+        raise NotImplementedError(
+            f"{self.transport}: POST /v1/responses/compact is an HTTPS route; compact through an HTTPS client of "
+            "the same deployment"
+        )
 
     async def reconnect(self) -> float | None:
         """Close, then connect: a fresh connection (a connection-local cache starts empty), as the agent

@@ -56,6 +56,7 @@ class HttpsClient(ResponsesClient):
     """httpx ``AsyncClient`` (keep-alive pool, TLS verified against ``config.ssl_context``)."""
 
     transport = "https"
+    serves_compact = True
     default_http2: ClassVar[bool] = False
 
     def __init__(self, config: ClientConfig) -> None:
@@ -75,6 +76,7 @@ class HttpsClient(ResponsesClient):
             raise ValueError(f"network_backend: expected 'asyncio' or 'anyio', got {self.network_backend!r}")
         self.base = config.url.rstrip("/")
         self.url = self.base + "/responses"
+        self.compact_url = self.url + "/compact"
         self.health_url = self.base.removesuffix("/v1") + "/healthz"
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if config.api_key:
@@ -175,6 +177,23 @@ class HttpsClient(ResponsesClient):
         except OSError as exc:
             recorder.fail(f"{type(exc).__name__}: {exc}", "connection_error")
         return {}
+
+    async def compact(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        """``POST /v1/responses/compact`` on the same pool (its JSON reply recorded as one terminal event)."""
+        if self._client is None:
+            self._client = self._make_client()
+        payload = orjson.dumps(body)
+        recorder.sent(len(payload) + self._head_up + len("/compact"))
+        try:
+            r = await self._client.post(self.compact_url, content=payload, headers={"accept": "application/json"})
+        except (httpx.HTTPError, OSError) as exc:
+            recorder.fail(f"{type(exc).__name__}: {exc}", "connection_error")
+            return {}
+        self.http_version = r.http_version
+        recorder.add_bytes(down=head_bytes(r.headers) + (9 if r.http_version == "HTTP/2" else 17))
+        if r.status_code != 200:
+            return record_error_reply(r.status_code, r.content, recorder)
+        return record_json_reply(r.content, recorder)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import orjson
 
 from clients.base import ClientConfig, ResponsesClient, TurnRecorder
+from clients.http_reply import record_json_reply
 from turnbench.errors import TurnbenchError
 from turnbench.schema import Event, encode
 from turnbench.service import ResponsesService
@@ -23,6 +24,7 @@ class InProcClient(ResponsesClient):
     """``config.options["service"]`` is the :class:`ResponsesService` to call (required)."""
 
     transport: ClassVar[str] = "inproc"
+    serves_compact: ClassVar[bool] = True
 
     def __init__(self, config: ClientConfig) -> None:
         super().__init__(config)
@@ -67,3 +69,14 @@ class InProcClient(ResponsesClient):
             recorder.fail("stream ended without a terminal event", "no_terminal_event")
             return {}
         return outcome[0]
+
+    async def compact(self, body: dict[str, Any], *, recorder: TurnRecorder) -> dict[str, Any]:
+        """The service's ``compact``, its answer JSON-encoded as the HTTPS route sends it."""
+        payload = orjson.dumps(body)
+        recorder.sent(len(payload))
+        try:
+            compacted = await self.service.compact(payload)
+        except TurnbenchError as err:
+            recorder.fail(err.message, err.code)
+            return {}
+        return record_json_reply(encode(compacted), recorder)

@@ -32,7 +32,7 @@ import orjson
 
 from turnbench.schema import CONTENT_DELTA_TYPES, TURN_END_TYPES, StageStat
 
-__all__ = ["MALFORMED_EVENT", "MALFORMED_RESPONSE", "RolloutResult", "TurnRecorder", "TurnResult"]
+__all__ = ["MALFORMED_EVENT", "MALFORMED_RESPONSE", "PHASES", "RolloutResult", "TurnRecorder", "TurnResult"]
 
 Clock = Callable[[], int]
 
@@ -43,6 +43,11 @@ MALFORMED_RESPONSE = "client_malformed_response"
 """Failure code of a terminal event (or reply body) whose Response object is missing or unusable."""
 
 _FAILURE_TYPES = frozenset({"response.failed", "error"})
+
+PHASES = ("turn", "compact", "after_compact")
+"""What a request of a rollout is (:attr:`TurnResult.phase`): an ordinary model turn, a compaction call
+(``POST /v1/responses/compact``), or the first model turn after a compaction (the one that sends the compacted
+history and, on a chaining state strategy, starts a new chain)."""
 """Terminal event types that make the turn a failure even before its details are known."""
 
 
@@ -76,6 +81,8 @@ class TurnResult(msgspec.Struct, kw_only=True):
     bytes_down: int = 0
     server_stages: dict[str, StageStat] = {}
     tool_ms: float = 0.0
+    phase: str = "turn"  # one of PHASES
+    input_bytes: int = 0  # the request's ``input`` as JSON, bytes: the history (or new items) it carried
 
 
 class RolloutResult(msgspec.Struct, kw_only=True):
@@ -94,6 +101,7 @@ class RolloutResult(msgspec.Struct, kw_only=True):
     connect_ms: float | None = None
     final_output: str | None = None
     tool_calls: list[tuple[str, str]] = []
+    compactions: int = 0  # compaction calls that succeeded
 
 
 def _ms(delta_ns: int) -> float:
@@ -134,8 +142,11 @@ class TurnRecorder:
         tool_ms: float = 0.0,
         connect_ms: float | None = None,
         clock: Clock = time.perf_counter_ns,
+        phase: str = "turn",
     ) -> None:
         self.transport, self.state = transport, state
+        self.phase = phase
+        self.input_bytes = 0  # set by the caller: the JSON size of the request's input
         self.rollout_id, self.turn_index = rollout_id, turn_index
         self.tool_ms = tool_ms
         self.connect_ms = connect_ms
@@ -369,4 +380,6 @@ class TurnRecorder:
             bytes_down=self.bytes_down,
             server_stages=dict(self.server_stages),
             tool_ms=self.tool_ms,
+            phase=self.phase,
+            input_bytes=self.input_bytes,
         )

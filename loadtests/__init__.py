@@ -13,8 +13,9 @@ Packages from the top down; a module imports only from its own package or from t
     report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
                   option A section)
     extras/       measurements beyond the matrix, one per module with measure() + render(): steering, fanout,
-                  warmup, crosshost, gateway (the answer on a production gateway); registry (the Extra record,
-                  running them, their sections), common (what the WebSocket-mode ones share)
+                  warmup, crosshost, compaction (a rollout that compacts its history, every transport and state),
+                  gateway (the answer on a production gateway); registry (the Extra record, running them, their
+                  sections), common (what the WebSocket-mode ones share)
     conform/      conformance to the public specification: spec (its schemas, derived from the
                   openresponses-types package or read from an OpenAPI document, and JSON-Schema validation),
                   wire (HTTP, SSE and WebSocket mode, raw), cases (the spec's and the contract's cases), run

@@ -16,7 +16,7 @@ def register(sub: Any) -> None:
         "connection x instant/fast/frontier on agent-20 at concurrency 1 (and 4 below frontier), "
         "coding-agent-50 at instant/fast, option A (ws-long) beside B, the ablations and the calibration), "
         "then the migration cost and the measurements beyond the matrix (cross-host state when "
-        "redis-server is installed, steering, fan-out, warm-up), then write report.md (the verdict first), "
+        "redis-server is installed, steering, fan-out, warm-up, compaction), then write report.md (the verdict first), "
         "report.html (plots embedded), summary.json and the raw samples to OUT/runs/<UTC stamp>/ and copy "
         "them to OUT/latest/ (replaced). Within 10 min on a busy 2-core machine; --quick about 2 min on a "
         "quiet one.",

@@ -150,6 +150,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--rounds", type=int, metavar="N", help="interleaving rounds (A B C A B C …)")
     w.add_argument("--seed", type=int, metavar="N", help="seed of the scripted model, tools and arrivals")
     w.add_argument(
+        "--compact-every",
+        type=int,
+        metavar="K",
+        help="compact the history after every K-th tool-calling turn (POST /v1/responses/compact, then a new "
+        "chain from its output; WebSocket and gRPC cells compact on an HTTPS server of the same deployment); "
+        "0: never (default: the scenario's, coding-agent-compact's 10)",
+    )
+    w.add_argument(
         "--tls",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -252,6 +260,7 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
             ("rounds", args.rounds),
             ("seed", args.seed),
             ("tls", args.tls),
+            ("compact_every", args.compact_every),
         )
         if v is not None
     }

@@ -13,6 +13,7 @@ Every other harness module takes its data types from here; this module imports n
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 from collections.abc import Callable, Mapping
@@ -167,6 +168,20 @@ class Cell:
         return out + (f"{bw}{self.bandwidth_mbps:g}" if self.bandwidth_mbps else "")
 
     @property
+    def compaction_cell(self) -> Cell | None:
+        """Where this cell's compaction calls go (``POST /v1/responses/compact``, an HTTPS route): None when its
+        scenario does not compact, itself when its server is HTTPS (or in-process), else the HTTPS cell of the
+        same deployment: same profile, TLS, settings, network and source. The WebSocket-mode server (the
+        ``websockets`` library) answers only ``GET`` upgrades and the gRPC server has no HTTP at all, so a
+        WebSocket or gRPC client compacts over HTTPS, as a client of the real API does; a compaction item is
+        signed with the deployment's key, so that server's items are read by this one."""
+        if not self.scenario.compact_every:
+            return None
+        if self.server in ("https", "inproc"):
+            return self
+        return dataclasses.replace(self, cell=f"{self.cell}:compact", transport="https", state="full")
+
+    @property
     def network(self) -> bool:
         """Whether an emulated network stands between this cell's client and its server."""
         return bool(self.rtt_ms or self.bandwidth_mbps)
@@ -284,6 +299,11 @@ def plan_cells(config: RunConfig, *, first_number: int = 0) -> list[Cell]:
                 if t not in TRANSPORTS:
                     raise ValueError(f"unknown transport {t!r}; known: {', '.join(TRANSPORTS)}")
                 row = TRANSPORTS[t]
+                if sc.compact_every and t == "ws-long":
+                    raise ValueError(
+                        f"scenario {sc.name} compacts its history (compact_every = {sc.compact_every}): ws-long "
+                        "(option A) cannot, its whole rollout is one response"
+                    )
                 if row.server is None and net:
                     continue  # inproc has no network to emulate: it runs once, in the loopback cells
                 settings = MappingProxyType({**config.server_settings, **row.server_settings})

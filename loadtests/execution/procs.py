@@ -50,6 +50,7 @@ __all__ = [
     "start_server_process",
     "stop_endpoints",
     "target_endpoint",
+    "with_compaction",
 ]
 
 
@@ -75,6 +76,7 @@ class Endpoint:
     options: dict[str, Any] = field(default_factory=dict)  # client options, e.g. inproc's service
     cpus: tuple[int, ...] = ()  # the CPUs its process is pinned to; () = not pinned
     netem: ServerProcess | None = None  # the emulated network in front of it (loadtests.execution.netem), if any
+    compaction: Endpoint | None = None  # where its clients compact (Cell.compaction_cell), when not itself
     network: dict[str, Any] = field(default_factory=dict)  # {"rtt_ms", "bandwidth_mbps", "port"} of that
     _ssl: tuple[ssl.SSLContext, bytes] | None = field(default=None, repr=False)
 
@@ -434,15 +436,22 @@ def put_network(
     ep.network = {"rtt_ms": rtt_ms, "bandwidth_mbps": bandwidth_mbps, "port": proxy, "upstream_port": port}
 
 
+def with_compaction(cells: Sequence[Cell]) -> list[Cell]:
+    """``cells``, then the HTTPS cells their compaction calls go to (:attr:`Cell.compaction_cell`) where that is
+    not the cell itself: the servers a run starts serve both."""
+    extra = [cc for c in cells if (cc := c.compaction_cell) is not None and cc is not c]
+    return [*cells, *extra]
+
+
+def _target(cell: Cell, targets: Mapping[str, str]) -> str | None:
+    return targets.get(cell.transport) or targets.get(cell.server)
+
+
 def process_keys(cells: Sequence[Cell], targets: Mapping[str, str] | None = None) -> list[str]:
-    """The endpoint keys of ``cells`` that :func:`start_endpoints` starts a process for (neither
-    ``inproc`` nor a ``--target``), in order."""
+    """The endpoint keys of ``cells`` (and of their compaction cells) that :func:`start_endpoints` starts a
+    process for (neither ``inproc`` nor a ``--target``), in order."""
     targets = targets or {}
-    keys = {
-        c.endpoint_key: c
-        for c in cells
-        if c.server != "inproc" and targets.get(c.transport) is None and targets.get(c.server) is None
-    }
+    keys = {c.endpoint_key: c for c in with_compaction(cells) if c.server != "inproc" and _target(c, targets) is None}
     return list(keys)
 
 
@@ -460,14 +469,29 @@ def start_endpoints(
     server settings, a ``--target`` (``targets``: transport or server protocol → URL), or, for ``inproc``,
     a service in this process. Processes start in parallel, each with its own folder under ``workdir`` and,
     when ``isolation`` pinned them, on its own CPUs; if one fails, the others are stopped and the first error
-    is raised."""
+    is raised.
+
+    A cell whose scenario compacts and whose server has no HTTP routes (WebSocket mode, gRPC) also gets the
+    HTTPS server of its deployment (:attr:`Cell.compaction_cell`), as ``Endpoint.compaction``: a process started
+    here, or ``--target https=URL`` when the cell's own server is a target (another deployment's server would
+    refuse the compaction items: they are signed with its key).
+
+    Raises: ``ValueError`` when a targeted cell compacts and no HTTPS target is given.
+    """
     targets = targets or {}
     server_cpus = isolation.servers if isolation is not None and isolation.pinned else {}
-    needed = {c.endpoint_key: c for c in cells}
+    for c in cells:
+        cc = c.compaction_cell
+        if cc is not None and cc is not c and _target(c, targets) is not None and _target(cc, targets) is None:
+            raise ValueError(
+                f"scenario {c.scenario.name} compacts its history, and POST /v1/responses/compact is an HTTPS route: "
+                f"with --target {c.transport}=URL pass --target https=URL too (the HTTPS URL of the same deployment)"
+            )
+    needed = {c.endpoint_key: c for c in with_compaction(cells)}
     endpoints: dict[str, Endpoint] = {}
     to_start: dict[str, Cell] = {}
     for key, c in needed.items():
-        url = targets.get(c.transport) or targets.get(c.server)
+        url = _target(c, targets)
         if c.server == "inproc":
             endpoints[key] = _inproc_endpoint(c, workdir / f"{len(endpoints) + len(to_start):02d}-inproc")
         elif url is not None:
@@ -505,6 +529,10 @@ def start_endpoints(
     if errors:
         stop_endpoints(endpoints)
         raise errors[0]
+    for c in cells:
+        cc = c.compaction_cell
+        if cc is not None and cc is not c:
+            endpoints[c.endpoint_key].compaction = endpoints[cc.endpoint_key]
     return endpoints
 
 

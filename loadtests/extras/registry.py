@@ -7,6 +7,8 @@ answer, one orchestrator fanning out to sub-agents, a warmed-up first turn. Each
 - ``measure(quick)`` starts what it needs (server processes, ``redis-server``), measures, stops it all and
   returns JSON-able data (its parameters, its rows); bench writes it to ``<run dir>/<name>.json``;
 - ``render(doc, data)`` writes the section's body from that data, so ``turnbench report DIR`` reruns nothing;
+- ``plot(data, path)`` (optional) draws the section's figure from the same data as a PNG at ``path`` (under the
+  report's ``plots/``), shown after the body;
 - ``command`` measures it alone (a ``scripts/`` tool prints the same rows).
 
 An extra that cannot run on this machine raises :class:`Unavailable` (no ``redis-server``): its file says why
@@ -44,9 +46,9 @@ class ExtraResult(TypedDict, total=False):
 
     An extra fills some of ``parameters`` (what it ran with), ``rounds`` (one row per round and way, raw
     values), ``medians`` and ``means`` (per way, or per value), ``rows``, ``hydration_cost`` and
-    ``stores_unavailable`` (:mod:`~loadtests.extras.crosshost`). :func:`run_extras` adds ``wall_s`` (seconds
-    it took) and, in place of the data, ``skipped``, ``unavailable`` or ``error`` (with its ``traceback``):
-    why there is none.
+    ``stores_unavailable`` (:mod:`~loadtests.extras.crosshost`), ``cells`` (:mod:`~loadtests.extras.compaction`).
+    :func:`run_extras` adds ``wall_s`` (seconds it took) and, in place of the data, ``skipped``, ``unavailable``
+    or ``error`` (with its ``traceback``): why there is none.
     """
 
     parameters: dict[str, Any]
@@ -56,6 +58,7 @@ class ExtraResult(TypedDict, total=False):
     rows: list[dict[str, Any]]
     hydration_cost: dict[str, dict[str, dict[str, float | None]]]
     stores_unavailable: dict[str, str]
+    cells: list[dict[str, Any]]
     skipped: str
     unavailable: str
     error: str
@@ -68,6 +71,7 @@ class Extra:
     """One measurement beyond the matrix (see the module docstring).
 
     ``est_s``: its rough time in seconds on a quiet 2-core machine, (quick, full), for the budget.
+    ``plot``: draws its figure into the path given, returns the caption (None: the data allow none).
     """
 
     name: str
@@ -76,6 +80,7 @@ class Extra:
     render: Callable[[Doc, ExtraResult], None]
     command: str
     est_s: tuple[float, float]
+    plot: Callable[[ExtraResult, Path], str | None] | None = None
 
 
 EXTRA_MODULES: tuple[str, ...] = (
@@ -83,6 +88,7 @@ EXTRA_MODULES: tuple[str, ...] = (
     "loadtests.extras.fanout",
     "loadtests.extras.warmup",
     "loadtests.extras.crosshost",
+    "loadtests.extras.compaction",
     "loadtests.extras.gateway",
 )
 """Modules whose ``EXTRA`` (an :class:`Extra`) bench runs, in this order; the report's sections follow the same
@@ -136,14 +142,16 @@ def run_extras(
     return outcomes
 
 
-def add_sections(d: Doc, run_dir: Path) -> None:
-    """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there. Each
-    is built on its own (:meth:`Doc.section`): an extra whose file or renderer fails costs only its section."""
+def add_sections(d: Doc, run_dir: Path, out: Path | None = None) -> None:
+    """One section per extra: rendered from ``run_dir/<name>.json``, or a line saying why it is not there; its
+    figure, if it has one, goes to ``<out>/plots/<name>.png`` (``out``: where the report is written, default
+    ``run_dir``). Each is built on its own (:meth:`Doc.section`): an extra whose file or renderer fails costs
+    only its section."""
     for extra in all_extras():
-        d.section(extra.title, functools.partial(_section, d, extra, run_dir))
+        d.section(extra.title, functools.partial(_section, d, extra, run_dir, out or run_dir))
 
 
-def _section(d: Doc, extra: Extra, run_dir: Path) -> None:
+def _section(d: Doc, extra: Extra, run_dir: Path, out: Path) -> None:
     d.h2(extra.title)
     path = run_dir / f"{extra.name}.json"
     if not path.is_file():
@@ -158,3 +166,8 @@ def _section(d: Doc, extra: Extra, run_dir: Path) -> None:
         d.p(f"**The measurement failed:** `{data['error']}` (traceback in `{path.name}`).")
     else:
         extra.render(d, data)
+        if extra.plot is not None:
+            path = out / "plots" / f"{extra.name}.png"
+            caption = extra.plot(data, path)
+            if caption is not None:
+                d.figure(path, caption)

@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from loadtests.present.doc import Doc, SectionError
 from turnbench.settings import STAGES
 
-__all__ = ["FIGURES", "add_sections", "all_figures"]
+__all__ = ["FIGURES", "add_sections", "all_figures", "bytes_over_rollout"]
 
 _DPI = 110
 
@@ -188,6 +188,47 @@ def bytes_per_turn(turns: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Bytes on the wire per turn (payload and framing; all profiles pooled)")
+    return _save(fig, path)
+
+
+_STATE_STYLE = {"full": "-", "store": "--", "connection": ":"}
+"""Line style per state strategy where lines may lie on each other (``store`` and ``connection`` often send the
+same bytes)."""
+
+
+def bytes_over_rollout(turns: pd.DataFrame, path: Path) -> Path | None:
+    """Bytes sent per request over a rollout (median over rollouts, KiB), one panel per transport and one line
+    per state (solid ``full``, dashed ``store``, dotted ``connection``); compaction calls (``phase`` ``compact``)
+    are marked with a cross and a dotted line. Columns read: ``transport``, ``state``, ``turn`` (the request's
+    index in its rollout), ``phase``, ``bytes_up``."""
+    need = {"transport", "state", "turn", "phase", "bytes_up"}
+    if turns.empty or not need <= set(turns.columns):
+        return None
+    d = turns.assign(bytes_up=pd.to_numeric(turns["bytes_up"], errors="coerce"))
+    d = d[np.isfinite(d["bytes_up"]) & (d["bytes_up"] >= 0)]
+    if d.empty:
+        return None
+    d = d.assign(label=d["transport"].astype(str) + "/" + d["state"].astype(str))
+    colors = _colors(d["label"])
+    transports = list(dict.fromkeys(d["transport"].astype(str)))
+    fig, axes = _grid([0], transports, w=5.2, h=3.8)
+    for j, t in enumerate(transports):
+        ax: Axes = axes[0][j]
+        sub = d[d["transport"].astype(str) == t]
+        for label, g in sub.groupby("label", sort=True):
+            med = g.groupby("turn")["bytes_up"].median() / 1024.0
+            style = _STATE_STYLE.get(str(g["state"].iloc[0]), "-")
+            ax.plot(med.index, med.to_numpy(), style, label=str(label), color=colors[str(label)], lw=1.4)
+            marks = sorted(set(g.loc[g["phase"] == "compact", "turn"]))
+            if marks:
+                ax.plot(marks, med.reindex(marks).to_numpy(), "x", color=colors[str(label)], ms=7, mew=2)
+        for x in sorted(set(sub.loc[sub["phase"] == "compact", "turn"])):
+            ax.axvline(x, color="0.6", ls=":", lw=0.8)
+        _log_y(ax, (sub.groupby(["label", "turn"])["bytes_up"].median() / 1024.0).tolist())
+        ax.set(title=t, xlabel="request of the rollout (× = a compaction call)", ylabel="KiB sent (median)")
+        ax.grid(True, alpha=0.3)
+    _legend(fig, axes)
+    fig.suptitle("Bytes sent per request over a compacting rollout")
     return _save(fig, path)
 
 

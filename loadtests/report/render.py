@@ -499,7 +499,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         d.section("Figures", lambda: plots.add_sections(d, figures, names, failed))
         d.section("Ablations: which mechanism buys what", lambda: _ablation_section(d, s, figures))
         d.section("Option A vs B", lambda: _option_a_section(d, run, s, migration))
-    extras.add_sections(d, run.path)
+    extras.add_sections(d, run.path, out)
     if summary is not None:
         s = summary
         d.section("All cells", lambda: _all_cells_section(d, s))

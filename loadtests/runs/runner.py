@@ -47,7 +47,7 @@ from loadtests.execution.plan import (
     default_toolbox,
     plan_cells,
 )
-from loadtests.execution.procs import Endpoint, process_keys, start_endpoints, stop_endpoints
+from loadtests.execution.procs import Endpoint, process_keys, start_endpoints, stop_endpoints, with_compaction
 from loadtests.runs.rundir import RunDir, default_out_dir
 
 __all__ = ["TASK", "cell_rollout", "execute", "measure", "one_rollout", "run", "run_chunk"]
@@ -76,8 +76,14 @@ async def cell_rollout(
     scheduled_ns: int | None = None,
     task_tag: str = "",
     connect_ms: float | None = None,
+    compactor: ResponsesClient | None = None,
 ) -> RolloutResult:
     """Rollout ``index`` of ``cell`` on a connected ``client``: the cell's scenario, state, tools and seed.
+
+    A scenario that compacts (``compact_every``) compacts through ``compactor`` (default: ``client``, which must
+    serve ``POST /v1/responses/compact``); state ``store`` compacts by the stored response's id where the
+    compactor talks to the cell's own server (:attr:`Cell.compaction_cell` is the cell), else by sending the
+    history.
 
     The task text starts with ``[<task_tag> <cell number>.<index>]``: the same length everywhere, but a
     prompt of its own, so the engine's prefix cache (shared by every connection of a server) cannot serve
@@ -95,6 +101,9 @@ async def cell_rollout(
         transport=cell.transport,
         connect_ms=connect_ms,
         task=f"[{task_tag} {cell.number:03d}.{index:05d}] {TASK}",
+        compact_every=sc.compact_every,
+        compactor=compactor,
+        compact_by_id=cell.state == "store" and cell.compaction_cell is cell,
     )
 
 
@@ -108,11 +117,24 @@ async def one_rollout(
     task_tag: str = "",
 ) -> RolloutResult:
     """A fresh client, its connection (timed apart), :func:`cell_rollout`, close. Never raises (but
-    cancellation): a connection that fails is a failed rollout whose error starts with ``connect:``."""
+    cancellation): a connection that fails is a failed rollout whose error starts with ``connect:``.
+
+    A cell that compacts over a client that cannot (WebSocket mode, gRPC, the SDK's and the raw HTTP clients)
+    gets a second client, HTTPS (httpx), to ``endpoint.compaction`` (the HTTPS server of the same deployment) or,
+    for a cell whose own server is HTTPS, to ``endpoint``; it is connected before the rollout starts and closed
+    after it, and its connection time is in no record. Without one, the rollout fails with ``compaction:``."""
+    client = compactor = None
     try:
         client = make_client(cell.transport, endpoint.client_config())
+        if cell.scenario.compact_every and not client.serves_compact:
+            where = endpoint.compaction or (endpoint if cell.server == "https" else None)
+            if where is None:
+                return _failed(cell, index, f"compaction: no HTTPS endpoint for {cell.transport}'s compact calls")
+            compactor = make_client("https", where.client_config())
+            await compactor.connect()
         connect_ms = await client.connect()
     except Exception as exc:
+        await _close(compactor)
         return _failed(cell, index, f"connect: {type(exc).__name__}: {exc}")
     try:
         return await cell_rollout(
@@ -123,8 +145,15 @@ async def one_rollout(
             scheduled_ns=scheduled_ns,
             task_tag=task_tag,
             connect_ms=connect_ms,
+            compactor=compactor,
         )
     finally:
+        await _close(client)
+        await _close(compactor)
+
+
+async def _close(client: ResponsesClient | None) -> None:
+    if client is not None:
         with contextlib.suppress(Exception):
             await client.close()
 
@@ -291,6 +320,7 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
     does not start.
     """
     ids = [c.cell for c in cells]
+    served = with_compaction(cells)
     if len(set(ids)) != len(ids):
         raise ValueError(f"cell ids must be unique in a run: {sorted({i for i in ids if ids.count(i) > 1})}")
     isolation = plan_isolation(process_keys(cells, config.targets), mode=config.cpu_pinning)
@@ -317,7 +347,7 @@ def measure(config: RunConfig, cells: Sequence[Cell]) -> Collected:
             codes = stop_endpoints(endpoints)
     collected.isolation = isolation.record()
     collected.servers = {
-        key: ep.record(codes[key], sorted({c.transport for c in cells if c.endpoint_key == key}))
+        key: ep.record(codes[key], sorted({c.transport for c in served if c.endpoint_key == key}))
         for key, ep in endpoints.items()
     }
     return collected

@@ -20,6 +20,8 @@ into cells. Every field is checked at load time; a bad file fails with its path 
     tls = true
     seed = 20
     answer_tokens = 64           # tokens of the final answer
+    compact_every = 0            # compact the history every K tool-calling turns (0: never), as a coding
+                                 # agent does: POST /v1/responses/compact, then a new chain from its output
 
     [states]                     # state strategies per transport (defaults below)
     https = ["full", "store"]
@@ -95,6 +97,7 @@ class Scenario:
     tls: bool = True
     seed: int = 0
     answer_tokens: int = 64
+    compact_every: int = 0
     states: Mapping[str, tuple[State, ...]] = field(default_factory=dict)
     # a trace's conversations (``turnbench run --trace``): rollout k replays conversation k mod len; not a
     # TOML field
@@ -143,8 +146,10 @@ _INT_FIELDS = {
     "rounds": 1,
     "seed": 0,
     "answer_tokens": 1,
+    "compact_every": 0,
 }  # field -> minimum
 _FLOAT_FIELDS = {"tool_output_sigma": 0.0, "tool_latency_ms": 0.0}
+_HINTS = {"compact_every": " (the tool-calling turns between two compactions; 0: never)"}
 
 
 def _fail(source: str, message: str) -> ScenarioError:
@@ -158,7 +163,7 @@ def validate(s: Scenario, *, source: str) -> Scenario:
     for name, lo in _INT_FIELDS.items():
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise _fail(source, f"'{name}' must be an integer >= {lo}; got {v!r}")
+            raise _fail(source, f"'{name}' must be an integer >= {lo}{_HINTS.get(name, '')}; got {v!r}")
     for name, flo in _FLOAT_FIELDS.items():
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, int | float) or v < flo:
@@ -176,6 +181,12 @@ def validate(s: Scenario, *, source: str) -> Scenario:
         raise _fail(source, f"'profile' {s.profile!r}: no such file")
     if not isinstance(s.tls, bool):
         raise _fail(source, f"'tls' must be true or false; got {s.tls!r}")
+    if s.compact_every and not s.replay and s.compact_every > s.tool_calls:
+        raise _fail(
+            source,
+            f"'compact_every' ({s.compact_every}) must be <= 'tool_calls' ({s.tool_calls}): a rollout of "
+            f"{s.tool_calls} tool calls would never compact (0 turns compaction off)",
+        )
     if s.rollouts < s.rounds:
         raise _fail(
             source,

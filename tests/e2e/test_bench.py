@@ -61,6 +61,7 @@ def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
         "Fan-out",
         "Warm-up",
         "Cross-host state",
+        "Compaction",
         "On a production gateway: does the answer transfer?",
         "Calibration",
         "Migration cost",
@@ -70,12 +71,13 @@ def test_bench_quick_writes_the_report(tmp_path: Path) -> None:
     # option A beside B, measured in the matrix; every measurement beyond it ran (Redis: wherever CI installs it)
     a_vs_b = md.split("## Option A vs B")[1].split("\n## ")[0]
     assert "ws-long" in a_vs_b and "A ÷ B" in a_vs_b and "took" in a_vs_b
-    for name in ("steering", "fanout", "warmup", "crosshost", "gateway"):
+    for name in ("steering", "fanout", "warmup", "crosshost", "compaction", "gateway"):
         data = json.loads((latest / f"{name}.json").read_text())
         assert not {"error", "skipped"} & set(data), (name, data)
         if name == "gateway" and "unavailable" in data:  # its package: the optional extra [gateways], which CI installs
             assert not os.environ.get("CI"), data
     assert "The measurement failed" not in md
+    assert (latest / "plots" / "compaction.png").is_file() and "plots/compaction.png" in md  # an extra's figure
     for png in (latest / "plots").glob("*.png"):
         assert png.read_bytes().startswith(PNG_MAGIC)
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)

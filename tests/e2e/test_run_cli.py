@@ -148,6 +148,7 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["--set", "port=5"], "the runner sets this itself"),
         (["--profile", "warp"], "unknown profile"),
         (["--target", "ws"], "expected TRANSPORT=URL"),
+        (["--scenario", "agent-5", "--compact-every", "9"], "'compact_every' (9) must be <= 'tool_calls' (5)"),
     ):
         assert main(["run", *args, "--quiet", "--out", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
@@ -293,3 +294,28 @@ def test_locust_refuses_an_unknown_state() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
     assert "--tb-state 'sticky': expected one of full, store, connection" in out, out[-2000:]
+
+
+@pytest.mark.timeout(300 * TIMEOUT_FACTOR)
+def test_compact_every_compacts_any_scenario_over_websocket_mode(tmp_path: Path) -> None:
+    """``--compact-every`` on a scenario that does not compact: the WebSocket cell compacts on an HTTPS server the
+    run starts beside its own, and the run directory's turns say which request was which."""
+    out = tmp_path / "run"
+    args = ["run", "--scenario", "agent-5", "--compact-every", "2", "--transports", "ws", "--states", "connection"]
+    proc = _run([*args, "--profile", "instant", "--rollouts", "1", "--warmup", "0", "--out", str(out)], 240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = RunDir(out)
+    assert sorted(s["server"] for s in run.meta["servers"].values()) == ["https", "ws"]
+    turns = run.turns.sort_values("turn_index")
+    assert list(turns["phase"]) == [
+        "turn",
+        "turn",
+        "compact",
+        "after_compact",
+        "turn",
+        "compact",
+        "after_compact",
+        "turn",
+    ]
+    assert turns["success"].all() and (turns["input_bytes"] > 0).all()
+    assert int(run.rollouts["compactions"].iloc[0]) == 2

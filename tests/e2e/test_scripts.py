@@ -119,3 +119,15 @@ def test_steer_bench_both_ways_reach_the_corrected_answer() -> None:
     rows = {line[:22].strip(): line.split()[-3:] for line in out.splitlines() if line.startswith(("steer ", "cancel"))}
     assert set(rows) == {"steer", "cancel and re-create"}, out
     assert all(float(v[1]) > 0 and float(v[2]) >= 20 for v in rows.values())
+
+
+def test_compaction_script_prints_every_cell_and_writes_the_data(tmp_path: Path) -> None:
+    out_json = tmp_path / "compaction.json"
+    args = ["--tool-calls", "8", "--compact-every", "4", "--rollouts", "1", "--profile", "instant"]
+    out = script("compaction.py", *args, "--transports", "ws", "--json", str(out_json))
+    rows = [line.split() for line in out.splitlines() if line.startswith("ws/")]
+    assert sorted(r[0] for r in rows) == ["ws/connection", "ws/full", "ws/store"], out
+    assert all(r[1] == "2" for r in rows)  # two compactions in each rollout
+    assert "The turn after a compaction sent " in out
+    data = json.loads(out_json.read_text(encoding="utf-8"))
+    assert data["parameters"]["compact_every"] == 4 and len(data["cells"]) == 3

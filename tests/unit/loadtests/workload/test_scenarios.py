@@ -81,6 +81,11 @@ def _write(tmp_path: Path, body: str, name: str = "x") -> Path:
         ('name = "x"\ntool_output_sigma = -0.5\n', "'tool_output_sigma'"),
         ('name = "x"\nconcurrency = true\n', "'concurrency'"),
         ("name = \n", "invalid TOML"),
+        ('name = "x"\ncompact_every = -1\n', "'compact_every' must be an integer >= 0 (the tool-calling turns"),
+        ('name = "x"\ncompact_every = 2.5\n', "'compact_every' must be an integer"),
+        ('name = "x"\ncompact_every = "10"\n', "'compact_every' must be an integer"),
+        ('name = "x"\ncompact_every = true\n', "'compact_every' must be an integer"),
+        ('name = "x"\ntool_calls = 8\ncompact_every = 9\n', "'compact_every' (9) must be <= 'tool_calls' (8)"),
     ],
 )
 def test_invalid_files_name_the_field(tmp_path: Path, body: str, needle: str) -> None:
@@ -131,3 +136,20 @@ def test_the_state_type_names_the_cores_strategies() -> None:
     assert get_args(State) == STATES
     assert all(is_state(s) for row in TRANSPORTS.values() for s in row.states)
     assert not is_state("memory")
+
+
+def test_the_compacting_scenario_is_a_long_rollout_that_compacts() -> None:
+    sc = load_scenario("coding-agent-compact")
+    assert 40 <= sc.tool_calls <= 60 and 10 <= sc.compact_every <= 16
+    assert sc.tool_calls // sc.compact_every >= 3  # several compactions, so several new chains, per rollout
+    assert sc.tool_calls % sc.compact_every  # the turn after the last compaction still calls a tool
+    assert "compact" in sc.description and sc.as_dict()["compact_every"] == sc.compact_every
+    assert load_scenario("agent-20").compact_every == 0  # the others never compact
+
+
+def test_compact_every_is_read_and_checked_again_on_replace(tmp_path: Path) -> None:
+    sc = load_scenario(_write(tmp_path, 'name = "x"\ntool_calls = 12\ncompact_every = 4\n'))
+    assert sc.compact_every == 4
+    assert sc.replace(compact_every=0).compact_every == 0
+    with pytest.raises(ScenarioError, match="would never compact"):
+        sc.replace(compact_every=13)
