@@ -14,7 +14,6 @@ turnbench's own come from one model core. The gateways known here:
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import socket
@@ -26,11 +25,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from loadtests.execution.procs import Endpoint, ServerError, ServerProcess, target_endpoint
 
-__all__ = ["GATEWAYS", "Gateway", "GatewayProcess", "gateway_missing", "start_gateway"]
+__all__ = ["GATEWAYS", "Gateway", "gateway_missing", "start_gateway"]
 
 
 @dataclass(frozen=True)
@@ -72,23 +69,6 @@ def gateway_missing(name: str = "agentic-api") -> str | None:
     if importlib.util.find_spec(gw.module) is None:
         return f"the `{gw.distribution}` package is not installed (pip install -e '.[gateways]')"
     return None
-
-
-class GatewayProcess(ServerProcess):
-    """The gateway's launcher process; its CPU time includes its children's (the launcher starts the gateway
-    binary), read while they live and kept after they exit."""
-
-    def cpu_s(self) -> float:
-        with contextlib.suppress(psutil.Error):
-            t = self._ps.cpu_times()
-            self._last_cpu_s = float(t.user + t.system)
-            for kid in self._ps.children(recursive=True):
-                self._kids.setdefault(kid.pid, kid)
-        for pid, kid in self._kids.items():
-            with contextlib.suppress(psutil.Error):
-                k = kid.cpu_times()
-                self._kid_cpu_s[pid] = float(k.user + k.system)
-        return self._last_cpu_s + sum(self._kid_cpu_s.values())
 
 
 def _free_port() -> int:
@@ -134,7 +114,8 @@ def start_gateway(
         env = {**os.environ, "OPENAI_API_KEY": upstream.api_key or "turnbench", "NO_COLOR": "1"}
         with log_path.open("wb") as log:
             popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        proc = GatewayProcess(name, argv, popen, log_path)
+        proc = ServerProcess(name, argv, popen, log_path)
+        proc.launcher = True  # the launcher starts the gateway binary: its CPU counts
         proc.port = port
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and popen.poll() is None:

@@ -150,18 +150,19 @@ class ServerProcess:
         self._last_cpu_s = 0.0
         self.cpu_at_ready_s = 0.0
         self.workers = 1  # > 1: a --workers supervisor, whose worker processes' CPU counts too
+        self.launcher = False  # a launcher whose child processes do the serving: their CPU counts too
         self._kids: dict[int, psutil.Process] = {}
         self._kid_cpu_s: dict[int, float] = {}
 
     def cpu_s(self) -> float:
         """User + system CPU time of the process so far, in s (the last value once it has exited); with
-        workers, theirs too (each worker's last reading is kept after it exits)."""
+        workers (or as a launcher, its children), theirs too (each one's last reading is kept after it exits)."""
         with contextlib.suppress(psutil.Error):
             t = self._ps.cpu_times()
             self._last_cpu_s = float(t.user + t.system)
-        if self.workers <= 1:
+        if self.workers <= 1 and not self.launcher:
             return self._last_cpu_s
-        if len(self._kids) < self.workers:
+        if len(self._kids) < self.workers or self.launcher:
             with contextlib.suppress(psutil.Error):
                 for kid in self._ps.children(recursive=True):
                     self._kids.setdefault(kid.pid, kid)

@@ -109,6 +109,23 @@ def as_float(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+def ci_range(v: Any) -> list[float]:
+    """``[estimate, lo, hi]`` as three floats, whatever the stored value (NaN where one is missing)."""
+    xs = list(v) if isinstance(v, list | tuple) else [v]
+    return [as_float(x) for x in [*xs, None, None, None][:3]]
+
+
+def ci_text(v: Any) -> str:
+    """``1,234 [1,100, 1,400]``: an estimate and its interval (:func:`ci_range`), ``—`` without an estimate, the
+    estimate alone without an interval."""
+    est, lo, hi = ci_range(v)
+    if not math.isfinite(est):
+        return "—"
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo == hi:
+        return format_number(est)
+    return f"{format_number(est)} [{format_number(lo)}, {format_number(hi)}]"
+
+
 def ms_text(v: Any) -> str:
     return f"{format_number(as_float(v))} ms"
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from loadtests.analysis.estimators import bootstrap_ci, finite, ratio_ci
 from loadtests.execution.plan import Collected, RunConfig, plan_cells
-from loadtests.extras.common import LOOPBACK, PROFILE, as_float, profile_text
+from loadtests.extras.common import LOOPBACK, PROFILE, as_float, ci_range, ci_text, profile_text
 from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number
 from loadtests.present.plots import bytes_over_rollout
@@ -192,21 +192,6 @@ def measure(
     }
 
 
-def _range(v: Any) -> list[float]:
-    """``[median, lo, hi]`` as three floats, whatever the stored value (NaN where one is missing)."""
-    xs = list(v) if isinstance(v, list | tuple) else [v]
-    return [as_float(x) for x in [*xs, None, None, None][:3]]
-
-
-def _ci_text(v: Any) -> str:
-    est, lo, hi = _range(v)
-    if not math.isfinite(est):
-        return "—"
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo == hi:
-        return format_number(est)
-    return f"{format_number(est)} [{format_number(lo)}, {format_number(hi)}]"
-
-
 def _kib(v: Any) -> float:
     return as_float(v) / 1024.0
 
@@ -219,7 +204,7 @@ def conclusion(cells: Sequence[Mapping[str, Any]]) -> str:
     """One sentence from the numbers: where compaction cut the bytes of a turn the most (the turn after it
     against the turn before it), and where the turn after a compaction cost the most time against the turn before
     it (with its interval) and how many more tokens the server rendered for it there."""
-    known = [c for c in cells if math.isfinite(as_float(_range(c.get("after_vs_before"))[0]))]
+    known = [c for c in cells if math.isfinite(as_float(ci_range(c.get("after_vs_before"))[0]))]
     sized = [
         c
         for c in cells
@@ -238,8 +223,8 @@ def conclusion(cells: Sequence[Mapping[str, Any]]) -> str:
 
     smallest = min(sized, key=share)
     largest = max(sized, key=share)
-    slow = max(known, key=lambda c: _range(c.get("after_vs_before"))[0])
-    r, lo, hi = _range(slow.get("after_vs_before"))
+    slow = max(known, key=lambda c: ci_range(c.get("after_vs_before"))[0])
+    r, lo, hi = ci_range(slow.get("after_vs_before"))
     return (
         f"The turn after a compaction sent {_times(share(smallest))} the bytes of the turn before it on "
         f"{name(smallest)} and {_times(share(largest))} on {name(largest)}; it took {_times(r)} the time of the turn "
@@ -298,11 +283,11 @@ def render(doc: Doc, data: ExtraResult) -> None:
         {
             "transport/state": names,
             "compactions": [c.get("compactions") for c in cells],
-            "compact call ms": [_ci_text(c.get("compact_ms")) for c in cells],
-            "ordinary turn ms": [_ci_text(c.get("turn_ms")) for c in cells],
-            "before ms": [_ci_text(c.get("before_ms")) for c in cells],
-            "after ms": [_ci_text(c.get("after_ms")) for c in cells],
-            "after ÷ before": [_ci_text(c.get("after_vs_before")) for c in cells],
+            "compact call ms": [ci_text(c.get("compact_ms")) for c in cells],
+            "ordinary turn ms": [ci_text(c.get("turn_ms")) for c in cells],
+            "before ms": [ci_text(c.get("before_ms")) for c in cells],
+            "after ms": [ci_text(c.get("after_ms")) for c in cells],
+            "after ÷ before": [ci_text(c.get("after_vs_before")) for c in cells],
             "failed": [c.get("failed") for c in cells],
         }
     )

@@ -31,10 +31,11 @@ import pandas as pd
 
 from clients.record import RolloutResult
 from loadtests.analysis.estimators import bootstrap_ci, ratio_ci
+from loadtests.analysis.verdict import interval_text
 from loadtests.execution.gateways import GATEWAYS, gateway_missing, start_gateway
 from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, start_server_process, stop_endpoints
-from loadtests.extras.common import as_float, median_of, ms_text, profile_text
+from loadtests.extras.common import as_float, ci_range, ci_text, median_of, ms_text, profile_text
 from loadtests.extras.fanout import fork_out
 from loadtests.extras.registry import Extra, ExtraResult, Unavailable
 from loadtests.present.doc import Doc, format_number, round_frame
@@ -334,18 +335,12 @@ def transfers(med: Mapping[str, Any]) -> tuple[bool | None, str]:
     )
 
 
-def _pct(ratio: float) -> str:
-    return f"{format_number((ratio - 1.0) * 100.0)}%"
-
-
-def _ci_text(triple: Sequence[Any]) -> str:
-    m, lo, hi = (as_float(v) for v in triple)
-    return f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}]"
-
-
 def _ratio_text(triple: Sequence[Any]) -> str:
-    m, lo, hi = (as_float(v) for v in triple)
-    return f"{_pct(m)} [{_pct(lo)}, {_pct(hi)}]"
+    """A ratio and its interval as a change in time, as the report's headline writes it: ``−39% [−47%, −28%]``."""
+    m, lo, hi = ci_range(list(triple))
+    if not all(math.isfinite(v) for v in (m, lo, hi)):
+        return "—"
+    return interval_text(((1.0 - m) * 100.0, (1.0 - hi) * 100.0, (1.0 - lo) * 100.0))
 
 
 def render(doc: Doc, data: ExtraResult) -> None:
@@ -371,7 +366,7 @@ def render(doc: Doc, data: ExtraResult) -> None:
                         "implementation": impl,
                         "way": w,
                         "rollouts": f"{m['n']}" + (f" ({m['failed']} failed)" if m["failed"] else ""),
-                        "median rollout ms [95% CI]": _ci_text(m["rollout_ms"]),
+                        "median rollout ms [95% CI]": ci_text(m["rollout_ms"]),
                         f"vs {BASELINE}": "—" if w == BASELINE else _ratio_text(m["ratio"]),
                         "turn ms": as_float(m["turn_ms"]),
                         "last turn's TTFT ms": as_float(m["last_ttft_ms"]),

@@ -64,7 +64,7 @@ def test_a_saving_on_both_transfers() -> None:
     med = summarize(_data(_times(55.0, 60.0)))["fast"]
     assert med["turnbench"]["ws/connection"]["ratio"][0] == 0.55
     ok, why = transfers(med)
-    assert ok is True and "saves on both" in why and "-45%" in why
+    assert ok is True and "saves on both" in why and "−45%" in why
 
 
 def test_a_saving_only_on_turnbench_does_not_transfer_and_says_why() -> None:
@@ -108,7 +108,7 @@ def test_the_section_gives_the_table_and_the_verdict() -> None:
     doc = Doc("t")
     render(doc, _result(_data(_times(55.0, 101.0))))
     md = doc.markdown(Path("."))
-    assert "It does not transfer" in md and "ws/connection" in md and "-45%" in md
+    assert "It does not transfer" in md and "ws/connection" in md and "−45%" in md
 
 
 finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**12), 10**12))
