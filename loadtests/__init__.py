@@ -4,12 +4,13 @@ Packages from the top down; a module imports only from its own package or from t
 (``make lint`` checks this with import-linter: ``pyproject.toml``, "Harness layers")::
 
     cli/          the ``turnbench`` command: main (the parser, SUBCOMMANDS), one module per command owning its
-                  flags (run, bench, report, gate, migration, record, advise, conform), common (lazy command
-                  imports)
+                  flags (run, bench, report, gate, migration, record, advise, conform, probe), common (lazy
+                  command imports)
     commands/     what a command does beyond one run: bench (the matrix, then its report), gate (the CI latency
                   gate against a stored baseline, and ``compare``), gate_paired (the gate against its base
-                  revision in the same run), advise (the cost model and its predictions), migration (what moving a
-                  client off HTTPS costs), conform (the conformance cases against an endpoint or turnbench's own)
+                  revision in the same run), gate_target (the gate for an endpoint of your own, ``gate
+                  --target``), advise (the cost model and its predictions), migration (what moving a client off
+                  HTTPS costs), conform (the conformance cases against an endpoint or turnbench's own)
     report/       the report of a run directory: render (report.md, report.html, summary.json), option_a (the
                   option A section)
     extras/       measurements beyond the matrix, one per module with measure() + render(): steering, fanout,
@@ -28,7 +29,8 @@ Packages from the top down; a module imports only from its own package or from t
     execution/    the means of a run: plan (cells and their run.json records, run config, what execution
                   gathers), loops, procs (server processes and targets), gateways (third-party gateways in front
                   of a turnbench upstream), netem (WAN emulation), monitor and machine (the load generator and
-                  the machine watched), loadgen (the load generator's verdict over a run)
+                  the machine watched), loadgen (the load generator's verdict over a run), probe (what an
+                  endpoint offers, found by trying it: ``turnbench probe``)
     workload/     what is run: scenarios (TOML files in scenarios/; State, a state strategy as a type), trace
                   (traces, importers in traces/), record_proxy (``turnbench record``)
     present/      how numbers are shown: doc (the document model, number formatting), plots

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loadtests.cli import probe
 from loadtests.cli.common import lazy
 
 
@@ -51,4 +52,11 @@ def register(sub: Any) -> None:
         "fan-out, warm-up); their report sections then say how to measure them",
     )
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    t = b.add_argument_group(
+        "against your own endpoint",
+        "With --target, bench first probes the endpoint (turnbench probe), then runs agent-20 (--quick: agent-5) "
+        "over the transports and states it offers and the sections beyond the matrix it can take; the report "
+        "lists what could not run and why (no stage timings, no lanes, no steer, no store …).",
+    )
+    probe.add_target_arguments(t)
     b.set_defaults(func=lazy("loadtests.commands.bench", "cmd_bench"))

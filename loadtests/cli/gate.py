@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
+from loadtests.cli import probe
 from loadtests.cli.common import lazy
 from turnbench.settings import parse_burn_map
 
@@ -47,14 +49,19 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--baseline",
         type=Path,
-        default=Path("reports/baseline.json"),
+        default=None,
         metavar="PATH",
-        help="the committed baseline (default: reports/baseline.json)",
+        help="the baseline (default: reports/baseline.json; with --target it must be named)",
     )
     g.add_argument(
         "--write-baseline",
-        action="store_true",
-        help="measure and (over)write the baseline instead of judging (`make baseline`)",
+        type=Path,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="measure and (over)write the baseline instead of judging (`make baseline`): to PATH if given, else "
+        "to --baseline",
     )
     g.add_argument(
         "--burn",
@@ -90,6 +97,50 @@ def register(sub: Any) -> None:
         default=[],
         metavar="KIND=F",
         help="the tolerance of a metric kind: stage (a pipeline stage's CPU, default 0.3), process (the "
-        "server's CPU outside the stages, the client's, default 0.3), ratio, cpu; repeatable",
+        "server's CPU outside the stages, the client's, default 0.3), ratio, cpu; with --target: ratio (0.75), "
+        "turn (p10 times, 0.5), median (1.5), tail (p90, 3), bytes (0.1); repeatable",
     )
-    g.set_defaults(func=lazy("loadtests.commands.gate_paired", "cmd_gate"))
+    t = g.add_argument_group(
+        "your own server",
+        "With --target, the gate judges an endpoint of your own (any Responses server over HTTPS+SSE and/or "
+        "WebSocket mode) on what a client measures: rollout-time ratios between its transports and states, "
+        "p10, median and p90 turn time and TTFT per cell (each with a floor in ms per turn), bytes per turn; no "
+        "stage timings needed. Write its baseline with --write-baseline FILE, judge with --baseline FILE.",
+    )
+    probe.add_target_arguments(t)
+    t.add_argument(
+        "--rollouts",
+        type=int,
+        default=6,
+        metavar="N",
+        help="measured rollouts per cell against the target (13 turns each; default 6)",
+    )
+    t.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="KIND=N",
+        help="with --target: the smallest rise that counts, per kind: turn (p10 times, default 4 ms), median "
+        "(15 ms), tail (50 ms), bytes (64 B); repeatable",
+    )
+    t.add_argument(
+        "--confirm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="when a run fails, measure again up to N times; the gate fails only if every run fails (default 1: "
+        "a regression shows every time, a busy moment of the machine rarely twice in a row; 0: judge one run)",
+    )
+    g.set_defaults(func=cmd_gate)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """The gate: against a --target (:mod:`loadtests.commands.gate_target`), else paired or stored."""
+    if args.target:
+        return lazy("loadtests.commands.gate_target", "cmd_gate_target")(args)
+    if isinstance(args.write_baseline, Path):
+        args.baseline = args.write_baseline
+    if args.baseline is None:
+        args.baseline = Path("reports/baseline.json")
+    args.write_baseline = bool(args.write_baseline)
+    return lazy("loadtests.commands.gate_paired", "cmd_gate")(args)

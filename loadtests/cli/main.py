@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from loadtests.cli import advise, bench, conform, gate, migration, record, report, run
+from loadtests.cli import advise, bench, conform, gate, migration, probe, record, report, run
 from loadtests.cli.common import lazy
 from servers import cli as serve_cli
 from turnbench.engine import calibrate  # light: argparse until the command runs
@@ -58,6 +58,7 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     record.register,
     advise.register,
     conform.register,
+    probe.register,
     _calibrate,
 )
 """Each command's module adds its own parser and flags (``register(subparsers)``); ``--help`` lists them in

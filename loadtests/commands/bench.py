@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack, cast
 
 from loadtests.commands import migration
+from loadtests.execution import probe
 from loadtests.execution.plan import Cell, RunConfig, plan_cells
 from loadtests.extras import registry as extras
 from loadtests.report import render as report
@@ -44,13 +45,17 @@ __all__ = [
     "BenchRecord",
     "Group",
     "GroupRecord",
+    "Target",
     "bench",
+    "bench_target",
     "cmd_bench",
     "full_matrix",
     "matrix_cells",
     "matrix_record",
+    "not_run",
     "quick_matrix",
     "run_matrix",
+    "target_groups",
 ]
 
 MAIN_STATES: dict[str, tuple[State, ...]] = {
@@ -279,9 +284,11 @@ def matrix_config(
     quiet: bool = True,
     server_settings: Mapping[str, Any] | None = None,
     deadline: float | None = None,
+    target: Target | None = None,
 ) -> RunConfig:
     """The run configuration a matrix runs under (``server_settings``: for every server; ``deadline``: the
-    ``time.monotonic()`` by which measuring ends, see :func:`loadtests.runner.execute`)."""
+    ``time.monotonic()`` by which measuring ends, see :func:`loadtests.runner.execute`; ``target``: run against
+    that endpoint instead of starting servers)."""
     return RunConfig(
         scenarios=[],
         transports=[],
@@ -290,7 +297,19 @@ def matrix_config(
         server_settings=dict(server_settings or {}),
         out_dir=out,
         deadline=deadline,
+        targets=dict(target.urls) if target is not None else {},
+        ca_path=target.ca_path if target is not None else None,
+        api_key=target.api_key if target is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class Target:
+    """An endpoint of someone else's a matrix runs against: server protocol → URL, its CA, its key."""
+
+    urls: Mapping[str, str]
+    ca_path: str | None = None
+    api_key: str | None = None
 
 
 def run_matrix(
@@ -301,13 +320,16 @@ def run_matrix(
     quiet: bool = True,
     server_settings: Mapping[str, Any] | None = None,
     deadline: float | None = None,
+    target: Target | None = None,
     **record: Unpack[BenchInfo],
 ) -> RunDir:
     """Run every group's cells in one interleaved execution and write the run directory ``out``; its
     run.json holds ``bench`` (:func:`matrix_record`, with ``record``'s entries) and, if ``deadline`` dropped
-    rounds, ``trimmed``."""
+    rounds, ``trimmed``. ``target``: against that endpoint, starting no server."""
     t0 = time.perf_counter()
-    config = matrix_config(out, argv=argv, quiet=quiet, server_settings=server_settings, deadline=deadline)
+    config = matrix_config(
+        out, argv=argv, quiet=quiet, server_settings=server_settings, deadline=deadline, target=target
+    )
     cells = matrix_cells(groups, config)
     if not quiet:
         print(
@@ -386,17 +408,128 @@ def bench(
     return latest
 
 
-def cmd_bench(args: Any) -> int:
-    """``turnbench bench``: see :func:`bench`."""
-    latest = bench(
-        quick=args.quick,
-        out_root=args.out,
-        argv=sys.argv,
-        quiet=args.quiet,
-        migration_runtime=args.migration_runtime,
-        budget_s=getattr(args, "budget_s", BUDGET_S) or None,
-        run_extras=getattr(args, "extras", True),
+def target_groups(found: probe.ProbeResult, *, quick: bool) -> list[Group]:
+    """The matrix against an endpoint of someone else's: each transport it answers × the states it keeps
+    (:func:`loadtests.execution.probe.supported_states`), agent-20 (quick: agent-5) at concurrency 1."""
+    states = probe.supported_states(found)
+    if not states:
+        raise ValueError("the endpoint answers neither streamed HTTPS responses nor WebSocket mode: nothing to run")
+    sizing = _size(3, 3, 1) if quick else _size(6, 3, 1)
+    typed: dict[str, tuple[State, ...]] = {t: tuple(cast(State, s) for s in v) for t, v in states.items()}
+    return [
+        Group(scenario="agent-5" if quick else "agent-20", profile=None, concurrency=1, states=typed, sizing=sizing)
+    ]
+
+
+def not_run(found: probe.ProbeResult, groups: Sequence[Group]) -> list[dict[str, str]]:
+    """What the matrix and the report could not run against the endpoint, and why: the main cells it lacks
+    (``https/store``, ``ws/connection`` …) and what turnbench measures only on its own servers."""
+    ran = {f"{t}/{s}" for g in groups for t, states in g.states.items() for s in states}
+    out: list[dict[str, str]] = []
+    needs = {
+        "https/full": ("https_stream",),
+        "https/store": ("https_stream", "store", "https_continuation"),
+        "ws/full": ("ws",),
+        "ws/connection": ("ws", "ws_continuation"),
+        "ws/store": ("ws", "ws_continuation", "store", "https_continuation"),
+    }
+    for cell, caps in needs.items():
+        if cell not in ran:
+            why = "; ".join(found.why_not(c) for c in caps if not found.offers(c)) or "not offered"
+            out.append({"what": f"matrix cell {cell}", "why": why})
+    out.append({"what": "matrix cells over gRPC", "why": "the probe tries HTTPS and WebSocket mode only"})
+    if not found.offers("stage_timings"):
+        out.append(
+            {
+                "what": "where the time went (server stages)",
+                "why": "no stage timings: " + found.findings["stage_timings"].evidence,
+            }
+        )
+    if not found.offers("usage"):
+        out.append({"what": "token counts and tokens/s", "why": "no usage: " + found.findings["usage"].evidence})
+    out.append(
+        {
+            "what": "ablations, option A, calibration, migration cost at run time",
+            "why": "they switch turnbench's own server settings or run its own servers",
+        }
     )
+    for extra in extras.all_extras():
+        reasons = extras.cannot_run(extra, found)
+        if reasons:
+            out.append({"what": extra.title, "why": "; ".join(reasons)})
+    return out
+
+
+def bench_target(
+    target: Target,
+    *,
+    quick: bool = False,
+    out_root: Path = Path("reports"),
+    argv: Sequence[str] = (),
+    quiet: bool = False,
+    run_extras: bool = True,
+    timeout_s: float = 20.0,
+) -> Path:
+    """``turnbench bench --target``: probe the endpoint (``target.json`` of the run directory: the findings and
+    what could not run, written before anything is measured), run the matrix of the transports and states it
+    offers, then the extras it can take (the others' files say what it lacks), render the report (a rendering
+    failure leaves ``report.log``, never loses the data) and copy it all to ``out_root/latest``. Returns: latest.
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = out_root / "runs" / f"{stamp}-bench-target{'-quick' if quick else ''}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    eps = probe.target_endpoints(target.urls, ca_path=target.ca_path, api_key=target.api_key)
+    if not quiet:
+        print(f"bench: probing {', '.join(f'{k}={v}' for k, v in target.urls.items())}", file=sys.stderr)
+    found = probe.probe(eps, timeout_s=timeout_s, inflight_bound=64)
+    groups = target_groups(found, quick=quick)
+    skipped = not_run(found, groups)
+    write_json(run_dir / "target.json", {"probe": found.to_json(), "not_run": skipped})
+    if not quiet:
+        print(probe.format_table(found), file=sys.stderr)
+    urls = dict(target.urls)
+    if "ws" in groups[0].states and "ws" not in urls:  # served beside HTTPS, at the same address
+        urls["ws"] = urls["https"]
+    by_server = probe.target_endpoints(urls, ca_path=target.ca_path, api_key=target.api_key)
+    run_matrix(
+        groups,
+        run_dir,
+        argv=argv,
+        quiet=quiet,
+        target=dataclasses.replace(target, urls=urls),
+        quick=quick,
+        budget_s=None,
+    )
+    if run_extras:
+        extras.run_extras(run_dir, quick=quick, quiet=quiet, target=(found, by_server))
+    try:
+        report.write_report(run_dir)
+    except Exception:  # the measured run is on disk whatever happens here; say why it has no report
+        (run_dir / "report.log").write_text(traceback.format_exc(), encoding="utf-8")
+    latest = out_root / "latest"
+    if latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(run_dir, latest)
+    if not quiet:
+        print(f"bench: {time.perf_counter() - t0:.0f} s; report: {latest / 'report.html'} (copy: {run_dir})")
+    return latest
+
+
+def cmd_bench(args: Any) -> int:
+    """``turnbench bench``: see :func:`bench` (and :func:`bench_target` with ``--target``)."""
+    if getattr(args, "target", None):
+        urls = probe.parse_targets(args.target)
+        latest = bench_target(
+            Target(urls=urls, ca_path=args.ca, api_key=args.api_key),
+            quick=args.quick,
+            out_root=args.out,
+            argv=sys.argv,
+            quiet=args.quiet,
+            run_extras=getattr(args, "extras", True),
+        )
+    else:
+        latest = _bench_from_args(args)
     print(latest / "report.html")
     if (latest / "report.log").is_file():
         print(
@@ -406,3 +539,15 @@ def cmd_bench(args: Any) -> int:
         )
         return 1
     return 0
+
+
+def _bench_from_args(args: Any) -> Path:
+    return bench(
+        quick=args.quick,
+        out_root=args.out,
+        argv=sys.argv,
+        quiet=args.quiet,
+        migration_runtime=args.migration_runtime,
+        budget_s=getattr(args, "budget_s", BUDGET_S) or None,
+        run_extras=getattr(args, "extras", True),
+    )

@@ -77,7 +77,9 @@ __all__ = [
 ]
 
 BASELINE_VERSION = 2
-MetricKind = Literal["stage", "process", "ratio", "cpu"]
+MetricKind = Literal["stage", "process", "ratio", "cpu", "turn", "median", "tail", "bytes"]
+"""The stored gate's kinds (stage, process, ratio, cpu) and the target gate's (ratio, turn, median, tail, bytes:
+:mod:`loadtests.commands.gate_target`)."""
 TOLERANCES: dict[str, float] = {"stage": 0.30, "process": 0.30, "ratio": 0.25, "cpu": 1.0}
 CPU_FLOOR_MS = 0.5
 """A CPU metric fails only if it rose by more than this much CPU per turn."""
@@ -316,9 +318,10 @@ def judge(
     current: Mapping[str, Metric], baseline: Mapping[str, Metric], tolerances: Mapping[str, float] = TOLERANCES
 ) -> tuple[pd.DataFrame, bool]:
     """One row per metric: baseline, current with CI (stage and process CPU divided by the cell's speed
-    factor, :func:`speed_factors`, shown as ``speed``), change %, the limit, and a status — ``REGRESSED``
-    (the CI is above base·(1+tol) and above base + floor), ``MISSING`` (measured in the baseline, not now),
-    ``improved`` (the CI is below base/(1+tol) and below base − floor), ``new`` or ``ok``.
+    factor, :func:`speed_factors`, shown as ``speed``), change %, the limit (the higher of base·(1+tol) and
+    base + floor), and a status — ``REGRESSED`` (the CI is above base·(1+tol) and above base + floor),
+    ``MISSING`` (measured in the baseline, not now), ``improved`` (the CI is below base/(1+tol) and below
+    base − floor), ``new`` or ``ok``.
     Returns: (table, passed)."""
     speeds = speed_factors(current, baseline)
     rows = []
@@ -346,7 +349,7 @@ def judge(
             lo=lo,
             hi=hi,
             speed=speed,
-            limit=b * (1 + tol),
+            limit=max(b * (1 + tol), b + floor),  # both must be passed to fail
             change_pct=(v / b - 1) * 100 if b else math.nan,
             status=status,
         )
@@ -475,8 +478,9 @@ def machine_summary(run: RunDir) -> MachineSummary:
     return {"background": window, "contended": contention(window), "isolation": run.meta.get("isolation")}
 
 
-def machine_text(summary: MachineSummary, *, paired: bool = False) -> str:
-    """One line on the machine: other processes' CPU, idle cores, CPU pressure, and what that means here."""
+def machine_text(summary: MachineSummary, *, paired: bool = False, consequence: str | None = None) -> str:
+    """One line on the machine: other processes' CPU, idle cores, CPU pressure, and what that means here
+    (``consequence``: in the caller's words, else the stored or the paired gate's)."""
     bg = summary.get("background")
     if not bg:
         return "machine: background load not recorded"
@@ -488,9 +492,12 @@ def machine_text(summary: MachineSummary, *, paired: bool = False) -> str:
         text += f", some task waited for a CPU {bg['pressure']:.0%} of the time"
     if summary.get("contended"):
         text += f" → CONTENDED ({summary['contended']}): rollout times include waiting for a CPU; " + (
-            "both arms ran in the same rounds, so it weighed on each alike"
-            if paired
-            else "CPU figures are judged after each cell's speed factor, as usual"
+            consequence
+            or (
+                "both arms ran in the same rounds, so it weighed on each alike"
+                if paired
+                else "CPU figures are judged after each cell's speed factor, as usual"
+            )
         )
     return text
 

@@ -13,6 +13,7 @@ process's user + system time (psutil), in ms.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import statistics
@@ -42,10 +43,29 @@ CPU_TICK_MS = 10.0
 
 
 async def open_ws(ep: Endpoint) -> ClientConnection:
-    """A WebSocket-mode connection to ``ep``, as the SDK opens one (no compression, no frame size limit); TLS
-    with the endpoint's CA when it has one."""
-    ssl = load_ca(ep.ca_path) if ep.ca_path is not None else None
-    return await connect(f"{ep.url}/responses", ssl=ssl, compression=None, max_size=None)
+    """A WebSocket-mode connection to ``ep``, as the SDK opens one (no compression, no frame size limit); an
+    ``http(s)://`` endpoint (a target serving both on one port) is opened as ``ws(s)://``."""
+    url = ep.url
+    for http, ws in (("https://", "wss://"), ("http://", "ws://")):
+        if url.startswith(http):
+            url = ws + url[len(http) :]
+    ctx = load_ca(ep.ca_path) if ep.tls and ep.ca_path else None
+    headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
+    return await connect(f"{url}/responses", ssl=ctx, additional_headers=headers, compression=None, max_size=None)
+
+
+_TARGETS: contextvars.ContextVar[Mapping[str, Endpoint] | None] = contextvars.ContextVar("targets", default=None)
+
+
+@contextlib.contextmanager
+def against(endpoints: Mapping[str, Endpoint] | None) -> Iterator[None]:
+    """Within it, :func:`running_servers` hands out these endpoints (server protocol → endpoint: an endpoint of
+    someone else's, ``turnbench bench --target``) instead of starting servers; None: start them as usual."""
+    token = _TARGETS.set(endpoints)
+    try:
+        yield
+    finally:
+        _TARGETS.reset(token)
 
 
 async def next_event(ws: Connection) -> dict[str, Any]:
@@ -56,7 +76,15 @@ async def next_event(ws: Connection) -> dict[str, Any]:
 @contextlib.contextmanager
 def running_servers(servers: Sequence[str], profile: str) -> Iterator[dict[str, Endpoint]]:
     """Server processes for one measurement (:func:`start_servers`), in a temporary folder, stopped on the way out;
-    one that then exits with a non-zero status (it crashed, or failed to drain) raises :class:`ServerError`."""
+    one that then exits with a non-zero status (it crashed, or failed to drain) raises :class:`ServerError`.
+    Within :func:`against`, the endpoints given there instead (nothing is started or stopped)."""
+    targets = _TARGETS.get()
+    if targets is not None:
+        missing = [s for s in servers if s not in targets]
+        if missing:
+            raise ServerError(f"the target has no {', '.join(missing)} endpoint")
+        yield {s: targets[s] for s in servers}
+        return
     with tempfile.TemporaryDirectory(prefix="turnbench-wsmode-") as tmp:
         eps = start_servers(servers, Path(tmp), profile)
         try:
@@ -134,6 +162,26 @@ def profile_text(profile: str) -> str:
     """``the simulated `fast` profile (~1,000 tok/s)``: a profile's name and speed, for a sentence."""
     p = PROFILES.get(profile)
     return f"the `{profile}` profile" if p is None else f"the simulated `{profile}` profile ({p.rate_text})"
+
+
+def server_text(data: Mapping[str, Any], what: str = "one WebSocket-mode server process") -> str:
+    """``one WebSocket-mode server process at the simulated `fast` profile (…)``, or, for a measurement made
+    against an endpoint of someone else's (its ``target``), ``the endpoint `URL```."""
+    target = data.get("target")
+    if target:
+        return "the endpoint " + ", ".join(f"`{url}`" for url in dict.fromkeys(dict(target).values()))
+    return f"{what} at {profile_text(str(data['parameters']['profile']))}"
+
+
+def setting_text(data: Mapping[str, Any]) -> str:
+    """The caveat on where it ran: :data:`LOOPBACK` for turnbench's own servers; for an endpoint of someone
+    else's (its ``target``), that its network, its model and its own work are all in the numbers."""
+    if data.get("target"):
+        return (
+            "Measured from this machine against the endpoint named above: its network, its model (real or "
+            "simulated) and its own work per request are all in these numbers."
+        )
+    return LOOPBACK
 
 
 LOOPBACK = (

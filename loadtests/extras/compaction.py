@@ -21,7 +21,7 @@ import pandas as pd
 from loadtests.analysis.estimators import bootstrap_ci, finite, ratio_ci
 from loadtests.execution.plan import Collected, RunConfig, plan_cells
 from loadtests.extras.common import LOOPBACK, PROFILE, as_float, ci_range, ci_text, profile_text
-from loadtests.extras.registry import Extra, ExtraResult
+from loadtests.extras.registry import OWN_SERVERS, Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number
 from loadtests.present.plots import bytes_over_rollout
 from loadtests.runs import runner
@@ -344,6 +344,8 @@ EXTRA = Extra(
     "python scripts/compaction.py",
     (10.0, 25.0),  # 14 s and 33 s measured on a busy 2-core machine (load 4): three servers start side by side
     plot,
+    needs=(OWN_SERVERS,),
+    own_why="it starts turnbench's servers and reads the tokens they render for each turn",
 )
 """This measurement as a section of ``turnbench bench``; ``est_s`` for a quiet 2-core machine (server start-up
 included)."""

@@ -46,7 +46,7 @@ import pandas as pd
 from clients.agent import Toolbox, run_rollout
 from clients.base import ResponsesClient, RolloutResult, TurnRecorder, TurnResult, make_client
 from loadtests.execution.procs import Endpoint, start_redis_server, start_server_process, stop_endpoints
-from loadtests.extras.registry import Extra, ExtraResult, Unavailable
+from loadtests.extras.registry import OWN_SERVERS, Extra, ExtraResult, Unavailable
 from loadtests.present.doc import Doc, round_frame
 from loadtests.workload.scenarios import State
 
@@ -381,4 +381,6 @@ EXTRA = Extra(
     render=render,
     command="python scripts/cross_host.py",
     est_s=(14.0, 30.0),  # measured with both stores on a 2-core machine: quick 13 s, full 26–30 s
+    needs=(OWN_SERVERS,),
+    own_why="two server hosts sharing a Redis or SQLite store, which it starts",
 )

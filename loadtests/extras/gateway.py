@@ -37,7 +37,7 @@ from loadtests.execution.plan import Cell
 from loadtests.execution.procs import Endpoint, start_server_process, stop_endpoints
 from loadtests.extras.common import as_float, ci_range, ci_text, median_of, ms_text, profile_text
 from loadtests.extras.fanout import fork_out
-from loadtests.extras.registry import Extra, ExtraResult, Unavailable
+from loadtests.extras.registry import OWN_SERVERS, Extra, ExtraResult, Unavailable
 from loadtests.present.doc import Doc, format_number, round_frame
 from loadtests.runs.runner import one_rollout
 from loadtests.workload.scenarios import State, load_scenario
@@ -401,6 +401,8 @@ EXTRA = Extra(
     render=render,
     command="python scripts/gateway.py",
     est_s=(30.0, 90.0),
+    needs=(OWN_SERVERS,),
+    own_why="it starts the gateway and turnbench's upstream itself, beside turnbench's own servers",
 )
 
 __all__ = ["EXTRA", "SIZES", "measure", "render", "summarize", "transfers"]

@@ -14,6 +14,13 @@ answer, one orchestrator fanning out to sub-agents, a warmed-up first turn. Each
 An extra that cannot run on this machine raises :class:`Unavailable` (no ``redis-server``): its file says why
 and so does the report. One that fails is recorded with its error and the report says so; the others still run.
 On a budget (``deadline``) an extra whose estimated time no longer fits is skipped, and its section says so.
+
+Against an endpoint of someone else's (``turnbench bench --target``), each extra declares what it needs
+(:attr:`Extra.needs`: capabilities as :mod:`loadtests.execution.probe` names them, and :data:`OWN_SERVERS` for
+one that measures what only a server it starts can show: its process's CPU, a Redis store between two hosts).
+:func:`cannot_run` compares that with the probe's findings; an extra the endpoint cannot take is not run, its
+file says why (``not_offered``) and so does the report. The others run against the endpoint
+(:func:`loadtests.extras.common.against`).
 """
 
 from __future__ import annotations
@@ -24,15 +31,31 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from loadtests.execution.probe import ProbeResult
+from loadtests.execution.procs import Endpoint
+from loadtests.extras.common import against
 from loadtests.present.doc import Doc
 from loadtests.runs.rundir import write_json
 
-__all__ = ["EXTRA_MODULES", "Extra", "ExtraResult", "Unavailable", "add_sections", "all_extras", "run_extras"]
+__all__ = [
+    "EXTRA_MODULES",
+    "OWN_SERVERS",
+    "Extra",
+    "ExtraResult",
+    "Unavailable",
+    "add_sections",
+    "all_extras",
+    "cannot_run",
+    "run_extras",
+]
+
+OWN_SERVERS = "own_servers"
+"""A need no endpoint of someone else's meets: the extra starts its servers to measure what only they show."""
 
 log = logging.getLogger("turnbench.extras")
 
@@ -47,8 +70,9 @@ class ExtraResult(TypedDict, total=False):
     An extra fills some of ``parameters`` (what it ran with), ``rounds`` (one row per round and way, raw
     values), ``medians`` and ``means`` (per way, or per value), ``rows``, ``hydration_cost`` and
     ``stores_unavailable`` (:mod:`~loadtests.extras.crosshost`), ``cells`` (:mod:`~loadtests.extras.compaction`).
-    :func:`run_extras` adds ``wall_s`` (seconds it took) and, in place of the data, ``skipped``, ``unavailable``
-    or ``error`` (with its ``traceback``): why there is none.
+    :func:`run_extras` adds ``wall_s`` (seconds it took), ``target`` (transport → URL, when it ran against an
+    endpoint of someone else's) and, in place of the data, ``skipped``, ``unavailable``, ``not_offered`` (what
+    the endpoint lacks, one reason each) or ``error`` (with its ``traceback``): why there is none.
     """
 
     parameters: dict[str, Any]
@@ -61,6 +85,8 @@ class ExtraResult(TypedDict, total=False):
     cells: list[dict[str, Any]]
     skipped: str
     unavailable: str
+    not_offered: list[str]
+    target: dict[str, str]
     error: str
     traceback: str
     wall_s: float
@@ -71,7 +97,9 @@ class Extra:
     """One measurement beyond the matrix (see the module docstring).
 
     ``est_s``: its rough time in seconds on a quiet 2-core machine, (quick, full), for the budget.
-    ``plot``: draws its figure into the path given, returns the caption (None: the data allow none).
+    ``plot``: draws its figure into the path given, returns the caption (None: the data allow none). ``needs``:
+    the capabilities an endpoint must offer for it to run there (:data:`OWN_SERVERS`: it runs only against the
+    servers it starts), ``own_why`` what it measures that only those show.
     """
 
     name: str
@@ -81,6 +109,20 @@ class Extra:
     command: str
     est_s: tuple[float, float]
     plot: Callable[[ExtraResult, Path], str | None] | None = None
+    needs: tuple[str, ...] = ()
+    own_why: str = ""
+
+
+def cannot_run(extra: Extra, found: ProbeResult) -> list[str]:
+    """Why ``extra`` cannot run against the probed endpoint, one reason per missing need (``no lanes``, …);
+    empty when it can."""
+    out = []
+    for need in extra.needs:
+        if need == OWN_SERVERS:
+            out.append(f"it runs only against servers it starts: {extra.own_why or 'it measures their process'}")
+        elif not found.offers(need):
+            out.append(found.why_not(need))
+    return out
 
 
 EXTRA_MODULES: tuple[str, ...] = (
@@ -107,10 +149,13 @@ def run_extras(
     deadline: float | None = None,
     quiet: bool = True,
     only: Sequence[str] | None = None,
+    target: tuple[ProbeResult, Mapping[str, Endpoint]] | None = None,
 ) -> dict[str, str]:
     """Measure every extra (``only``: those named) into ``run_dir/<name>.json``. ``deadline``: the
     ``time.monotonic()`` by which they must be done; an extra whose estimate no longer fits is skipped.
-    Returns: name → outcome (``ok``, ``unavailable``, ``skipped``, ``error``)."""
+    ``target``: an endpoint of someone else's (the probe's findings, its endpoints by server protocol): an
+    extra runs against it if it offers what the extra needs, else its file says what is missing.
+    Returns: name → outcome (``ok``, ``unavailable``, ``not_offered``, ``skipped``, ``error``)."""
     outcomes: dict[str, str] = {}
     for extra in all_extras():
         if only is not None and extra.name not in only:
@@ -119,14 +164,21 @@ def run_extras(
         left = None if deadline is None else deadline - time.monotonic()
         t0 = time.perf_counter()
         data: ExtraResult
-        if left is not None and left < est:
+        missing = cannot_run(extra, target[0]) if target is not None else []
+        if missing:
+            data = {"not_offered": missing}
+            outcome = "not_offered"
+        elif left is not None and left < est:
             data = {"skipped": f"the time budget had {max(0.0, left):.0f} s left; it needs ~{est:.0f} s"}
             outcome = "skipped"
         else:
             if not quiet:
                 print(f"bench: {extra.title} (~{est:.0f} s)", flush=True)
             try:
-                data = {**extra.measure(quick)}
+                with against(target[1] if target is not None else None):
+                    data = {**extra.measure(quick)}
+                if target is not None:
+                    data["target"] = {k: ep.url for k, ep in target[1].items()}
                 outcome = "ok"
             except Unavailable as exc:
                 data, outcome = {"unavailable": str(exc)}, "unavailable"
@@ -158,7 +210,10 @@ def _section(d: Doc, extra: Extra, run_dir: Path, out: Path) -> None:
         d.p(f"*Not measured in this run: `turnbench bench` measures it, `{extra.command}` alone.*")
         return
     data: ExtraResult = json.loads(path.read_text(encoding="utf-8"))
-    if "unavailable" in data:
+    if "not_offered" in data:
+        d.p("*Not measured: the endpoint cannot take it:*")
+        d.bullets(data["not_offered"])
+    elif "unavailable" in data:
         d.p(f"*Not measured: this machine cannot run it ({data['unavailable']}).*")
     elif "skipped" in data:
         d.p(f"*Skipped to keep the time budget ({data['skipped']}); `{extra.command}` measures it alone.*")

@@ -17,7 +17,6 @@ from websockets.asyncio.connection import Connection
 from loadtests.execution.procs import Endpoint
 from loadtests.extras.common import (
     FIX,
-    LOOPBACK,
     PROFILE,
     TASK,
     as_float,
@@ -26,8 +25,9 @@ from loadtests.extras.common import (
     next_event,
     open_ws,
     per_way,
-    profile_text,
     running_servers,
+    server_text,
+    setting_text,
 )
 from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number, round_frame
@@ -169,7 +169,7 @@ def render(doc: Doc, data: ExtraResult) -> None:
     p, med, rows = data["parameters"], data["medians"], data["rounds"]
     doc.p(
         f"A user corrects an agent while its answer streams. Per round an answer of {p['answer_tokens']} tokens "
-        f"streams from one WebSocket-mode server process at {profile_text(p['profile'])}; once "
+        f"streams from {server_text(data)}; once "
         f"{p['after']} tokens have arrived the correction is sent, two ways, interleaved round by round:"
     )
     doc.bullets(
@@ -190,10 +190,10 @@ def render(doc: Doc, data: ExtraResult) -> None:
         "values are in `steering.json`."
     )
     doc.p(
-        f"Caveats: {LOOPBACK} A real network adds a round trip to both ways and a TCP + TLS handshake (one to two "
-        "more round trips) to re-creating. After a close the server may generate a few more tokens before it "
-        "notices; the client never sees them, so they are not counted. The conversation here is one short "
-        "message: a real one re-sent whole would cost re-creating more prefill."
+        f"Caveats: {setting_text(data)} A real network adds a round trip to both ways and a TCP + TLS handshake "
+        "(one to two more round trips) to re-creating. After a close the server may generate a few more tokens "
+        "before it notices; the client never sees them, so they are not counted. The conversation here is one "
+        "short message: a real one re-sent whole would cost re-creating more prefill."
     )
     df = pd.DataFrame(
         {
@@ -223,6 +223,7 @@ EXTRA = Extra(
     render,
     "python scripts/steer_bench.py",
     (5.0, 11.0),  # 4.1 s, 10.3 s measured
+    needs=("ws", "steer", "usage"),
 )
 """This measurement as a section of ``turnbench bench``; ``est_s`` measured on a quiet 2-core machine (server
 start-up included)."""

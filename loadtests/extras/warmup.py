@@ -19,15 +19,15 @@ from clients.agent import Toolbox
 from loadtests.execution.procs import Endpoint
 from loadtests.extras.common import (
     DELTAS,
-    LOOPBACK,
     PROFILE,
     as_float,
     median_of,
     ms_text,
     next_event,
     open_ws,
-    profile_text,
     running_servers,
+    server_text,
+    setting_text,
 )
 from loadtests.extras.registry import Extra, ExtraResult
 from loadtests.present.doc import Doc, format_number, round_frame
@@ -123,13 +123,12 @@ def render(doc: Doc, data: ExtraResult) -> None:
         "An agent's first request carries its instructions and tool definitions before the task. WebSocket mode "
         "lets a client send them ahead, as `response.create` with `generate: false` (the server prepares the "
         "state and the model prefills it; nothing is generated), then start the first real turn from that "
-        f"response (`previous_response_id`). Per round ({p['rounds']} rounds at {profile_text(p['profile'])}, with "
+        f"response (`previous_response_id`). Per round ({p['rounds']} rounds, with "
         f"{p['instructions_kb']:g} KB of instructions and the agent's {p['tools']} tool definitions), each on a "
-        "fresh connection to one "
-        "WebSocket-mode server process: **cold**, the first turn as usual (instructions, tools and task in one "
-        "request); **warmed**, the `generate: false` request first, then the first turn. Instructions are not "
-        "inherited through `previous_response_id`, so the warmed turn sends them again, as a Responses client "
-        "does every turn, and the server finds them prefilled."
+        f"fresh connection to {server_text(data)}: **cold**, the first turn as usual (instructions, tools and "
+        "task in one request); **warmed**, the `generate: false` request first, then the first turn. "
+        "Instructions are not inherited through `previous_response_id`, so the warmed turn sends them again, "
+        "as a Responses client does every turn, and the server finds them prefilled."
     )
     doc.p(
         "*TTFT*: ms from sending the first turn to its first token (medians). *cached tokens*: of the turn's "
@@ -139,8 +138,8 @@ def render(doc: Doc, data: ExtraResult) -> None:
         "first token, so the engine's prefix cache serves no request from another."
     )
     doc.p(
-        f"Caveats: {LOOPBACK} What warming saves is the prefill of the instructions and tools, so it grows with "
-        "their size and the model's prefill speed; a server without a connection-local KV state saves less."
+        f"Caveats: {setting_text(data)} What warming saves is the prefill of the instructions and tools, so it "
+        "grows with their size and the model's prefill speed; a server without a connection-local KV state saves less."
     )
     df = pd.DataFrame(  # object columns: None (not applicable) shows as "—", numbers as doc.cell_text rounds them
         {
@@ -170,6 +169,7 @@ EXTRA = Extra(
     render,
     "python scripts/warmup.py",
     (2.5, 4.5),  # 1.8 s, 3.8 s measured
+    needs=("ws", "ws_continuation", "generate_false", "usage"),
 )
 """This measurement as a section of ``turnbench bench``; ``est_s`` measured on a quiet 2-core machine (server
 start-up included)."""

@@ -22,6 +22,7 @@ from loadtests.analysis.headline import BASELINES
 from loadtests.analysis.records import Calibration, CellDecomposition
 from loadtests.analysis.summary import RunSummary
 from loadtests.analysis.verdict import CLAIM, Verdict
+from loadtests.execution import probe
 from loadtests.extras import registry as extras
 from loadtests.present import plots
 from loadtests.present.doc import Doc, format_number, round_frame
@@ -101,7 +102,7 @@ def _headline_view(h: pd.DataFrame) -> pd.DataFrame:
     cols = ["scenario", "profile", "tool calls", "cell", "median ms", "n"]
     for base_t, base_s in BASELINES:
         cols += [f"{base_t}/{base_s} ms", f"vs {base_t}/{base_s}: ratio [95% CI]", f"vs {base_t}/{base_s}: predicted"]
-    return pd.DataFrame(list(rows.values())).reindex(columns=cols).fillna("—")
+    return pd.DataFrame(list(rows.values())).reindex(columns=cols).astype(object).fillna("—")
 
 
 def _ablation_view(a: pd.DataFrame) -> pd.DataFrame:
@@ -439,6 +440,29 @@ def _all_cells_section(d: Doc, summary: RunSummary) -> None:
     d.table(round_frame(cell_table(summary.cells)), empty="No cells.")
 
 
+def _target_section(d: Doc, path: Path) -> None:
+    """A run against an endpoint of someone else's (``turnbench bench --target``): what could not run and why,
+    then what the probe found."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    found = probe.ProbeResult.from_json(data["probe"])
+    d.h2("The endpoint: what it offers, what could not run")
+    d.p("Run against " + ", ".join(f"`{k}` = `{v}`" for k, v in found.targets.items()) + ".")
+    skipped = data.get("not_run") or []
+    if skipped:
+        d.p("**Could not run against this endpoint:**")
+        d.bullets([f"{s['what']}: {s['why']}" for s in skipped])
+    d.p("What `turnbench probe` found (each capability tried, judged from what came back):")
+    d.table(
+        pd.DataFrame(
+            [
+                {"capability": probe.CAPABILITIES.get(f.capability, f.capability), "offered": f.offered,
+                 "evidence": f.evidence}
+                for f in found.findings.values()
+            ]
+        )
+    )  # fmt: skip
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
@@ -488,6 +512,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         f"Run `{run.path}`, {run.meta.get('created_at', 'date unknown')}, commit "
         f"`{str(run.meta.get('git_commit', '?'))[:12]}`{' (dirty)' if run.meta.get('git_dirty') else ''}."
     )
+    target = run.path / "target.json"
+    if target.is_file():
+        d.section("The endpoint: what it offers, what could not run", lambda: _target_section(d, target))
     if summary is not None:
         s = summary
         d.section("Headline: end-to-end rollout time against HTTPS", lambda: _headline_section(d, run, s))
