@@ -77,6 +77,7 @@ class Verdict:
     agree: bool | None  # measured and predicted agree (None: no prediction)
     caveats: list[str] = field(default_factory=list)
     caveat_kinds: list[str] = field(default_factory=list)  # one per caveat: a report lists each kind once
+    on_target: bool = False  # measured against servers of someone else's (--target): their model, not the profile
 
     @property
     def figure(self) -> Interval:
@@ -96,9 +97,10 @@ class Verdict:
             else (" — the measured figure stands" if self.agree is False else "")
         )
         answer = "inconclusive" if self.answer == "inconclusive" else f"the claim {self.answer}"
+        where = "against the endpoint's own model (`--target`)" if self.on_target else f"at `{self.profile}`"
         return (
-            f"**{label}: {answer}** on `{self.scenario}` ({self.tool_calls} tool calls) at "
-            f"`{self.profile}`, concurrency {self.concurrency}: `ws/connection` vs `https/full` rollout time measured "
+            f"**{label}: {answer}** on `{self.scenario}` ({self.tool_calls} tool calls) {where}, "
+            f"concurrency {self.concurrency}: `ws/connection` vs `https/full` rollout time measured "
             f"{interval_text(self.measured)}{pred}{which}; {self.size}. "
             f"(n = {self.n} and {self.n_base} rollouts; change in median rollout time, 95% CI)"
         )
@@ -216,7 +218,16 @@ def _row_verdict(row: Mapping[str, Any], meta: Mapping[str, Any]) -> Verdict:
         agree=agree,
         caveats=list(caveats.values()),
         caveat_kinds=list(caveats),
+        on_target=on_target(meta),
     )
+
+
+def on_target(meta: Mapping[str, Any]) -> bool:
+    """Whether the run's HTTPS and WebSocket cells went to servers it did not start (``run.json["servers"]``,
+    kind ``target``): the model behind them is theirs, whatever profile the scenario names."""
+    servers = [s for s in (meta.get("servers") or {}).values() if isinstance(s, Mapping)]
+    kinds = {str(s.get("kind")) for s in servers if s.get("server") in ("https", "ws")}
+    return kinds == {"target"}
 
 
 def verdicts(headline: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[Verdict]:

@@ -150,3 +150,14 @@ def test_size_follows_the_estimate_and_each_caveat_kind_is_listed_once() -> None
     report._verdict_section(d, [first, second], {})
     text = d.markdown(Path("."))
     assert text.count("Indicative only") == 1 and text.count("load generator saturated") == 1
+
+
+def test_a_run_against_targets_names_their_model_not_the_profile() -> None:
+    """Against servers the run did not start, the scenario's profile says nothing about the model behind them."""
+    targets = {"servers": {"https/fast/tls": {"server": "https", "kind": "target"},
+                           "ws/fast/tls": {"server": "ws", "kind": "target"}}}  # fmt: skip
+    (v,) = verdicts([_row((33.0, 29.0, 38.0), None)], {**_meta(), **targets})
+    assert v.on_target and "against the endpoint's own model (`--target`)" in v.line() and "`fast`" not in v.line()
+    mixed = {"servers": {"a": {"server": "https", "kind": "process"}, "b": {"server": "ws", "kind": "target"}}}
+    (w,) = verdicts([_row((33.0, 29.0, 38.0), None)], {**_meta(), **mixed})
+    assert not w.on_target and "at `fast`" in w.line()
