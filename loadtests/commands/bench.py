@@ -395,6 +395,12 @@ def bench(
     write_json(run_dir / "migration.json", migration.migration_report(runtime=runtime))
     if run_extras:
         extras.run_extras(run_dir, quick=quick, deadline=end - REPORT_S if end is not None else None, quiet=quiet)
+    return _report_and_publish(run_dir, out_root, t0, quiet=quiet)
+
+
+def _report_and_publish(run_dir: Path, out_root: Path, t0: float, *, quiet: bool) -> Path:
+    """Render the report of ``run_dir`` (a failure leaves ``report.log``, never a lost run), copy the run to
+    ``out_root/latest/`` (replaced) and return that."""
     try:
         report.write_report(run_dir)
     except Exception:  # the measured run is on disk whatever happens here; say why it has no report
@@ -503,17 +509,7 @@ def bench_target(
     )
     if run_extras:
         extras.run_extras(run_dir, quick=quick, quiet=quiet, target=(found, by_server))
-    try:
-        report.write_report(run_dir)
-    except Exception:  # the measured run is on disk whatever happens here; say why it has no report
-        (run_dir / "report.log").write_text(traceback.format_exc(), encoding="utf-8")
-    latest = out_root / "latest"
-    if latest.exists():
-        shutil.rmtree(latest)
-    shutil.copytree(run_dir, latest)
-    if not quiet:
-        print(f"bench: {time.perf_counter() - t0:.0f} s; report: {latest / 'report.html'} (copy: {run_dir})")
-    return latest
+    return _report_and_publish(run_dir, out_root, t0, quiet=quiet)
 
 
 def cmd_bench(args: Any) -> int:
