@@ -39,6 +39,7 @@ from loadtests.extras.common import as_float, ci_range, ci_text, median_of, ms_t
 from loadtests.extras.fanout import fork_out
 from loadtests.extras.registry import OWN_SERVERS, Extra, ExtraResult, Unavailable
 from loadtests.present.doc import Doc, format_number, round_frame
+from loadtests.present.plots import headline_ratios
 from loadtests.runs.runner import one_rollout
 from loadtests.workload.scenarios import State, load_scenario
 from turnbench.state import UsageLog
@@ -390,6 +391,31 @@ def render(doc: Doc, data: ExtraResult) -> None:
             doc.p(f"Fan-out of {p['subagents']} forks (median of {p['fan_rounds']} rounds): " + "; ".join(parts) + ".")
 
 
+def plot(data: ExtraResult, path: Path) -> str | None:
+    """Each way's median rollout time ÷ https/full's on the same implementation, with its interval, per profile:
+    the study's answer at a glance. None when no ratio is finite."""
+    p, meds = data["parameters"], data["medians"]
+    rows = [
+        {
+            "vs": f"{BASELINE} on the same implementation",
+            "cell": f"{impl} {way_name(t, s)}",
+            "profile": profile,
+            "scenario": p["scenario"],
+            **dict(zip(("ratio", "lo", "hi"), ci_range(med[impl][way_name(t, s)]["ratio"]), strict=True)),
+        }
+        for profile, med in meds.items()
+        for impl in IMPLS
+        for t, s in WAYS
+        if way_name(t, s) != BASELINE
+    ]
+    if headline_ratios(pd.DataFrame(rows), path) is None:
+        return None
+    return (
+        f"Median rollout time ÷ {BASELINE}'s on the same implementation (turnbench's servers, the gateway), per way "
+        "and profile; bars are 95% CIs, left of 1 is faster (green: the whole interval below 1, red: above)."
+    )
+
+
 def _measure(quick: bool) -> ExtraResult:
     return measure(**SIZES["quick" if quick else "full"])
 
@@ -401,8 +427,9 @@ EXTRA = Extra(
     render=render,
     command="python scripts/gateway.py",
     est_s=(30.0, 90.0),
+    plot=plot,
     needs=(OWN_SERVERS,),
     own_why="it starts the gateway and turnbench's upstream itself, beside turnbench's own servers",
 )
 
-__all__ = ["EXTRA", "SIZES", "measure", "render", "summarize", "transfers"]
+__all__ = ["EXTRA", "SIZES", "measure", "plot", "render", "summarize", "transfers"]

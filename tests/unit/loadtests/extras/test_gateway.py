@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadtests.extras import gateway
-from loadtests.extras.gateway import GATEWAY, IMPLS, WAYS, render, summarize, transfers, way_name
+from loadtests.extras.gateway import GATEWAY, IMPLS, WAYS, plot, render, summarize, transfers, way_name
 from loadtests.extras.registry import ExtraResult
 from loadtests.present.doc import Doc
 
@@ -126,3 +126,17 @@ def test_the_section_renders_any_numbers(own: float, gw: float, up: float) -> No
     doc = Doc("t")
     render(doc, _result(data))
     assert "Does turnbench's answer transfer?" in doc.markdown(Path("."))
+
+
+def test_the_figure_shows_each_ratio_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.png"
+    caption = plot(_result(_data(_times(55.0, 101.0))), path)
+    assert caption is not None and "on the same implementation" in caption
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_figure_without_a_finite_ratio(tmp_path: Path) -> None:
+    data = _data(_times(55.0, 101.0))
+    for r in data["fast"]["rows"]:
+        r.update(success=False, rollout_ms=None)
+    assert plot(_result(data), tmp_path / "none.png") is None
