@@ -299,13 +299,9 @@ def _settings(items: list[str]) -> dict[str, Any]:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A :class:`loadtests.model.RunConfig` from parsed flags (heavy imports happen here)."""
     from loadtests.execution.plan import RunConfig
+    from loadtests.execution.procs import parse_targets
 
-    targets: dict[str, str] = {}
-    for item in args.target:
-        t, sep, url = item.partition("=")
-        if not sep or not url:
-            raise ValueError(f"--target {item!r}: expected TRANSPORT=URL")
-        targets[t.strip()] = url.strip()
+    targets = parse_targets(args.target)
     transports = list(args.transports) if args.transports else None
     if transports is None and targets:  # only the servers the user pointed at
         transports = list(targets)

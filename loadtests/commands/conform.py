@@ -20,6 +20,7 @@ from loadtests.conform.cases import CASES
 from loadtests.conform.run import exit_status, render_line, render_table, report_json, run_cases, select
 from loadtests.conform.spec import load_spec
 from loadtests.conform.wire import Target
+from loadtests.execution import procs
 from loadtests.execution.procs import Endpoint, start_server_process
 from turnbench.tls import load_ca
 
@@ -31,16 +32,9 @@ GRPC_NOTE = "grpc: the specification defines no gRPC transport, so its cases are
 
 def parse_targets(values: Sequence[str] | None) -> dict[str, str]:
     """``https=URL``, ``ws=URL``, ``grpc=HOST:PORT`` (repeatable, or comma lists) → {transport: URL}."""
-    out: dict[str, str] = {}
-    for item in values or ():
-        for part in item.split(","):
-            name, sep, url = part.strip().partition("=")
-            if not sep or not url:
-                raise ValueError(f"--target {part!r}: expected NAME=URL (https=…, ws=…)")
-            if name not in (*SPEC_TRANSPORTS, "grpc"):
-                raise ValueError(f"--target {name}=…: conform checks https and ws (grpc has no spec cases)")
-            out[name] = url
-    return out
+    return procs.parse_targets(
+        values, allowed=(*SPEC_TRANSPORTS, "grpc"), refusal="conform checks https and ws (grpc has no spec cases)"
+    )
 
 
 def list_cases() -> str:

@@ -65,10 +65,13 @@ __all__ = [
     "GateError",
     "MachineSummary",
     "Metric",
+    "baseline_record",
     "compare_runs",
+    "dump_baseline",
     "gate_groups",
     "gate_metrics",
     "judge",
+    "kind_values",
     "read_baseline",
     "reference_cpu_ms",
     "run_gate",
@@ -417,24 +420,52 @@ def read_baseline(path: Path) -> Baseline:
     return data
 
 
-def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunDir, cpu_ref_ms: float) -> None:
-    """Write the baseline: the metrics, the tolerances in force, and where they came from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data: Baseline = {
+def kind_values(items: Sequence[str], defaults: Mapping[str, float], *, flag: str, value: str) -> dict[str, float]:
+    """``defaults`` with ``KIND=N`` items (``--tolerance ratio=0.3``) applied; a kind outside them is an error."""
+    out = dict(defaults)
+    for item in items:
+        kind, sep, raw = item.partition("=")
+        if not sep or kind not in defaults:
+            raise ValueError(f"{flag} {item!r}: expected KIND={value} with KIND one of {', '.join(defaults)}")
+        out[kind] = float(raw)
+    return out
+
+
+def baseline_record(
+    metrics: Mapping[str, Metric],
+    run: RunDir,
+    cpu_ref_ms: float,
+    *,
+    tolerances: Mapping[str, float] = TOLERANCES,
+    cpu_floor_ms: float = CPU_FLOOR_MS,
+    matrix: str = "loadtests.gate.gate_groups()",
+) -> Baseline:
+    """A baseline: the metrics, the tolerances in force, and where they came from."""
+    return {
         "version": BASELINE_VERSION,
         "created_at": datetime.now(UTC).isoformat(),
         "git_commit": run.meta.get("git_commit"),
         "cpu": run.meta.get("cpu"),
         "python": run.meta.get("python"),
         "cpu_reference_ms": cpu_ref_ms,
-        "tolerances": TOLERANCES,
-        "cpu_floor_ms": CPU_FLOOR_MS,
+        "tolerances": dict(tolerances),
+        "cpu_floor_ms": cpu_floor_ms,
         "run_dir": str(run.path),
         "machine": machine_summary(run),
-        "matrix": "loadtests.gate.gate_groups()",
+        "matrix": matrix,
         "metrics": dict(sorted(metrics.items())),
     }
+
+
+def dump_baseline(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a baseline file (indent 1, no NaN: a metric that is not a number is a bug, not a value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def write_baseline(path: Path, metrics: Mapping[str, Metric], run: RunDir, cpu_ref_ms: float) -> None:
+    """Write the baseline: the metrics, the tolerances in force, and where they came from."""
+    dump_baseline(path, baseline_record(metrics, run, cpu_ref_ms))
 
 
 def run_gate(
@@ -588,12 +619,8 @@ def cmd_gate(args: Any) -> int:
     burn: dict[str, float] = {}
     for part in args.burn:
         burn.update(part)
-    tolerances = {**TOLERANCES, "ratio": args.ratio_tolerance, "cpu": args.cpu_tolerance}
-    for item in getattr(args, "tolerance", None) or []:
-        kind, sep, raw = item.partition("=")
-        if not sep or kind not in TOLERANCES:
-            raise ValueError(f"--tolerance {item!r}: expected KIND=F with KIND one of {', '.join(TOLERANCES)}")
-        tolerances[kind] = float(raw)
+    defaults = {**TOLERANCES, "ratio": args.ratio_tolerance, "cpu": args.cpu_tolerance}
+    tolerances = kind_values(getattr(args, "tolerance", None) or [], defaults, flag="--tolerance", value="F")
     if not args.write_baseline:
         baseline = read_baseline(args.baseline)  # fail before a minute of running
     if args.run is not None:

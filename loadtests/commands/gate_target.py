@@ -51,8 +51,11 @@ from loadtests.commands.gate import (
     Baseline,
     GateError,
     Metric,
+    baseline_record,
+    dump_baseline,
     format_judgement,
     judge,
+    kind_values,
     machine_summary,
     machine_text,
     reference_cpu_ms,
@@ -237,44 +240,16 @@ def _read(path: Path) -> TargetBaseline:
 
 
 def _write(path: Path, metrics: Mapping[str, Metric], run: RunDir, ref: float, states: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    matrix = f"gate --target: agent-20 workload, {TOOL_CALLS} tool calls, concurrency 1"
+    record = baseline_record(
+        metrics, run, ref, tolerances=TARGET_TOLERANCES, cpu_floor_ms=FLOORS["turn"], matrix=matrix
+    )
     data: TargetBaseline = {
-        "version": BASELINE_VERSION,
-        "created_at": datetime.now(UTC).isoformat(),
-        "git_commit": run.meta.get("git_commit"),
-        "cpu": run.meta.get("cpu"),
-        "python": run.meta.get("python"),
-        "cpu_reference_ms": ref,
-        "tolerances": TARGET_TOLERANCES,
-        "cpu_floor_ms": FLOORS["turn"],
-        "run_dir": str(run.path),
-        "machine": machine_summary(run),
-        "matrix": f"gate --target: agent-20 workload, {TOOL_CALLS} tool calls, concurrency 1",
-        "metrics": dict(sorted(metrics.items())),
+        **record,
         "target": dict((run.meta.get("gate") or {}).get("target") or {}),
         "states": {k: list(v) for k, v in states.items()},
     }
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
-def _tolerances(items: list[str]) -> dict[str, float]:
-    out = dict(TARGET_TOLERANCES)
-    for item in items:
-        kind, sep, raw = item.partition("=")
-        if not sep or kind not in TARGET_TOLERANCES:
-            raise ValueError(f"--tolerance {item!r}: expected KIND=F with KIND one of {', '.join(TARGET_TOLERANCES)}")
-        out[kind] = float(raw)
-    return out
-
-
-def _floors(items: list[str]) -> dict[str, float]:
-    out = dict(FLOORS)
-    for item in items:
-        kind, sep, raw = item.partition("=")
-        if not sep or kind not in FLOORS:
-            raise ValueError(f"--floor {item!r}: expected KIND=N with KIND one of {', '.join(FLOORS)}")
-        out[kind] = float(raw)
-    return out
+    dump_baseline(path, data)
 
 
 def cmd_gate_target(args: Any) -> int:
@@ -285,8 +260,8 @@ def cmd_gate_target(args: Any) -> int:
     path: Path | None = write if isinstance(write, Path) else args.baseline
     if path is None:
         raise ValueError("gate --target needs --baseline FILE (to judge) or --write-baseline FILE (to write one)")
-    tolerances = _tolerances(getattr(args, "tolerance", None) or [])
-    floors = _floors(getattr(args, "floor", None) or [])
+    tolerances = kind_values(getattr(args, "tolerance", None) or [], TARGET_TOLERANCES, flag="--tolerance", value="F")
+    floors = kind_values(getattr(args, "floor", None) or [], FLOORS, flag="--floor", value="N")
     baseline = None if write else _read(path)  # fail before a minute of running
     if baseline is not None:  # the floors in force now, not those of the day it was written
         baseline["metrics"] = {

@@ -94,8 +94,8 @@ def start_gateway(
     timeout_s: float = 60.0,
 ) -> tuple[Endpoint, Endpoint]:
     """Start gateway ``name`` in front of ``upstream`` (a plain-TCP HTTPS server) and wait for its health
-    check. Returns its two endpoints: ``https`` (``http://…/v1``) and ``ws`` (``ws://…/v1``); the ``https``
-    one owns the process (stop it with ``endpoint.process.stop()``), the ``ws`` one shares it.
+    check. Returns its two endpoints: ``https`` (``http://…/v1``) and ``ws`` (``ws://…/v1``), sharing the one
+    process (``endpoint.process``: its CPU, ``stop()``, which is idempotent).
 
     Raises :class:`ServerError` (with the end of its log) when it exits or is not healthy in ``timeout_s``.
     """
@@ -125,7 +125,7 @@ def start_gateway(
                 https.process = proc
                 https.settings = {"gateway": name, "version": gw.version, "upstream": upstream.url}
                 ws = target_endpoint("ws", f"ws://127.0.0.1:{port}/v1", ca_path=None, api_key=None)
-                ws.settings = dict(https.settings)
+                ws.process, ws.settings = proc, dict(https.settings)
                 return https, ws
             time.sleep(0.1)
         code = proc.stop(5.0)

@@ -34,6 +34,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtests.execution import procs
 from loadtests.execution.procs import Endpoint
 from turnbench.tls import load_ca
 
@@ -918,16 +919,7 @@ def parse_targets(items: Sequence[str]) -> dict[str, str]:
     """``--target TRANSPORT=URL`` items as transport → URL; only ``https`` and ``ws`` are probed.
 
     Raises: ``ValueError`` for an item without ``=`` or another transport."""
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, url = item.partition("=")
-        name = name.strip()
-        if not sep or not url.strip():
-            raise ValueError(f"--target {item!r}: expected TRANSPORT=URL")
-        if name not in ("https", "ws"):
-            raise ValueError(f"--target {item!r}: the probe tries https and ws endpoints (got {name!r})")
-        out[name] = url.strip()
-    return out
+    return procs.parse_targets(items, allowed=("https", "ws"), refusal="the probe tries https and ws endpoints")
 
 
 def target_endpoints(targets: Mapping[str, str], *, ca_path: str | None, api_key: str | None) -> dict[str, Endpoint]:

@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "Endpoint",
     "ServerError",
     "ServerProcess",
+    "parse_targets",
     "process_keys",
     "settings_flags",
     "start_endpoints",
@@ -367,6 +368,25 @@ def start_redis_server(exe: str, workdir: Path, timeout_s: float = 5.0) -> tuple
         raise
     finally:
         client.close()
+
+
+def parse_targets(
+    items: Iterable[str] | None, *, allowed: Collection[str] | None = None, refusal: str = ""
+) -> dict[str, str]:
+    """``--target NAME=URL`` items, repeated or comma-listed, as name → URL (the last one of a name wins).
+
+    ``allowed``: the names a command takes (None: any); ``refusal``: what its error says of another name.
+    Raises: ``ValueError`` for an item without ``=`` or URL, or a name outside ``allowed``."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        for part in item.split(","):
+            name, sep, url = (x.strip() for x in part.strip().partition("="))
+            if not sep or not url:
+                raise ValueError(f"--target {part!r}: expected TRANSPORT=URL (NAME=URL: https=…, ws=…)")
+            if allowed is not None and name not in allowed:
+                raise ValueError(f"--target {part!r}: {refusal or 'expected one of ' + ', '.join(allowed)}")
+            out[name] = url
+    return out
 
 
 def target_endpoint(server: str, url: str, *, ca_path: str | None, api_key: str | None) -> Endpoint:

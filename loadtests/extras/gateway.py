@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -167,14 +166,13 @@ def measure_profile(
         for rnd in range(fan_rounds):
             for impl in IMPLS:
                 ep = eps[impl, "ws"]
-                proc = ep.process or (eps[GATEWAY, "https"].process if impl == GATEWAY else None)
+                assert ep.process is not None  # turnbench's ws server, or the gateway's process
                 for way in ("ws lanes", "ws connections"):
-                    cpu = proc.cpu_s if proc is not None else time.process_time
-                    row = asyncio.run(fork_out(way, ep, plan, subagents, 32, cpu))
+                    row = asyncio.run(fork_out(way, ep, plan, subagents, 32, ep.process.cpu_s))
                     fan.append({"impl": impl, "way": way, "round": rnd, **row})
     finally:
         log.close()
-        codes = stop_endpoints({f"{k[0]}/{k[1]}": ep for k, ep in eps.items() if k != (GATEWAY, "ws")})
+        codes = stop_endpoints({f"{k[0]}/{k[1]}": ep for k, ep in eps.items()})
     return {
         "rows": rows,
         "fanout": fan,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loadtests.commands import gate_target as gt
-from loadtests.commands.gate import format_judgement, judge
+from loadtests.commands.gate import format_judgement, judge, kind_values
 
 CELLS: dict[str, tuple[float, float]] = {
     # label: (ms of a turn's own cost at turn 0, ms more per earlier turn resent)
@@ -140,13 +140,21 @@ def test_the_baseline_file_round_trips(tmp_path: Path, baseline: dict[str, gt.Me
         gt._read(tmp_path / "none.json")
 
 
+def _tolerances(items: list[str]) -> dict[str, float]:
+    return kind_values(items, gt.TARGET_TOLERANCES, flag="--tolerance", value="F")
+
+
+def _floors(items: list[str]) -> dict[str, float]:
+    return kind_values(items, gt.FLOORS, flag="--floor", value="N")
+
+
 def test_tolerance_and_floor_flags(baseline: dict[str, gt.Metric]) -> None:
-    assert gt._tolerances(["turn=0.5"])["turn"] == 0.5
+    assert _tolerances(["turn=0.5"])["turn"] == 0.5
     with pytest.raises(ValueError, match="KIND=F"):
-        gt._tolerances(["stage=0.5"])
-    assert gt._floors(["turn=3"])["turn"] == 3.0 and gt._floors([])["median"] == gt.FLOORS["median"]
+        _tolerances(["stage=0.5"])
+    assert _floors(["turn=3"])["turn"] == 3.0 and _floors([])["median"] == gt.FLOORS["median"]
     with pytest.raises(ValueError, match="KIND=N"):
-        gt._floors(["turn"])
+        _floors(["turn"])
     # a lower floor judges the same +3 ms per turn a regression that the default floor lets pass
     current = metrics(2, add_ms=3.0, busy=0.0)
     assert failed(current, baseline) == []
